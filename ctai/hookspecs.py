@@ -1,0 +1,97 @@
+"""Every hook of ctai's pipeline, declared once.
+
+The pipeline (``ctai.pipeline``) is the only caller. A plugin is a module or object with
+functions named like these and decorated with ``ctai.hookimpl``; it registers through the
+``ctai`` entry-point group (``[project.entry-points.ctai]`` in its ``pyproject.toml``).
+Order of calls for each job: skip_reason -> preprocess -> classify (classifier) ->
+make_outputs -> deliver -> job_finished (or job_failed).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import pluggy
+
+from ctai.config import Config
+
+if TYPE_CHECKING:
+    from ctai.types import Failure, Job, ModelInfo, Output, Result, SourceImage
+
+hookspec = pluggy.HookspecMarker("ctai")
+
+
+class Classifier(Protocol):
+    """What a classifier backend provides."""
+
+    info: ModelInfo
+    input_size: int
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities, shape (n, len(CLASSES)), for a batch of model inputs."""
+
+
+@hookspec(firstresult=True)
+def ctai_skip_reason(image: SourceImage, config: Config) -> str | None:
+    """Choose which images of an input are classified.
+
+    Called by the pipeline once per loaded image, before preprocessing. Return a short
+    reason (e.g. "modality MR is not a chest image") to skip the image, or None to keep it.
+    The first non-None answer wins.
+    """
+
+
+@hookspec(firstresult=True)
+def ctai_preprocess(image: SourceImage, size: int, config: Config) -> np.ndarray | None:
+    """Turn an image into the classifier's input.
+
+    Called by the pipeline for each image it keeps. Return a ``size`` x ``size`` x 1 float32
+    array, or None to leave it to the next plugin; the built-in default is
+    ``ctai.model.preprocess.to_model_input``, the function training uses too.
+    """
+
+
+@hookspec(firstresult=True)
+def ctai_classifier(config: Config) -> Classifier | None:
+    """Provide the classifier backend.
+
+    Called once when the pipeline starts. The first non-None answer wins; the built-in
+    default loads the shipped TensorFlow model.
+    """
+
+
+@hookspec
+def ctai_make_outputs(result: Result, config: Config) -> list[Output] | None:
+    """Turn a classification result into output objects (DICOM SR, Secondary Capture, ...).
+
+    Called by the pipeline once per classified image. Return the objects this plugin makes;
+    the pipeline collects them from every plugin into ``result.outputs``.
+    """
+
+
+@hookspec
+def ctai_deliver(result: Result, job: Job, config: Config) -> None:
+    """Send or store a result's outputs (folder, Orthanc, C-STORE, HL7, ...).
+
+    Called by the pipeline once per classified image, after ``ctai_make_outputs``. Raise to
+    report a failed delivery; the pipeline records it and goes on with the other plugins.
+    """
+
+
+@hookspec
+def ctai_job_finished(job: Job, results: list[Result], failures: list[Failure], config: Config) -> None:
+    """Be told that a job ran to its end.
+
+    Called by the pipeline after every image of the job was classified and delivered, or
+    failed. ``failures`` lists the inputs that could not be classified. Returns nothing.
+    """
+
+
+@hookspec
+def ctai_job_failed(job: Job, error: BaseException, config: Config) -> None:
+    """Be told that a job could not run at all (its inputs could not be fetched, say).
+
+    Called by whoever runs the job (the worker, the CLI) when the pipeline raised. Returns
+    nothing.
+    """

@@ -1,0 +1,61 @@
+"""PNG and JPEG files (and anything else Pillow reads): decoding with EXIF orientation,
+a decompression-bomb guard, and conversion to a display-ready grayscale array."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ctai.errors import InputError
+
+#: Pillow's own guard: images above this many pixels raise instead of decoding.
+MAX_PIXELS = 50_000_000
+#: Smaller than this on either side is not a radiograph.
+MIN_SIDE = 32
+
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open and fully decode an image file, EXIF orientation applied."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                image = ImageOps.exif_transpose(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(f"image too large (decompression bomb guard): {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise InputError("not a readable image file") from exc
+    except OSError as exc:
+        raise InputError(f"cannot decode image: {exc}") from exc
+    width, height = image.size
+    if min(width, height) < MIN_SIDE:
+        raise InputError(f"image of {width}x{height} pixels is too small to classify")
+    return image
+
+
+def to_gray(image: Image.Image) -> np.ndarray:
+    """Grayscale float array in [0, 1] (0 = black) from any Pillow mode."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float32)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+        return np.clip(array / top, 0.0, 1.0)
+    if image.mode == "F":
+        array = np.asarray(image, dtype=np.float32)
+        low, high = float(array.min()), float(array.max())
+        return (array - low) / max(high - low, 1e-6)
+    if image.mode in ("RGBA", "LA", "PA", "P"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image)
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+
+
+def read_gray(path: Path) -> np.ndarray:
+    """Read an image file as a display-ready grayscale array in [0, 1]."""
+    return to_gray(open_image(path))

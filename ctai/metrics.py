@@ -1,0 +1,71 @@
+"""Evaluation metrics for the three-class classifier (used by ``ctai evaluate`` and training)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
+
+from ctai.types import CLASSES
+
+NORMAL, BACTERIAL, VIRAL = (CLASSES.index(c) for c in ("normal", "bacterial", "viral"))
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
+    """ECE of the top-class confidence over equal-width bins (Guo et al. 2017)."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for low, high in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > low) & (confidence <= high)
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(ece)
+
+
+def _auc(y: np.ndarray, score: np.ndarray) -> float | None:
+    return float(roc_auc_score(y, score)) if len(np.unique(y)) == 2 else None
+
+
+def compute(y_true: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """All the numbers ``ctai evaluate`` prints, as a JSON-ready dict."""
+    y_true = np.asarray(y_true)
+    probs = np.asarray(probs, dtype=np.float64)
+    y_pred = probs.argmax(axis=1)
+    cm = confusion_matrix(y_true, y_pred, labels=range(len(CLASSES)))
+    per_class = {}
+    for i, name in enumerate(CLASSES):
+        predicted, actual = cm[:, i].sum(), cm[i, :].sum()
+        per_class[name] = {
+            "precision": float(cm[i, i] / predicted) if predicted else None,
+            "recall": float(cm[i, i] / actual) if actual else None,
+            "n": int(actual),
+        }
+    sick_true = y_true != NORMAL
+    sick_pred = y_pred != NORMAL
+    sick_score = 1.0 - probs[:, NORMAL]
+    pneumonia = y_true != NORMAL
+    viral_true = y_true[pneumonia] == VIRAL
+    viral_score = probs[pneumonia, VIRAL] / np.maximum(probs[pneumonia, BACTERIAL] + probs[pneumonia, VIRAL], 1e-12)
+    viral_pred = probs[pneumonia, VIRAL] > probs[pneumonia, BACTERIAL]
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float((y_pred == y_true).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "confusion_matrix": {"labels": list(CLASSES), "rows_true_columns_predicted": cm.tolist()},
+        "per_class": per_class,
+        "pneumonia_vs_normal": {
+            "accuracy": float((sick_pred == sick_true).mean()),
+            "sensitivity": float(sick_pred[sick_true].mean()) if sick_true.any() else None,
+            "specificity": float((~sick_pred[~sick_true]).mean()) if (~sick_true).any() else None,
+            "roc_auc": _auc(sick_true, sick_score),
+        },
+        "bacterial_vs_viral": {
+            "n": int(pneumonia.sum()),
+            "accuracy": float((viral_pred == viral_true).mean()) if pneumonia.any() else None,
+            "roc_auc": _auc(viral_true, viral_score),
+        },
+        "expected_calibration_error": expected_calibration_error(y_true, probs),
+    }

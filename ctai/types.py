@@ -1,0 +1,83 @@
+"""Types shared by the pipeline, its plugins and the transports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydicom import Dataset
+
+#: Output classes, in the order of the model's outputs.
+CLASSES: tuple[str, ...] = ("normal", "bacterial", "viral")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Identifies the algorithm in every output (DICOM TID 4019, HL7 OBX, JSON)."""
+
+    name: str
+    version: str
+    manufacturer: str = "ctai"
+
+
+@dataclass
+class SourceImage:
+    """One image to classify.
+
+    ``dataset`` is the DICOM instance it came from, or the Secondary Capture a PNG/JPEG was
+    wrapped into; outputs reference it and copy its patient and study. ``pixels`` is the
+    display-ready grayscale image in [0, 1] (0 = black, LUTs applied), what a viewer shows.
+    """
+
+    path: str
+    dataset: Dataset
+    pixels: np.ndarray
+    #: Set when ``pixels`` is derived rather than one acquired image, e.g. a CT projection.
+    derivation: str | None = None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    probabilities: dict[str, float]
+    model: ModelInfo
+
+    @property
+    def label(self) -> str:
+        return max(self.probabilities, key=self.probabilities.__getitem__)
+
+
+@dataclass(frozen=True)
+class Output:
+    """An object a plugin made from a result, e.g. ``kind="sr"`` with its DICOM dataset."""
+
+    kind: str
+    dataset: Dataset
+
+
+@dataclass
+class Result:
+    source: SourceImage
+    prediction: Prediction
+    outputs: list[Output] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An input that could not be classified, with a reason a user understands."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class Job:
+    """A unit of work for the pipeline: where its images come from and what to do after.
+
+    ``options`` carries per-job settings such as ``out_dir`` (folder delivery) or the
+    Orthanc series ID; plugins read the keys they know.
+    """
+
+    id: str
+    source: str
+    options: dict[str, Any] = field(default_factory=dict)

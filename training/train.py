@@ -1,0 +1,146 @@
+"""Train the ctai ResNet on a Kermany-layout folder and export the artifact ``ctai`` loads.
+
+    python -m training.train --data ../shared/data/chest_xray/train --out ctai/model/artifact
+
+Resumes from ``--work`` after an interruption (Keras BackupAndRestore).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ctai import metrics
+from ctai.types import CLASSES
+from training import data, report
+from training.calibrate import fit_temperature, softmax
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="folder with NORMAL/ and PNEUMONIA/")
+    p.add_argument("--out", type=Path, required=True, help="where to write model.keras and model.json")
+    p.add_argument("--work", type=Path, default=Path("training-work"), help="checkpoints and logs")
+    p.add_argument("--depth", type=int, default=18, choices=(18, 34, 50))
+    p.add_argument("--width", type=int, default=64, help="filters of the first stage (64 in He et al.)")
+    p.add_argument("--size", type=int, default=224, help="input side in pixels")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--patience", type=int, default=6)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=20180222)
+    p.add_argument("--name", default="ctai-resnet")
+    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--max-images", type=int, default=0, help="use only this many images (smoke runs)")
+    return p.parse_args(argv)
+
+
+class ValidationMetrics:
+    """Adds balanced accuracy and the two AUCs on the validation split to each epoch's logs."""
+
+    def __new__(cls, x_val, y_val):
+        import keras
+
+        class _Callback(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                probs = softmax(self.model.predict(x_val, batch_size=64, verbose=0))
+                m = metrics.compute(y_val, probs)
+                logs.update(val_bal_acc=m["balanced_accuracy"],
+                            val_auc_pneumonia=m["pneumonia_vs_normal"]["roc_auc"] or 0.0,
+                            val_auc_viral=m["bacterial_vs_viral"]["roc_auc"] or 0.0)
+                print(f"\nepoch {epoch + 1}: val acc {m['accuracy']:.3f} bal_acc {m['balanced_accuracy']:.3f} "
+                      f"AUC pneumonia {logs['val_auc_pneumonia']:.3f} AUC bact/viral {logs['val_auc_viral']:.3f}",
+                      flush=True)
+
+        return _Callback()
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    import keras
+    import tensorflow as tf
+
+    from training.resnet import build_resnet
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.utils.set_random_seed(args.seed)
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    train_s, val_s = data.load(args.data, args.val_fraction, args.seed)
+    if args.max_images:
+        train_s, val_s = train_s[: args.max_images], val_s[: max(args.max_images // 4, 3)]
+    print(f"{len(train_s)} train / {len(val_s)} validation images; "
+          f"{len({s.patient for s in train_s})} / {len({s.patient for s in val_s})} patients", flush=True)
+    t0 = time.time()
+    x_train, y_train = data.load_arrays(train_s, args.size)
+    x_val, y_val = data.load_arrays(val_s, args.size)
+    print(f"loaded and preprocessed in {time.time() - t0:.0f} s", flush=True)
+
+    counts = np.bincount(y_train, minlength=len(CLASSES))
+    class_weight = {i: float(len(y_train) / (len(CLASSES) * max(c, 1))) for i, c in enumerate(counts)}
+    train_ds = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
+                .shuffle(len(y_train), seed=args.seed, reshuffle_each_iteration=True)
+                .batch(args.batch)
+                .map(data.augmenter(args.seed), num_parallel_calls=tf.data.AUTOTUNE)
+                .prefetch(tf.data.AUTOTUNE))
+
+    model = build_resnet(args.depth, args.width, args.size, len(CLASSES))
+    steps = args.epochs * int(np.ceil(len(y_train) / args.batch))
+    schedule = keras.optimizers.schedules.CosineDecay(0.0, steps, warmup_target=args.lr,
+                                                      warmup_steps=min(steps // 10, 500))
+    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    callbacks = [
+        ValidationMetrics(x_val, y_val),
+        keras.callbacks.BackupAndRestore(str(args.work / "backup")),
+        keras.callbacks.EarlyStopping(monitor="val_bal_acc", mode="max", patience=args.patience,
+                                      restore_best_weights=True),
+        keras.callbacks.CSVLogger(str(args.work / "history.csv"), append=True),
+    ]
+    t0 = time.time()
+    history = model.fit(train_ds, validation_data=(x_val, y_val), epochs=args.epochs,
+                        class_weight=class_weight, callbacks=callbacks, verbose=2)
+    train_seconds = time.time() - t0
+
+    logits = model.predict(x_val, batch_size=64, verbose=0).astype(np.float64)
+    temperature = fit_temperature(logits, y_val)
+    before = metrics.compute(y_val, softmax(logits))
+    after = metrics.compute(y_val, softmax(logits / temperature))
+    args.out.mkdir(parents=True, exist_ok=True)
+    if gpus:  # ship a float32 model that runs the same on any machine
+        keras.mixed_precision.set_global_policy("float32")
+        float_model = build_resnet(args.depth, args.width, args.size, len(CLASSES))
+        float_model.set_weights(model.get_weights())
+        model = float_model
+    model.save(args.out / "model.keras")
+    meta = {
+        "name": args.name, "version": args.version, "manufacturer": "ctai",
+        "architecture": f"ResNet-{args.depth}, width {args.width}, {args.size}x{args.size} px, 1 channel",
+        "classes": list(CLASSES), "input_size": args.size, "temperature": temperature,
+    }
+    (args.out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    run = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "train_images": len(y_train), "val_images": len(y_val),
+        "train_patients": len({s.patient for s in train_s}), "val_patients": len({s.patient for s in val_s}),
+        "epochs_run": len(history.history["loss"]), "train_seconds": train_seconds,
+        "hardware": report.hardware(), "temperature": temperature,
+        "validation_uncalibrated": before, "validation": after,
+        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+    }
+    (args.work / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+    np.savez(args.work / "val_predictions.npz", y=y_val, probs=softmax(logits / temperature))
+    print(json.dumps({"temperature": temperature, "ece_before": before["expected_calibration_error"],
+                      "validation": after}, indent=2), flush=True)
+
+
+if __name__ == "__main__":
+    main()
