@@ -3,8 +3,8 @@
 The pipeline (``ctai.pipeline``) is the only caller. A plugin is a module or object with
 functions named like these and decorated with ``ctai.hookimpl``; it registers through the
 ``ctai`` entry-point group (``[project.entry-points.ctai]`` in its ``pyproject.toml``).
-Order of calls for each job: skip_reason -> preprocess -> classify (classifier) ->
-make_outputs -> deliver -> job_finished (or job_failed).
+Order of calls for each job: load_job (queued jobs only) -> skip_reason -> preprocess ->
+classify (classifier) -> make_outputs -> deliver -> job_finished (or job_failed).
 """
 
 from __future__ import annotations
@@ -30,6 +30,17 @@ class Classifier(Protocol):
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated probabilities, shape (n, len(CLASSES)), for a batch of model inputs."""
+
+
+@hookspec(firstresult=True)
+def ctai_load_job(job: Job, config: Config) -> list[SourceImage | Failure] | None:
+    """Fetch the images of a queued job.
+
+    Called by the worker when it takes a job from the queue. The plugin that knows
+    ``job.source`` (e.g. "orthanc", "dicom-listener", "upload") returns the job's images,
+    or a ``Failure`` for each one it cannot use; the others return None. Raise
+    ``ctai.errors.TransientError`` when the source is unreachable, so the job is retried.
+    """
 
 
 @hookspec(firstresult=True)
@@ -74,8 +85,8 @@ def ctai_make_outputs(result: Result, config: Config) -> list[Output] | None:
 def ctai_deliver(result: Result, job: Job, config: Config) -> None:
     """Send or store a result's outputs (folder, Orthanc, C-STORE, HL7, ...).
 
-    Called by the pipeline once per classified image, after ``ctai_make_outputs``. Raise to
-    report a failed delivery; the pipeline records it and goes on with the other plugins.
+    Called by the pipeline once per classified image, after ``ctai_make_outputs``. Raise if
+    delivery fails: the job fails, and its runner (the worker) retries it or records why.
     """
 
 

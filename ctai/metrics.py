@@ -69,3 +69,36 @@ def compute(y_true: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
         },
         "expected_calibration_error": expected_calibration_error(y_true, probs),
     }
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The metrics as a readable text table."""
+    cm = report["confusion_matrix"]["rows_true_columns_predicted"]
+    lines = [
+        f"images              {report['n']}",
+        f"3-class accuracy    {_fmt(report['accuracy'])}",
+        f"balanced accuracy   {_fmt(report['balanced_accuracy'])}",
+        "",
+        "confusion matrix (rows: true, columns: predicted)",
+        "            " + "".join(f"{c:>11}" for c in CLASSES),
+        *(f"{c:<12}" + "".join(f"{v:>11}" for v in row) for c, row in zip(CLASSES, cm)),
+        "",
+        f"{'class':<12}{'precision':>11}{'recall':>11}{'n':>7}",
+        *(f"{c:<12}{_fmt(v['precision']):>11}{_fmt(v['recall']):>11}{v['n']:>7}"
+          for c, v in report["per_class"].items()),
+        "",
+    ]
+    pn, bv = report["pneumonia_vs_normal"], report["bacterial_vs_viral"]
+    lines += [
+        f"pneumonia vs normal: accuracy {_fmt(pn['accuracy'])}  sensitivity {_fmt(pn['sensitivity'])}  "
+        f"specificity {_fmt(pn['specificity'])}  ROC AUC {_fmt(pn['roc_auc'])}",
+        f"bacterial vs viral:  accuracy {_fmt(bv['accuracy'])}  ROC AUC {_fmt(bv['roc_auc'])}  (n={bv['n']})",
+        f"expected calibration error  {_fmt(report['expected_calibration_error'])}",
+    ]
+    if report.get("failed"):
+        lines.append(f"not classified      {report['failed']}")
+    return "\n".join(lines)

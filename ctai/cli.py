@@ -1,0 +1,146 @@
+"""The ``ctai`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ctai import config as configuration
+from ctai.types import CLASSES, Failure, Job, Result, SourceImage
+
+
+def _inputs(paths: list[Path], patient) -> tuple[int, Iterator[SourceImage | Failure]]:
+    """How many files, and the loaded images (or why not) in order, with a progress bar on a terminal."""
+    from ctai import inputs
+    from ctai.errors import InputError
+
+    files = list(inputs.iter_files(paths))
+
+    def generate() -> Iterator[SourceImage | Failure]:
+        for path in tqdm(files, unit="image", disable=None, file=sys.stderr, leave=False):
+            try:
+                yield from inputs.load(path, patient)
+            except InputError as exc:
+                yield Failure(str(path), str(exc))
+
+    return len(files), generate()
+
+
+def _outcome_json(outcome: Result | Failure) -> dict:
+    if isinstance(outcome, Failure):
+        return {"path": outcome.path, "error": outcome.reason}
+    p = outcome.prediction
+    return {"path": outcome.source.path, "label": p.label, "probabilities": p.probabilities,
+            "model": {"name": p.model.name, "version": p.model.version}}
+
+
+def _outcome_row(outcome: Result | Failure) -> str:
+    if isinstance(outcome, Failure):
+        return f"{outcome.path}: error: {outcome.reason}"
+    probs = "  ".join(f"{c} {outcome.prediction.probabilities[c]:6.1%}" for c in CLASSES)
+    return f"{outcome.source.path}: {outcome.prediction.label:<9}  {probs}"
+
+
+def cmd_classify(args: argparse.Namespace, config: configuration.Config) -> int:
+    from ctai.inputs.wrap import PatientInfo
+    from ctai.pipeline import Pipeline
+
+    patient = PatientInfo(id=args.patient_id, name=args.patient_name, accession=args.accession)
+    job = Job(id="cli", source="cli", options={"out_dir": str(args.out)} if args.out else {})
+    _, sources = _inputs(args.paths, patient)
+    failed = 0
+    for outcome in Pipeline(config).process(job, sources):
+        failed += isinstance(outcome, Failure)
+        print(json.dumps(_outcome_json(outcome)) if args.json else _outcome_row(outcome), flush=True)
+    return 1 if failed else 0
+
+
+def cmd_evaluate(args: argparse.Namespace, config: configuration.Config) -> int:
+    import numpy as np
+
+    from ctai import metrics
+    from ctai.dataset import scan
+    from ctai.inputs.wrap import PatientInfo
+    from ctai.pipeline import Pipeline
+
+    samples = scan(args.folder)
+    label_of = {str(s.path): s.label for s in samples}
+    _, sources = _inputs([s.path for s in samples], PatientInfo())
+    y, probs = [], []
+    for outcome in Pipeline(config).process(Job(id="evaluate", source="cli"), sources):
+        if isinstance(outcome, Failure):
+            print(f"{outcome.path}: error: {outcome.reason}", file=sys.stderr)
+            continue
+        y.append(label_of[outcome.source.path])
+        probs.append([outcome.prediction.probabilities[c] for c in CLASSES])
+    if not y:
+        print("no image could be classified", file=sys.stderr)
+        return 1
+    report = metrics.compute(np.array(y), np.array(probs))
+    report["failed"] = len(samples) - len(y)
+    print(json.dumps(report, indent=2) if args.json else metrics.format_report(report))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace, config: configuration.Config) -> int:
+    print(configuration.to_toml(config), end="")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace, config: configuration.Config) -> int:
+    from ctai.plugins import describe, plugin_manager
+
+    rows = describe(plugin_manager(config))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(f"{row['name']:<12} {row['module']:<28} {', '.join(row['hooks'])}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctai", description="AI chest-image classification for PACS and HIS.")
+    parser.add_argument("--config", type=Path, help="TOML configuration file (default: $CTAI_CONFIG)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("classify", help="classify DICOM or image files and folders")
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, help="write the SR and SC of each image here")
+    p.add_argument("--json", action="store_true", help="one JSON object per line per image")
+    p.add_argument("--patient-id", default="", help="patient ID for PNG/JPEG inputs")
+    p.add_argument("--patient-name", default="", help="patient name (DICOM PN, e.g. Doe^Jane) for PNG/JPEG inputs")
+    p.add_argument("--accession", default="", help="accession number for PNG/JPEG inputs")
+    p.set_defaults(func=cmd_classify)
+
+    p = commands.add_parser("evaluate", help="metrics on a labelled folder (NORMAL/, PNEUMONIA/)")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("config", help="print the effective configuration")
+    p.set_defaults(func=cmd_config)
+
+    p = commands.add_parser("plugins", help="list loaded plugins and the hooks each implements")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plugins)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = configuration.load(args.config)
+    except ValueError as exc:
+        print(f"ctai: {exc}", file=sys.stderr)
+        return 2
+    return args.func(args, config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The pipeline: the only place that knows the order of the steps.
+
+select (skip_reason) -> preprocess -> classify in batches -> make_outputs -> deliver ->
+job_finished. Every step after loading is a pluggy hook (``ctai.hookspecs``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from itertools import islice
+
+import numpy as np
+import pluggy
+
+from ctai.config import Config
+from ctai.hookspecs import Classifier
+from ctai.plugins import plugin_manager
+from ctai.types import CLASSES, Failure, Job, Prediction, Result, SourceImage
+
+Outcome = Result | Failure
+
+
+class Pipeline:
+    def __init__(self, config: Config, pm: pluggy.PluginManager | None = None) -> None:
+        self.config = config
+        self.pm = pm or plugin_manager(config)
+        self._classifier: Classifier | None = None
+
+    @property
+    def classifier(self) -> Classifier:
+        """The backend, loaded on first use (loading TensorFlow takes seconds)."""
+        if self._classifier is None:
+            self._classifier = self.pm.hook.ctai_classifier(config=self.config)
+            if self._classifier is None:
+                raise RuntimeError("no classifier plugin is enabled")
+        return self._classifier
+
+    def classify(self, images: list[SourceImage]) -> list[Prediction]:
+        """Predictions for images, in the classifier's batches."""
+        size = self.classifier.input_size
+        batch_size = int(self.config["model"]["batch_size"])
+        predictions: list[Prediction] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            x = np.stack([self.pm.hook.ctai_preprocess(image=im, size=size, config=self.config) for im in chunk])
+            for probs in self.classifier.predict(x.astype(np.float32)):
+                predictions.append(Prediction(dict(zip(CLASSES, map(float, probs))), self.classifier.info))
+        return predictions
+
+    def process(self, job: Job, sources: Iterable[SourceImage | Failure]) -> Iterator[Outcome]:
+        """Classify, make outputs and deliver each source, yielding outcomes as they finish.
+
+        Inputs that could not be loaded arrive as ``Failure`` and pass straight through.
+        Once all are done, ``ctai_job_finished`` is called; if a step raises,
+        ``ctai_job_failed`` is, and the error propagates to the job's runner.
+        """
+        results: list[Result] = []
+        failures: list[Failure] = []
+        try:
+            for outcome in self._classified(sources):
+                if isinstance(outcome, Result):
+                    self._finish(outcome, job)
+                    results.append(outcome)
+                else:
+                    failures.append(outcome)
+                yield outcome
+        except Exception as error:
+            self.pm.hook.ctai_job_failed(job=job, error=error, config=self.config)
+            raise
+        self.pm.hook.ctai_job_finished(job=job, results=results, failures=failures, config=self.config)
+
+    def run(self, job: Job, sources: Iterable[SourceImage | Failure]) -> list[Outcome]:
+        return list(self.process(job, sources))
+
+    def _classified(self, sources: Iterable[SourceImage | Failure]) -> Iterator[Outcome]:
+        batch_size = int(self.config["model"]["batch_size"])
+        iterator = iter(sources)
+        while chunk := list(islice(iterator, batch_size)):
+            kept: list[SourceImage] = []
+            for source in chunk:
+                if isinstance(source, Failure):
+                    yield source
+                elif reason := self.pm.hook.ctai_skip_reason(image=source, config=self.config):
+                    yield Failure(source.path, f"skipped: {reason}")
+                else:
+                    kept.append(source)
+            if kept:
+                yield from (Result(s, p) for s, p in zip(kept, self.classify(kept)))
+
+    def _finish(self, result: Result, job: Job) -> None:
+        for outputs in self.pm.hook.ctai_make_outputs(result=result, config=self.config):
+            result.outputs.extend(outputs or [])
+        self.pm.hook.ctai_deliver(result=result, job=job, config=self.config)

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs everything ctai needs on Debian 12 (run as root, or with sudo available):
+# Debian packages, then a Python 3.11 virtual environment in .venv with ctai in it.
+# Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(python3-venv orthanc orthanc-python dcmtk dicom3tools)
+[ "${1:-}" = "--test" ] && DEBIAN_PACKAGES+=(chromium zbar-tools)
+
+missing=()
+for pkg in "${DEBIAN_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "setup: installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $PYTHON"
+  "$PYTHON" -m venv .venv
+fi
+extras="."; [ "${1:-}" = "--test" ] && extras=".[test]"
+stamp=".venv/.ctai-installed-$(sha1sum pyproject.toml | cut -c1-12)${1:-}"
+if [ ! -e "$stamp" ]; then
+  echo "setup: installing Python packages into .venv (first time: a few minutes)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e "$extras"
+  touch "$stamp"
+fi
