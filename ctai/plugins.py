@@ -25,6 +25,8 @@ def describe(pm: pluggy.PluginManager) -> list[dict[str, object]]:
     """Name, module and implemented hooks of each loaded plugin (for ``ctai plugins``)."""
     rows = []
     for name, plugin in pm.list_name_plugin():
+        if plugin is None:  # blocked by configuration
+            continue
         hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
         rows.append({"name": name, "module": getattr(plugin, "__name__", repr(plugin)), "hooks": hooks})
     return rows

@@ -1,0 +1,32 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ctai import config as configuration
+from ctai.model.backend import shipped_model_dir
+
+DATA = Path(__file__).parent / "data"
+IMAGES = DATA / "images"
+
+requires_model = pytest.mark.skipif(not (shipped_model_dir() / "model.keras").exists(),
+                                    reason="the shipped model is not there yet")
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> configuration.Config:
+    """The embedded defaults, with state in a fresh folder and no environment overrides."""
+    cfg = configuration.load(environ={})
+    cfg["data"]["dir"] = str(tmp_path / "ctai-data")
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def pipeline():
+    """One pipeline (and one loaded model) for the whole session."""
+    from ctai.pipeline import Pipeline
+
+    return Pipeline(configuration.load(environ={}))

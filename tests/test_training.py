@@ -1,0 +1,60 @@
+"""Training: the patient-level split, and a tiny real run that exports a loadable model."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ctai.dataset import Sample, patient_of, scan
+from ctai.inputs.images import read_gray
+from ctai.model.backend import KerasClassifier
+from ctai.model.preprocess import to_model_input
+from training.data import split_by_patient
+from tests.conftest import IMAGES
+
+
+def kermany_layout(root: Path) -> Path:
+    for image in IMAGES.glob("*.jpeg"):
+        folder = "NORMAL" if image.name.startswith("IM-") else "PNEUMONIA"
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, root / folder / image.name)
+    return root
+
+
+def test_patient_keys():
+    assert patient_of(Path("person1000_bacteria_2931.jpeg")) == "person1000"
+    assert patient_of(Path("person1000_virus_1681.jpeg")) == "person1000"
+    assert patient_of(Path("IM-0115-0001.jpeg")) == "IM-0115"
+    assert patient_of(Path("NORMAL2-IM-1427-0001.jpeg")) == "NORMAL2-IM-1427"
+
+
+def test_no_patient_in_both_splits():
+    samples = [Sample(Path(f"PNEUMONIA/person{i % 50}_{kind}_{i}.jpeg"), 1, f"person{i % 50}")
+               for i, kind in enumerate(["bacteria", "virus"] * 200)]
+    train, val = split_by_patient(samples, 0.2, seed=1)
+    assert {s.patient for s in train}.isdisjoint({s.patient for s in val})
+    assert len(train) + len(val) == len(samples)
+    assert split_by_patient(samples, 0.2, seed=1) == (train, val)
+
+
+def test_labels_from_layout(tmp_path: Path):
+    samples = scan(kermany_layout(tmp_path))
+    by_name = {s.path.name: s.label for s in samples}
+    assert by_name["IM-0115-0001.jpeg"] == 0
+    assert by_name["person1000_bacteria_2931.jpeg"] == 1
+    assert by_name["person1000_virus_1681.jpeg"] == 2
+
+
+def test_tiny_training_run_exports_a_model_ctai_loads(tmp_path: Path):
+    from training.train import main
+
+    data = kermany_layout(tmp_path / "data")
+    out = tmp_path / "model"
+    main(["--data", str(data), "--out", str(out), "--work", str(tmp_path / "work"), "--epochs", "1",
+          "--size", "64", "--width", "8", "--batch", "4", "--val-fraction", "0.4"])
+    classifier = KerasClassifier(out)
+    assert classifier.input_size == 64
+    x = to_model_input(read_gray(next(IMAGES.glob("*.jpeg"))), 64)[np.newaxis]
+    probs = classifier.predict(x)
+    assert probs.shape == (1, 3) and abs(probs.sum() - 1) < 1e-6
+    assert (tmp_path / "work" / "run.json").exists()
