@@ -1,1 +1,217 @@
-"""placeholder"""
+"""The classification as a picture: an RGB Secondary Capture (PS3.3 A.8.1) for any viewer.
+
+The source image at reading size beside a panel with the three probabilities as bars, the
+predicted class highlighted, the model, the time and the decision-support notice. The same
+picture (``render_picture``) serves pages outside PACS.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import highdicom as hd
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian
+
+from ctai import hookimpl, uids
+from ctai.config import Config
+from ctai.types import Output, Result
+from ctai_plugins.sr import FINDINGS, processing_equipment
+
+SERIES_DESCRIPTION = "ctai AI result (picture)"
+NOTICE = "Decision support only - must be reviewed by a physician."
+
+#: Picture height: the source's, within these bounds; the panel is drawn for MIN_HEIGHT.
+MIN_HEIGHT, MAX_HEIGHT = 512, 1024
+PANEL_WIDTH = 560
+
+BACKGROUND = (0, 0, 0)
+PANEL = (24, 28, 34)
+TEXT = (232, 234, 237)
+MUTED = (150, 158, 168)
+TRACK = (52, 58, 66)
+BAR = (110, 128, 150)
+HIGHLIGHT = (255, 176, 0)
+NOTICE_TEXT = (20, 20, 20)
+
+
+def _font(size: float) -> ImageFont.FreeTypeFont:
+    """Pillow's built-in scalable font (Pillow >= 10.1 with FreeType): no font package needed."""
+    font = ImageFont.load_default(size=round(size))
+    assert isinstance(font, ImageFont.FreeTypeFont), "Pillow was built without FreeType"
+    return font
+
+
+def _scaled_source(pixels: np.ndarray) -> Image.Image:
+    """The display-ready source in 8 bits, resized to 512..1024 px high (and at most 1024 wide)."""
+    image = Image.fromarray(np.round(np.clip(pixels, 0.0, 1.0) * 255).astype(np.uint8), "L")
+    height = min(max(image.height, MIN_HEIGHT), MAX_HEIGHT)
+    scale = min(height / image.height, MAX_HEIGHT / image.width)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS).convert("RGB")
+
+
+def _wrap(text: str, font: ImageFont.FreeTypeFont, width: float) -> list[str]:
+    """``text`` broken into lines no wider than ``width`` (a longer single word stays whole)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+class _Panel:
+    """Draws the result panel top to bottom at ``scale`` x the 512 px design."""
+
+    def __init__(self, image: Image.Image, left: int, scale: float) -> None:
+        self.draw = ImageDraw.Draw(image)
+        self.scale = scale
+        self.left = left + round(28 * scale)
+        self.width = round((PANEL_WIDTH - 56) * scale)
+        self.y = round(26 * scale)
+
+    def px(self, value: float) -> int:
+        return round(value * self.scale)
+
+    def text(self, text: str, size: float, fill: tuple[int, int, int], bold: bool = False) -> None:
+        font = _font(size * self.scale)
+        for line in _wrap(text, font, self.width):
+            self.draw.text((self.left, self.y), line, font=font, fill=fill,
+                           stroke_width=self.px(0.6) if bold else 0, stroke_fill=fill)
+            self.y += self.px(size * 1.25)
+
+    def gap(self, value: float) -> None:
+        self.y += self.px(value)
+
+    def rule(self) -> None:
+        self.draw.line((self.left, self.y, self.left + self.width, self.y), fill=TRACK, width=self.px(2))
+
+    def bar(self, label: str, probability: float, predicted: bool) -> None:
+        """Label, then a bar as long as the probability with its percentage at the right."""
+        self.text(label, 21, HIGHLIGHT if predicted else MUTED)
+        font = _font(24 * self.scale)
+        track = self.width - self.px(84)
+        top, bottom = self.y, self.y + self.px(26)
+        self.draw.rectangle((self.left, top, self.left + track, bottom), fill=TRACK)
+        fill_to = self.left + round(track * min(max(probability, 0.0), 1.0))
+        if fill_to > self.left:
+            self.draw.rectangle((self.left, top, fill_to, bottom), fill=HIGHLIGHT if predicted else BAR)
+        colour = HIGHLIGHT if predicted else TEXT
+        self.draw.text((self.left + self.width, (top + bottom) / 2), _percent(probability), font=font,
+                       anchor="rm", fill=colour, stroke_width=self.px(0.6) if predicted else 0,
+                       stroke_fill=colour)
+        self.y = bottom + self.px(12)
+
+    def notice(self, text: str, bottom: int) -> int:
+        """``text`` in a highlighted box whose lower edge is at ``bottom``; returns its top."""
+        font = _font(18 * self.scale)
+        lines = _wrap(text, font, self.width - self.px(24))
+        line_height = self.px(18 * 1.3)
+        top = bottom - len(lines) * line_height - self.px(16)
+        self.draw.rectangle((self.left, top, self.left + self.width, bottom), fill=HIGHLIGHT)
+        for index, line in enumerate(lines):
+            self.draw.text((self.left + self.px(12), top + self.px(8) + index * line_height), line,
+                           font=font, fill=NOTICE_TEXT)
+        return top
+
+    def footnotes(self, texts: list[str], bottom: int) -> None:
+        """Small lines of ``texts`` ending at ``bottom``."""
+        font = _font(16 * self.scale)
+        lines = [line for text in texts for line in _wrap(text, font, self.width)]
+        line_height = self.px(16 * 1.35)
+        for index, line in enumerate(lines):
+            y = bottom - (len(lines) - index) * line_height
+            self.draw.text((self.left, y), line, font=font, fill=MUTED)
+
+
+def _percent(probability: float) -> str:
+    """A whole percentage that never shows 0 % or 100 % for a value that is neither."""
+    if 0 < probability < 0.005:
+        return "<1%"
+    if 0.995 <= probability < 1:
+        return ">99%"
+    return f"{probability:.0%}"
+
+
+def render_picture(result: Result) -> Image.Image:
+    """The result picture: source image left, probabilities panel right (RGB)."""
+    source = _scaled_source(result.source.pixels)
+    height = max(source.height, MIN_HEIGHT)
+    scale = height / MIN_HEIGHT
+    picture = Image.new("RGB", (source.width + round(PANEL_WIDTH * scale), height), BACKGROUND)
+    picture.paste(source, (0, (height - source.height) // 2))
+    ImageDraw.Draw(picture).rectangle((source.width, 0, picture.width, height), fill=PANEL)
+
+    prediction = result.prediction
+    panel = _Panel(picture, source.width, scale)
+    panel.text("AI chest image classification", 26, TEXT, bold=True)
+    panel.gap(8)
+    panel.rule()
+    panel.gap(14)
+    panel.text("Most likely", 17, MUTED)
+    label = prediction.label
+    panel.text(f"{FINDINGS[label].meaning}  {_percent(prediction.probabilities[label])}", 32, HIGHLIGHT,
+               bold=True)
+    panel.gap(14)
+    for name, code in FINDINGS.items():
+        panel.bar(code.meaning, prediction.probabilities[name], name == label)
+    model = prediction.model
+    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    notes = [f"Model {model.name} {model.version} ({model.manufacturer}), {when}"]
+    if result.source.derivation:
+        notes.append(f"Image: {result.source.derivation}")
+    top = panel.notice(NOTICE, height - panel.px(22))
+    panel.footnotes(notes, top - panel.px(12))
+    return picture
+
+
+def _source_reference(source: Dataset) -> Dataset:
+    """Source Image Sequence item (PS3.3 C.7.6.1), purpose DCM 121322 (CID 7202)."""
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    item.PurposeOfReferenceCodeSequence = [
+        hd.sr.CodedConcept.from_code(codes.DCM.SourceImageForImageProcessingOperation)
+    ]
+    return item
+
+
+def build_sc(result: Result, series_number: int) -> hd.sc.SCImage:
+    """The picture as an RGB Secondary Capture Image (PS3.3 A.8.1) in the source's study."""
+    source = result.source.dataset
+    model = result.prediction.model
+    picture = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source,
+        pixel_array=np.asarray(render_picture(result)),
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        # highdicom needs a value here; replaced below by the source's own (maybe empty).
+        patient_orientation=("L", "F"),
+        series_instance_uid=uids.series_uid(source, model, "sc"),
+        series_number=series_number,
+        sop_instance_uid=uids.instance_uid(source, model, "sc"),
+        instance_number=int(source.get("InstanceNumber") or 1),
+        manufacturer=model.manufacturer,
+        manufacturer_model_name=model.name,
+        software_versions=model.version,
+        series_description=SERIES_DESCRIPTION,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        contributing_equipment=[processing_equipment(model)],
+    )
+    # The picture keeps the source's orientation; Type 2C, empty when unknown (PS3.3 C.7.6.1).
+    picture.PatientOrientation = source.get("PatientOrientation", "")
+    picture.BodyPartExamined = "CHEST"
+    picture.SourceImageSequence = [_source_reference(source)]
+    return picture
+
+
+@hookimpl
+def ctai_make_outputs(result: Result, config: Config) -> list[Output]:
+    """The picture of one classified image, in a new series of the source's study."""
+    return [Output("sc", build_sc(result, config["outputs"]["sc_series_number"]))]

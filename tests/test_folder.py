@@ -1,0 +1,69 @@
+"""Folder delivery: <dir>/<StudyInstanceUID>/<kind>-<SOPInstanceUID>.dcm, whole files, replaced on re-runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom import Dataset
+
+from ctai.types import Job, Output, Prediction, Result
+from ctai_plugins import folder, sc, sr
+from test_sr import make_result
+
+
+def delivered_result(result: Result | None = None) -> Result:
+    """``result`` (a new one by default) with freshly built SR and SC outputs."""
+    result = result or make_result()
+    result.outputs = [Output("sr", sr.build_sr(result, 9901)), Output("sc", sc.build_sc(result, 9902))]
+    return result
+
+
+def files(root: Path) -> list[Path]:
+    return sorted(path for path in root.rglob("*") if path.is_file())
+
+
+def test_job_out_dir_gets_one_file_per_output(tmp_path, config):
+    result = delivered_result()
+    folder.ctai_deliver(result=result, job=Job("j1", "cli", {"out_dir": str(tmp_path)}), config=config)
+    study = result.source.dataset.StudyInstanceUID
+    expected = sorted(tmp_path / study / f"{o.kind}-{o.dataset.SOPInstanceUID}.dcm" for o in result.outputs)
+    assert files(tmp_path) == expected
+    for output in result.outputs:
+        written = pydicom.dcmread(folder.output_path(tmp_path, output))
+        assert written.SOPInstanceUID == output.dataset.SOPInstanceUID
+
+
+def test_configured_folder_is_used_without_out_dir(tmp_path, config):
+    config["folder"]["path"] = str(tmp_path)
+    folder.ctai_deliver(result=delivered_result(), job=Job("j1", "cli"), config=config)
+    assert len(files(tmp_path)) == 2
+
+
+def test_nothing_is_written_without_a_folder(tmp_path, config, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config["folder"]["path"] = ""
+    folder.ctai_deliver(result=delivered_result(), job=Job("j1", "cli"), config=config)
+    assert files(tmp_path) == []
+
+
+def test_processing_again_replaces_the_files(tmp_path, config):
+    job = Job("j1", "cli", {"out_dir": str(tmp_path)})
+    result = delivered_result()
+    folder.ctai_deliver(result=result, job=job, config=config)
+    first = files(tmp_path)
+    changed = Prediction({"normal": 0.9, "bacterial": 0.05, "viral": 0.05}, result.prediction.model)
+    again = delivered_result(Result(result.source, changed))
+    folder.ctai_deliver(result=again, job=job, config=config)
+    assert files(tmp_path) == first
+    picture = again.outputs[1]
+    assert pydicom.dcmread(folder.output_path(tmp_path, picture)).PixelData == picture.dataset.PixelData
+
+
+def test_a_failed_write_leaves_no_file(tmp_path):
+    broken = Dataset()
+    broken.StudyInstanceUID, broken.SOPInstanceUID = "1.2.3", "1.2.3.4"  # no file meta: not writable
+    with pytest.raises(ValueError):
+        folder.write(tmp_path, Output("sr", broken))
+    assert files(tmp_path) == []

@@ -1,0 +1,103 @@
+"""The SC output: a valid RGB Secondary Capture of the result picture, in the source's study."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+from ctai.inputs.wrap import PatientInfo
+from ctai.types import ModelInfo, SourceImage
+from ctai_plugins import sc, sr
+from dciodvfy import errors
+from test_sr import MODEL, make_result
+
+
+def test_sc_is_a_valid_rgb_secondary_capture():
+    dataset = sc.build_sc(make_result(derivation="frontal mean projection of CT series"), 9902)
+    assert errors(dataset) == []
+    assert dataset.SOPClassUID == SecondaryCaptureImageStorage
+    assert dataset.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert (dataset.PhotometricInterpretation, dataset.SamplesPerPixel) == ("RGB", 3)
+    assert dataset.BodyPartExamined == "CHEST"
+
+
+def test_pixels_are_the_picture():
+    result = make_result()
+    dataset = sc.build_sc(result, 9902)
+    picture = np.asarray(sc.render_picture(result))
+    assert dataset.pixel_array.shape == picture.shape
+    # The source image half is the same; the panel may differ in its clock minute.
+    width = picture.shape[1] - round(sc.PANEL_WIDTH * picture.shape[0] / sc.MIN_HEIGHT)
+    assert np.array_equal(dataset.pixel_array[:, :width], picture[:, :width])
+
+
+def test_small_source_is_enlarged_to_reading_size():
+    picture = sc.render_picture(make_result())
+    assert picture.mode == "RGB"
+    assert picture.height == sc.MIN_HEIGHT
+    source = np.asarray(picture)[:, : sc.MIN_HEIGHT]
+    assert np.array_equal(source[..., 0], source[..., 2])  # the radiograph stays gray
+
+
+def test_large_source_is_capped():
+    result = make_result()
+    big = SourceImage(result.source.path, result.source.dataset, np.full((3000, 2400), 0.5))
+    picture = sc.render_picture(dataclasses.replace(result, source=big))
+    assert picture.height == sc.MAX_HEIGHT
+
+
+def _highlighted_bar_top(picture: np.ndarray) -> int:
+    """First row of the panel (above the notice) that is mostly the highlight colour: a full bar."""
+    panel = picture[: -100, sc.MIN_HEIGHT:]
+    counts = (panel == sc.HIGHLIGHT).all(axis=-1).sum(axis=1)
+    return int(np.flatnonzero(counts > 300)[0])
+
+
+def test_the_predicted_bar_is_highlighted():
+    normal = np.asarray(sc.render_picture(make_result({"normal": 0.8, "bacterial": 0.1, "viral": 0.1})))
+    viral = np.asarray(sc.render_picture(make_result({"normal": 0.1, "bacterial": 0.1, "viral": 0.8})))
+    assert _highlighted_bar_top(normal) < _highlighted_bar_top(viral)
+
+
+def test_sc_joins_the_source_study_in_its_own_series():
+    result = make_result()
+    source = result.source.dataset
+    dataset = sc.build_sc(result, 9902)
+    assert dataset.StudyInstanceUID == source.StudyInstanceUID
+    sr_series = sr.build_sr(result, 9901).SeriesInstanceUID
+    assert dataset.SeriesInstanceUID not in (source.SeriesInstanceUID, sr_series)
+    assert (dataset.PatientID, dataset.PatientName) == (source.PatientID, source.PatientName)
+    assert dataset.SeriesDescription == sc.SERIES_DESCRIPTION
+    assert dataset.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+
+
+def test_uids_are_the_same_when_the_image_is_processed_again():
+    result = make_result()
+    first, second = sc.build_sc(result, 9902), sc.build_sc(result, 9902)
+    assert first.SOPInstanceUID == second.SOPInstanceUID
+    assert first.SeriesInstanceUID == second.SeriesInstanceUID
+    newer = dataclasses.replace(result.prediction, model=ModelInfo(MODEL.name, "2.0.0"))
+    third = sc.build_sc(dataclasses.replace(result, prediction=newer), 9902)
+    assert third.SOPInstanceUID != first.SOPInstanceUID
+
+
+def test_hook_uses_the_configured_series_number(config):
+    config["outputs"]["sc_series_number"] = 778
+    (output,) = sc.ctai_make_outputs(result=make_result(), config=config)
+    assert output.kind == "sc"
+    assert output.dataset.SeriesNumber == 778
+
+
+def test_anonymous_picture_gives_a_valid_sc():
+    assert errors(sc.build_sc(make_result(patient=PatientInfo()), 9902)) == []
+
+
+def test_source_without_optional_attributes_still_gives_a_valid_sc():
+    result = make_result()
+    for keyword in ("PatientOrientation", "AccessionNumber", "PatientSex", "InstanceNumber"):
+        delattr(result.source.dataset, keyword)
+    dataset = sc.build_sc(result, 9902)
+    assert errors(dataset) == []
+    assert dataset.PatientOrientation == ""

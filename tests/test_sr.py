@@ -1,0 +1,139 @@
+"""The SR output: a valid Comprehensive SR whose TID 1500 content reads back as the prediction."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+
+from ctai.inputs.wrap import PatientInfo, wrap_image
+from ctai.types import ModelInfo, Prediction, Result, SourceImage
+from ctai_plugins import sr
+from dciodvfy import errors
+
+IMAGE = Path(__file__).parent / "data" / "images" / "person1000_bacteria_2931.jpeg"
+PROBABILITIES = {"normal": 0.1, "bacterial": 0.7, "viral": 0.2}
+MODEL = ModelInfo("ctai-resnet", "1.0.0")
+PATIENT = PatientInfo(id="P-0001", name="Doe^Jane", birth_date="19800101", sex="F", accession="ACC-1")
+
+
+def make_result(probabilities: dict[str, float] | None = None, derivation: str | None = None,
+                patient: PatientInfo = PATIENT) -> Result:
+    """A Result for a real chest radiograph of tests/data, wrapped as ctai.inputs wraps pictures."""
+    with Image.open(IMAGE) as image:
+        dataset = wrap_image(image, patient, IMAGE.name)
+        pixels = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    source = SourceImage(path=str(IMAGE), dataset=dataset, pixels=pixels, derivation=derivation)
+    return Result(source, Prediction(probabilities or PROBABILITIES, MODEL))
+
+
+def read_back(dataset: Dataset, tmp_path: Path) -> hd.sr.ComprehensiveSR:
+    path = tmp_path / "sr.dcm"
+    dataset.save_as(path, enforce_file_format=True)
+    return hd.sr.srread(path)
+
+
+def test_sr_is_a_valid_comprehensive_sr():
+    dataset = sr.build_sr(make_result(derivation="frontal mean projection of CT series"), 9901)
+    assert dataset.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
+    assert errors(dataset) == []
+
+
+def test_each_class_reads_back_with_its_probability_and_presence(tmp_path):
+    probabilities = {name: float(np.float32(value)) for name, value in
+                     {"normal": 0.0123, "bacterial": 0.6789, "viral": 0.3088}.items()}
+    report = read_back(sr.build_sr(make_result(probabilities), 9901), tmp_path).content
+    for label, finding in sr.FINDINGS.items():
+        (group,) = report.get_image_measurement_groups(finding_type=finding)
+        (measurement,) = group.get_measurements(name=sr.PROBABILITY)
+        (evaluation,) = group.get_qualitative_evaluations(name=sr.PRESENCE)
+        assert measurement.value == probabilities[label]
+        assert measurement.unit == codes.UCUM.NoUnits
+        expected = codes.SCT.Present if label == "bacterial" else codes.SCT.Absent
+        assert evaluation.value == expected
+
+
+def test_groups_reference_the_source_image(tmp_path):
+    result = make_result()
+    report = read_back(sr.build_sr(result, 9901), tmp_path).content
+    groups = report.get_image_measurement_groups(
+        referenced_sop_instance_uid=result.source.dataset.SOPInstanceUID)
+    assert len(groups) == len(sr.FINDINGS)
+
+
+def test_algorithm_is_observer_equipment_and_tid_4019(tmp_path):
+    document = read_back(sr.build_sr(make_result(), 9901), tmp_path)
+    (observer,) = document.content.get_observer_contexts(observer_type=codes.cid270.Device)
+    assert observer.observer_identifying_attributes.model_name == MODEL.name
+    group = document.content.get_image_measurement_groups()[0]
+    names = {item.name.meaning: item.value for item in group[0].ContentSequence
+             if item.ValueType == "TEXT"}
+    assert names["Algorithm Name"] == MODEL.name
+    assert names["Algorithm Version"] == MODEL.version
+    equipment = [item for item in document.ContributingEquipmentSequence
+                 if item.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+                 and item.Manufacturer == MODEL.manufacturer]
+    assert [(e.ManufacturerModelName, e.SoftwareVersions) for e in equipment] == [(MODEL.name, MODEL.version)]
+
+
+def test_derivation_is_stated():
+    dataset = sr.build_sr(make_result(derivation="frontal mean projection of CT series"), 9901)
+    group = dataset.ContentSequence[-1].ContentSequence[0]
+    texts = [item.TextValue for item in group.ContentSequence if item.ValueType == "TEXT"]
+    assert any("frontal mean projection of CT series" in text for text in texts)
+
+
+def test_sr_joins_the_source_study_in_a_new_series():
+    result = make_result()
+    source = result.source.dataset
+    dataset = sr.build_sr(result, 9901)
+    assert dataset.StudyInstanceUID == source.StudyInstanceUID
+    assert dataset.SeriesInstanceUID != source.SeriesInstanceUID
+    assert (dataset.PatientID, dataset.PatientName, dataset.AccessionNumber) == (
+        source.PatientID, source.PatientName, source.AccessionNumber)
+    assert dataset.SeriesNumber == 9901
+    assert dataset.SeriesDescription == sr.SERIES_DESCRIPTION
+
+
+def test_uids_are_the_same_when_the_image_is_processed_again():
+    result = make_result()
+    first, second = sr.build_sr(result, 9901), sr.build_sr(result, 9901)
+    assert first.SOPInstanceUID == second.SOPInstanceUID
+    assert first.SeriesInstanceUID == second.SeriesInstanceUID
+    newer = dataclasses.replace(result.prediction, model=ModelInfo(MODEL.name, "2.0.0"))
+    third = sr.build_sr(dataclasses.replace(result, prediction=newer), 9901)
+    assert third.SOPInstanceUID != first.SOPInstanceUID
+
+
+def test_anonymous_picture_gives_a_valid_sr():
+    assert errors(sr.build_sr(make_result(patient=PatientInfo()), 9901)) == []
+
+
+def test_source_without_type_2_attributes_still_gives_an_sr():
+    result = make_result()
+    for keyword in ("AccessionNumber", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate"):
+        delattr(result.source.dataset, keyword)
+    assert errors(sr.build_sr(result, 9901)) == []
+    assert "AccessionNumber" not in result.source.dataset
+
+
+def test_hook_uses_the_configured_series_number(config):
+    config["outputs"]["sr_series_number"] = 777
+    (output,) = sr.ctai_make_outputs(result=make_result(), config=config)
+    assert output.kind == "sr"
+    assert output.dataset.SeriesNumber == 777
+
+
+@pytest.mark.parametrize("label", sorted(sr.FINDINGS))
+def test_only_the_predicted_class_is_present(label):
+    probabilities = {name: (0.8 if name == label else 0.1) for name in sr.FINDINGS}
+    report = hd.sr.ComprehensiveSR.from_dataset(sr.build_sr(make_result(probabilities), 9901)).content
+    present = [group.finding_type for group in report.get_image_measurement_groups()
+               if group.get_qualitative_evaluations(name=sr.PRESENCE)[0].value == codes.SCT.Present]
+    assert present == [sr.FINDINGS[label]]
