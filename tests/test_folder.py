@@ -10,7 +10,7 @@ from pydicom import Dataset
 
 from ctai.types import Job, Output, Prediction, Result
 from ctai_plugins import folder, sc, sr
-from test_sr import make_result
+from tests.test_sr import make_result
 
 
 def delivered_result(result: Result | None = None) -> Result:

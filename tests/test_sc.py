@@ -10,8 +10,8 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 from ctai.inputs.wrap import PatientInfo
 from ctai.types import ModelInfo, SourceImage
 from ctai_plugins import sc, sr
-from dciodvfy import errors
-from test_sr import MODEL, make_result
+from tests.dciodvfy import errors
+from tests.test_sr import MODEL, make_result
 
 
 def test_sc_is_a_valid_rgb_secondary_capture():

@@ -15,7 +15,7 @@ from pydicom.sr.codedict import codes
 from ctai.inputs.wrap import PatientInfo, wrap_image
 from ctai.types import ModelInfo, Prediction, Result, SourceImage
 from ctai_plugins import sr
-from dciodvfy import errors
+from tests.dciodvfy import errors
 
 IMAGE = Path(__file__).parent / "data" / "images" / "person1000_bacteria_2931.jpeg"
 PROBABILITIES = {"normal": 0.1, "bacterial": 0.7, "viral": 0.2}

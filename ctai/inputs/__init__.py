@@ -1,0 +1,56 @@
+"""Where ctai's images come from: files and folders of DICOM instances and pictures (PNG, JPEG, ...)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from ctai.errors import InputError
+from ctai.inputs import dicom
+from ctai.inputs.images import open_image, to_gray
+from ctai.inputs.wrap import PatientInfo, wrap_image
+from ctai.types import SourceImage
+
+__all__ = ["PatientInfo", "iter_files", "load"]
+
+
+def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
+    """Files as given; the files in folders recursively, sorted, skipping hidden files and folders."""
+    for path in map(Path, paths):
+        if path.is_dir():
+            yield from _walk(path)
+        else:
+            yield path
+
+
+def _walk(folder: Path) -> list[Path]:
+    """Files under a folder, not following links to folders (no loops), hidden ones left out."""
+    found = []
+    for root, folders, names in os.walk(folder):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found += [Path(root, name) for name in names if not name.startswith(".")]
+    return sorted(found)
+
+
+def load(path: Path, patient: PatientInfo | None = None) -> list[SourceImage]:
+    """The images to classify in one file: a DICOM instance (recognised by content), or a picture
+    that Pillow reads, wrapped as a Secondary Capture of ``patient``.
+
+    Raises InputError, and no other exception, saying why when the file cannot be used.
+    """
+    path = Path(path)
+    try:
+        if dicom.is_dicom(path):
+            return dicom.source_images(dicom.read_dataset(path), str(path))
+        return [_picture(path, patient or PatientInfo())]
+    except InputError:
+        raise
+    except Exception as exc:  # a library failing on odd input must still reach the user as one line
+        raise InputError(f"cannot read the file ({type(exc).__name__}: {dicom.one_line(exc)})") from exc
+
+
+def _picture(path: Path, patient: PatientInfo) -> SourceImage:
+    """A PNG/JPEG/... file; its pixels are read exactly as training reads them (images.read_gray)."""
+    image = open_image(path)
+    return SourceImage(path=str(path), dataset=wrap_image(image, patient, path.name), pixels=to_gray(image))

@@ -3,7 +3,6 @@ a decompression-bomb guard, and conversion to a display-ready grayscale array.""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ctai.errors import InputError
 
-#: Pillow's own guard: images above this many pixels raise instead of decoding.
+#: Larger images are refused before decoding; Pillow's own guard refuses twice this at open.
 MAX_PIXELS = 50_000_000
 #: Smaller than this on either side is not a radiograph.
 MIN_SIDE = 32
@@ -22,21 +21,24 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 def open_image(path: Path) -> Image.Image:
     """Open and fully decode an image file, EXIF orientation applied."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.load()
-                image = ImageOps.exif_transpose(im)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        with Image.open(path) as im:
+            check_size(*im.size)
+            im.load()
+            return ImageOps.exif_transpose(im)
+    except Image.DecompressionBombError as exc:
         raise InputError(f"image too large (decompression bomb guard): {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise InputError("not a readable image file") from exc
-    except OSError as exc:
+        raise InputError("neither DICOM nor an image format ctai reads (PNG, JPEG, ...)") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # what Pillow raises on damaged files
         raise InputError(f"cannot decode image: {exc}") from exc
-    width, height = image.size
+
+
+def check_size(width: int, height: int) -> None:
+    """Refuse images too small to be a radiograph or too large to decode safely."""
     if min(width, height) < MIN_SIDE:
         raise InputError(f"image of {width}x{height} pixels is too small to classify")
-    return image
+    if width * height > MAX_PIXELS:
+        raise InputError(f"image of {width}x{height} pixels is too large (limit {MAX_PIXELS:,} pixels)")
 
 
 def to_gray(image: Image.Image) -> np.ndarray:

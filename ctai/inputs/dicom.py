@@ -1,0 +1,186 @@
+"""DICOM files (PS3.10) and the grayscale display pipeline of PS3.4 N.2: Modality LUT, VOI LUT and
+Presentation LUT turn stored values into what a viewer shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom import Dataset
+from pydicom.dataelem import RawDataElement
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_modality_lut, get_decoder
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from ctai.errors import InputError
+from ctai.inputs.images import check_size
+from ctai.types import SourceImage
+
+#: PS3.10 7.1: a 128-byte preamble, then the prefix "DICM".
+_PREFIX = slice(128, 132)
+#: A data set written without preamble starts with a File Meta (0002) or Identifying (0008) group tag.
+_FIRST_GROUPS = (0x0002, 0x0008)
+#: Percentiles of the values windowed for a DX "for processing" image that carries no VOI.
+PROCESSING_PERCENTILES = (0.5, 99.5)
+_PIXEL_DATA = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_SYNTAX_OF_ENCODING = {
+    (True, True): ImplicitVRLittleEndian,
+    (False, True): ExplicitVRLittleEndian,
+    (False, False): ExplicitVRBigEndian,
+}
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (pydicom lists each decoder plugin's error on its own)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _head(path: Path) -> bytes:
+    """The first 132 bytes of a file, or InputError saying why it cannot be read."""
+    if path.is_dir():
+        raise InputError("this is a folder, not a file")
+    try:
+        with path.open("rb") as file:
+            head = file.read(_PREFIX.stop)
+    except FileNotFoundError as exc:
+        raise InputError("file not found") from exc
+    except PermissionError as exc:
+        raise InputError("permission denied: cannot read the file") from exc
+    except OSError as exc:
+        raise InputError(f"cannot read the file: {exc.strerror or exc}") from exc
+    if not head:
+        raise InputError("empty file")
+    return head
+
+
+def is_dicom(path: Path) -> bool:
+    """Whether a file holds DICOM, by content: the "DICM" prefix, or a data set without preamble."""
+    head = _head(Path(path))
+    if head[_PREFIX] == b"DICM":
+        return True
+    return len(head) >= 8 and int.from_bytes(head[:2], "little") in _FIRST_GROUPS
+
+
+def read_dataset(path: Path) -> Dataset:
+    """Read a DICOM file, with or without preamble and File Meta Information (PS3.10 7.1)."""
+    if not is_dicom(path):
+        raise InputError("not a DICOM file: no 'DICM' prefix and no data set at its start")
+    try:
+        ds = pydicom.dcmread(path, force=True)
+    except Exception as exc:  # pydicom raises many exception types on damaged files
+        raise InputError(f"damaged DICOM file: {one_line(exc)}") from exc
+    if not ds:  # pydicom keeps nothing of a data set whose file ends inside an undefined length
+        raise InputError("truncated or damaged DICOM file: no data element could be read")
+    if _last_value_cut(ds):
+        raise InputError("truncated DICOM file: it ends inside a data element")
+    if "TransferSyntaxUID" not in ds.file_meta:
+        ds.file_meta.TransferSyntaxUID = _SYNTAX_OF_ENCODING[ds.original_encoding]
+    return ds
+
+
+def _last_value_cut(ds: Dataset) -> bool:
+    """Whether the file ended inside the value of its last element (pydicom keeps what it got)."""
+    last = ds.get_item(max(ds.keys()))
+    return (
+        isinstance(last, RawDataElement)
+        and isinstance(last.value, bytes)
+        and last.length != 0xFFFFFFFF
+        and len(last.value) < last.length
+    )
+
+
+def display_pixels(ds: Dataset, frame: int = 0) -> np.ndarray:
+    """One frame as a viewer shows it: 2-D float32 in [0, 1], 0 = black."""
+    _check_image(ds)
+    values, photometric = _decode(ds, frame)
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        gray = _voi(apply_modality_lut(values, ds), ds)
+        # PS3.3 C.7.6.3.1.2: MONOCHROME1 shows its lowest value as white.
+        return np.asarray(1.0 - gray if photometric == "MONOCHROME1" else gray, dtype=np.float32)
+    if photometric == "RGB":
+        top = 2.0 ** int(ds.BitsStored) - 1.0
+        return np.asarray(_luminance(values) / top, dtype=np.float32)
+    raise InputError(f"photometric interpretation {photometric} is not supported")
+
+
+def _check_image(ds: Dataset) -> None:
+    """Pixel data present, and a size worth decoding (PS3.3 C.7.6.3 Image Pixel Module)."""
+    if not any(keyword in ds for keyword in _PIXEL_DATA):
+        sop_class = ds.get("SOPClassUID")
+        name = UID(sop_class).name if sop_class else "DICOM"
+        if "Image" in name:
+            raise InputError(f"truncated or damaged file: this {name} object has no pixel data")
+        raise InputError(f"not an image: this {name} object has no pixel data")
+    check_size(int(ds.get("Columns") or 0), int(ds.get("Rows") or 0))
+
+
+def _decode(ds: Dataset, frame: int) -> tuple[np.ndarray, str]:
+    """Stored values of one frame, colour as RGB, with the photometric interpretation they are in."""
+    syntax = UID(ds.file_meta.TransferSyntaxUID)
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError as exc:
+        raise InputError(f"transfer syntax {syntax.name} is not supported") from exc
+    try:
+        values, meta = decoder.as_array(ds, index=frame)
+    except Exception as exc:  # decoder plugins raise many exception types on damaged data
+        raise InputError(f"cannot decode the pixel data ({syntax.name}): {one_line(exc)}") from exc
+    return values, str(meta["photometric_interpretation"])
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma, as Pillow's convert("L") and YBR_FULL (PS3.3 C.7.6.3.1.2) use."""
+    return rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+def _voi(values: np.ndarray, ds: Dataset) -> np.ndarray:
+    """PS3.3 C.11.2 VOI LUT Module, output in [0, 1]: the first VOI LUT, else the first window,
+    else a window over the data (min to max; robust percentiles for DX "for processing")."""
+    values = np.asarray(values, dtype=np.float64)
+    if ds.get("VOILUTSequence"):
+        return _lookup(values, ds.VOILUTSequence[0], ds)
+    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    if center is not None and width is not None and width > 0:
+        return _window(values, center, width, str(ds.get("VOILUTFunction") or "LINEAR").upper())
+    processing = ds.get("PresentationIntentType") == "FOR PROCESSING"
+    low, high = np.percentile(values, PROCESSING_PERCENTILES if processing else (0.0, 100.0))
+    return np.clip((values - low) / max(high - low, 1e-9), 0.0, 1.0)
+
+
+def _first(value: object) -> float | None:
+    """The first of several alternative windows (PS3.3 C.11.2.1.2), None when absent or empty."""
+    if isinstance(value, MultiValue):
+        value = value[0] if value else None
+    return None if value is None or value == "" else float(value)
+
+
+def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """Window Center/Width by VOI LUT Function (PS3.3 C.11.2.1.2 LINEAR, C.11.2.1.3 LINEAR_EXACT
+    and SIGMOID), scaled to [0, 1]."""
+    if function == "SIGMOID":
+        return 0.5 * (1.0 + np.tanh(2.0 * (values - center) / width))
+    if function == "LINEAR_EXACT":
+        return np.clip((values - center) / width + 0.5, 0.0, 1.0)
+    return np.clip((values - (center - 0.5)) / max(width - 1.0, 1e-9) + 0.5, 0.0, 1.0)
+
+
+def _lookup(values: np.ndarray, item: Dataset, ds: Dataset) -> np.ndarray:
+    """A VOI LUT Sequence item (PS3.3 C.11.2.1.1): LUT Descriptor is (entries, first value
+    mapped, bits per entry); values outside the table take its first or last entry."""
+    _, first, bits = (int(v) for v in item.LUTDescriptor)
+    data = item.LUTData
+    if isinstance(data, bytes):  # OW: 16-bit words in the data set's byte order
+        order = "<" if ds.file_meta.TransferSyntaxUID.is_little_endian else ">"
+        table = np.frombuffer(data, dtype=f"{order}u2")
+    else:
+        table = np.atleast_1d(np.asarray(data))
+    index = np.clip(np.rint(values) - first, 0, table.size - 1).astype(np.intp)
+    return table[index].astype(np.float64) / (2.0**bits - 1.0)
+
+
+def source_images(ds: Dataset, path: str) -> list[SourceImage]:
+    """The image to classify in a DICOM instance: the radiograph, frame 0 of a multi-frame one."""
+    if str(ds.get("Modality", "")).upper() == "CT":
+        raise InputError("CT series must be loaded as a series")
+    return [SourceImage(path=path, dataset=ds, pixels=display_pixels(ds, 0))]

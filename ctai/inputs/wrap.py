@@ -1,0 +1,78 @@
+"""A picture file (PNG, JPEG, ...) wrapped as a DICOM Secondary Capture Image (PS3.3 A.8.1), so that
+results can reference it and a PACS can store it next to them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import astuple, dataclass
+
+import numpy as np
+from highdicom.sc import SCImage
+from PIL import Image
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from ctai.errors import InputError
+from ctai.inputs.images import to_gray
+
+MANUFACTURER = "ctai"
+SERIES_DESCRIPTION = "Imported image"
+
+
+@dataclass(frozen=True)
+class PatientInfo:
+    """Patient and order details for a picture, which carries none; empty means unknown."""
+
+    id: str = ""
+    name: str = ""  # DICOM PN, e.g. Doe^Jane
+    birth_date: str = ""  # DICOM DA, YYYYMMDD
+    sex: str = ""  # M, F or O
+    accession: str = ""
+
+
+def wrap_image(image: Image.Image, patient: PatientInfo, origin: str) -> Dataset:
+    """A Secondary Capture of the image's grayscale, MONOCHROME2 8-bit, explicit VR little endian.
+
+    Study, series and SOP instance UIDs derive from the pixels and the patient, so the same file
+    always gives the same UIDs; ``origin`` (e.g. the file name) goes into Derivation Description.
+    """
+    pixels = np.rint(to_gray(image) * 255.0).astype(np.uint8)
+    digest = hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
+
+    def uid(level: str) -> str:
+        # PS3.5 B.2: "2.25." and a UUID, here name-based (version 5), so it is reproducible.
+        name = json.dumps(["ctai", digest, *astuple(patient), level])
+        return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}"
+
+    try:
+        sc = SCImage(
+            pixel_array=pixels,
+            photometric_interpretation="MONOCHROME2",
+            bits_allocated=8,
+            coordinate_system="PATIENT",
+            patient_orientation=("L", "F"),
+            study_instance_uid=uid("study"),
+            series_instance_uid=uid("series"),
+            series_number=1,
+            sop_instance_uid=uid("instance"),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            patient_id=patient.id,
+            patient_name=patient.name or None,
+            patient_birth_date=patient.birth_date or None,
+            patient_sex=patient.sex or None,
+            accession_number=patient.accession,
+            series_description=SERIES_DESCRIPTION,
+            specific_character_set=None if "".join(astuple(patient)).isascii() else "ISO_IR 192",
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+        )
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"invalid patient details: {exc}") from exc
+    # A picture does not say how the patient lies in it: Patient Orientation is Type 2C, left
+    # empty (PS3.3 C.7.6.1.1.1), rather than claiming the usual frontal chest display.
+    sc.PatientOrientation = None
+    sc.BodyPartExamined = "CHEST"
+    sc.DerivationDescription = f"Converted by ctai from {origin}"[:1024]
+    return sc

@@ -1,0 +1,143 @@
+"""`ctai classify` and `ctai evaluate` end to end, with the shipped model and real files."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+import pytest
+
+from ctai.cli import main
+from ctai.types import CLASSES
+from tests.conftest import IMAGES, requires_model
+from tests.dciodvfy import errors as dciodvfy_errors
+
+pytestmark = requires_model
+
+NORMAL = IMAGES / "IM-0115-0001.jpeg"
+BACTERIAL = IMAGES / "person1000_bacteria_2931.jpeg"
+VIRAL = IMAGES / "person1000_virus_1681.jpeg"
+
+
+def classify_json(capsys, *args: str) -> tuple[int, list[dict]]:
+    code = main(["classify", "--json", *args])
+    out = capsys.readouterr().out
+    return code, [json.loads(line) for line in out.splitlines()]
+
+
+def test_json_lines_exactly(capsys):
+    code, rows = classify_json(capsys, str(NORMAL), str(BACTERIAL))
+    assert code == 0
+    assert [r["path"] for r in rows] == [str(NORMAL), str(BACTERIAL)]
+    for row in rows:
+        assert set(row) == {"path", "label", "probabilities", "model"}
+        assert set(row["probabilities"]) == set(CLASSES)
+        assert abs(sum(row["probabilities"].values()) - 1) < 1e-6
+        assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)
+        assert set(row["model"]) == {"name", "version"}
+
+
+def test_bad_input_is_one_error_line_and_the_others_go_through(capsys, tmp_path: Path):
+    text = tmp_path / "notes.dcm"
+    text.write_text("this is not DICOM\n")
+    code, rows = classify_json(capsys, str(text), str(NORMAL), str(tmp_path / "missing.png"))
+    assert code == 1
+    assert [set(r) for r in rows] == [{"path", "error"}, {"path", "label", "probabilities", "model"},
+                                      {"path", "error"}]
+    assert rows[0]["path"] == str(text)
+
+
+def test_folders_are_read_recursively(capsys, tmp_path: Path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    shutil.copy(NORMAL, tmp_path / "a" / "n.jpeg")
+    shutil.copy(VIRAL, tmp_path / "a" / "b" / "v.jpeg")
+    code, rows = classify_json(capsys, str(tmp_path))
+    assert code == 0 and len(rows) == 2
+
+
+def test_readable_table(capsys):
+    assert main(["classify", str(NORMAL)]) == 0
+    out = capsys.readouterr().out
+    assert str(NORMAL) in out and "normal" in out and "%" in out
+
+
+def test_out_writes_valid_sr_and_sc_with_the_same_probabilities(capsys, tmp_path: Path):
+    code, [row] = classify_json(capsys, "--out", str(tmp_path), "--patient-id", "P1",
+                                "--patient-name", "Doe^Jane", str(BACTERIAL))
+    assert code == 0
+    files = sorted(tmp_path.rglob("*.dcm"))
+    assert len(files) == 2
+    for file in files:
+        assert dciodvfy_errors(pydicom.dcmread(file)) == []
+    sr_file = next(f for f in files if f.name.startswith("sr"))
+    sr, sc = pydicom.dcmread(sr_file), pydicom.dcmread(next(f for f in files if f.name.startswith("sc")))
+    assert sr.PatientID == sc.PatientID == "P1"
+    assert sr.StudyInstanceUID == sc.StudyInstanceUID
+    assert read_probabilities(sr_file) == pytest.approx(row["probabilities"], abs=1e-9)
+
+
+def read_probabilities(path: Path) -> dict[str, float]:
+    """Each class's probability from the SR's TID 1500 measurement groups."""
+    from ctai_plugins.sr import FINDINGS, PROBABILITY
+
+    report = hd.sr.srread(path).content
+    found = {}
+    for name, finding in FINDINGS.items():
+        [group] = report.get_image_measurement_groups(finding_type=finding)
+        [measurement] = group.get_measurements(name=PROBABILITY)
+        found[name] = float(measurement.value)
+    return found
+
+
+def test_same_answer_whatever_the_container(capsys, tmp_path: Path):
+    """The picture as JPEG file, and as DICOM in lossless encodings: probabilities within 0.01."""
+    from tests.dicomfactory import lossless_variants
+
+    code, [reference] = classify_json(capsys, str(BACTERIAL))
+    variants = lossless_variants(BACTERIAL, tmp_path)
+    code, rows = classify_json(capsys, *map(str, variants))
+    assert code == 0
+    for row in rows:
+        for c in CLASSES:
+            assert abs(row["probabilities"][c] - reference["probabilities"][c]) < 0.01, row["path"]
+
+
+def test_lossy_jpeg_q95_gives_the_same_label(capsys, tmp_path: Path):
+    from PIL import Image
+
+    for source in (NORMAL, BACTERIAL, VIRAL):
+        lossy = tmp_path / f"{source.stem}-q95.jpg"
+        Image.open(source).save(lossy, quality=95)
+        _, [a, b] = classify_json(capsys, str(source), str(lossy))
+        assert a["label"] == b["label"]
+
+
+def test_shipped_model_labels_committed_samples(capsys):
+    """One validation-split image per class that the shipped model gets right (see tests/data)."""
+    _, rows = classify_json(capsys, str(NORMAL), str(BACTERIAL), str(VIRAL))
+    assert [r["label"] for r in rows] == ["normal", "bacterial", "viral"]
+
+
+def test_evaluate_prints_every_metric(capsys, tmp_path: Path):
+    from tests.test_training import kermany_layout
+
+    folder = kermany_layout(tmp_path)
+    assert main(["evaluate", "--json", str(folder)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 9
+    for key in ("accuracy", "balanced_accuracy", "confusion_matrix", "per_class", "pneumonia_vs_normal",
+                "bacterial_vs_viral", "expected_calibration_error"):
+        assert key in report
+    assert main(["evaluate", str(folder)]) == 0
+    assert "balanced accuracy" in capsys.readouterr().out
+
+
+def test_stdout_holds_only_json_lines(tmp_path: Path):
+    proc = subprocess.run([sys.executable, "-m", "ctai.cli", "classify", "--json", str(NORMAL)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    [line] = proc.stdout.splitlines()
+    assert json.loads(line)["path"] == str(NORMAL)

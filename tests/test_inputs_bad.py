@@ -1,0 +1,184 @@
+"""Inputs ctai cannot use: each gives one InputError naming the reason, and load() never raises
+anything else."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import MPEG2MPML, ExplicitVRLittleEndian, JPEG2000Lossless
+
+from ctai import inputs
+from ctai.errors import InputError
+from ctai.inputs.dicom import display_pixels, read_dataset
+from tests.dicomfactory import compressed, dataset, picture, save
+
+# pydicom warns, then keeps nothing, when a file ends inside an undefined-length element.
+pytestmark = pytest.mark.filterwarnings("ignore:End of file reached before delimiter:UserWarning")
+
+
+def fails(path: Path, reason: str) -> None:
+    with pytest.raises(InputError, match=reason):
+        inputs.load(path)
+
+
+@pytest.fixture(scope="module")
+def radiograph(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save(dataset(picture()), tmp_path_factory.mktemp("bad") / "good.dcm")
+
+
+def cut(source: Path, target: Path, keep: int) -> Path:
+    data = source.read_bytes()
+    target.write_bytes(data[: keep if keep >= 0 else len(data) + keep])
+    return target
+
+
+def test_truncated_uncompressed_pixel_data(radiograph: Path, tmp_path: Path) -> None:
+    fails(cut(radiograph, tmp_path / "cut.dcm", -1000), "truncated DICOM file")
+
+
+def test_truncated_compressed_pixel_data(radiograph: Path, tmp_path: Path) -> None:
+    jpeg2000 = compressed(read_dataset(radiograph), JPEG2000Lossless, tmp_path / "j2k.dcm")
+    fails(cut(jpeg2000, tmp_path / "cut.dcm", -1000), "truncated or damaged DICOM file")
+
+
+def test_image_without_pixel_data(radiograph: Path, tmp_path: Path) -> None:
+    ds = read_dataset(radiograph)
+    del ds.PixelData
+    fails(save(ds, tmp_path / "no-pixels.dcm"),
+          "truncated or damaged file: this Computed Radiography Image Storage object has no pixel data")
+
+
+def test_truncated_in_the_header(radiograph: Path, tmp_path: Path) -> None:
+    fails(cut(radiograph, tmp_path / "cut.dcm", 400), "truncated")
+
+
+def test_damaged_compressed_pixel_data(radiograph: Path, tmp_path: Path) -> None:
+    jpeg2000 = compressed(read_dataset(radiograph), JPEG2000Lossless, tmp_path / "j2k.dcm")
+    data = bytearray(jpeg2000.read_bytes())
+    start = data.index(b"\xff\x4f\xff\x51")  # the codestream's SOC and SIZ markers
+    data[start : start + 40] = bytes(40)
+    (tmp_path / "damaged.dcm").write_bytes(bytes(data))
+    fails(tmp_path / "damaged.dcm", "cannot decode the pixel data")
+
+
+def test_structured_report_has_no_pixel_data(tmp_path: Path) -> None:
+    sr = Dataset()
+    sr.file_meta = FileMetaDataset()
+    sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    sr.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+    sr.SOPInstanceUID = "1.2.3.4"
+    sr.Modality = "SR"
+    sr.ValueType = "CONTAINER"
+    fails(save(sr, tmp_path / "sr.dcm"),
+          "not an image: this Comprehensive SR Storage object has no pixel data")
+
+
+@pytest.mark.parametrize(("rows", "columns", "reason"), [
+    (0, 224, "image of 224x0 pixels is too small"),
+    (16, 224, "image of 224x16 pixels is too small"),
+    (65535, 65535, "image of 65535x65535 pixels is too large"),
+])
+def test_absurd_size(rows: int, columns: int, reason: str, radiograph: Path, tmp_path: Path) -> None:
+    ds = read_dataset(radiograph)
+    ds.Rows, ds.Columns = rows, columns  # the 224x224 pixel data stays: only the header lies
+    fails(save(ds, tmp_path / "size.dcm"), reason)
+
+
+def test_palette_colour_is_not_supported() -> None:
+    ds = dataset(picture(), "PALETTE COLOR")
+    with pytest.raises(InputError, match="photometric interpretation PALETTE COLOR is not supported"):
+        display_pixels(ds)
+
+
+def test_transfer_syntax_without_decoder(radiograph: Path) -> None:
+    ds = read_dataset(radiograph)
+    ds.file_meta.TransferSyntaxUID = MPEG2MPML
+    with pytest.raises(InputError, match="transfer syntax MPEG2 Main Profile / Main Level is not supported"):
+        display_pixels(ds)
+
+
+def test_text_file_named_dcm(tmp_path: Path) -> None:
+    (tmp_path / "notes.dcm").write_text("Patient came in with a cough.\nChest X-ray ordered.\n")
+    fails(tmp_path / "notes.dcm", "neither DICOM nor an image format")
+    with pytest.raises(InputError, match="not a DICOM file"):
+        read_dataset(tmp_path / "notes.dcm")
+
+
+def png_bomb(path: Path, width: int, height: int) -> Path:
+    """A valid 1-bit all-black PNG of width x height that compresses to a few kilobytes per megapixel."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = bytes(1 + (width + 7) // 8)  # filter byte 0 and the packed bits
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row * 1000) for _ in range(height // 1000)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
+    return path
+
+
+def test_png_decompression_bomb(tmp_path: Path) -> None:
+    bomb = png_bomb(tmp_path / "bomb.png", 30000, 30000)
+    assert bomb.stat().st_size < 1_000_000
+    fails(bomb, "decompression bomb")
+
+
+def test_png_above_the_size_limit(tmp_path: Path) -> None:
+    with pytest.warns(Image.DecompressionBombWarning):  # Pillow's warning, before ctai refuses
+        fails(png_bomb(tmp_path / "big.png", 8000, 8000), "image of 8000x8000 pixels is too large")
+
+
+def test_tiny_png(tmp_path: Path) -> None:
+    Image.fromarray(picture()[:20, :20]).save(tmp_path / "tiny.png")
+    fails(tmp_path / "tiny.png", "image of 20x20 pixels is too small")
+
+
+def test_folder_named_dcm(tmp_path: Path) -> None:
+    (tmp_path / "x.dcm").mkdir()
+    fails(tmp_path / "x.dcm", "this is a folder, not a file")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    fails(tmp_path / "missing.dcm", "file not found")
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    (tmp_path / "empty.dcm").touch()
+    fails(tmp_path / "empty.dcm", "empty file")
+
+
+def test_garbage_bytes(tmp_path: Path) -> None:
+    (tmp_path / "garbage").write_bytes(np.random.default_rng(1).bytes(10_000))
+    fails(tmp_path / "garbage", "neither DICOM nor an image format")
+
+
+def test_truncated_jpeg(tmp_path: Path) -> None:
+    Image.fromarray(picture()).save(tmp_path / "full.jpg")
+    fails(cut(tmp_path / "full.jpg", tmp_path / "cut.jpg", 2000), "cannot decode image")
+
+
+def test_any_cut_or_damage_gives_only_input_errors(radiograph: Path, tmp_path: Path) -> None:
+    """Cuts and byte flips at many places in DICOM and JPEG files: loaded, or one InputError."""
+    jpeg2000 = compressed(read_dataset(radiograph), JPEG2000Lossless, tmp_path / "j2k.dcm")
+    Image.fromarray(picture()).save(tmp_path / "picture.jpg")
+    rng = np.random.default_rng(7)
+    for source in (radiograph, jpeg2000, tmp_path / "picture.jpg"):
+        data = source.read_bytes()
+        for n, place in enumerate(rng.integers(0, len(data), 20)):
+            damaged = bytearray(data[:place] if n % 2 else data)
+            if not n % 2:
+                damaged[place : place + 8] = rng.bytes(8)
+            target = tmp_path / f"damaged{source.suffix}"
+            target.write_bytes(bytes(damaged))
+            try:
+                inputs.load(target)
+            except InputError as exc:
+                assert str(exc)

@@ -1,0 +1,104 @@
+"""The pipeline's order of steps and its batching, with a stand-in classifier plugin."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ctai import hookimpl
+from ctai.inputs import load
+from ctai.pipeline import Pipeline
+from ctai.plugins import plugin_manager
+from ctai.types import Failure, Job, ModelInfo, Result
+from tests.conftest import IMAGES
+
+
+class CountingClassifier:
+    info = ModelInfo("counting", "0")
+    input_size = 32
+
+    def __init__(self):
+        self.batches: list[int] = []
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.batches.append(len(batch))
+        return np.tile([0.2, 0.5, 0.3], (len(batch), 1))
+
+
+class Recorder:
+    def __init__(self):
+        self.classifier = CountingClassifier()
+        self.events: list[str] = []
+
+    @hookimpl
+    def ctai_classifier(self, config):
+        return self.classifier
+
+    @hookimpl
+    def ctai_deliver(self, result, job, config):
+        self.events.append(f"deliver {sorted(o.kind for o in result.outputs)}")
+
+    @hookimpl
+    def ctai_job_finished(self, job, results, failures, config):
+        self.events.append(f"finished {len(results)} {len(failures)}")
+
+    @hookimpl
+    def ctai_job_failed(self, job, error, config):
+        self.events.append(f"failed {error}")
+
+
+@pytest.fixture
+def recorder(config):
+    config["model"]["batch_size"] = 4
+    pm = plugin_manager(config)
+    recorder = Recorder()
+    pm.register(recorder, "recorder")
+    return Pipeline(config, pm), recorder
+
+
+def sources(n: int):
+    paths = sorted(IMAGES.glob("*.jpeg"))[:n]
+    return [image for path in paths for image in load(path)]
+
+
+def test_images_are_classified_in_batches(recorder):
+    pipeline, rec = recorder
+    outcomes = pipeline.run(Job(id="j", source="test"), sources(6))
+    assert rec.classifier.batches == [4, 2]
+    assert all(isinstance(o, Result) and o.prediction.label == "bacterial" for o in outcomes)
+
+
+def test_outputs_are_made_then_delivered_then_job_finishes(recorder):
+    pipeline, rec = recorder
+    pipeline.run(Job(id="j", source="test"), sources(1) + [Failure("bad.dcm", "truncated")])
+    assert rec.events == ["deliver ['sc', 'sr']", "finished 1 1"]
+
+
+def test_non_chest_image_is_skipped_with_reason(recorder):
+    pipeline, rec = recorder
+    image = sources(1)[0]
+    image.dataset.Modality = "MR"
+    [outcome] = pipeline.run(Job(id="j", source="test"), [image])
+    assert isinstance(outcome, Failure) and "modality MR" in outcome.reason
+    assert rec.classifier.batches == []
+
+
+def test_ctai_outputs_are_never_classified_again(recorder):
+    pipeline, _ = recorder
+    image = sources(1)[0]
+    image.dataset.SeriesDescription = "ctai AI result (picture)"
+    [outcome] = pipeline.run(Job(id="j", source="test"), [image])
+    assert isinstance(outcome, Failure) and "ctai's own" in outcome.reason
+
+
+def test_a_failing_delivery_fails_the_job_and_says_so(recorder):
+    pipeline, rec = recorder
+
+    class Broken:
+        @hookimpl
+        def ctai_deliver(self, result, job, config):
+            raise OSError("disk full")
+
+    pipeline.pm.register(Broken(), "broken")
+    with pytest.raises(OSError):
+        pipeline.run(Job(id="j", source="test"), sources(1))
+    assert rec.events[-1] == "failed disk full"
