@@ -1,0 +1,281 @@
+"""A persistent outbox for messages to other systems (HL7 ORU over MLLP, C-STORE to a PACS).
+
+Messages live in SQLite under the data folder until the peer acknowledged them, so a peer that
+is down for an hour, or a restart of ctai, loses nothing. Per key (a patient for HL7, a
+destination for C-STORE) messages go out strictly in the order they were put; a key whose head
+message fails waits with exponential backoff while other keys go on. A message is marked
+delivered only after the peer's positive answer (HL7 AA / CA, C-STORE Success or Warning).
+A crash between that answer and the mark resends the message once more: receivers recognise it
+by its HL7 message control ID (MSH-10) or its SOP Instance UID.
+
+Senders raise ``Undeliverable`` for a message no retry can deliver (it is kept, marked failed,
+and shown by ``ctai outbox``); any other exception means "try again later".
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ctai.config import Config, data_dir
+
+log = logging.getLogger(__name__)
+
+#: Sends one message's payload to its destination; returns on the peer's positive answer.
+Sender = Callable[[Mapping[str, Any], bytes], None]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel TEXT NOT NULL,
+    key TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    dedup TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL DEFAULT 'pending',
+    created REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    done REAL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (channel, key, id) WHERE state = 'pending';
+"""
+
+
+class Undeliverable(Exception):
+    """The peer refused this message for good (e.g. a SOP class it does not store)."""
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    channel: str
+    key: str
+    destination: dict[str, Any]
+    payload: bytes
+    attempts: int
+    state: str = "pending"
+    last_error: str | None = None
+
+
+class Outbox:
+    """The outbox table in ``path`` (SQLite, WAL mode: one writer at a time, any process)."""
+
+    def __init__(self, path: Path, initial_backoff: float = 5.0, max_backoff: float = 300.0) -> None:
+        self.path = path
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        with self._db() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+
+    @classmethod
+    def from_config(cls, config: Config) -> Outbox:
+        settings = config["outbox"]
+        return cls(data_dir(config) / "outbox.sqlite3", float(settings["initial_backoff"]),
+                   float(settings["max_backoff"]))
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            yield db
+        finally:
+            db.close()
+
+    def put(self, channel: str, key: str, destination: Mapping[str, Any], payload: bytes, dedup: str) -> bool:
+        """Queue a message; False (and nothing queued) if one with the same ``dedup`` was queued before.
+
+        ``dedup`` names the message's content (e.g. an output's SOP Instance UID), so a job that
+        runs again, after a crash say, does not send its results twice.
+        """
+        now = time.time()
+        with self._db() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO outbox"
+                " (channel, key, destination, payload, dedup, created, next_attempt)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (channel, key, json.dumps(dict(destination)), payload, dedup, now, now))
+            return cursor.rowcount == 1
+
+    def due(self, channel: str, now: float) -> list[Message]:
+        """The oldest pending message of each key of ``channel`` whose retry time has come, oldest first."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT id, channel, key, destination, payload, attempts FROM outbox o"
+                " WHERE channel = ? AND state = 'pending' AND next_attempt <= ?"
+                " AND id = (SELECT MIN(id) FROM outbox WHERE channel = o.channel AND key = o.key"
+                "           AND state = 'pending')"
+                " ORDER BY id", (channel, now)).fetchall()
+        return [Message(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
+
+    def mark_delivered(self, message: Message) -> None:
+        """Record the delivery; the payload is dropped, the row stays to recognise the content again."""
+        with self._db() as db:
+            db.execute("UPDATE outbox SET state = 'delivered', done = ?, attempts = attempts + 1,"
+                       " last_error = NULL, payload = X'' WHERE id = ?", (time.time(), message.id))
+
+    def mark_failed(self, message: Message, error: str) -> None:
+        """Keep a message no retry can deliver, with the reason, for ``ctai outbox``."""
+        with self._db() as db:
+            db.execute("UPDATE outbox SET state = 'failed', done = ?, attempts = attempts + 1, last_error = ?"
+                       " WHERE id = ?", (time.time(), error, message.id))
+
+    def retry_later(self, message: Message, error: str, now: float) -> float:
+        """Count a failed attempt and schedule the next one with exponential backoff; returns the delay."""
+        delay = min(self.initial_backoff * 2 ** min(message.attempts, 30), self.max_backoff)
+        with self._db() as db:
+            db.execute("UPDATE outbox SET attempts = attempts + 1, next_attempt = ?, last_error = ?"
+                       " WHERE id = ?",
+                       (now + delay, error, message.id))
+        return delay
+
+    def retry_now(self, channel: str | None = None) -> None:
+        """Make every pending message due now (``ctai outbox --send``)."""
+        with self._db() as db:
+            db.execute("UPDATE outbox SET next_attempt = 0"
+                       " WHERE state = 'pending' AND (? IS NULL OR channel = ?)",
+                       (channel, channel))
+
+    def messages(self, state: str | None = None) -> list[Message]:
+        """Messages in ``state`` (all if None), oldest first."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT id, channel, key, destination, payload, attempts, state, last_error FROM outbox"
+                " WHERE ? IS NULL OR state = ? ORDER BY id", (state, state)).fetchall()
+        return [Message(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
+
+
+def send_due(outbox: Outbox, channel: str, sender: Sender, now: float | None = None) -> int:
+    """Send the due messages of ``channel``, each key in order; returns how many were delivered.
+
+    After a destination fails, its other messages wait for the next call, so a peer that is
+    down costs one connection attempt per call.
+    """
+    now = time.time() if now is None else now
+    delivered = 0
+    failing: set[str] = set()
+    progress = True
+    while progress:
+        progress = False
+        for message in outbox.due(channel, now):
+            where = json.dumps(message.destination, sort_keys=True)
+            if where in failing:
+                continue
+            outcome = _send(outbox, message, sender, now)
+            if outcome == "retry":
+                failing.add(where)
+            else:
+                progress = True
+                delivered += outcome == "delivered"
+    return delivered
+
+
+def _send(outbox: Outbox, message: Message, sender: Sender, now: float) -> str:
+    """Send one message and record the outcome: "delivered", "failed" (for good) or "retry"."""
+    try:
+        sender(message.destination, message.payload)
+    except Undeliverable as exc:
+        log.error("outbox %s #%d (%s) refused for good, kept as failed: %s", message.channel, message.id,
+                  message.key, exc)
+        outbox.mark_failed(message, str(exc))
+        return "failed"
+    except Exception as exc:  # noqa: BLE001 - any other failure: retry later, never drop
+        delay = outbox.retry_later(message, f"{type(exc).__name__}: {exc}", now)
+        log.warning("outbox %s #%d (%s) not delivered (%s: %s); retry in %.0f s", message.channel, message.id,
+                    message.key, type(exc).__name__, exc, delay)
+        return "retry"
+    outbox.mark_delivered(message)
+    return "delivered"
+
+
+def default_senders() -> dict[str, Sender]:
+    """The built-in channels: ``hl7`` (MLLP) and ``cstore`` (DICOM C-STORE)."""
+    from ctai.transports import dicom_scu, mllp
+
+    return {"hl7": mllp.deliver, "cstore": dicom_scu.deliver}
+
+
+@contextmanager
+def sending_lock(config: Config, channel: str) -> Iterator[bool]:
+    """An exclusive lock on sending ``channel``: True if this process holds it, False if another does.
+
+    Only one process (``ctai serve``, ``ctai outbox --send``) sends a channel at a time, so no
+    message goes out twice at once. The lock ends with the process that holds it.
+    """
+    with open(data_dir(config) / f"outbox-{channel}.lock", "w") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def send_now(config: Config, senders: Mapping[str, Sender] | None = None) -> dict[str, int | None]:
+    """Make every pending message due and send it now (``ctai outbox --send``).
+
+    Returns the number delivered per channel, None for a channel that another process is
+    sending (it sends them soon, as they are due now).
+    """
+    outbox = Outbox.from_config(config)
+    outbox.retry_now()
+    delivered: dict[str, int | None] = {}
+    for channel, sender in (senders or default_senders()).items():
+        with sending_lock(config, channel) as locked:
+            delivered[channel] = send_due(outbox, channel, sender) if locked else None
+    return delivered
+
+
+class OutboxSender:
+    """Background delivery: one thread per channel, started by ``ctai serve`` (service API start/stop).
+
+    A channel's thread sends only while it holds that channel's ``sending_lock``; when another
+    process holds it, the thread waits for it.
+    """
+
+    name = "outbox"
+
+    def __init__(self, config: Config, senders: Mapping[str, Sender] | None = None) -> None:
+        self.config = config
+        self.outbox = Outbox.from_config(config)
+        self.poll_seconds = float(config["outbox"]["poll_seconds"])
+        self.senders = dict(senders or default_senders())
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self._stop.clear()
+        for channel, sender in self.senders.items():
+            thread = threading.Thread(target=self._run, args=(channel, sender), name=f"outbox-{channel}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
+
+    def _run(self, channel: str, sender: Sender) -> None:
+        while not self._stop.is_set():
+            with sending_lock(self.config, channel) as locked:
+                while locked and not self._stop.is_set():
+                    try:
+                        send_due(self.outbox, channel, sender)
+                    except sqlite3.Error:
+                        log.exception("outbox %s: database error; trying again", channel)
+                    self._stop.wait(self.poll_seconds)
+            self._stop.wait(self.poll_seconds)

@@ -1,0 +1,288 @@
+"""The DICOM listener: Storage SCP (PS3.4 Annex B) and Verification SCP (PS3.4 Annex A).
+
+Each received instance is written to the spool (fsync, then atomic rename) before Success is
+answered, so an instance the sender was told is stored survives a crash or restart. Instances
+collect per series in ``incoming/<Series Instance UID>/``; once no instance of a series has
+arrived for ``idle_seconds``, the folder moves to ``batches/`` and becomes one queued job.
+
+Answers (PS3.4 B.2.3, PS3.7 C.4.2.1.4): an undecodable data set or one without valid UIDs gets
+0xC000 (Cannot understand), a data set of another SOP class than the request 0xA900, a full
+disk 0xA700 (Out of resources), each with an Error Comment. An object without pixel data (an
+SR, a presentation state) is answered Success and not kept: this SCP is a Level 0 (local)
+storage SCP (PS3.4 B.4.1), which keeps instances only as long as it needs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydicom import Dataset
+from pydicom.pixels import get_decoder
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    UID,
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLSNearLossless,
+)
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification
+
+from ctai.config import Config, data_dir
+from ctai.types import Job
+
+log = logging.getLogger(__name__)
+
+#: ``Job.source`` of the jobs the listener queues.
+SOURCE = "dicom-listener"
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+NOT_OF_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+
+#: PS3.5 9.1: a UID is dot-separated numbers, at most 64 characters (safe as a file name).
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+#: Marks a batch whose job is on the queue.
+_QUEUED = ".queued"
+#: Lossy transfer syntaxes, accepted last.
+LOSSY = {JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless, JPEG2000, HTJ2K}
+
+
+def is_uid(value: object) -> bool:
+    return isinstance(value, str) and len(value) <= 64 and bool(_UID.fullmatch(value))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Received instances on disk: ``incoming/<series>/<sop>.dcm``, then ``batches/<batch>/``."""
+
+    def __init__(self, root: Path) -> None:
+        self.tmp, self.incoming, self.batches = root / "tmp", root / "incoming", root / "batches"
+        for folder in (self.tmp, self.incoming, self.batches):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: Config) -> Spool:
+        return cls(data_dir(config) / "listener")
+
+    def discard_partial(self) -> None:
+        """Remove files whose writing was interrupted (never answered with Success)."""
+        for path in self.tmp.iterdir():
+            path.unlink()
+
+    def store(self, series_uid: str, sop_uid: str, data: bytes) -> Path:
+        """Write one instance durably; when this returns, it survives a crash."""
+        fd, tmp = tempfile.mkstemp(dir=self.tmp, suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            with self._lock:
+                folder = self.incoming / series_uid
+                if not folder.is_dir():
+                    folder.mkdir()
+                    _fsync_dir(self.incoming)
+                target = folder / f"{sop_uid}.dcm"
+                os.replace(tmp, target)
+                _fsync_dir(folder)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+    def idle_series(self, idle_seconds: float, now: float) -> list[str]:
+        """Series that received no instance for ``idle_seconds`` (a folder's mtime is its last arrival)."""
+        return sorted(p.name for p in self.incoming.iterdir() if now - p.stat().st_mtime >= idle_seconds)
+
+    def seal(self, series_uid: str) -> Path:
+        """Move a series into a new batch; instances of it that arrive later start another one."""
+        with self._lock:
+            batch = self.batches / f"{series_uid}-{time.time_ns()}"
+            os.replace(self.incoming / series_uid, batch)
+            _fsync_dir(self.incoming)
+            _fsync_dir(self.batches)
+        return batch
+
+    def unqueued(self) -> list[Path]:
+        return sorted(p for p in self.batches.iterdir() if not (p / _QUEUED).exists())
+
+    def mark_queued(self, batch: Path) -> None:
+        (batch / _QUEUED).touch()
+
+    def batch(self, name: str) -> Path:
+        """The folder of batch ``name``; ValueError for a name that is not one of ours."""
+        series_uid, _, stamp = name.rpartition("-")
+        if not (is_uid(series_uid) and stamp.isdigit()):
+            raise ValueError(f"not a listener batch: {name!r}")
+        return self.batches / name
+
+
+def job_for(batch: Path) -> Job:
+    """The queued job of a batch; its ID names the batch, so queueing it twice is recognisable."""
+    return Job(id=f"{SOURCE}:{batch.name}", source=SOURCE, options={"batch": batch.name})
+
+
+def _status(code: int, comment: str = "") -> Dataset:
+    status = Dataset()
+    status.Status = code
+    if comment:
+        status.ErrorComment = comment[:64]
+    return status
+
+
+def _problem(ds: Dataset, event: Event) -> tuple[int, str] | None:
+    """Why a data set cannot be accepted as an instance of the request, or None."""
+    request = event.request
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"):
+        if not is_uid(ds.get(keyword)):
+            return CANNOT_UNDERSTAND, f"missing or invalid {keyword}"
+    if ds.SOPClassUID != request.AffectedSOPClassUID:
+        return NOT_OF_SOP_CLASS, "SOP Class UID differs from the C-STORE request"
+    if ds.SOPInstanceUID != request.AffectedSOPInstanceUID:
+        return CANNOT_UNDERSTAND, "SOP Instance UID differs from the C-STORE request"
+    return None
+
+
+def _decodable(uid: str) -> bool:
+    try:
+        return get_decoder(uid).is_available
+    except NotImplementedError:
+        return False
+
+
+def readable_syntaxes() -> list[str]:
+    """Transfer syntaxes whose pixel data pydicom can decode here, in order of preference.
+
+    The acceptor picks the first of these that the sender proposes in a presentation context
+    (PS3.8 9.3.3.2): uncompressed first, then lossless compression, lossy only when the sender
+    offers nothing else, so that no sender compresses lossily for ctai's sake.
+    """
+    readable = [uid for uid in ALL_TRANSFER_SYNTAXES if _decodable(uid)]
+    readable.sort(key=lambda uid: (uid != ExplicitVRLittleEndian, UID(uid).is_compressed, uid in LOSSY))
+    return readable
+
+
+class DicomListener:
+    """The Storage SCP as a ``ctai serve`` service (start/stop), configured by ``[listener]``.
+
+    ``enqueue`` puts a job on the queue; by default ``ctai.jobs.enqueue``.
+    """
+
+    name = "dicom-listener"
+
+    def __init__(self, config: Config, enqueue: Callable[[Job], None] | None = None) -> None:
+        settings = config["listener"]
+        self.ae_title = str(settings["ae_title"])
+        self.address = (str(settings["host"]), int(settings["port"]))
+        self.allowed_aets = [str(aet) for aet in settings["allowed_aets"]]
+        self.idle_seconds = float(settings["idle_seconds"])
+        self.spool = Spool.from_config(config)
+        self._enqueue = enqueue or self._default_enqueue(config)
+        self._server = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _default_enqueue(config: Config) -> Callable[[Job], None]:
+        from ctai import jobs
+
+        return lambda job: jobs.enqueue(config, job)
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the configured one, or the one the system chose for port 0)."""
+        return self._server.server_address[1] if self._server else self.address[1]
+
+    def start(self) -> None:
+        self.spool.discard_partial()
+        ae = AE(ae_title=self.ae_title)
+        ae.require_calling_aet = self.allowed_aets
+        syntaxes = readable_syntaxes()
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, syntaxes)
+        ae.add_supported_context(Verification)
+        self._server = ae.start_server(self.address, block=False,
+                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="dicom-listener-series", daemon=True)
+        self._thread.start()
+        log.info("DICOM listener %s on %s:%d", self.ae_title, self.address[0], self.port)
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server = None
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+            self._thread = None
+
+    def _on_store(self, event: Event) -> Dataset:
+        """EVT_C_STORE: spool the instance, then answer (PS3.4 B.2.3 statuses)."""
+        peer = event.assoc.requestor.ae_title
+        try:
+            ds = event.dataset
+            problem = _problem(ds, event)
+            has_pixels = "PixelData" in ds
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is the sender's data
+            log.warning("C-STORE from %s refused: cannot decode the data set (%s)", peer, exc)
+            return _status(CANNOT_UNDERSTAND, "cannot decode the data set")
+        if problem:
+            log.warning("C-STORE from %s refused: %s", peer, problem[1])
+            return _status(*problem)
+        if not has_pixels:
+            log.info("C-STORE from %s: %s %s has no pixel data; accepted and not kept", peer,
+                     ds.SOPClassUID.name, ds.SOPInstanceUID)
+            return _status(SUCCESS)
+        try:
+            self.spool.store(ds.SeriesInstanceUID, ds.SOPInstanceUID, event.encoded_dataset())
+        except OSError as exc:
+            log.error("C-STORE from %s refused: cannot write the spool (%s)", peer, exc)
+            return _status(OUT_OF_RESOURCES, "cannot write the instance to disk")
+        return _status(SUCCESS)
+
+    def _run(self) -> None:
+        tick = max(0.1, min(1.0, self.idle_seconds / 2))
+        while not self._stop.wait(tick):
+            try:
+                self.queue_idle_series()
+            except Exception:  # noqa: BLE001 - keep watching; the spool is intact, the next tick retries
+                log.exception("DICOM listener: cannot queue the received series; trying again")
+
+    def queue_idle_series(self, now: float | None = None) -> list[Job]:
+        """Seal the idle series and queue every batch not queued yet (also those from before a restart)."""
+        for series_uid in self.spool.idle_series(self.idle_seconds, time.time() if now is None else now):
+            self.spool.seal(series_uid)
+        queued = []
+        for batch in self.spool.unqueued():
+            job = job_for(batch)
+            try:
+                self._enqueue(job)
+            except Exception:  # noqa: BLE001 - the batch stays unqueued and is tried again next tick
+                log.exception("DICOM listener: cannot queue series batch %s", batch.name)
+                break
+            self.spool.mark_queued(batch)
+            log.info("DICOM listener: queued %s with %d instance(s)", batch.name,
+                     len(list(batch.glob("*.dcm"))))
+            queued.append(job)
+        return queued

@@ -1,0 +1,150 @@
+"""C-STORE client (PS3.4 Annex B Storage Service Class, SCU role) for ctai's outputs.
+
+The association proposes each dataset's SOP class; for Comprehensive 3D SR it also proposes
+Comprehensive SR, and when the peer accepts only the latter, a report without 3-D
+coordinates is sent as Comprehensive SR (PS3.3 A.35.3 and A.35.13 differ only by SCOORD3D).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from copy import deepcopy
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+from pydicom import Dataset, dcmread
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import AE
+from pynetdicom.association import Association
+
+from ctai import uids
+from ctai.errors import TransientError
+from ctai.outbox import Undeliverable
+
+log = logging.getLogger(__name__)
+
+#: PS3.7 C.4.2.1.4 / PS3.4 B.2.3: 0x0122 SOP Class not supported; 0xA9xx data set does not
+#: match SOP class. Sending the same object again cannot succeed.
+PERMANENT_FAILURES = (0x0122,)
+PERMANENT_FAILURE_RANGES = ((0xA900, 0xA9FF),)
+#: Fallback SOP classes a peer may accept instead of the dataset's own.
+FALLBACKS = {Comprehensive3DSRStorage: ComprehensiveSRStorage}
+
+
+@dataclass(frozen=True)
+class Peer:
+    host: str
+    port: int
+    ae_title: str
+    calling_ae_title: str = "CTAI"
+    timeout: float = 30.0
+
+    @classmethod
+    def from_mapping(cls, settings: Mapping[str, Any]) -> Peer:
+        return cls(str(settings["host"]), int(settings["port"]), str(settings["ae_title"]),
+                   str(settings["calling_ae_title"]), float(settings["timeout"]))
+
+
+def _syntaxes(ds: Dataset) -> list[str]:
+    own = ds.file_meta.TransferSyntaxUID
+    return list(dict.fromkeys([own, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+
+
+def _application_entity(peer: Peer, datasets: Sequence[Dataset]) -> AE:
+    ae = AE(ae_title=peer.calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout
+    for ds in datasets:
+        for sop_class in (ds.SOPClassUID, FALLBACKS.get(ds.SOPClassUID)):
+            if sop_class and sop_class not in {cx.abstract_syntax for cx in ae.requested_contexts}:
+                ae.add_requested_context(sop_class, _syntaxes(ds))
+    return ae
+
+
+def _has_scoord3d(items: Sequence[Dataset]) -> bool:
+    return any(item.get("ValueType") == "SCOORD3D" or _has_scoord3d(item.get("ContentSequence", []))
+               for item in items)
+
+
+def as_fallback(ds: Dataset, sop_class: str) -> Dataset:
+    """``ds`` as ``sop_class`` (Comprehensive 3D SR -> Comprehensive SR), under a derived UID.
+
+    Another SOP class is another object, hence a new SOP Instance UID (PS3.3 C.12.1.1.1),
+    derived from the original so that a resend gets the same one.
+    """
+    if _has_scoord3d(ds.get("ContentSequence", [])):
+        raise Undeliverable("the report has 3-D coordinates and the peer refuses Comprehensive 3D SR")
+    copy = deepcopy(ds)
+    copy.SOPClassUID = sop_class
+    copy.SOPInstanceUID = uids.derived_uid(ds.SOPInstanceUID, sop_class)
+    copy.file_meta.MediaStorageSOPClassUID = copy.SOPClassUID
+    copy.file_meta.MediaStorageSOPInstanceUID = copy.SOPInstanceUID
+    return copy
+
+
+def _negotiated(assoc: Association, ds: Dataset) -> Dataset:
+    """``ds``, or its fallback, in a SOP class the peer accepted; Undeliverable if neither."""
+    accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
+    if ds.SOPClassUID in accepted:
+        return ds
+    fallback = FALLBACKS.get(ds.SOPClassUID)
+    if fallback in accepted:
+        log.info("peer %s refused %s; sending it as %s", assoc.acceptor.ae_title, ds.SOPClassUID.name,
+                 fallback.name)
+        return as_fallback(ds, fallback)
+    raise Undeliverable(f"{assoc.acceptor.ae_title} does not accept {ds.SOPClassUID.name}")
+
+
+def _check(status: Dataset, ds: Dataset) -> None:
+    """PS3.7 C.4.2.1.4: Success (0x0000) and Warning (0x0001, 0xBxxx) mean stored."""
+    if "Status" not in status:
+        raise TransientError("no C-STORE response (association aborted or timed out)")
+    code = int(status.Status)
+    if code == 0x0000 or code == 0x0001 or 0xB000 <= code <= 0xBFFF:
+        return
+    comment = f" ({status.ErrorComment})" if "ErrorComment" in status else ""
+    message = f"C-STORE of {ds.SOPInstanceUID} failed with status 0x{code:04X}{comment}"
+    if code in PERMANENT_FAILURES or any(low <= code <= high for low, high in PERMANENT_FAILURE_RANGES):
+        raise Undeliverable(message)
+    raise TransientError(message)
+
+
+def store(peer: Peer, datasets: Sequence[Dataset]) -> None:
+    """Send ``datasets`` (each with file meta) on one association; returns when all were stored.
+
+    Raises ``TransientError`` when the peer is unreachable, rejects the association or fails a
+    C-STORE in a way that may pass; ``Undeliverable`` when it refuses an object for good.
+    """
+    ae = _application_entity(peer, datasets)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if not assoc.is_established:
+        if assoc.rejected_contexts and not assoc.accepted_contexts:
+            refused = ", ".join(sorted(cx.abstract_syntax.name for cx in assoc.rejected_contexts))
+            raise Undeliverable(f"{peer.ae_title} does not accept {refused}")
+        reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "unreachable"
+        raise TransientError(f"association with {peer.ae_title}@{peer.host}:{peer.port} {reason}")
+    try:
+        for ds in datasets:
+            sent = _negotiated(assoc, ds)
+            _check(assoc.send_c_store(sent), sent)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def to_bytes(ds: Dataset) -> bytes:
+    """``ds`` as a PS3.10 file (the outbox payload)."""
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def deliver(destination: Mapping[str, Any], payload: bytes) -> None:
+    """Outbox sender for the ``cstore`` channel: destination as in ``[cstore]``, payload a PS3.10 file."""
+    store(Peer.from_mapping(destination), [dcmread(BytesIO(payload))])

@@ -1,0 +1,38 @@
+"""Delivery by C-STORE (PS3.4 Annex B) of every SR and SC to the peer in ``[cstore]``, e.g. a PACS.
+
+The objects go into the persistent outbox (``ctai.outbox``, channel ``cstore``, ordered per
+destination); its sender stores them and retries with backoff while the peer is down, so a
+job never waits for the PACS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from ctai import hookimpl
+from ctai.config import Config
+from ctai.outbox import Outbox
+from ctai.transports.dicom_scu import Peer, to_bytes
+from ctai.types import Job, Result
+
+KINDS = ("sr", "sc")
+
+
+def destination(config: Config) -> Peer | None:
+    """The configured peer, or None when ``[cstore] host`` is empty."""
+    settings = config["cstore"]
+    return Peer.from_mapping(settings) if settings["host"] else None
+
+
+@hookimpl
+def ctai_deliver(result: Result, job: Job, config: Config) -> None:
+    peer = destination(config)
+    if peer is None:
+        return
+    outbox = Outbox.from_config(config)
+    key = f"{peer.ae_title}@{peer.host}:{peer.port}"
+    for output in result.outputs:
+        if output.kind in KINDS:
+            # Output UIDs are deterministic (ctai.uids): the same object is queued once per peer.
+            outbox.put("cstore", key, asdict(peer), to_bytes(output.dataset),
+                       dedup=f"cstore:{key}:{output.dataset.SOPInstanceUID}")

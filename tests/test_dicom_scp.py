@@ -1,0 +1,270 @@
+"""The DICOM listener with senders not written here: dcmtk's storescu and echoscu, and pynetdicom
+for what dcmtk will not send (corrupt data sets, a peer that drops mid-association)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from copy import deepcopy
+from pathlib import Path
+
+import numpy as np
+import pynetdicom
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.uid import (
+    BasicTextSRStorage,
+    ComprehensiveSRStorage,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
+from pynetdicom import AE
+
+from ctai import hookimpl
+from ctai.outbox import OutboxSender
+from ctai.pipeline import Pipeline
+from ctai.plugins import plugin_manager
+from ctai.transports.dicom_scp import CANNOT_UNDERSTAND, NOT_OF_SOP_CLASS, SOURCE, DicomListener, Spool
+from ctai.types import Failure, Job, ModelInfo, SourceImage
+from tests.conftest import IMAGES
+from tests.dicomfactory import dataset
+from tests.peers import HIS, PATIENT, StoreSCP, fast_outbox, free_port, result, tool, wait_until
+
+SERIES_UID = "1.2.826.0.1.3680043.8.498.77.1"
+RADIOGRAPHS = ["IM-0115-0001.jpeg", "IM-0133-0001.jpeg", "person1000_virus_1681.jpeg"]
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory) -> list[Path]:
+    """Three chest radiographs of one series, converted by dcmtk's img2dcm (JPEG Baseline SC)."""
+    folder = tmp_path_factory.mktemp("series")
+    files = []
+    for name in RADIOGRAPHS:
+        target = folder / name.replace(".jpeg", ".dcm")
+        subprocess.run([tool("img2dcm"), "-k", f"PatientID={PATIENT.id}", "-k", "PatientName=Doe^Jane",
+                        "-k", "StudyInstanceUID=1.2.826.0.1.3680043.8.498.77",
+                        "-k", f"SeriesInstanceUID={SERIES_UID}",
+                        "-k", "Modality=CR", "-k", "BodyPartExamined=CHEST", str(IMAGES / name), str(target)],
+                       check=True, capture_output=True, timeout=30)
+        files.append(target)
+    return files
+
+
+class Listener:
+    """A DicomListener on 127.0.0.1 whose queue is a list."""
+
+    def __init__(self, config, **settings) -> None:
+        config["listener"].update({"host": "127.0.0.1", "port": 0, "idle_seconds": 0.3, **settings})
+        self.jobs: list[Job] = []
+        self.server = DicomListener(config, enqueue=self.jobs.append)
+        self.server.start()
+
+    def storescu(self, files: list[Path], calling: str = "MODALITY") -> subprocess.CompletedProcess:
+        """dcmtk's storescu, proposing JPEG lossy for the JPEG Baseline files as a PACS would."""
+        return subprocess.run([tool("storescu"), "-xy", "-aet", calling, "-aec", "CTAI", "127.0.0.1",
+                               str(self.server.port), *map(str, files)],
+                              capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def listen(config) -> Iterator[Callable[..., Listener]]:
+    started: list[Listener] = []
+
+    def start(**settings) -> Listener:
+        started.append(Listener(config, **settings))
+        return started[-1]
+
+    yield start
+    for listener in started:
+        listener.server.stop()
+
+
+def spooled(config) -> list[Path]:
+    return sorted(Spool.from_config(config).incoming.glob("*/*.dcm"))
+
+
+def test_storescu_series_becomes_one_job_with_its_images(config, listen, series):
+    listener = listen()
+    run = listener.storescu(series)
+    assert run.returncode == 0, run.stderr
+    [job] = wait_until(lambda: listener.jobs)
+    assert job.source == SOURCE and job.options["batch"].startswith(SERIES_UID)
+
+    pm = plugin_manager(config)
+    images = pm.hook.ctai_load_job(job=job, config=config)
+    assert len(images) == 3 and all(isinstance(image, SourceImage) for image in images)
+    assert {image.dataset.SeriesInstanceUID for image in images} == {SERIES_UID}
+    pm.hook.ctai_job_finished(job=job, results=[], failures=[], config=config)
+    assert not Spool.from_config(config).batch(job.options["batch"]).exists()
+
+
+def test_echoscu_is_answered(listen):
+    listener = listen()
+    run = subprocess.run([tool("echoscu"), "-aet", "MODALITY", "-aec", "CTAI", "127.0.0.1",
+                          str(listener.server.port)], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+
+
+def test_calling_ae_title_not_on_the_allow_list_is_refused(config, listen, series):
+    listener = listen(allowed_aets=["MODALITY"])
+    refused = listener.storescu(series[:1], calling="INTRUDER")
+    assert refused.returncode != 0 and "Association Rejected" in refused.stderr
+    assert "Calling AE Title Not Recognized" in refused.stderr
+    assert spooled(config) == []
+    assert listener.storescu(series[:1]).returncode == 0
+
+
+def association(listener: Listener, *sop_classes: str):
+    ae = AE(ae_title="TESTSCU")
+    for sop_class in sop_classes:
+        ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", listener.server.port, ae_title="CTAI")
+    assert assoc.is_established
+    return assoc
+
+
+def with_body(path: Path, meta_from: Path, body: bytes) -> Path:
+    """A PS3.10 file with the file meta of another file and ``body`` as its data set."""
+    meta = dcmread(meta_from).file_meta
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    head = Dataset()
+    head.file_meta = meta
+    head.save_as(path, enforce_file_format=True)
+    path.write_bytes(path.read_bytes() + body)
+    return path
+
+
+def image(**changes) -> Dataset:
+    ds = result().source.dataset
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    return ds
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI", "ignore:The value length")
+def test_bad_objects_get_a_failure_status_and_the_listener_keeps_serving(config, listen, tmp_path, series,
+                                                                        monkeypatch):
+    monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)  # send files as they are
+    listener = listen()
+    assoc = association(listener, SecondaryCaptureImageStorage, BasicTextSRStorage)
+    garbage = with_body(tmp_path / "garbage.dcm", series[0], b"\x08\x00\x18\x00UI\xff\xff" + bytes(range(99)))
+    assert assoc.send_c_store(garbage).Status == CANNOT_UNDERSTAND
+    assert assoc.send_c_store(image(SeriesInstanceUID=None)).Status == CANNOT_UNDERSTAND
+    assert assoc.send_c_store(image(SeriesInstanceUID="1.2.3/../../x")).Status == CANNOT_UNDERSTAND
+    mismatch = image(SOPClassUID=CTImageStorage)
+    mismatch.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    mismatch.save_as(tmp_path / "mismatch.dcm")
+    assert assoc.send_c_store(tmp_path / "mismatch.dcm").Status == NOT_OF_SOP_CLASS
+    report = image(SOPClassUID=BasicTextSRStorage)
+    del report.PixelData
+    assert assoc.send_c_store(report).Status == 0x0000  # not an image: accepted, not kept
+    assert spooled(config) == []
+    assert assoc.send_c_store(image()).Status == 0x0000
+    assoc.release()
+    assert len(spooled(config)) == 1
+
+
+def ct_series(slices: int = 20) -> list[Dataset]:
+    """An axial CT series of small slices, 5 mm apart."""
+    study, series_uid = generate_uid(), generate_uid()
+    volume = []
+    for number in range(slices):
+        ds = dataset(np.full((32, 32), 900 + 10 * number, np.uint16), bits_stored=12,
+                     sop_class=CTImageStorage, modality="CT", RescaleSlope=1, RescaleIntercept=-1024,
+                     StudyInstanceUID=study, SeriesInstanceUID=series_uid, SOPInstanceUID=generate_uid(),
+                     InstanceNumber=number + 1, ImagePositionPatient=[0, 0, 5.0 * number],
+                     ImageOrientationPatient=[1, 0, 0, 0, 1, 0], PixelSpacing=[1, 1])
+        volume.append(ds)
+    return volume
+
+
+def test_ct_volume_is_one_projection_and_a_bad_instance_is_stored_and_skipped(config, listen, caplog):
+    listener = listen()
+    volume = ct_series()
+    broken = deepcopy(volume[0])
+    broken.SOPInstanceUID, broken.Modality, broken.PixelData = generate_uid(), "CR", b"\x00" * 10
+    assoc = association(listener, CTImageStorage)
+    assert {assoc.send_c_store(ds).Status for ds in [*volume, broken]} == {0x0000}
+    assoc.release()
+    [job] = wait_until(lambda: listener.jobs)
+    loaded = plugin_manager(config).hook.ctai_load_job(job=job, config=config)
+    [projection] = [item for item in loaded if isinstance(item, SourceImage)]
+    assert "CT series (20 slices)" in projection.derivation
+    [skipped] = [item for item in loaded if isinstance(item, Failure)]
+    assert skipped.path.endswith(f"{broken.SOPInstanceUID}.dcm") and skipped.path in caplog.text
+
+
+def test_a_peer_that_drops_mid_association_leaves_the_listener_serving(config, listen, series):
+    listener = listen(idle_seconds=3600)
+    with socket.create_connection(("127.0.0.1", listener.server.port)) as raw:
+        raw.sendall(b"\x01\x00\x00\x00\x10\x00")  # an A-ASSOCIATE-RQ header, then the peer is gone
+    assoc = association(listener, SecondaryCaptureImageStorage)
+    peer = assoc.dul.socket.socket
+    peer.sendall(b"\x04\x00\x00\x00\x01\x00\x00\x00")  # a P-DATA-TF of 256 bytes, cut short
+    peer.shutdown(socket.SHUT_RDWR)
+    peer.close()
+    run = listener.storescu(series)
+    assert run.returncode == 0, run.stderr
+    assert len(spooled(config)) == 3 and list(Spool.from_config(config).tmp.iterdir()) == []
+
+
+def test_instances_answered_with_success_are_queued_after_a_restart(config, listen, series):
+    first = listen(idle_seconds=3600)
+    assert first.storescu(series).returncode == 0
+    first.server.stop()
+    assert len(spooled(config)) == 3 and first.jobs == []
+
+    def unreachable_queue(job: Job) -> None:
+        raise OSError("queue database is locked")
+
+    second = DicomListener(config, enqueue=unreachable_queue)
+    second.idle_seconds = 0
+    assert second.queue_idle_series() == []  # sealed, but the queue failed: kept for the next try
+    restarted = listen(idle_seconds=0.2)
+    [job] = wait_until(lambda: restarted.jobs)
+    assert len(list(Spool.from_config(config).batch(job.options["batch"]).glob("*.dcm"))) == 3
+
+
+class StubClassifier:
+    """Fixed probabilities instead of the model: this test is about the way in and the ways out."""
+
+    info = ModelInfo("stub", "1")
+    input_size = 64
+
+    @hookimpl(tryfirst=True)
+    def ctai_classifier(self, config) -> StubClassifier:
+        return self
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return np.tile([0.1, 0.2, 0.7], (len(batch), 1))
+
+
+def test_from_storescu_to_the_pacs_and_the_his(config, listen, series):
+    pacs, his = StoreSCP(ComprehensiveSRStorage, SecondaryCaptureImageStorage), HIS(free_port()).start()
+    config["cstore"].update(host="127.0.0.1", port=pacs.peer.port, ae_title="PACS")
+    config["hl7"].update(host="127.0.0.1", port=his.port)
+    sender = OutboxSender(fast_outbox(config))
+    sender.start()
+    try:
+        listener = listen()
+        assert listener.storescu(series).returncode == 0
+        [job] = wait_until(lambda: listener.jobs)
+        pm = plugin_manager(config)
+        pm.register(StubClassifier(), name="stub")
+        outcomes = Pipeline(config, pm).run(job, pm.hook.ctai_load_job(job=job, config=config))
+        assert [type(o).__name__ for o in outcomes] == ["Result"] * 3
+        wait_until(lambda: len(pacs.received) == 6 and len(his.accepted) == 3)
+    finally:
+        sender.stop()
+        his.stop()
+        pacs.server.shutdown()
+    assert all("75570004^Viral pneumonia^SCT" in message for message in his.accepted)
+    assert all(f"PID|1||{PATIENT.id}^^^^MR" in message for message in his.accepted)
+    assert {ds.SOPClassUID for ds in pacs.received} == {ComprehensiveSRStorage, SecondaryCaptureImageStorage}
+    assert not Spool.from_config(config).batch(job.options["batch"]).exists()

@@ -1,0 +1,139 @@
+"""The persistent outbox: order per key, backoff, exactly-once marking, restarts, one sender."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from ctai.errors import TransientError
+from ctai.outbox import Outbox, OutboxSender, Undeliverable, send_due
+from tests.peers import fast_outbox, wait_until
+
+#: A time after every message of a test was put (messages are due from when they are put).
+T = time.time() + 60
+HIS = {"host": "his", "port": 1}
+PACS = {"host": "pacs", "port": 2}
+
+
+class Peer:
+    """A fake peer that records what it received and can be down or refuse."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.down: set[str] = set()
+        self.refused: set[bytes] = set()
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, destination: Mapping[str, Any], payload: bytes) -> None:
+        with self.lock:
+            self.calls += 1
+            if destination["host"] in self.down:
+                raise TransientError("connection refused")
+            if payload in self.refused:
+                raise Undeliverable("SOP class not supported")
+            self.received.append(payload)
+
+
+@pytest.fixture
+def outbox(tmp_path) -> Outbox:
+    return Outbox(tmp_path / "outbox.sqlite3", initial_backoff=10, max_backoff=40)
+
+
+def test_delivers_in_order_and_marks_each_message_once(outbox):
+    peer = Peer()
+    for n in range(3):
+        outbox.put("hl7", "patient-1", HIS, b"m%d" % n, dedup=f"m{n}")
+    outbox.put("hl7", "patient-2", HIS, b"other", dedup="other")
+    assert send_due(outbox, "hl7", peer, now=T) == 4
+    assert peer.received == [b"m0", b"other", b"m1", b"m2"]
+    assert send_due(outbox, "hl7", peer, now=T) == 0
+    assert [(m.state, m.payload) for m in outbox.messages()] == [("delivered", b"")] * 4  # payload dropped
+
+
+def test_same_content_is_queued_once(outbox):
+    assert outbox.put("cstore", "pacs", PACS, b"sr", dedup="1.2.3")
+    assert not outbox.put("cstore", "pacs", PACS, b"sr again", dedup="1.2.3")
+    assert len(outbox.messages()) == 1
+
+
+def test_a_failing_key_waits_with_backoff_and_keeps_its_order(outbox):
+    peer = Peer()
+    peer.down.add("his")
+    outbox.put("hl7", "patient-1", HIS, b"first", dedup="1")
+    outbox.put("hl7", "patient-1", HIS, b"second", dedup="2")
+    outbox.put("cstore", "pacs", PACS, b"sr", dedup="3")
+
+    assert send_due(outbox, "hl7", peer, now=T + 1000) == 0
+    assert send_due(outbox, "cstore", peer, now=T + 1000) == 1  # another channel is not held up
+    assert outbox.due("hl7", now=T + 1009) == []  # first retry after initial_backoff
+    assert send_due(outbox, "hl7", peer, now=T + 1010) == 0
+    assert outbox.due("hl7", now=T + 1029) == []  # then twice as long
+    pending = outbox.messages("pending")
+    assert [m.attempts for m in pending] == [2, 0] and "connection refused" in pending[0].last_error
+
+    peer.down.clear()
+    send_due(outbox, "hl7", peer, now=T + 1030)
+    send_due(outbox, "hl7", peer, now=T + 1030)
+    assert peer.received == [b"sr", b"first", b"second"]
+
+
+def test_backoff_is_capped(outbox):
+    peer = Peer()
+    peer.down.add("his")
+    outbox.put("hl7", "p", HIS, b"m", dedup="m")
+    now = T
+    for _ in range(6):
+        send_due(outbox, "hl7", peer, now=now)
+        now += 40
+    assert peer.calls == 6
+
+
+def test_a_down_destination_costs_one_attempt_per_pass(outbox):
+    peer = Peer()
+    peer.down.add("his")
+    for n in range(5):
+        outbox.put("hl7", f"patient-{n}", HIS, b"m%d" % n, dedup=str(n))
+    send_due(outbox, "hl7", peer, now=T)
+    assert peer.calls == 1
+
+
+def test_refused_message_is_kept_as_failed_and_the_key_goes_on(outbox):
+    peer = Peer()
+    peer.refused.add(b"bad")
+    outbox.put("cstore", "pacs", PACS, b"bad", dedup="1")
+    outbox.put("cstore", "pacs", PACS, b"good", dedup="2")
+    send_due(outbox, "cstore", peer, now=T)
+    send_due(outbox, "cstore", peer, now=T)
+    assert peer.received == [b"good"]
+    [failed] = outbox.messages("failed")
+    assert failed.payload == b"bad" and "not supported" in failed.last_error
+
+
+def test_pending_messages_survive_a_restart(tmp_path):
+    path = tmp_path / "outbox.sqlite3"
+    Outbox(path).put("hl7", "p", HIS, b"m", dedup="m")
+    peer = Peer()
+    assert send_due(Outbox(path), "hl7", peer, now=T) == 1
+    assert peer.received == [b"m"]
+
+
+def test_sender_threads_deliver_and_only_one_process_sends(config):
+    settings = fast_outbox(config)
+    first, second = Peer(), Peer()
+    senders = [OutboxSender(settings, {"hl7": first}), OutboxSender(settings, {"hl7": second})]
+    for sender in senders:
+        sender.start()
+    try:
+        outbox = Outbox.from_config(settings)
+        for n in range(5):
+            outbox.put("hl7", "p", HIS, b"m%d" % n, dedup=str(n))
+        wait_until(lambda: len(outbox.messages("delivered")) == 5)
+    finally:
+        for sender in senders:
+            sender.stop()
+    assert sorted([first.received, second.received], key=len) == [[], [b"m%d" % n for n in range(5)]]
