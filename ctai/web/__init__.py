@@ -1,0 +1,1 @@
+"""The phone-upload web app (see ``ctai.web.app``)."""

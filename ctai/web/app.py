@@ -1,0 +1,203 @@
+"""The upload web app: staff start a session and show its QR code, a phone uploads and sees the result.
+
+``create_app(config)`` builds the FastAPI app; ``WebService`` runs it with uvicorn in a thread
+(for ``ctai serve``), ``run(config)`` in the foreground (for ``ctai web``). An upload becomes a
+job with source "upload" in the durable queue (``ctai.jobs``); the worker runs it like any other
+job, and the ``upload`` plugin records its result for the phone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from importlib import resources
+from typing import Annotated
+
+import uvicorn
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from ctai.config import Config
+from ctai.types import Job
+from ctai.web.sessions import Store, token_hash
+
+log = logging.getLogger("ctai.web")
+
+Submit = Callable[[Job], None]
+MIN_STAFF_TOKEN = 16
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+                               "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+class WebError(Exception):
+    """A refusal shown to the user as a page with ``message``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ApiError(WebError):
+    """A refusal answered as JSON ``{"error": message}`` (the phone page's script shows it)."""
+
+
+@dataclass
+class Web:
+    """What the routes share, in ``app.state.web``."""
+
+    config: Config
+    store: Store
+    templates: Jinja2Templates
+    submit: Submit
+    staff_secret_hash: str
+    public_url: str
+
+    @property
+    def settings(self) -> dict:
+        return self.config["web"]
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.public_url.startswith("https://")
+
+    def page(self, request: Request, name: str, status: int = 200, **context: object) -> Response:
+        return self.templates.TemplateResponse(request, name, context, status_code=status)
+
+
+def web(request: Request) -> Web:
+    """FastAPI dependency: the app's shared state."""
+    return request.app.state.web
+
+
+WebState = Annotated[Web, Depends(web)]
+
+
+def public_url(config: Config) -> str:
+    """The address phones open: ``[web] public_url``, else this app's own host and port."""
+    settings = config["web"]
+    return (settings["public_url"] or f"http://{settings['host']}:{settings['port']}").rstrip("/")
+
+
+def staff_secret(config: Config, store: Store) -> str:
+    """``[web] staff_token``, else a random one kept (mode 600) in ``<data dir>/web/staff-token``."""
+    if configured := str(config["web"]["staff_token"]):
+        if len(configured) < MIN_STAFF_TOKEN:
+            raise ValueError(f"[web] staff_token must have at least {MIN_STAFF_TOKEN} characters")
+        return configured
+    path = store.root / "staff-token"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(24) + "\n")
+        log.info("staff token generated in %s", path)
+    return path.read_text().strip()
+
+
+def _templates() -> Jinja2Templates:
+    templates = Jinja2Templates(directory=str(resources.files("ctai.web").joinpath("templates")))
+    templates.env.filters["clock"] = lambda t: datetime.fromtimestamp(t).strftime("%H:%M")
+    templates.env.filters["percent"] = lambda p: f"{100 * p:.1f}%"
+    return templates
+
+
+def create_app(config: Config, submit: Submit | None = None) -> FastAPI:
+    """The web app. ``submit`` takes each upload's job; by default it goes into the durable queue."""
+    from ctai import jobs
+    from ctai.web import phone, staff
+
+    store = Store(config)
+    app = FastAPI(title="ctai upload", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.web = Web(config, store, _templates(), submit or partial(jobs.enqueue, config),
+                        token_hash(staff_secret(config, store)), public_url(config))
+    app.mount("/static", StaticFiles(directory=str(resources.files("ctai.web").joinpath("static"))), "static")
+    app.include_router(staff.router)
+    app.include_router(phone.router)
+    app.add_exception_handler(WebError, _refusal)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Callable) -> Response:
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    return app
+
+
+async def _refusal(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, WebError)
+    if isinstance(exc, ApiError):
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+    return request.app.state.web.page(request, "message.html", exc.status, message=exc.message)
+
+
+class RedactTokens(logging.Filter):
+    """Keeps upload tokens out of the access log: ``/u/<token>/...`` is logged as ``/u/…/...``."""
+
+    PATTERN = re.compile(r"/u/[^/?\s\"]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.PATTERN.sub("/u/…", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+logging.getLogger("uvicorn.access").addFilter(RedactTokens())
+
+
+def _server(config: Config, app: FastAPI) -> uvicorn.Server:
+    settings = config["web"]
+    return uvicorn.Server(uvicorn.Config(app, host=settings["host"], port=int(settings["port"]),
+                                         server_header=False))
+
+
+def run(config: Config) -> None:
+    """Serve the web app in the foreground until Ctrl-C or SIGTERM (``ctai web``)."""
+    server = _server(config, create_app(config))
+    log.info("web: staff page at %s/staff; uploads are classified by `ctai worker`", public_url(config))
+    server.run()
+
+
+class WebService:
+    """The web app as a ``ctai serve`` service: ``start()`` returns once it listens, ``stop()`` ends it."""
+
+    name = "web"
+
+    def __init__(self, config: Config) -> None:
+        self.server = _server(config, create_app(config))
+        self.thread = threading.Thread(target=self.server.run, name="ctai-web", daemon=True)
+        self.address = f"{config['web']['host']}:{config['web']['port']}"
+        self.public_url = public_url(config)
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"web: cannot serve on {self.address}")
+            time.sleep(0.05)
+        log.info("web: staff page at %s/staff", self.public_url)
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)

@@ -1,0 +1,127 @@
+"""The phone side, reachable only with a session's token: the upload page, the upload itself
+(the file is the raw request body, so limits apply while it streams in), and the results.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from ctai.types import Job
+from ctai.web.app import ApiError, Web, WebError, WebState
+from ctai.web.files import Rejected, clean_path, prepare
+from ctai.web.sessions import LimitExceeded, Session, Upload
+
+log = logging.getLogger("ctai.web")
+router = APIRouter()
+
+INVALID = "This upload link is not valid."
+EXPIRED = "This upload link has expired. Ask the staff for a new QR code."
+RESULTS_GONE = "The results of this upload link are no longer available."
+MB = 1024 * 1024
+
+
+def _session(w: Web, token: str, error: type[WebError], grace_s: float = 0.0) -> Session:
+    """The token's session while it (plus ``grace_s``) lasts, else an ``error`` saying why not."""
+    session = w.store.session_for_token(token)
+    if session is None:
+        raise error(404, INVALID)
+    if time.time() >= session.expires + grace_s:
+        raise error(410, RESULTS_GONE if grace_s else EXPIRED)
+    return session
+
+
+def _too_large(room: int) -> str:
+    return f"The file is too large: this upload link takes at most {math.floor(room / MB * 10) / 10} MB more."
+
+
+def _no_room(session: Session, size: int = 0) -> ApiError | None:
+    """Why ``session`` cannot take a file of ``size`` bytes, or None if it can."""
+    if time.time() >= session.expires:
+        return ApiError(410, EXPIRED)
+    if session.files >= session.max_files:
+        return ApiError(403, f"This upload link has reached its limit of {session.max_files} files.")
+    if size > session.max_bytes - session.bytes:
+        return ApiError(413, _too_large(session.max_bytes - session.bytes))
+    return None
+
+
+def _refused(session: Session, error: ApiError) -> ApiError:
+    log.info("upload to session %s refused (%d)", session.id, error.status)
+    return error
+
+
+async def _receive(request: Request, dest: Path, limit: int) -> int:
+    """Write the request body to ``dest``; raise Rejected as soon as it passes ``limit`` bytes."""
+    size = 0
+    with dest.open("wb") as f:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise Rejected(413, _too_large(limit))
+            f.write(chunk)
+    return size
+
+
+def _store(w: Web, session: Session, staged: Path, size: int) -> Upload:
+    kind, keep = prepare(staged, session.patient_id)
+    return w.store.add_upload(session, kind, keep, size)
+
+
+@router.get("/u/{token}")
+def upload_page(request: Request, token: str, w: WebState) -> Response:
+    session = _session(w, token, WebError)
+    return w.page(request, "phone.html", minutes_left=max(1, round((session.expires - time.time()) / 60)),
+                  files_left=session.max_files - session.files)
+
+
+@router.post("/u/{token}/files", status_code=201)
+async def upload_file(request: Request, token: str, w: WebState) -> dict:
+    session = _session(w, token, ApiError)
+    if error := _no_room(session, int(request.headers.get("content-length") or 0)):
+        raise _refused(session, error)
+    staged, size = w.store.staging_path(session.id), 0
+    try:
+        size = await _receive(request, staged, session.max_bytes - session.bytes)
+        upload = await run_in_threadpool(_store, w, session, staged, size)
+    except Rejected as exc:
+        raise _refused(session, ApiError(exc.status, exc.message)) from exc
+    except LimitExceeded as exc:
+        error = _no_room(w.store.session(session.id) or session, size) or ApiError(410, EXPIRED)
+        raise _refused(session, error) from exc
+    finally:
+        for path in (staged, clean_path(staged)):
+            path.unlink(missing_ok=True)
+    log.info("upload %s (%s) stored in session %s", upload.id, upload.kind, session.id)
+    w.submit(Job(id=f"upload-{upload.id}", source="upload", options={"upload": upload.id}))
+    return {"id": upload.id, "status": upload.status}
+
+
+def _upload(w: Web, token: str, upload_id: str) -> Upload:
+    session = _session(w, token, ApiError, float(w.settings["result_minutes"]) * 60)
+    upload = w.store.upload(upload_id)
+    if upload is None or upload.session_id != session.id:
+        raise ApiError(404, "No such upload in this session.")
+    return upload
+
+
+@router.get("/u/{token}/files/{upload_id}")
+def upload_status(token: str, upload_id: str, w: WebState) -> dict:
+    upload = _upload(w, token, upload_id)
+    return {"id": upload.id, "status": upload.status, "label": upload.label,
+            "probabilities": upload.probabilities, "error": upload.error,
+            "picture": w.store.picture_path(upload).exists()}
+
+
+@router.get("/u/{token}/files/{upload_id}/picture")
+def upload_picture(token: str, upload_id: str, w: WebState) -> Response:
+    path = w.store.picture_path(_upload(w, token, upload_id))
+    if not path.exists():
+        raise ApiError(404, "The result picture is not ready.")
+    return FileResponse(path, media_type="image/png")

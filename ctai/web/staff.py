@@ -1,0 +1,138 @@
+"""Staff pages: log in with the staff token, start an upload session and show its QR code,
+see recent uploads (with their patients) and recent jobs of every source (``ctai.results``).
+
+A login is a random cookie (HttpOnly, SameSite=Strict) whose hash is stored with a CSRF token
+that every staff form carries; the login form itself uses a double-submit cookie.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import io
+import logging
+import secrets
+import time
+import unicodedata
+from typing import Annotated
+
+import qrcode
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import RedirectResponse, Response
+
+from ctai.results import JobStore
+from ctai.web.app import Web, WebError, WebState
+from ctai.web.sessions import token_hash
+
+log = logging.getLogger("ctai.web")
+router = APIRouter()
+
+STAFF_COOKIE = "ctai_staff"
+LOGIN_COOKIE = "ctai_login"
+RECENT_JOBS = 30
+EXPIRED_FORM = "This form has expired. Reload the page and try again."
+#: DICOM limits: Patient ID (LO) and Patient's Name (PN group) 64 characters, Accession Number (SH) 16.
+MAX_LENGTH = {"patient ID": 64, "patient name": 64, "accession number": 16}
+
+Field = Annotated[str, Form()]
+
+
+def _same(given: str, expected: str | None) -> bool:
+    return bool(given and expected) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _login_csrf(request: Request, w: Web) -> str | None:
+    """The CSRF token of the request's staff login, or None when not logged in."""
+    cookie = request.cookies.get(STAFF_COOKIE)
+    return w.store.staff_csrf(cookie) if cookie else None
+
+
+def _require_login(request: Request, w: Web, csrf: str) -> None:
+    expected = _login_csrf(request, w)
+    if expected is None:
+        raise WebError(401, "Please log in first.")
+    if not _same(csrf, expected):
+        raise WebError(403, EXPIRED_FORM)
+
+
+def _login_page(request: Request, w: Web, status: int = 200, error: str | None = None) -> Response:
+    nonce = secrets.token_urlsafe(32)
+    response = w.page(request, "login.html", status, csrf=nonce, error=error)
+    response.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="strict", secure=w.secure_cookies,
+                        path="/staff")
+    return response
+
+
+def _patient_field(value: str, name: str, required: bool = True) -> str:
+    """A form value fit for a DICOM attribute, or a WebError saying what is wrong with it."""
+    value = value.strip()
+    if required and not value:
+        raise WebError(422, f"Please enter the {name}.")
+    if len(value) > MAX_LENGTH[name]:
+        raise WebError(422, f"The {name} is longer than {MAX_LENGTH[name]} characters.")
+    if "\\" in value or any(unicodedata.category(c).startswith("C") for c in value):
+        raise WebError(422, f"The {name} contains characters that are not allowed.")
+    return value
+
+
+def qr_data_uri(url: str) -> str:
+    """A QR code for ``url`` as a PNG data URI."""
+    buffer = io.BytesIO()
+    qrcode.make(url, box_size=8, border=4).save(buffer)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@router.get("/")
+def root() -> Response:
+    return RedirectResponse("/staff", status_code=303)
+
+
+@router.get("/staff")
+def dashboard(request: Request, w: WebState) -> Response:
+    csrf = _login_csrf(request, w)
+    if csrf is None:
+        return _login_page(request, w)
+    return w.page(request, "staff.html", csrf=csrf, uploads=w.store.recent_uploads(),
+                  jobs=JobStore(w.config).latest(RECENT_JOBS))
+
+
+@router.post("/staff/login")
+def login(request: Request, w: WebState, token: Field = "", csrf: Field = "") -> Response:
+    if not _same(csrf, request.cookies.get(LOGIN_COOKIE)):
+        raise WebError(403, EXPIRED_FORM)
+    if not hmac.compare_digest(token_hash(token), w.staff_secret_hash):
+        log.warning("staff login refused: wrong token")
+        return _login_page(request, w, 401, "Wrong staff token.")
+    ttl_s = float(w.settings["staff_login_minutes"]) * 60
+    cookie, _ = w.store.create_staff_login(ttl_s)
+    response = RedirectResponse("/staff", status_code=303)
+    response.set_cookie(STAFF_COOKIE, cookie, max_age=int(ttl_s), httponly=True, samesite="strict",
+                        secure=w.secure_cookies)
+    response.delete_cookie(LOGIN_COOKIE, path="/staff")
+    return response
+
+
+@router.post("/staff/logout")
+def logout(request: Request, w: WebState, csrf: Field = "") -> Response:
+    _require_login(request, w, csrf)
+    w.store.end_staff_login(request.cookies[STAFF_COOKIE])
+    response = RedirectResponse("/staff", status_code=303)
+    response.delete_cookie(STAFF_COOKIE)
+    return response
+
+
+@router.post("/staff/sessions")
+def create_session(request: Request, w: WebState, patient_id: Field = "", patient_name: Field = "",
+                   accession: Field = "", csrf: Field = "") -> Response:
+    _require_login(request, w, csrf)
+    patient_id = _patient_field(patient_id, "patient ID")
+    patient_name = _patient_field(patient_name, "patient name")
+    accession = _patient_field(accession, "accession number", required=False)
+    settings = w.settings
+    w.store.purge(time.time() - float(settings["result_minutes"]) * 60)
+    session, token = w.store.create_session(patient_id, patient_name, accession,
+                                            float(settings["token_minutes"]) * 60,
+                                            int(settings["max_files"]), int(settings["max_bytes"]))
+    log.info("upload session %s started", session.id)
+    url = f"{w.public_url}/u/{token}"
+    return w.page(request, "session.html", session=session, url=url, qr=qr_data_uri(url), csrf=csrf)

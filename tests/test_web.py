@@ -1,0 +1,401 @@
+"""The phone-upload web app through its HTTP interface: staff login, sessions, uploads, limits, results."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import sqlite3
+import struct
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from ctai import hookimpl
+from ctai.plugins import plugin_manager
+from ctai.results import JobStore
+from ctai.types import CLASSES, Job, ModelInfo
+from ctai.web.app import RedactTokens, create_app
+from ctai.web.files import WRONG_PATIENT
+from ctai.web.sessions import Store
+from ctai.worker import Worker
+from tests.dicomfactory import dataset, picture, save
+
+IMAGES = Path(__file__).parent / "data" / "images"
+RADIOGRAPH = IMAGES / "IM-0115-0001.jpeg"
+STAFF_TOKEN = "staff-secret-for-tests"
+PATIENT_ID, PATIENT_NAME = "PID-4711", "DOE^JANE"
+FAKE_PROBABILITIES = {"normal": 0.2, "bacterial": 0.7, "viral": 0.1}
+
+
+@pytest.fixture
+def web_config(config):
+    config["web"].update(staff_token=STAFF_TOKEN, max_files=3, max_bytes=400_000)
+    return config
+
+
+@pytest.fixture
+def jobs() -> list[Job]:
+    return []
+
+
+@pytest.fixture
+def client(web_config, jobs):
+    with TestClient(create_app(web_config, submit=jobs.append)) as client:
+        yield client
+
+
+def csrf_of(page: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+
+
+def login(client: TestClient) -> str:
+    """Log in as staff; the CSRF token of the login."""
+    csrf = csrf_of(client.get("/staff").text)
+    response = client.post("/staff/login", data={"token": STAFF_TOKEN, "csrf": csrf})
+    assert response.status_code == 200 and "New phone upload" in response.text
+    return csrf_of(response.text)
+
+
+def new_session(client: TestClient, csrf: str | None = None) -> str:
+    """Start an upload session; the path of its upload link."""
+    csrf = csrf or login(client)
+    response = client.post("/staff/sessions", data={"patient_id": PATIENT_ID, "patient_name": PATIENT_NAME,
+                                                    "accession": "", "csrf": csrf})
+    assert response.status_code == 200
+    url = re.search(r'href="(http://127\.0\.0\.1:8043/u/[^"]+)"', response.text).group(1)
+    return url.removeprefix("http://127.0.0.1:8043")
+
+
+def radiograph_bytes(size: tuple[int, int] | None = None, **save_options: object) -> bytes:
+    image = Image.open(RADIOGRAPH).convert("L")
+    if size:
+        image = image.resize(size)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95, **save_options)
+    return buffer.getvalue()
+
+
+def png_bomb(side: int = 10_000) -> bytes:
+    """A valid PNG of side x side black pixels (100 MB decoded) in about 100 kB."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row = zlib.compressobj(9), b"\0" * (side + 1)
+    data = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+def stored_files(config) -> list[Path]:
+    return [p for p in (Path(config["data"]["dir"]) / "web" / "uploads").rglob("*") if p.is_file()]
+
+
+def assert_refused(response, status: int, message: str, config, jobs) -> None:
+    assert response.status_code == status
+    assert message in response.json()["error"]
+    assert stored_files(config) == [] and jobs == []
+
+
+# Staff side
+
+
+def test_staff_pages_need_a_login(client, web_config):
+    assert "Staff login" in client.get("/staff").text
+    response = client.post("/staff/sessions", data={"patient_id": PATIENT_ID, "patient_name": PATIENT_NAME})
+    assert response.status_code == 401 and "log in" in response.text
+    csrf = csrf_of(client.get("/staff").text)
+    response = client.post("/staff/login", data={"token": "guess", "csrf": csrf})
+    assert response.status_code == 401 and "Wrong staff token" in response.text
+    assert Store(web_config).recent_uploads() == []
+
+
+def test_staff_forms_need_their_csrf_token(client, web_config):
+    client.get("/staff")
+    assert client.post("/staff/login", data={"token": STAFF_TOKEN}).status_code == 403
+    assert client.post("/staff/login", data={"token": STAFF_TOKEN, "csrf": "forged"}).status_code == 403
+    login(client)
+    data = {"patient_id": PATIENT_ID, "patient_name": PATIENT_NAME}
+    assert client.post("/staff/sessions", data=data).status_code == 403
+    assert client.post("/staff/sessions", data={**data, "csrf": "forged"}).status_code == 403
+    with sqlite3.connect(Store(web_config).path) as db:
+        assert db.execute("SELECT COUNT(*) FROM sessions").fetchone() == (0,)
+
+
+def test_staff_cookie_is_http_only_and_same_site(client):
+    csrf = csrf_of(client.get("/staff").text)
+    response = client.post("/staff/login", data={"token": STAFF_TOKEN, "csrf": csrf}, follow_redirects=False)
+    cookie = response.headers["set-cookie"]
+    assert response.status_code == 303 and "HttpOnly" in cookie and "SameSite=strict" in cookie
+
+
+def test_session_details_are_checked(client):
+    csrf = login(client)
+    response = client.post("/staff/sessions", data={"patient_id": "P\\1", "patient_name": "X", "csrf": csrf})
+    assert response.status_code == 422 and "not allowed" in response.text
+    response = client.post("/staff/sessions", data={"patient_id": "", "patient_name": "X", "csrf": csrf})
+    assert response.status_code == 422 and "patient ID" in response.text
+    hostile = {"patient_id": "P1", "patient_name": "<script>x()</script>", "csrf": csrf}
+    response = client.post("/staff/sessions", data=hostile)
+    assert response.status_code == 200 and "&lt;script&gt;x()" in response.text
+    assert "<script>x" not in response.text
+
+
+def test_tokens_are_random_and_stored_only_as_hashes(client, web_config):
+    csrf = login(client)
+    tokens = {new_session(client, csrf).removeprefix("/u/") for _ in range(3)}
+    assert len(tokens) == 3 and all(len(token) >= 43 for token in tokens)  # >= 256 bits, URL-safe base64
+    database = Store(web_config).path.read_bytes()
+    assert not any(token.encode() in database for token in tokens)
+
+
+def test_qr_code_is_a_png(client):
+    csrf = login(client)
+    response = client.post("/staff/sessions", data={"patient_id": PATIENT_ID, "patient_name": PATIENT_NAME,
+                                                    "csrf": csrf})
+    assert 'src="data:image/png;base64,' in response.text
+
+
+# Phone side
+
+
+def test_upload_is_stored_without_metadata_and_queued(client, web_config, jobs):
+    link = new_session(client)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees to display
+    exif[0x010F] = "PhoneMaker"
+    exif.get_ifd(0x8825).update({1: "N", 2: (48.0, 8.0, 30.0), 3: "E", 4: (11.0, 34.0, 12.0)})
+    photo = radiograph_bytes((320, 240), exif=exif.tobytes())
+    assert b"PhoneMaker" in photo
+
+    page = client.get(link)
+    assert page.status_code == 200 and 'capture="environment"' in page.text and PATIENT_ID not in page.text
+    response = client.post(f"{link}/files", content=photo, headers={"content-type": "text/plain"})
+    assert response.status_code == 201  # the content decides, not the declared type
+
+    [stored] = stored_files(web_config)
+    content = stored.read_bytes()
+    assert stored.suffix == ".png" and b"PhoneMaker" not in content and b"eXIf" not in content
+    with Image.open(stored) as image:
+        assert image.size == (240, 320)  # orientation applied, then dropped with the rest of the EXIF
+        assert not image.getexif() and "exif" not in image.info
+    [job] = jobs
+    assert job.source == "upload" and job.options == {"upload": response.json()["id"]}
+    assert PATIENT_ID not in repr(job) and PATIENT_ID not in link
+    status = client.get(f"{link}/files/{job.options['upload']}").json()
+    assert status["status"] == "pending"
+
+
+def test_heic_photo_is_accepted(client, web_config, jobs):
+    buffer = io.BytesIO()
+    Image.open(RADIOGRAPH).convert("RGB").save(buffer, format="HEIF", quality=90)
+    assert client.post(f"{new_session(client)}/files", content=buffer.getvalue()).status_code == 201
+    [stored] = stored_files(web_config)
+    assert stored.suffix == ".png" and Image.open(stored).size == (224, 224) and len(jobs) == 1
+
+
+def test_unknown_token_sees_nothing(client, jobs):
+    csrf = login(client)
+    link = new_session(client, csrf)
+    client.post(f"{link}/files", content=radiograph_bytes())
+    upload_id = jobs[0].options["upload"]
+    other = new_session(client, csrf)
+    for path in ("/u/not-a-token", f"{other}/files/{upload_id}", f"{other}/files/{upload_id}/picture",
+                 f"/u/not-a-token/files/{upload_id}"):
+        assert client.get(path).status_code == 404
+    assert client.post("/u/not-a-token/files", content=radiograph_bytes()).status_code == 404
+    assert len(jobs) == 1
+
+
+def test_expired_token_is_refused(client, web_config, jobs, monkeypatch):
+    link = new_session(client)
+    later = time.time() + 16 * 60
+    monkeypatch.setattr(time, "time", lambda: later)
+    page = client.get(link)
+    assert page.status_code == 410 and "expired" in page.text
+    assert_refused(client.post(f"{link}/files", content=radiograph_bytes()), 410, "expired", web_config, jobs)
+
+
+def test_finished_sessions_are_purged(client, web_config, jobs, monkeypatch):
+    csrf = login(client)
+    link = new_session(client, csrf)
+    client.post(f"{link}/files", content=radiograph_bytes())
+    Store(web_config).finish_upload(jobs[0].options["upload"], "normal", FAKE_PROBABILITIES)
+    later = time.time() + (15 + 60 + 1) * 60  # past the upload window and the result window
+    monkeypatch.setattr(time, "time", lambda: later)
+    new_session(client, csrf)  # starting a session purges the finished ones
+    assert stored_files(web_config) == [] and Store(web_config).recent_uploads() == []
+    assert client.get(link).status_code == 404
+
+
+def test_file_limit(client, web_config, jobs):
+    link = new_session(client)
+    for _ in range(3):
+        assert client.post(f"{link}/files", content=radiograph_bytes()).status_code == 201
+    response = client.post(f"{link}/files", content=radiograph_bytes())
+    assert response.status_code == 403 and "limit of 3 files" in response.json()["error"]
+    assert len(stored_files(web_config)) == 3 and len(jobs) == 3
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["declared", "streamed"])
+def test_oversized_file_is_refused(client, web_config, jobs, streamed):
+    link = new_session(client)
+    big = radiograph_bytes() + b"\0" * 400_000
+    content = iter([big[:100_000], big[100_000:]]) if streamed else big  # streamed: no Content-Length
+    assert_refused(client.post(f"{link}/files", content=content), 413, "too large", web_config, jobs)
+
+
+def test_non_image_is_refused(client, web_config, jobs):
+    link = new_session(client)
+    for content in (b"%PDF-1.7 not a picture", b"MZ\x90\x00" + b"\0" * 300, b""):
+        assert_refused(client.post(f"{link}/files", content=content, headers={"content-type": "image/jpeg"}),
+                       415, "not a JPEG, PNG, HEIC or DICOM image", web_config, jobs)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_png_bomb_is_refused(client, web_config, jobs):
+    link = new_session(client)
+    bomb = png_bomb()
+    assert len(bomb) < 400_000
+    assert_refused(client.post(f"{link}/files", content=bomb), 422, "too large", web_config, jobs)
+
+
+def test_damaged_image_is_refused(client, web_config, jobs):
+    link = new_session(client)
+    assert_refused(client.post(f"{link}/files", content=radiograph_bytes()[:600]), 422, "cannot be used",
+                   web_config, jobs)
+
+
+def test_dicom_of_another_patient_is_refused(client, web_config, jobs, tmp_path):
+    link = new_session(client)
+    other = save(dataset(picture(), PatientID="SOMEONE-ELSE"), tmp_path / "other.dcm").read_bytes()
+    assert_refused(client.post(f"{link}/files", content=other), 422, WRONG_PATIENT, web_config, jobs)
+    own = save(dataset(picture(), PatientID=PATIENT_ID), tmp_path / "own.dcm").read_bytes()
+    assert client.post(f"{link}/files", content=own).status_code == 201
+    [stored] = stored_files(web_config)
+    assert stored.suffix == ".dcm" and stored.read_bytes() == own  # kept as it came
+
+
+def test_dicom_without_image_is_refused(client, web_config, jobs, tmp_path):
+    ds = dataset(picture(), PatientID=PATIENT_ID)
+    del ds.PixelData
+    content = save(ds, tmp_path / "no-pixels.dcm").read_bytes()
+    assert_refused(client.post(f"{new_session(client)}/files", content=content), 422, "holds no image",
+                   web_config, jobs)
+
+
+def test_staff_token_is_generated_when_not_configured(config):
+    create_app(config, submit=lambda job: None)
+    path = Path(config["data"]["dir"]) / "web" / "staff-token"
+    assert path.stat().st_mode & 0o777 == 0o600 and len(path.read_text().strip()) >= 32
+    with TestClient(create_app(config, submit=lambda job: None)) as client:
+        csrf = csrf_of(client.get("/staff").text)
+        response = client.post("/staff/login", data={"token": path.read_text().strip(), "csrf": csrf})
+        assert "New phone upload" in response.text
+
+
+def test_short_staff_token_is_refused(config):
+    config["web"]["staff_token"] = "1234"
+    with pytest.raises(ValueError, match="staff_token"):
+        create_app(config)
+
+
+def test_responses_carry_security_headers(client):
+    headers = client.get("/staff").headers
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["referrer-policy"] == "no-referrer" and headers["x-content-type-options"] == "nosniff"
+    assert headers["cache-control"] == "no-store"
+
+
+def test_logs_hold_no_tokens_or_patient_data(client, caplog):
+    caplog.set_level(logging.DEBUG)
+    link = new_session(client)
+    client.post(f"{link}/files", content=radiograph_bytes())
+    client.post(f"{link}/files", content=b"junk")
+    token = link.removeprefix("/u/")
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith(("ctai", "uvicorn")))
+    assert "refused" in logged
+    assert not any(secret in logged for secret in (token, PATIENT_ID, PATIENT_NAME, STAFF_TOKEN))
+    record = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s"',
+                               ("1.2.3.4", "GET", link), None)
+    RedactTokens().filter(record)
+    assert token not in record.getMessage() and "/u/…" in record.getMessage()
+
+
+# Through the queue and the worker (a stand-in classifier: the browser test uses the real model)
+
+
+class FakeClassifier:
+    info = ModelInfo("fake", "0")
+    input_size = 64
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return np.tile([FAKE_PROBABILITIES[c] for c in CLASSES], (len(batch), 1))
+
+
+class FakeBackend:
+    @hookimpl(tryfirst=True)
+    def ctai_classifier(self, config):
+        return FakeClassifier()
+
+
+@pytest.fixture
+def queued_client(web_config):
+    """The app with its default job submission (the durable queue) and a worker taking the jobs."""
+    web_config["worker"]["threads"] = 1
+    pm = plugin_manager(web_config)
+    pm.register(FakeBackend())
+    worker = Worker(web_config, pm)
+    worker.start()
+    with TestClient(create_app(web_config)) as client:
+        yield client
+    worker.stop()
+
+
+def wait_until(condition: Callable[[], object]) -> None:
+    deadline = time.monotonic() + 60
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def test_upload_runs_through_the_queue_and_the_worker(web_config, queued_client, tmp_path):
+    web_config["folder"]["path"] = str(tmp_path / "delivered")
+    link = new_session(queued_client)
+    upload_id = queued_client.post(f"{link}/files", content=radiograph_bytes()).json()["id"]
+    wait_until(lambda: queued_client.get(f"{link}/files/{upload_id}").json()["status"] != "pending")
+    status = queued_client.get(f"{link}/files/{upload_id}").json()
+    assert status["status"] == "done" and status["label"] == "bacterial" and status["picture"]
+    assert status["probabilities"] == pytest.approx(FAKE_PROBABILITIES)
+    picture_response = queued_client.get(f"{link}/files/{upload_id}/picture")
+    assert picture_response.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(picture_response.content)).mode == "RGB"
+    wait_until(lambda: JobStore(web_config).get(f"upload-{upload_id}").status == "done")
+    assert JobStore(web_config).get(f"upload-{upload_id}").label == "bacterial"  # `ctai jobs` lists it
+    staff_page = queued_client.get("/staff").text
+    assert PATIENT_ID in staff_page and f"upload-{upload_id}" in staff_page
+    files = (tmp_path / "delivered").rglob("*.dcm")
+    delivered = {path.name.split("-")[0]: pydicom.dcmread(path) for path in files}
+    assert set(delivered) == {"source", "sr", "sc"}  # the photo travels with its results
+    assert {str(ds.PatientID) for ds in delivered.values()} == {PATIENT_ID}
+    assert delivered["source"].PatientName == PATIENT_NAME
+
+
+def test_dicom_of_another_patient_fails_its_job(web_config, tmp_path):
+    """The upload plugin checks the patient again when the job runs (the file may predate a check)."""
+    from ctai_plugins import upload as plugin
+
+    store = Store(web_config)
+    session, _ = store.create_session(PATIENT_ID, PATIENT_NAME, "", 60, 3, 10**6)
+    staged = save(dataset(picture(), PatientID="SOMEONE-ELSE"), store.staging_path(session.id))
+    upload = store.add_upload(session, "dicom", staged, staged.stat().st_size)
+    [outcome] = plugin.ctai_load_job(Job("j", "upload", {"upload": upload.id}), web_config)
+    assert outcome.reason == WRONG_PATIENT
+    plugin.ctai_job_finished(Job("j", "upload", {"upload": upload.id}), [], [outcome], web_config)
+    assert store.upload(upload.id).status == "failed" and store.upload(upload.id).error == WRONG_PATIENT

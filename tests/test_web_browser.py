@@ -1,0 +1,109 @@
+"""The phone upload in a real browser: Debian's Chromium, driven by Playwright, in a phone viewport.
+
+Staff log in and start a session; the test reads the QR code with zbar, opens its link as a
+phone, uploads a radiograph and reads the result that the worker computed with the real model.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ctai import inputs
+from ctai.types import CLASSES
+from ctai.web.app import WebService
+from ctai.web.files import NOT_SUPPORTED
+from ctai.worker import Worker
+from tests.conftest import requires_model
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+RADIOGRAPH = Path(__file__).parent / "data" / "images" / "person1000_bacteria_2931.jpeg"
+STAFF_TOKEN = "staff-secret-for-browser-tests"
+NOTICE = "Decision support only — a physician will review this result."
+
+pytestmark = [
+    requires_model,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed"),
+    pytest.mark.skipif(shutil.which("zbarimg") is None, reason="zbar-tools is not installed"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served(config):
+    """The web app on a free loopback port and a worker with the real model; yields (URL, worker)."""
+    config["web"].update(staff_token=STAFF_TOKEN, host="127.0.0.1", port=free_port())
+    config["worker"]["threads"] = 1
+    worker = Worker(config)
+    worker.start()
+    service = WebService(config)
+    service.start()
+    yield f"http://127.0.0.1:{config['web']['port']}", worker
+    service.stop()
+    worker.stop()
+
+
+@pytest.fixture
+def browser():
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        phone = {k: v for k, v in p.devices["Pixel 7"].items() if k != "default_browser_type"}
+        yield browser, phone
+        browser.close()
+
+
+def read_qr(png: bytes, folder: Path) -> str:
+    (folder / "qr.png").write_bytes(png)
+    output = subprocess.run(["zbarimg", "-q", str(folder / "qr.png")], capture_output=True, text=True,
+                            check=True).stdout
+    return output.strip().removeprefix("QR-Code:")
+
+
+def test_phone_upload_shows_the_result(served, browser, tmp_path):
+    base, worker = served
+    browser, phone_device = browser
+    expect = sync_api.expect
+
+    staff = browser.new_context(**phone_device).new_page()
+    staff.goto(f"{base}/staff")
+    staff.fill("input[name=token]", STAFF_TOKEN)
+    staff.click("text=Log in")
+    staff.fill("input[name=patient_id]", "PID-0815")
+    staff.fill("input[name=patient_name]", "DOE^JOHN")
+    staff.click("text=Create QR code")
+    qr = staff.get_attribute("#qr", "src")
+    url = read_qr(base64.b64decode(qr.split(",", 1)[1]), tmp_path)
+    assert re.fullmatch(rf"{base}/u/[A-Za-z0-9_-]{{43}}", url)
+
+    phone = browser.new_context(**phone_device).new_page()
+    phone.goto(url)
+    phone.set_input_files("#camera", RADIOGRAPH)
+    item = phone.locator(".upload").first
+    expect(item.locator(".notice")).to_be_visible(timeout=120_000)  # the first job loads the model
+    expect(item.locator(".notice")).to_have_text(NOTICE)
+    expect(item.locator("progress")).to_have_attribute("value", "100")
+    expect(item.locator(".result")).to_be_visible()  # shown once the picture has loaded
+    assert item.locator(".result").evaluate("img => img.naturalWidth") > 500
+    cells = item.locator(".probabilities td:last-child").all_inner_texts()
+    shown = [float(text.rstrip("%")) for text in cells]
+    [prediction] = worker.pipeline.classify(inputs.load(RADIOGRAPH))
+    assert shown == pytest.approx([100 * prediction.probabilities[c] for c in CLASSES], abs=0.051)
+
+    text_file = {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}
+    phone.set_input_files("#picker", files=[text_file])
+    expect(phone.locator(".upload.failed .state")).to_have_text(NOT_SUPPORTED)
