@@ -73,19 +73,22 @@ class Pipeline:
         return list(self.process(job, sources))
 
     def _classified(self, sources: Iterable[SourceImage | Failure]) -> Iterator[Outcome]:
+        """Outcomes in the order of the sources, classified a batch at a time."""
         batch_size = int(self.config["model"]["batch_size"])
         iterator = iter(sources)
         while chunk := list(islice(iterator, batch_size)):
-            kept: list[SourceImage] = []
-            for source in chunk:
-                if isinstance(source, Failure):
-                    yield source
-                elif reason := self.pm.hook.ctai_skip_reason(image=source, config=self.config):
-                    yield Failure(source.path, f"skipped: {reason}")
-                else:
-                    kept.append(source)
-            if kept:
-                yield from (Result(s, p) for s, p in zip(kept, self.classify(kept)))
+            outcomes: list[Outcome | SourceImage] = [self._selected(source) for source in chunk]
+            kept = [o for o in outcomes if isinstance(o, SourceImage)]
+            predictions = iter(self.classify(kept)) if kept else iter(())
+            for outcome in outcomes:
+                yield Result(outcome, next(predictions)) if isinstance(outcome, SourceImage) else outcome
+
+    def _selected(self, source: SourceImage | Failure) -> SourceImage | Failure:
+        """The source itself if it is to be classified, else why not."""
+        if isinstance(source, SourceImage) and (
+                reason := self.pm.hook.ctai_skip_reason(image=source, config=self.config)):
+            return Failure(source.path, f"skipped: {reason}")
+        return source
 
     def _finish(self, result: Result, job: Job) -> None:
         for outputs in self.pm.hook.ctai_make_outputs(result=result, config=self.config):

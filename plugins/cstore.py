@@ -1,4 +1,4 @@
-"""Delivery by C-STORE (PS3.4 Annex B) of every SR and SC to the peer in ``[cstore]``, e.g. a PACS.
+"""Delivery by C-STORE (PS3.4 Annex B) of every output (SR, SC, an uploaded photo's DICOM) to the peer in ``[cstore]``, e.g. a PACS.
 
 The objects go into the persistent outbox (``ctai.outbox``, channel ``cstore``, ordered per
 destination); its sender stores them and retries with backoff while the peer is down, so a
@@ -15,9 +15,6 @@ from ctai.outbox import Outbox
 from ctai.transports.dicom_scu import Peer, to_bytes
 from ctai.types import Job, Result
 
-KINDS = ("sr", "sc")
-
-
 def destination(config: Config) -> Peer | None:
     """The configured peer, or None when ``[cstore] host`` is empty."""
     settings = config["cstore"]
@@ -32,7 +29,6 @@ def ctai_deliver(result: Result, job: Job, config: Config) -> None:
     outbox = Outbox.from_config(config)
     key = f"{peer.ae_title}@{peer.host}:{peer.port}"
     for output in result.outputs:
-        if output.kind in KINDS:
-            # Output UIDs are deterministic (ctai.uids): the same object is queued once per peer.
-            outbox.put("cstore", key, asdict(peer), to_bytes(output.dataset),
-                       dedup=f"cstore:{key}:{output.dataset.SOPInstanceUID}")
+        # Output UIDs are deterministic (ctai.uids): the same object is queued once per peer.
+        outbox.put("cstore", key, asdict(peer), to_bytes(output.dataset),
+                   dedup=f"cstore:{key}:{output.dataset.SOPInstanceUID}")

@@ -1,9 +1,22 @@
-"""Temperature scaling (Guo et al. 2017, "On Calibration of Modern Neural Networks")."""
+"""Calibration: bias-corrected temperature scaling (BCTS; Guo et al. 2017, "On Calibration of
+Modern Neural Networks"; Alexandari et al. 2020, "Maximum Likelihood with Bias-Corrected
+Calibration is Hard-To-Beat at Label Shift Adaptation").
+
+One temperature T and one bias per class, fitted on the validation split by minimising the
+negative log-likelihood of softmax(logits / T + b). The bias undoes the shift in class priors
+that class-balanced training leaves in the logits. Refit an exported model on a split with
+
+    python -m training.calibrate --model ctai/model/artifact --data ../shared/data/chest_xray/train
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -12,13 +25,53 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
-    p = softmax(logits / temperature)
-    return float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)).mean())
+def calibrated(logits: np.ndarray, temperature: float, bias: np.ndarray) -> np.ndarray:
+    return softmax(logits / temperature + bias)
 
 
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature T > 0 that minimises the validation NLL of softmax(logits / T)."""
-    result = minimize_scalar(lambda log_t: nll(logits, y, float(np.exp(log_t))),
-                             bounds=(-3.0, 3.0), method="bounded")
-    return float(np.exp(result.x))
+def nll(probs: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.log(np.maximum(probs[np.arange(len(y)), y], 1e-12)).mean())
+
+
+def fit(logits: np.ndarray, y: np.ndarray) -> tuple[float, list[float]]:
+    """The temperature and class biases (first class's bias fixed at 0) of least validation NLL."""
+    classes = logits.shape[1]
+
+    def loss(params: np.ndarray) -> float:
+        return nll(calibrated(logits, float(np.exp(params[0])), np.r_[0.0, params[1:]]), y)
+
+    result = minimize(loss, np.zeros(classes), method="L-BFGS-B",
+                      bounds=[(-3.0, 3.0)] + [(-5.0, 5.0)] * (classes - 1))
+    return float(np.exp(result.x[0])), [0.0, *map(float, result.x[1:])]
+
+
+def main(argv=None) -> None:
+    from ctai import metrics
+    from ctai.model.backend import KerasClassifier
+    from training import data
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, required=True, help="folder with model.keras and model.json")
+    p.add_argument("--data", type=Path, required=True, help="folder with NORMAL/ and PNEUMONIA/")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=20180222)
+    p.add_argument("--predictions", type=Path, help="also save the validation labels and probabilities here (.npz)")
+    args = p.parse_args(argv)
+    classifier = KerasClassifier(args.model)
+    _, val = data.load(args.data, args.val_fraction, args.seed)
+    x, y = data.load_arrays(val, classifier.input_size)
+    logits = classifier.logits(x)
+    temperature, bias = fit(logits, y)
+    meta_path = args.model / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta.update(temperature=temperature, bias=bias)
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    probs = calibrated(logits, temperature, np.array(bias))
+    if args.predictions:
+        np.savez(args.predictions, y=y, probs=probs)
+    report = metrics.compute(y, probs)
+    print(json.dumps({"temperature": temperature, "bias": bias, "validation": report}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -17,7 +17,7 @@ import numpy as np
 from ctai import metrics
 from ctai.types import CLASSES
 from training import data, report
-from training.calibrate import fit_temperature, softmax
+from training.calibrate import calibrated, fit, softmax
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -111,20 +111,20 @@ def main(argv=None) -> None:
     train_seconds = time.time() - t0
 
     logits = model.predict(x_val, batch_size=64, verbose=0).astype(np.float64)
-    temperature = fit_temperature(logits, y_val)
+    temperature, bias = fit(logits, y_val)
+    probs = calibrated(logits, temperature, np.array(bias))
     before = metrics.compute(y_val, softmax(logits))
-    after = metrics.compute(y_val, softmax(logits / temperature))
+    after = metrics.compute(y_val, probs)
     args.out.mkdir(parents=True, exist_ok=True)
-    if gpus:  # ship a float32 model that runs the same on any machine
-        keras.mixed_precision.set_global_policy("float32")
-        float_model = build_resnet(args.depth, args.width, args.size, len(CLASSES))
-        float_model.set_weights(model.get_weights())
-        model = float_model
-    model.save(args.out / "model.keras")
+    # Ship the weights in a fresh float32 model: no optimizer state, runs the same on any machine.
+    keras.mixed_precision.set_global_policy("float32")
+    exported = build_resnet(args.depth, args.width, args.size, len(CLASSES))
+    exported.set_weights(model.get_weights())
+    exported.save(args.out / "model.keras")
     meta = {
         "name": args.name, "version": args.version, "manufacturer": "ctai",
         "architecture": f"ResNet-{args.depth}, width {args.width}, {args.size}x{args.size} px, 1 channel",
-        "classes": list(CLASSES), "input_size": args.size, "temperature": temperature,
+        "classes": list(CLASSES), "input_size": args.size, "temperature": temperature, "bias": bias,
     }
     (args.out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     run = {
@@ -132,13 +132,13 @@ def main(argv=None) -> None:
         "train_images": len(y_train), "val_images": len(y_val),
         "train_patients": len({s.patient for s in train_s}), "val_patients": len({s.patient for s in val_s}),
         "epochs_run": len(history.history["loss"]), "train_seconds": train_seconds,
-        "hardware": report.hardware(), "temperature": temperature,
+        "hardware": report.hardware(), "temperature": temperature, "bias": bias,
         "validation_uncalibrated": before, "validation": after,
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
     }
     (args.work / "run.json").write_text(json.dumps(run, indent=2) + "\n")
-    np.savez(args.work / "val_predictions.npz", y=y_val, probs=softmax(logits / temperature))
-    print(json.dumps({"temperature": temperature, "ece_before": before["expected_calibration_error"],
+    np.savez(args.work / "val_predictions.npz", y=y_val, probs=probs)
+    print(json.dumps({"temperature": temperature, "bias": bias, "ece_before": before["expected_calibration_error"],
                       "validation": after}, indent=2), flush=True)
 
 

@@ -1,4 +1,5 @@
-"""The shipped classifier: a Keras ResNet with temperature-scaled (calibrated) softmax."""
+"""The shipped classifier: a Keras ResNet whose softmax is calibrated by a temperature and class
+biases fitted on the validation split (``training/calibrate.py``)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def shipped_model_dir() -> Path:
 
 
 class KerasClassifier:
-    """Loads ``model.keras`` and ``model.json`` (name, version, input size, temperature)."""
+    """Loads ``model.keras`` and ``model.json`` (name, version, input size, calibration)."""
 
     def __init__(self, folder: Path) -> None:
         meta = json.loads((folder / "model.json").read_text())
@@ -31,9 +32,15 @@ class KerasClassifier:
         self.info = ModelInfo(meta["name"], meta["version"], meta.get("manufacturer", "ctai"))
         self.input_size = int(meta["input_size"])
         self.temperature = float(meta["temperature"])
+        self.bias = np.asarray(meta.get("bias", [0.0] * len(CLASSES)), dtype=np.float64)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Raw network outputs, before calibration."""
+        return np.concatenate([np.asarray(self.model(batch[i:i + 64], training=False), dtype=np.float64)
+                               for i in range(0, len(batch), 64)])
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        logits = np.asarray(self.model(batch, training=False), dtype=np.float64) / self.temperature
+        logits = self.logits(batch) / self.temperature + self.bias
         logits -= logits.max(axis=1, keepdims=True)
         e = np.exp(logits)
         return e / e.sum(axis=1, keepdims=True)

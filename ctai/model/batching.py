@@ -1,0 +1,81 @@
+"""A classifier wrapper that merges concurrent ``predict`` calls into one batch.
+
+The worker runs several jobs at once, each in its own thread; each calls ``predict`` with its
+own few images. This wrapper queues the calls, and one thread runs the inner classifier on
+all that arrived within ``max_wait`` seconds (up to ``max_batch`` rows), then hands each
+caller its rows.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ctai.hookspecs import Classifier
+
+
+@dataclass
+class _Request:
+    batch: np.ndarray
+    future: Future = field(default_factory=Future)
+
+
+class BatchingClassifier:
+    """A ``Classifier`` that batches the calls of many threads; ``close()`` stops it."""
+
+    def __init__(self, inner: Classifier, max_batch: int, max_wait: float) -> None:
+        self.inner = inner
+        self.info = inner.info
+        self.input_size = inner.input_size
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        #: How many batches of each size ran (for logs and benchmarks).
+        self.batch_sizes: Counter[int] = Counter()
+        self._requests: queue.Queue[_Request | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="ctai-batcher", daemon=True)
+        self._thread.start()
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        request = _Request(batch)
+        self._requests.put(request)
+        return request.future.result()
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while (first := self._requests.get()) is not None:
+            pending = [first]
+            rows = len(first.batch)
+            deadline = time.monotonic() + self.max_wait
+            while rows < self.max_batch:
+                try:
+                    request = self._requests.get(timeout=max(deadline - time.monotonic(), 0))
+                except queue.Empty:
+                    break
+                if request is None:
+                    self._requests.put(None)
+                    break
+                pending.append(request)
+                rows += len(request.batch)
+            self._run(pending)
+
+    def _run(self, pending: list[_Request]) -> None:
+        try:
+            probabilities = self.inner.predict(np.concatenate([r.batch for r in pending]))
+        except Exception as error:
+            for request in pending:
+                request.future.set_exception(error)
+            return
+        self.batch_sizes[len(probabilities)] += 1
+        start = 0
+        for request in pending:
+            request.future.set_result(probabilities[start:start + len(request.batch)])
+            start += len(request.batch)
