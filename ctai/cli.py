@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Iterator
@@ -104,6 +105,30 @@ def cmd_plugins(args: argparse.Namespace, config: configuration.Config) -> int:
     return 0
 
 
+def cmd_web(args: argparse.Namespace, config: configuration.Config) -> int:
+    import logging
+
+    from ctai.web import app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    app.run(config)
+    return 0
+
+
+def cmd_outbox(args: argparse.Namespace, config: configuration.Config) -> int:
+    from ctai.outbox import Outbox, send_now
+
+    if args.send:
+        for channel, delivered in send_now(config).items():
+            print(f"{channel}: " + ("being sent by another ctai process" if delivered is None
+                                    else f"{delivered} delivered now"))
+    outbox = Outbox.from_config(config)
+    waiting = outbox.messages("pending") + outbox.messages("failed")
+    for m in waiting:
+        print(f"#{m.id} {m.channel} {m.state} {m.key} attempts={m.attempts} {m.last_error or ''}".rstrip())
+    return 1 if waiting else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctai", description="AI chest-image classification for PACS and HIS.")
     parser.add_argument("--config", type=Path, help="TOML configuration file (default: $CTAI_CONFIG)")
@@ -129,7 +154,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("plugins", help="list loaded plugins and the hooks each implements")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plugins)
+
+    p = commands.add_parser("outbox", help="messages to the PACS and HIS not delivered yet (exit 1 if any)")
+    p.add_argument("--send", action="store_true", help="send every pending message now, ignoring backoff")
+    p.set_defaults(func=cmd_outbox)
+
+    p = commands.add_parser("web", help="run the phone-upload web app ([web] in the configuration)")
+    p.set_defaults(func=cmd_web)
+
+    p = commands.add_parser("serve", help="run Orthanc with ctai's plugin, the worker and the other services")
+    p.set_defaults(func=_command("ctai.serve:cmd_serve"))
+
+    p = commands.add_parser("worker", help="run queued jobs (Orthanc series, listener, uploads)")
+    p.set_defaults(func=_command("ctai.worker:cmd_worker"))
+
+    p = commands.add_parser("jobs", help="list jobs: status, label, probabilities, time, error")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--status", choices=["pending", "running", "done", "failed", "skipped"])
+    p.add_argument("--json", action="store_true", help="one JSON object per line per job")
+    p.set_defaults(func=_command("ctai.results:cmd_jobs"))
     return parser
+
+
+def _command(target: str):
+    """A subcommand implemented in another module ("module:function"), imported when it runs."""
+    def run(args: argparse.Namespace, config: configuration.Config) -> int:
+        module, name = target.split(":")
+        return getattr(importlib.import_module(module), name)(args, config)
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,202 @@
+"""``ctai serve``: every configured service in the foreground, until Ctrl-C or SIGTERM.
+
+A service is an object with ``start()`` (returns once it runs) and ``stop()``; one with
+``alive()`` is watched, and serve stops everything if it dies. Services start in the order of
+``services(config)`` and stop in reverse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sysconfig
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+
+from ctai.config import Config, data_dir, to_toml
+from ctai.errors import TransientError
+from ctai.outbox import OutboxSender
+from ctai.transports.dicom_scp import DicomListener
+from ctai.transports.orthanc import OrthancClient, base_url, credentials, password_file
+
+log = logging.getLogger(__name__)
+
+#: orthanc/ in the source tree: the configuration template and the script Orthanc runs.
+ORTHANC_DIR = Path(__file__).resolve().parents[1] / "orthanc"
+
+
+class Service(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class OrthancService:
+    """Orthanc with ctai's plugin, its configuration, storage and log under <data dir>/orthanc."""
+
+    name = "orthanc"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.folder = data_dir(config) / "orthanc"
+        self.log_path = self.folder / "orthanc.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def write_config(self) -> Path:
+        """Orthanc's configuration folder: the template with [orthanc] settings filled in."""
+        settings = self.config["orthanc"]
+        user, password = credentials(self.config)
+        storage = self.folder / "storage"
+        orthanc = json.loads((ORTHANC_DIR / "orthanc.json").read_text())
+        orthanc.update(
+            HttpPort=int(settings["http_port"]), DicomPort=int(settings["dicom_port"]),
+            DicomAet=settings["aet"],
+            StorageDirectory=str(storage), IndexDirectory=str(storage), StableAge=int(settings["stable_age"]),
+            RemoteAccessAllowed=bool(settings["remote_access"]), RegisteredUsers={user: password},
+            PythonScript=str(ORTHANC_DIR / "ctai_orthanc.py"),
+        )
+        folder = self.folder / "config"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "orthanc.json").write_text(json.dumps(orthanc, indent=2))
+        (self.folder / "ctai.toml").write_text(to_toml(self.config))
+        return folder
+
+    def start(self, timeout: float = 60) -> None:
+        folder = self.write_config()
+        env = dict(os.environ, CTAI_SITE_PACKAGES=sysconfig.get_paths()["purelib"],
+                   CTAI_CONFIG=str(self.folder / "ctai.toml"))
+        with open(self.log_path, "ab") as out:
+            # setpriv: Orthanc gets SIGTERM if this process dies, so that none is left behind.
+            self.process = subprocess.Popen(
+                ["setpriv", "--pdeathsig", "TERM", "Orthanc", str(folder)],
+                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        client = OrthancClient.from_config(self.config)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self.process.returncode}: {self._log_tail()}")
+            try:
+                client.system()
+                return
+            except TransientError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    tail = self._log_tail()
+                    raise RuntimeError(f"Orthanc did not answer within {timeout:.0f} s: {tail}") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        """SIGTERM, and wait (Orthanc takes a few seconds to close its index)."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def _log_tail(self) -> str:
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        errors = [line for line in lines if line.startswith("E")]
+        return (errors or lines or ["(no log)"])[-1]
+
+
+class WorkerService:
+    """The queue worker (``ctai.worker``), in this process."""
+
+    name = "worker"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.worker = None
+
+    def start(self) -> None:
+        from ctai.worker import Worker
+
+        self.worker = Worker(self.config)
+        self.worker.start()
+
+    def stop(self) -> None:
+        if self.worker:
+            self.worker.stop()
+
+
+def services(config: Config) -> list[Service]:
+    """Everything ``ctai serve`` runs, in start order."""
+    found: list[Service] = []
+    if config["orthanc"]["run"]:
+        found.append(OrthancService(config))
+    found.append(WorkerService(config))
+    found.append(OutboxSender(config))
+    if config["listener"]["enabled"]:
+        found.append(DicomListener(config))
+    if config["web"]["enabled"]:
+        from ctai.web.app import WebService
+
+        found.append(WebService(config))
+    return found
+
+
+def run_services(running: list[Service]) -> int:
+    """Start the services, wait for SIGINT/SIGTERM (or one dying), stop them; the exit status."""
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    started: list[Service] = []
+    status = 0
+    try:
+        for service in running:
+            if stopping.is_set():
+                break
+            service.start()
+            started.append(service)
+            log.info("serve: %s started", service.name)
+        while not stopping.wait(1.0):
+            dead = [s.name for s in started if not getattr(s, "alive", lambda: True)()]
+            if dead:
+                log.error("serve: %s stopped unexpectedly; stopping everything", ", ".join(dead))
+                status = 1
+                break
+    except Exception:
+        log.exception("serve: could not start")
+        status = 1
+    finally:
+        for service in reversed(started):
+            log.info("serve: stopping %s", service.name)
+            service.stop()
+    return status
+
+
+def _hints(config: Config) -> str:
+    settings = config["orthanc"]
+    user, _ = credentials(config)
+    secret = "[orthanc] password" if settings["password"] else str(password_file(config))
+    return (f"Orthanc: {base_url(config)}/app/explorer.html (user {user}, password in {secret}).\n"
+            f"Send images: storescu -aec {settings['aet']} localhost {settings['dicom_port']} FILE.dcm, or"
+            " Orthanc's 'Upload' page. Results: SR and SC series in the same study; `ctai jobs`.")
+
+
+def setup_logging() -> None:
+    """Log lines with time and source on stderr; huey's and highdicom's per-job chatter left out."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for name in ("huey", "highdicom"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    setup_logging()
+    log.info("serve: state in %s", data_dir(config).resolve())
+    if config["orthanc"]["run"]:
+        log.info("serve: %s", _hints(config))
+    return run_services(services(config))

@@ -1,0 +1,1 @@
+"""Network clients and servers (DICOM, MLLP, ...), kept apart from the data model."""

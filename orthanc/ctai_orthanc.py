@@ -1,0 +1,83 @@
+"""Run by Orthanc's Python plugin ("PythonScript"): hands each new stable series to ctai.
+
+On STABLE_SERIES it decides from the series' main DICOM tags whether the series is for ctai
+and queues a job, or records why not: a few milliseconds, never the model, which runs in
+``ctai worker``. When Orthanc starts, a background thread queues the series that changed in
+the last [orthanc] catch_up_hours and that ctai has not seen since (left unstable when Orthanc
+stopped, say). Environment, set by ``ctai serve``: CTAI_SITE_PACKAGES (the virtual
+environment's site-packages, imported from here), CTAI_CONFIG (ctai's configuration file).
+"""
+
+import json
+import os
+import site
+import threading
+import time
+
+site.addsitedir(os.environ["CTAI_SITE_PACKAGES"])
+
+from ctai_plugins.orthanc import (  # noqa: E402
+    OWN_OUTPUT,
+    series_job,
+    series_skip_reason,
+    status_now,
+    status_value,
+)
+
+import orthanc  # noqa: E402  (Orthanc's embedded module)
+from ctai import config as configuration  # noqa: E402
+from ctai import jobs  # noqa: E402
+from ctai.results import PENDING, SKIPPED, JobStore, Summary  # noqa: E402
+from ctai.transports.orthanc import STATUS_METADATA  # noqa: E402
+
+CONFIG = configuration.load()
+STARTED = status_now()
+
+
+def consider(series_id):
+    """Queue the series' job, or record why it is not for ctai (nothing for ctai's own outputs)."""
+    began = time.perf_counter()
+    series = json.loads(orthanc.RestApiGet(f"/series/{series_id}"))
+    reason = series_skip_reason(series["MainDicomTags"], CONFIG)
+    if reason == OWN_OUTPUT:
+        return
+    job = series_job(series_id)
+    if reason:
+        JobStore(CONFIG).skipped(job, reason)
+        value = status_value(SKIPPED, Summary(SKIPPED, error=reason))
+    else:
+        jobs.enqueue(CONFIG, job)
+        value = status_value(PENDING)
+    orthanc.RestApiPut(f"/series/{series_id}/metadata/{STATUS_METADATA}", json.dumps(value))
+    milliseconds = (time.perf_counter() - began) * 1000
+    orthanc.LogInfo(f"ctai: series {series_id} {value['status']} in {milliseconds:.1f} ms")
+
+
+def catch_up():
+    """Queue series changed before this start (within catch_up_hours) that ctai has not seen since."""
+    hours = float(CONFIG["orthanc"]["catch_up_hours"])
+    since = time.strftime("%Y%m%dT%H%M%S", time.gmtime(time.time() - 3600 * hours))
+    for series_id in json.loads(orthanc.RestApiGet("/series")):
+        try:
+            updated = json.loads(orthanc.RestApiGet(f"/series/{series_id}"))["LastUpdate"]
+            if not since <= updated <= STARTED:
+                continue
+            metadata = json.loads(orthanc.RestApiGet(f"/series/{series_id}/metadata?expand"))
+            status = json.loads(metadata.get(STATUS_METADATA) or "null")
+            if status is None or status["time"] < updated:
+                consider(series_id)
+        except Exception as exc:  # one broken series must not stop the others
+            orthanc.LogError(f"ctai: catch-up of series {series_id}: {exc!r}")
+
+
+def on_change(change_type, level, resource_id):
+    if change_type == orthanc.ChangeType.STABLE_SERIES:
+        try:
+            consider(resource_id)
+        except Exception as exc:
+            orthanc.LogError(f"ctai: series {resource_id} could not be queued: {exc!r}")
+    elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
+        threading.Thread(target=catch_up, name="ctai-catch-up", daemon=True).start()
+
+
+orthanc.RegisterOnChangeCallback(on_change)

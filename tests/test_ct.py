@@ -1,0 +1,75 @@
+"""CT series -> one frontal projection (ctai.inputs.ct), on a synthetic chest phantom."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from ctai.errors import InputError
+from ctai.inputs import ct
+from tests.phantoms import coronal_series, ct_series
+
+
+def test_projection_is_frontal_upright_with_square_pixels():
+    slices = ct_series()
+    image = ct.project(slices, "series")
+    # 40 slices of 5 mm (200 mm) by 64 pixels of 5 mm.
+    assert image.pixels.shape == (40, 64)
+    assert image.pixels.dtype == np.float32 and 0 <= image.pixels.min() and image.pixels.max() <= 1
+    assert image.derivation == "frontal mean projection of CT series (40 slices)"
+    assert image.dataset is slices[20]
+    top = image.pixels[:8]
+    # The marker sits high in the patient's left lung: top rows, viewer's right.
+    assert top[:, 40:].mean() > top[:, :24].mean() + 0.1
+    # Lungs darker than the mediastinum and spine in the middle.
+    middle = image.pixels[15:30]
+    assert middle[:, 14:18].mean() < middle[:, 30:34].mean()
+
+
+def test_order_of_slices_does_not_matter():
+    slices = ct_series()
+    shuffled = slices[:]
+    random.Random(1).shuffle(shuffled)
+    np.testing.assert_array_equal(ct.project(slices, "a").pixels, ct.project(shuffled, "b").pixels)
+
+
+def test_missing_slices_are_interpolated():
+    slices = ct_series()
+    full = ct.project(slices, "a").pixels
+    gappy = ct.project(slices[:10] + slices[13:30] + slices[31:], "b").pixels
+    assert gappy.shape == full.shape
+    assert np.abs(gappy - full).mean() < 0.02
+
+
+def test_mixed_series_uses_the_main_stack():
+    slices = ct_series()
+    others = ct_series(slices=6, size=32, spacing=10)
+    localizer = ct_series(slices=1)[0]
+    localizer.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    duplicate = ct_series()[5]
+    mixed = slices + others + [localizer, duplicate]
+    np.testing.assert_allclose(ct.project(mixed, "a").pixels, ct.project(slices, "b").pixels, atol=1e-6)
+
+
+def test_thick_slices_are_resampled_to_square_pixels():
+    image = ct.project(ct_series(slices=20, step=10.0), "a")
+    assert image.pixels.shape == (40, 64)  # 20 slices of 10 mm by 64 pixels of 5 mm
+
+
+def test_coronal_series_gives_the_same_picture():
+    axial = ct.project(ct_series(slices=65), "a").pixels
+    coronal = ct.project(coronal_series(), "b").pixels
+    assert coronal.shape == (64, 64)
+    assert np.corrcoef(axial[1:], coronal[1:])[0, 1] > 0.9
+
+
+def test_too_few_slices_or_no_geometry_is_refused():
+    with pytest.raises(InputError, match="usable slices"):
+        ct.project(ct_series(slices=5), "a")
+    slices = ct_series()
+    for ds in slices:
+        del ds.ImagePositionPatient
+    with pytest.raises(InputError, match="no axial"):
+        ct.project(slices, "a")

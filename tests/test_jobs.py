@@ -1,0 +1,196 @@
+"""The queue, the job records and the worker, with a fake source and classifier (no model, no Orthanc)."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections import Counter
+from contextlib import redirect_stdout
+
+import numpy as np
+import pytest
+from pydicom import Dataset
+
+from ctai import cli, hookimpl, jobs
+from ctai.errors import TransientError
+from ctai.model.batching import BatchingClassifier
+from ctai.plugins import plugin_manager
+from ctai.results import JobStore
+from ctai.types import CLASSES, Job, ModelInfo, SourceImage
+from ctai.worker import Worker
+from tests.peers import wait_until
+
+PROBABILITIES = np.array([0.2, 0.7, 0.1])
+
+
+class FakeClassifier:
+    info = ModelInfo("fake", "1")
+    input_size = 16
+
+    def __init__(self) -> None:
+        self.batch_sizes: list[int] = []
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.batch_sizes.append(len(batch))
+        return np.tile(PROBABILITIES, (len(batch), 1))
+
+
+class FakeSource:
+    """Jobs of source "test"; options: "images" (count), "fail" ("transient" or "permanent"),
+    "times" (how many loads fail transiently)."""
+
+    def __init__(self) -> None:
+        self.classifier = FakeClassifier()
+        self.loads: Counter[str] = Counter()
+
+    @hookimpl(tryfirst=True)
+    def ctai_classifier(self, config):
+        return self.classifier
+
+    @hookimpl
+    def ctai_load_job(self, job, config):
+        if job.source != "test":
+            return None
+        self.loads[job.id] += 1
+        time.sleep(0.05)  # like fetching: lets the jobs of several threads meet at the classifier
+        fail = job.options.get("fail")
+        if fail == "transient" and self.loads[job.id] <= job.options.get("times", 99):
+            raise TransientError("the source is down")
+        if fail == "permanent":
+            raise ValueError("undecodable pixels")
+        return [SourceImage(f"{job.id}/{i}", Dataset(), np.random.rand(32, 32).astype(np.float32))
+                for i in range(job.options.get("images", 1))]
+
+
+@pytest.fixture
+def config(config):
+    config["plugins"]["disabled"] = ["sr", "sc", "folder", "cstore", "hl7", "orthanc", "upload", "listener"]
+    config["worker"].update(threads=4, batch_wait_ms=100, retry_delay=0.1, poll_interval=0.05)
+    return config
+
+
+@pytest.fixture
+def make_worker(config):
+    """Start workers with a FakeSource; all stopped at the end."""
+    started: list[Worker] = []
+
+    def make(source: FakeSource | None = None) -> tuple[Worker, FakeSource]:
+        source = source or FakeSource()
+        pm = plugin_manager(config)
+        pm.register(source)
+        worker = Worker(config, pm)
+        worker.start()
+        started.append(worker)
+        return worker, source
+
+    yield make
+    for worker in started:
+        worker.stop()
+
+
+def wait_for(config, job_id: str, status: str, timeout: float = 20):
+    store = JobStore(config)
+    wait_until(lambda: (r := store.get(job_id)) is not None and r.status == status, timeout)
+    return store.get(job_id)
+
+
+def test_enqueue_is_durable_and_recorded(config):
+    for i in range(3):
+        jobs.enqueue(config, Job(f"t{i}", "test", {"images": 1}))
+    assert jobs.make_queue(config).pending_count() == 3  # a fresh connection sees them
+    record = JobStore(config).get("t1")
+    assert (record.status, record.source, record.options) == ("pending", "test", {"images": 1})
+
+
+def test_waiting_jobs_are_classified_in_shared_batches(config, make_worker):
+    for i in range(8):
+        jobs.enqueue(config, Job(f"t{i}", "test", {"images": 1}))
+    worker, source = make_worker()
+    for i in range(8):
+        record = wait_for(config, f"t{i}", "done")
+        assert record.label == "bacterial"
+        assert record.probabilities == pytest.approx(dict(zip(CLASSES, PROBABILITIES, strict=True)))
+        assert record.attempts == 1 and record.seconds > 0
+    assert max(source.classifier.batch_sizes[1:]) > 1  # [0] is the warm-up call
+    assert sum(source.classifier.batch_sizes[1:]) == 8
+
+
+def test_transient_errors_are_retried(config, make_worker):
+    jobs.enqueue(config, Job("flaky", "test", {"fail": "transient", "times": 2}))
+    make_worker()
+    record = wait_for(config, "flaky", "done", timeout=30)
+    assert record.attempts == 3
+
+
+def test_transient_errors_give_up_after_the_configured_tries(config, make_worker):
+    config["worker"]["attempts"] = 2
+    jobs.enqueue(config, Job("down", "test", {"fail": "transient"}))
+    make_worker()
+    record = wait_for(config, "down", "failed", timeout=30)
+    assert record.attempts == 2 and "gave up after 2 tries: the source is down" in record.error
+
+
+def test_permanent_errors_fail_once_with_the_reason(config, make_worker):
+    jobs.enqueue(config, Job("bad", "test", {"fail": "permanent"}))
+    jobs.enqueue(config, Job("lost", "nowhere"))
+    _, source = make_worker()
+    record = wait_for(config, "bad", "failed")
+    assert record.attempts == 1 and record.error == "undecodable pixels"
+    assert "no plugin loads jobs of source 'nowhere'" in wait_for(config, "lost", "failed").error
+    time.sleep(0.5)
+    assert source.loads["bad"] == 1
+
+
+def test_a_job_queued_again_before_it_ran_runs_once(config, make_worker):
+    for _ in range(3):
+        jobs.enqueue(config, Job("same", "test", {"images": 1}))
+    _, source = make_worker()
+    wait_for(config, "same", "done")
+    wait_until(lambda: jobs.make_queue(config).pending_count() == 0, 10)
+    time.sleep(0.3)
+    assert source.loads["same"] == 1
+
+
+def test_jobs_left_running_by_a_dead_worker_are_queued_again(config, make_worker):
+    store = JobStore(config)
+    job = Job("orphan", "test", {"images": 2})
+    store.pending(job, time.time())
+    store.start(job, f"{socket.gethostname()}:{2 ** 22 + 12345}")  # no such process
+    store.start(Job("elsewhere", "test"), "another-host:1")
+    make_worker()
+    assert wait_for(config, "orphan", "done").error is None
+    assert store.get("elsewhere").status == "running"
+
+
+def test_batching_classifier_merges_concurrent_calls():
+    inner = FakeClassifier()
+    batcher = BatchingClassifier(inner, max_batch=16, max_wait=0.2)
+    results: list[np.ndarray] = [None] * 6
+    barrier = threading.Barrier(6)
+
+    def call(i: int) -> None:
+        barrier.wait()
+        results[i] = batcher.predict(np.zeros((i + 1, 16, 16, 1), np.float32))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    assert [len(r) for r in results] == [1, 2, 3, 4, 5, 6]
+    assert sum(inner.batch_sizes) == 21 and len(inner.batch_sizes) < 6
+    assert batcher.batch_sizes.total() == len(inner.batch_sizes)
+
+
+def test_ctai_jobs_lists_records(config, monkeypatch):
+    store = JobStore(config)
+    store.skipped(Job("orthanc:abc", "orthanc"), "modality SR is not a chest radiograph or CT")
+    monkeypatch.setenv("CTAI_DATA__DIR", config["data"]["dir"])
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert cli.main(["jobs"]) == 0
+    assert "orthanc:abc" in out.getvalue() and "skipped" in out.getvalue()
+    assert "modality SR" in out.getvalue()
