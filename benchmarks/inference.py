@@ -40,7 +40,8 @@ def main() -> None:
             classifier.predict(x)
             times.append(time.perf_counter() - t0)
         best = min(times)
-        print(f"batch {batch:3d}: {best * 1000:8.1f} ms per batch, {batch / best:7.1f} images/s (best of {args.repeat})")
+        print(f"batch {batch:3d}: {best * 1000:8.1f} ms per batch, {batch / best:7.1f} images/s "
+              f"(best of {args.repeat})")
 
 
 if __name__ == "__main__":

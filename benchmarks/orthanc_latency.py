@@ -27,10 +27,9 @@ if os.environ.get("CTAI_TEST_NETNS") != "1":
     script = 'ip link set lo up && exec "$0" "$@"'
     os.execvp(unshare[0], [*unshare, "sh", "-c", script, sys.executable, *sys.argv])
 
-from ctai_plugins.orthanc import series_job, series_skip_reason  # noqa: E402
-
 from ctai import jobs  # noqa: E402
 from ctai.results import JobStore  # noqa: E402
+from ctai_plugins.orthanc import series_job, series_skip_reason  # noqa: E402
 from tests.orthanc_harness import Harness, fast_config  # noqa: E402
 from tests.phantoms import ct_series, image_names, radiograph  # noqa: E402
 

@@ -18,7 +18,7 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int 
     correct = probs.argmax(axis=1) == y_true
     edges = np.linspace(0.0, 1.0, bins + 1)
     ece = 0.0
-    for low, high in zip(edges[:-1], edges[1:]):
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
         in_bin = (confidence > low) & (confidence <= high)
         if in_bin.any():
             ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
@@ -85,7 +85,7 @@ def format_report(report: dict[str, Any]) -> str:
         "",
         "confusion matrix (rows: true, columns: predicted)",
         "            " + "".join(f"{c:>11}" for c in CLASSES),
-        *(f"{c:<12}" + "".join(f"{v:>11}" for v in row) for c, row in zip(CLASSES, cm)),
+        *(f"{c:<12}" + "".join(f"{v:>11}" for v in row) for c, row in zip(CLASSES, cm, strict=True)),
         "",
         f"{'class':<12}{'precision':>11}{'recall':>11}{'n':>7}",
         *(f"{c:<12}{_fmt(v['precision']):>11}{_fmt(v['recall']):>11}{v['n']:>7}"

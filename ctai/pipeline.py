@@ -44,7 +44,8 @@ class Pipeline:
             chunk = images[start:start + batch_size]
             x = np.stack([self.pm.hook.ctai_preprocess(image=im, size=size, config=self.config) for im in chunk])
             for probs in self.classifier.predict(x.astype(np.float32)):
-                predictions.append(Prediction(dict(zip(CLASSES, map(float, probs))), self.classifier.info))
+                probabilities = dict(zip(CLASSES, map(float, probs), strict=True))
+                predictions.append(Prediction(probabilities, self.classifier.info))
         return predictions
 
     def process(self, job: Job, sources: Iterable[SourceImage | Failure]) -> Iterator[Outcome]:

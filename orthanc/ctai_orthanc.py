@@ -16,6 +16,11 @@ import time
 
 site.addsitedir(os.environ["CTAI_SITE_PACKAGES"])
 
+import orthanc  # noqa: E402  (Orthanc's embedded module)
+from ctai import config as configuration  # noqa: E402
+from ctai import jobs  # noqa: E402
+from ctai.results import PENDING, SKIPPED, JobStore, Summary  # noqa: E402
+from ctai.transports.orthanc import STATUS_METADATA  # noqa: E402
 from ctai_plugins.orthanc import (  # noqa: E402
     OWN_OUTPUT,
     series_job,
@@ -23,12 +28,6 @@ from ctai_plugins.orthanc import (  # noqa: E402
     status_now,
     status_value,
 )
-
-import orthanc  # noqa: E402  (Orthanc's embedded module)
-from ctai import config as configuration  # noqa: E402
-from ctai import jobs  # noqa: E402
-from ctai.results import PENDING, SKIPPED, JobStore, Summary  # noqa: E402
-from ctai.transports.orthanc import STATUS_METADATA  # noqa: E402
 
 CONFIG = configuration.load()
 STARTED = status_now()

@@ -1,4 +1,4 @@
-"""Delivery by C-STORE (PS3.4 Annex B) of every output (SR, SC, an uploaded photo's DICOM) to the peer in ``[cstore]``, e.g. a PACS.
+"""Delivery by C-STORE (PS3.4 Annex B) of every output (SR, SC, an uploaded photo) to the peer in ``[cstore]``.
 
 The objects go into the persistent outbox (``ctai.outbox``, channel ``cstore``, ordered per
 destination); its sender stores them and retries with backoff while the peer is down, so a
@@ -11,9 +11,11 @@ from dataclasses import asdict
 
 from ctai import hookimpl
 from ctai.config import Config
+from ctai.inputs.dicom import to_bytes
 from ctai.outbox import Outbox
-from ctai.transports.dicom_scu import Peer, to_bytes
+from ctai.transports.dicom_scu import Peer
 from ctai.types import Job, Result
+
 
 def destination(config: Config) -> Peer | None:
     """The configured peer, or None when ``[cstore] host`` is empty."""

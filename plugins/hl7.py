@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from ctai_plugins.sr import FINDINGS
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Group, Message, Segment
 from pydicom import Dataset
@@ -32,6 +31,7 @@ from ctai.config import Config
 from ctai.outbox import Outbox
 from ctai.transports.mllp import ENCODING
 from ctai.types import CLASSES, Job, Result
+from ctai_plugins.sr import FINDINGS
 
 log = logging.getLogger(__name__)
 

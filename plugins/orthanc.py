@@ -20,16 +20,16 @@ import time
 from typing import Any
 
 import pydicom
-from ctai_plugins.chest import OUTPUT_SERIES_PREFIX
-from pydicom import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
 
 from ctai import hookimpl
 from ctai.config import Config
 from ctai.errors import InputError, TransientError
+from ctai.inputs import series_images
+from ctai.inputs.dicom import to_bytes
 from ctai.results import FAILED, PENDING, RUNNING, Summary, summarize
 from ctai.transports.orthanc import OUTPUTS_METADATA, STATUS_METADATA, OrthancError, client
 from ctai.types import Failure, Job, Result, SourceImage
+from ctai_plugins.chest import OUTPUT_SERIES_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -70,36 +70,6 @@ def status_value(status: str, summary: Summary | None = None, seconds: float | N
     return value
 
 
-def images_of_series(items: list[tuple[str, Dataset]], series_id: str) -> list[SourceImage | Failure]:
-    """The images to classify in a series' instances: its CT slices as one projection, other
-    instances one by one (a ``Failure`` for each that cannot be used)."""
-    from ctai.inputs import ct, dicom
-
-    loaded: list[SourceImage | Failure] = []
-    slices = [ds for _, ds in items if str(ds.get("Modality", "")).upper() == "CT"]
-    if slices:
-        try:
-            loaded.append(ct.project(slices, f"orthanc:series/{series_id}"))
-        except InputError as exc:
-            loaded.append(Failure(f"orthanc:series/{series_id}", str(exc)))
-    for instance_id, ds in items:
-        if str(ds.get("Modality", "")).upper() != "CT":
-            try:
-                loaded.extend(dicom.source_images(ds, f"orthanc:instances/{instance_id}"))
-            except InputError as exc:
-                loaded.append(Failure(f"orthanc:instances/{instance_id}", str(exc)))
-    return loaded
-
-
-def to_bytes(ds: Dataset) -> bytes:
-    """A DICOM file (Part 10) of a dataset, explicit VR little endian unless it says otherwise."""
-    if "TransferSyntaxUID" not in ds.file_meta:
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def _set_status(config: Config, series_id: str, value: dict[str, Any]) -> None:
     client(config).set_json_metadata("series", series_id, STATUS_METADATA, value)
 
@@ -115,8 +85,8 @@ def ctai_load_job(job: Job, config: Config) -> list[SourceImage | Failure] | Non
     except OrthancError as exc:
         raise InputError(f"series {series_id} is no longer in Orthanc ({exc})") from exc
     _set_status(config, series_id, status_value(RUNNING))
-    items = [(i, pydicom.dcmread(io.BytesIO(orthanc.instance_file(i)))) for i in instances]
-    return images_of_series(items, series_id)
+    items = [(f"orthanc:instances/{i}", pydicom.dcmread(io.BytesIO(orthanc.instance_file(i)))) for i in instances]
+    return series_images(items, f"orthanc:series/{series_id}")
 
 
 @hookimpl

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ctai_plugins.sc import render_picture
 from PIL import Image
 
 from ctai import hookimpl, inputs
@@ -21,6 +20,7 @@ from ctai.inputs.wrap import PatientInfo
 from ctai.types import Failure, Job, Output, Result, SourceImage
 from ctai.web.files import WRONG_PATIENT, same_patient
 from ctai.web.sessions import Store, uploads_dir
+from ctai_plugins.sc import render_picture
 
 SOURCE = "upload"
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from ctai_plugins.orthanc import to_bytes
 from pydicom import Dataset
 
 from ctai import config as configuration
+from ctai.inputs.dicom import to_bytes
 from ctai.model.backend import shipped_model_dir
 from ctai.serve import OrthancService
 from ctai.transports.orthanc import OrthancClient

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 
 import pytest
-from ctai_plugins.hl7 import escape
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 from hl7apy.mllp import AbstractErrorHandler, AbstractHandler, MLLPServer
@@ -26,6 +25,7 @@ from ctai.inputs.images import to_gray
 from ctai.inputs.wrap import PatientInfo, wrap_image
 from ctai.transports import dicom_scu, mllp
 from ctai.types import CLASSES, ModelInfo, Prediction, Result, SourceImage
+from ctai_plugins.hl7 import escape
 from tests.conftest import IMAGES
 
 MODEL = ModelInfo("resnet18-test", "0.0")

@@ -11,7 +11,6 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-from ctai_plugins import cstore
 from pydicom import Dataset, dcmread
 from pydicom.uid import (
     Comprehensive3DSRStorage,
@@ -20,10 +19,12 @@ from pydicom.uid import (
 )
 
 from ctai import config as configuration
+from ctai.inputs.dicom import to_bytes
 from ctai.outbox import Outbox, Undeliverable, send_due
 from ctai.plugins import plugin_manager
 from ctai.transports import dicom_scu
 from ctai.types import Job, Result
+from ctai_plugins import cstore
 from tests.peers import StoreSCP, free_port, result, tool
 
 JOB = Job(id="job-1", source="dicom-listener")
@@ -97,7 +98,7 @@ def peer() -> Iterator[StoreSCP]:
 
 def as_3d(report: Dataset) -> Dataset:
     """The report as a Comprehensive 3D SR, read back as a PS3.10 file (plain pydicom)."""
-    report = dcmread(BytesIO(dicom_scu.to_bytes(report)))
+    report = dcmread(BytesIO(to_bytes(report)))
     report.SOPClassUID = report.file_meta.MediaStorageSOPClassUID = Comprehensive3DSRStorage
     return report
 

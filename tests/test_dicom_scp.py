@@ -57,7 +57,7 @@ class Listener:
     """A DicomListener on 127.0.0.1 whose queue is a list."""
 
     def __init__(self, config, **settings) -> None:
-        config["listener"].update({"host": "127.0.0.1", "port": 0, "idle_seconds": 0.3, **settings})
+        config["listener"].update({"host": "127.0.0.1", "port": 0, "idle_seconds": 1.5, **settings})
         self.jobs: list[Job] = []
         self.server = DicomListener(config, enqueue=self.jobs.append)
         self.server.start()

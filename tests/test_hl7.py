@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from ctai_plugins import hl7
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 from hl7apy.parser import parse_message
@@ -17,6 +16,7 @@ from ctai.inputs.wrap import PatientInfo
 from ctai.outbox import Outbox, OutboxSender, send_due
 from ctai.transports import mllp
 from ctai.types import Result
+from ctai_plugins import hl7
 from tests.peers import HIS, PATIENT, fast_outbox, free_port, result, wait_until
 
 NOW = datetime(2026, 11, 25, 17, 30, tzinfo=UTC)

@@ -15,7 +15,6 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
-from ctai_plugins.orthanc import OWN_OUTPUT, series_job, series_skip_reason
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
@@ -24,6 +23,7 @@ from ctai import cli, jobs
 from ctai import config as configuration
 from ctai.results import JobStore
 from ctai.transports.orthanc import OUTPUTS_METADATA, STATUS_METADATA
+from ctai_plugins.orthanc import OWN_OUTPUT, series_job, series_skip_reason
 from tests.dciodvfy import errors as dciodvfy_errors
 from tests.orthanc_harness import IN_NAMESPACE, Harness, fast_config, model_missing, run_in_namespace
 from tests.peers import wait_until

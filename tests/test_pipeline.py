@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from ctai import hookimpl
 from ctai.inputs import load

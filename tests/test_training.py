@@ -9,8 +9,8 @@ from ctai.dataset import Sample, patient_of, scan
 from ctai.inputs.images import read_gray
 from ctai.model.backend import KerasClassifier
 from ctai.model.preprocess import to_model_input
-from training.data import split_by_patient
 from tests.conftest import IMAGES
+from training.data import split_by_patient
 
 
 def kermany_layout(root: Path) -> Path:

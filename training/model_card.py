@@ -44,7 +44,7 @@ def reliability(y: np.ndarray, probs: np.ndarray, path: Path, bins: int = 10) ->
     confidence, correct = probs.max(1), probs.argmax(1) == y
     edges = np.linspace(0, 1, bins + 1)
     centres, accuracy = [], []
-    for low, high in zip(edges[:-1], edges[1:]):
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
         in_bin = (confidence > low) & (confidence <= high)
         if in_bin.any():
             centres.append(confidence[in_bin].mean())

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from pydicom import Dataset
+
 from ctai.errors import InputError
-from ctai.inputs import dicom
+from ctai.inputs import ct, dicom
 from ctai.inputs.images import open_image, to_gray
 from ctai.inputs.wrap import PatientInfo, wrap_image
-from ctai.types import SourceImage
+from ctai.types import Failure, SourceImage
 
-__all__ = ["PatientInfo", "iter_files", "load"]
+__all__ = ["PatientInfo", "iter_files", "load", "series_images"]
 
 
 def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
@@ -54,3 +56,28 @@ def _picture(path: Path, patient: PatientInfo) -> SourceImage:
     """A PNG/JPEG/... file; its pixels are read exactly as training reads them (images.read_gray)."""
     image = open_image(path)
     return SourceImage(path=str(path), dataset=wrap_image(image, patient, path.name), pixels=to_gray(image))
+
+
+def is_volume_slice(ds: Dataset) -> bool:
+    """A CT slice that is part of a volume (not a localizer)."""
+    image_type = [str(v).upper() for v in ds.get("ImageType", [])]
+    return str(ds.get("Modality", "")).upper() == "CT" and "LOCALIZER" not in image_type
+
+
+def series_images(instances: Sequence[tuple[str, Dataset]], series_path: str) -> list[SourceImage | Failure]:
+    """The images to classify in one series, given as (path, dataset) pairs: its CT slices as one
+    frontal projection (``ctai.inputs.ct``), every other instance on its own; a ``Failure``
+    with the reason for each that cannot be used."""
+    loaded: list[SourceImage | Failure] = []
+    if slices := [ds for _, ds in instances if is_volume_slice(ds)]:
+        try:
+            loaded.append(ct.project(slices, series_path))
+        except InputError as exc:
+            loaded.append(Failure(series_path, str(exc)))
+    for path, ds in instances:
+        if not is_volume_slice(ds):
+            try:
+                loaded.extend(dicom.source_images(ds, path))
+            except InputError as exc:
+                loaded.append(Failure(path, str(exc)))
+    return loaded

@@ -138,13 +138,6 @@ def store(peer: Peer, datasets: Sequence[Dataset]) -> None:
             assoc.release()
 
 
-def to_bytes(ds: Dataset) -> bytes:
-    """``ds`` as a PS3.10 file (the outbox payload)."""
-    buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def deliver(destination: Mapping[str, Any], payload: bytes) -> None:
     """Outbox sender for the ``cstore`` channel: destination as in ``[cstore]``, payload a PS3.10 file."""
     store(Peer.from_mapping(destination), [dcmread(BytesIO(payload))])
