@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 from pydicom import Dataset
@@ -49,4 +48,4 @@ def ctai_load_job(job: Job, config: Config) -> list[SourceImage | Failure] | Non
 def ctai_job_finished(job: Job, results: list[Result], failures: list[Failure], config: Config) -> None:
     """Remove the spooled series once its job ran to its end (its outputs are delivered or queued)."""
     if job.source == SOURCE:
-        shutil.rmtree(Spool.from_config(config).batch(job.options["batch"]), ignore_errors=True)
+        Spool.from_config(config).remove(job.options["batch"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -107,7 +108,8 @@ def main(argv=None) -> None:
     ]
     t0 = time.time()
     history = model.fit(train_ds, validation_data=(x_val, y_val), epochs=args.epochs,
-                        class_weight=class_weight, callbacks=callbacks, verbose=2)
+                        class_weight=class_weight, callbacks=callbacks,
+                        verbose=1 if sys.stdout.isatty() else 2)  # a progress bar on a terminal
     train_seconds = time.time() - t0
 
     logits = model.predict(x_val, batch_size=64, verbose=0).astype(np.float64)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -85,9 +86,13 @@ class Spool:
         return cls(data_dir(config) / "listener")
 
     def discard_partial(self) -> None:
-        """Remove files whose writing was interrupted (never answered with Success)."""
+        """Remove files whose writing was interrupted (never answered with Success), and
+        batches whose removal was."""
         for path in self.tmp.iterdir():
-            path.unlink()
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
     def store(self, series_uid: str, sop_uid: str, data: bytes) -> Path:
         """Write one instance durably; when this returns, it survives a crash."""
@@ -127,7 +132,21 @@ class Spool:
         return sorted(p for p in self.batches.iterdir() if not (p / _QUEUED).exists())
 
     def mark_queued(self, batch: Path) -> None:
-        (batch / _QUEUED).touch()
+        try:
+            (batch / _QUEUED).touch()
+        except FileNotFoundError:  # a fast worker already processed and removed it
+            pass
+
+    def remove(self, name: str) -> None:
+        """Delete a processed batch: first moved out of ``batches/`` at once, so that it is never
+        seen half-deleted (and queued again)."""
+        batch = self.batch(name)
+        doomed = self.tmp / f"done-{name}"
+        try:
+            os.replace(batch, doomed)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(doomed, ignore_errors=True)
 
     def batch(self, name: str) -> Path:
         """The folder of batch ``name``; ValueError for a name that is not one of ours."""
