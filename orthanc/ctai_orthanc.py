@@ -21,8 +21,8 @@ from ctai import config as configuration  # noqa: E402
 from ctai import jobs  # noqa: E402
 from ctai.results import PENDING, SKIPPED, JobStore, Summary  # noqa: E402
 from ctai.transports.orthanc import STATUS_METADATA  # noqa: E402
+from ctai_plugins.chest import OWN_OUTPUT  # noqa: E402
 from ctai_plugins.orthanc import (  # noqa: E402
-    OWN_OUTPUT,
     series_job,
     series_skip_reason,
     status_now,

@@ -29,26 +29,16 @@ from ctai.inputs.dicom import to_bytes
 from ctai.results import FAILED, PENDING, RUNNING, Summary, summarize
 from ctai.transports.orthanc import OUTPUTS_METADATA, STATUS_METADATA, OrthancError, client
 from ctai.types import Failure, Job, Result, SourceImage
-from ctai_plugins.chest import OUTPUT_SERIES_PREFIX
+from ctai_plugins.chest import skip_reason
 
 log = logging.getLogger(__name__)
 
 SOURCE = "orthanc"
-#: Reason given for ctai's own outputs, which are skipped without a record.
-OWN_OUTPUT = "this is one of ctai's own results"
 
 
 def series_skip_reason(tags: dict[str, str], config: Config) -> str | None:
     """Why a series (Orthanc's MainDicomTags) is not for ctai, or None to queue it. Fast: no I/O."""
-    if str(tags.get("SeriesDescription", "")).startswith(OUTPUT_SERIES_PREFIX):
-        return OWN_OUTPUT
-    modality = str(tags.get("Modality", "")).upper()
-    if modality not in config["orthanc"]["modalities"]:
-        return f"modality {modality or '(none)'} is not a chest radiograph or CT"
-    body_part = str(tags.get("BodyPartExamined", "")).upper()
-    if body_part and body_part not in config["inputs"]["body_parts"]:
-        return f"body part {body_part} is not the chest"
-    return None
+    return skip_reason(tags, config["orthanc"]["modalities"], config["inputs"]["body_parts"])
 
 
 def series_job(series_id: str) -> Job:

@@ -23,7 +23,8 @@ from ctai import cli, jobs
 from ctai import config as configuration
 from ctai.results import JobStore
 from ctai.transports.orthanc import OUTPUTS_METADATA, STATUS_METADATA
-from ctai_plugins.orthanc import OWN_OUTPUT, series_job, series_skip_reason
+from ctai_plugins.chest import OWN_OUTPUT
+from ctai_plugins.orthanc import series_job, series_skip_reason
 from tests.dciodvfy import errors as dciodvfy_errors
 from tests.orthanc_harness import IN_NAMESPACE, Harness, fast_config, model_missing, run_in_namespace
 from tests.peers import wait_until
