@@ -15,8 +15,8 @@ from ctai import config as configuration
 from ctai.types import CLASSES, Failure, Job, Result, SourceImage
 
 
-def _inputs(paths: list[Path], patient) -> tuple[int, Iterator[SourceImage | Failure]]:
-    """How many files, and the loaded images (or why not) in order, with a progress bar on a terminal."""
+def _inputs(paths: list[Path], patient) -> Iterator[SourceImage | Failure]:
+    """The loaded images (or why not) in order, with a progress bar on a terminal."""
     from ctai import inputs
     from ctai.errors import InputError
 
@@ -29,7 +29,7 @@ def _inputs(paths: list[Path], patient) -> tuple[int, Iterator[SourceImage | Fai
             except InputError as exc:
                 yield Failure(str(path), str(exc))
 
-    return len(files), generate()
+    return generate()
 
 
 def _outcome_json(outcome: Result | Failure) -> dict:
@@ -53,7 +53,7 @@ def cmd_classify(args: argparse.Namespace, config: configuration.Config) -> int:
 
     patient = PatientInfo(id=args.patient_id, name=args.patient_name, accession=args.accession)
     job = Job(id="cli", source="cli", options={"out_dir": str(args.out)} if args.out else {})
-    _, sources = _inputs(args.paths, patient)
+    sources = _inputs(args.paths, patient)
     failed = 0
     for outcome in Pipeline(config).process(job, sources):
         failed += isinstance(outcome, Failure)
@@ -71,7 +71,7 @@ def cmd_evaluate(args: argparse.Namespace, config: configuration.Config) -> int:
 
     samples = scan(args.folder)
     label_of = {str(s.path): s.label for s in samples}
-    _, sources = _inputs([s.path for s in samples], PatientInfo())
+    sources = _inputs([s.path for s in samples], PatientInfo())
     y, probs = [], []
     for outcome in Pipeline(config).process(Job(id="evaluate", source="cli"), sources):
         if isinstance(outcome, Failure):
@@ -105,30 +105,6 @@ def cmd_plugins(args: argparse.Namespace, config: configuration.Config) -> int:
     return 0
 
 
-def cmd_web(args: argparse.Namespace, config: configuration.Config) -> int:
-    import logging
-
-    from ctai.web import app
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    app.run(config)
-    return 0
-
-
-def cmd_outbox(args: argparse.Namespace, config: configuration.Config) -> int:
-    from ctai.outbox import Outbox, send_now
-
-    if args.send:
-        for channel, delivered in send_now(config).items():
-            print(f"{channel}: " + ("being sent by another ctai process" if delivered is None
-                                    else f"{delivered} delivered now"))
-    outbox = Outbox.from_config(config)
-    waiting = outbox.messages("pending") + outbox.messages("failed")
-    for m in waiting:
-        print(f"#{m.id} {m.channel} {m.state} {m.key} attempts={m.attempts} {m.last_error or ''}".rstrip())
-    return 1 if waiting else 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctai", description="AI chest-image classification for PACS and HIS.")
     parser.add_argument("--config", type=Path, help="TOML configuration file (default: $CTAI_CONFIG)")
@@ -157,10 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("outbox", help="messages to the PACS and HIS not delivered yet (exit 1 if any)")
     p.add_argument("--send", action="store_true", help="send every pending message now, ignoring backoff")
-    p.set_defaults(func=cmd_outbox)
+    p.set_defaults(func=_command("ctai.outbox:cmd_outbox"))
 
     p = commands.add_parser("web", help="run the phone-upload web app ([web] in the configuration)")
-    p.set_defaults(func=cmd_web)
+    p.set_defaults(func=_command("ctai.web.app:cmd_web"))
 
     p = commands.add_parser("serve", help="run Orthanc with ctai's plugin, the worker and the other services")
     p.set_defaults(func=_command("ctai.serve:cmd_serve"))

@@ -14,6 +14,7 @@ and shown by ``ctai outbox``); any other exception means "try again later".
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import logging
@@ -279,3 +280,16 @@ class OutboxSender:
                         log.exception("outbox %s: database error; trying again", channel)
                     self._stop.wait(self.poll_seconds)
             self._stop.wait(self.poll_seconds)
+
+
+def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
+    """``ctai outbox``: messages not delivered yet (exit 1 if any); ``--send`` sends them now."""
+    if args.send:
+        for channel, delivered in send_now(config).items():
+            print(f"{channel}: " + ("being sent by another ctai process" if delivered is None
+                                    else f"{delivered} delivered now"))
+    outbox = Outbox.from_config(config)
+    waiting = outbox.messages("pending") + outbox.messages("failed")
+    for m in waiting:
+        print(f"#{m.id} {m.channel} {m.state} {m.key} attempts={m.attempts} {m.last_error or ''}".rstrip())
+    return 1 if waiting else 0

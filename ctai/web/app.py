@@ -8,6 +8,7 @@ job, and the ``upload`` plugin records its result for the phone.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
@@ -168,11 +169,12 @@ def _server(config: Config, app: FastAPI) -> uvicorn.Server:
                                          server_header=False))
 
 
-def run(config: Config) -> None:
-    """Serve the web app in the foreground until Ctrl-C or SIGTERM (``ctai web``)."""
-    server = _server(config, create_app(config))
-    log.info("web: staff page at %s/staff; uploads are classified by `ctai worker`", public_url(config))
-    server.run()
+def cmd_web(args: argparse.Namespace, config: Config) -> int:
+    """``ctai web``: the web app alone, in the foreground; uploads are classified by ``ctai worker``."""
+    from ctai.serve import run_services, setup_logging
+
+    setup_logging()
+    return run_services([WebService(config)])
 
 
 class WebService:
