@@ -4,6 +4,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ctai.dataset import Sample, patient_of, scan
 from ctai.inputs.images import read_gray
@@ -45,16 +46,43 @@ def test_labels_from_layout(tmp_path: Path):
     assert by_name["person1000_virus_1681.jpeg"] == 2
 
 
-def test_tiny_training_run_exports_a_model_ctai_loads(tmp_path: Path):
+@pytest.fixture(scope="module")
+def tiny_members(tmp_path_factory) -> list[Path]:
+    """Two one-epoch runs on the committed images that differ only in their seed."""
     from training.train import main
 
-    data = kermany_layout(tmp_path / "data")
-    out = tmp_path / "model"
-    main(["--data", str(data), "--out", str(out), "--work", str(tmp_path / "work"), "--epochs", "1",
-          "--size", "64", "--width", "8", "--batch", "4", "--val-fraction", "0.4"])
-    classifier = KerasClassifier(out)
+    root = tmp_path_factory.mktemp("training")
+    data = kermany_layout(root / "data")
+    members = []
+    for seed in ("1", "2"):
+        out = root / f"model-{seed}"
+        main(["--data", str(data), "--out", str(out), "--work", str(root / f"work-{seed}"), "--epochs", "1",
+              "--size", "64", "--width", "16", "--batch", "4", "--val-fraction", "0.4", "--seed", seed])
+        assert (root / f"work-{seed}" / "run.json").exists()
+        members.append(out)
+    return members
+
+
+def one_image(size: int) -> np.ndarray:
+    return to_model_input(read_gray(next(IMAGES.glob("*.jpeg"))), size)[np.newaxis]
+
+
+def test_tiny_training_run_exports_a_model_ctai_loads(tiny_members):
+    classifier = KerasClassifier(tiny_members[0])
     assert classifier.input_size == 64
-    x = to_model_input(read_gray(next(IMAGES.glob("*.jpeg"))), 64)[np.newaxis]
-    probs = classifier.predict(x)
+    probs = classifier.predict(one_image(64))
     assert probs.shape == (1, 3) and abs(probs.sum() - 1) < 1e-6
-    assert (tmp_path / "work" / "run.json").exists()
+
+
+def test_ensemble_averages_the_members_logits(tiny_members, tmp_path: Path):
+    from training.ensemble import main
+
+    out = tmp_path / "ensemble"
+    main(["--members", *map(str, tiny_members), "--data", str(kermany_layout(tmp_path / "data")),
+          "--out", str(out), "--work", str(tmp_path / "work"), "--val-fraction", "0.4", "--version", "9.9.9"])
+    ensemble = KerasClassifier(out)
+    assert ensemble.info.version == "9.9.9"
+    x = one_image(64)
+    expected = np.mean([KerasClassifier(m).logits(x) for m in tiny_members], axis=0)
+    np.testing.assert_allclose(ensemble.logits(x), expected, atol=1e-5)
+    assert abs(ensemble.predict(x).sum() - 1) < 1e-6

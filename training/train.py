@@ -34,7 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--patience", type=int, default=6)
     p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=20180222)
+    p.add_argument("--split-seed", type=int, default=20180222, help="which patients go to validation")
+    p.add_argument("--seed", type=int, default=20180222, help="initial weights, shuffling, augmentation")
     p.add_argument("--name", default="ctai-resnet")
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--max-images", type=int, default=0, help="use only this many images (smoke runs)")
@@ -74,7 +75,7 @@ def main(argv=None) -> None:
     keras.utils.set_random_seed(args.seed)
     args.work.mkdir(parents=True, exist_ok=True)
 
-    train_s, val_s = data.load(args.data, args.val_fraction, args.seed)
+    train_s, val_s = data.load(args.data, args.val_fraction, args.split_seed)
     if args.max_images:
         train_s, val_s = train_s[: args.max_images], val_s[: max(args.max_images // 4, 3)]
     print(f"{len(train_s)} train / {len(val_s)} validation images; "
