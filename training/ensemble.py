@@ -19,7 +19,7 @@ import numpy as np
 
 from ctai import metrics
 from training import data
-from training.calibrate import calibrated, fit
+from training.calibrate import calibrated, fit, softmax
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -73,7 +73,7 @@ def main(argv=None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     np.savez(args.work / "val_predictions.npz", y=y, probs=probs)
     report = {"members": [str(m) for m in args.members], "temperature": temperature, "bias": bias,
-              "validation_uncalibrated": metrics.compute(y, calibrated(logits, 1.0, np.zeros(len(bias)))),
+              "validation_uncalibrated": metrics.compute(y, softmax(logits)),
               "validation": metrics.compute(y, probs)}
     (args.work / "run.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2), flush=True)
