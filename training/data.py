@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,12 @@ def load_arrays(samples: Sequence[Sample], size: int) -> tuple[np.ndarray, np.nd
     x = np.stack([to_model_input(read_gray(s.path), size) for s in samples])
     y = np.array([s.label for s in samples], dtype=np.int64)
     return x, y
+
+
+def add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that define the validation split, shared by every training command."""
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--split-seed", type=int, default=20180222, help="which patients go to validation")
 
 
 def load(root: Path, val_fraction: float, seed: int):

@@ -29,8 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, required=True, help="folder with NORMAL/ and PNEUMONIA/")
     p.add_argument("--out", type=Path, required=True, help="where to write model.keras and model.json")
     p.add_argument("--work", type=Path, default=Path("training-work-ensemble"), help="validation predictions")
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--split-seed", type=int, default=20180222, help="which patients go to validation")
+    data.add_split_arguments(p)
     p.add_argument("--version", required=True)
     return p.parse_args(argv)
 
