@@ -16,10 +16,10 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
-from ctai import hookimpl, uids
+from ctai import hookimpl
 from ctai.config import Config
 from ctai.types import Output, Result
-from ctai_plugins.sr import FINDINGS, processing_equipment
+from ctai_plugins.sr import FINDINGS, common_attributes
 
 SERIES_DESCRIPTION = "ctai AI result (picture)"
 NOTICE = "Decision support only - must be reviewed by a physician."
@@ -193,16 +193,8 @@ def build_sc(result: Result, series_number: int) -> hd.sc.SCImage:
         coordinate_system="PATIENT",
         # highdicom needs a value here; replaced below by the source's own (maybe empty).
         patient_orientation=("L", "F"),
-        series_instance_uid=uids.series_uid(source, model, "sc"),
-        series_number=series_number,
-        sop_instance_uid=uids.instance_uid(source, model, "sc"),
-        instance_number=int(source.get("InstanceNumber") or 1),
-        manufacturer=model.manufacturer,
-        manufacturer_model_name=model.name,
-        software_versions=model.version,
-        series_description=SERIES_DESCRIPTION,
         transfer_syntax_uid=ExplicitVRLittleEndian,
-        contributing_equipment=[processing_equipment(model)],
+        **common_attributes(source, model, "sc", series_number, SERIES_DESCRIPTION),
     )
     # The picture keeps the source's orientation; Type 2C, empty when unknown (PS3.3 C.7.6.1).
     picture.PatientOrientation = source.get("PatientOrientation", "")

@@ -52,6 +52,24 @@ def processing_equipment(model: ModelInfo) -> hd.ContributingEquipment:
     )
 
 
+def common_attributes(source: Dataset, model: ModelInfo, kind: str, series_number: int,
+                      series_description: str) -> dict:
+    """The keyword arguments every ctai output's highdicom constructor shares: its series and
+    instance (deterministic UIDs, ``ctai.uids``), the algorithm as the device that made it
+    (PS3.3 C.7.5.1 General Equipment) and as Contributing Equipment."""
+    return dict(
+        series_instance_uid=uids.series_uid(source, model, kind),
+        series_number=series_number,
+        sop_instance_uid=uids.instance_uid(source, model, kind),
+        instance_number=int(source.get("InstanceNumber") or 1),
+        manufacturer=model.manufacturer,
+        manufacturer_model_name=model.name,
+        software_versions=model.version,
+        series_description=series_description,
+        contributing_equipment=[processing_equipment(model)],
+    )
+
+
 def algorithm(model: ModelInfo) -> hd.sr.AlgorithmIdentification:
     """TID 4019 Algorithm Identification."""
     return hd.sr.AlgorithmIdentification(
@@ -138,16 +156,8 @@ def build_sr(result: Result, series_number: int) -> hd.sr.ComprehensiveSR:
     return hd.sr.ComprehensiveSR(
         evidence=[_evidence(source)],
         content=report[0],
-        series_instance_uid=uids.series_uid(source, model, "sr"),
-        series_number=series_number,
-        sop_instance_uid=uids.instance_uid(source, model, "sr"),
-        instance_number=int(source.get("InstanceNumber") or 1),
-        manufacturer=model.manufacturer,
-        manufacturer_model_name=model.name,
-        software_versions=model.version,
-        series_description=SERIES_DESCRIPTION,
         is_complete=True,
-        contributing_equipment=[processing_equipment(model)],
+        **common_attributes(source, model, "sr", series_number, SERIES_DESCRIPTION),
     )
 
 
