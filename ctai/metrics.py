@@ -67,6 +67,8 @@ def compute(y_true: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
             "accuracy": float((viral_pred == viral_true).mean()) if pneumonia.any() else None,
             "roc_auc": _auc(viral_true, viral_score),
         },
+        "log_loss": float(-np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, 1.0)).mean()),
+        "brier_score": float(((probs - np.eye(len(CLASSES))[y_true]) ** 2).sum(axis=1).mean()),
         "expected_calibration_error": expected_calibration_error(y_true, probs),
     }
 
@@ -97,7 +99,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"pneumonia vs normal: accuracy {_fmt(pn['accuracy'])}  sensitivity {_fmt(pn['sensitivity'])}  "
         f"specificity {_fmt(pn['specificity'])}  ROC AUC {_fmt(pn['roc_auc'])}",
         f"bacterial vs viral:  accuracy {_fmt(bv['accuracy'])}  ROC AUC {_fmt(bv['roc_auc'])}  (n={bv['n']})",
-        f"expected calibration error  {_fmt(report['expected_calibration_error'])}",
+        f"log-loss {_fmt(report['log_loss'])}  Brier score {_fmt(report['brier_score'])}  "
+        f"expected calibration error {_fmt(report['expected_calibration_error'])}",
     ]
     if report.get("failed"):
         lines.append(f"not classified      {report['failed']}")

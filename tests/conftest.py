@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,17 @@ from ctai.model.backend import shipped_model_dir
 
 DATA = Path(__file__).parent / "data"
 IMAGES = DATA / "images"
+
+
+
+def kermany_layout(root: Path) -> Path:
+    """The committed images copied into the data set's ``NORMAL/`` and ``PNEUMONIA/`` layout."""
+    for image in IMAGES.glob("*.jpeg"):
+        folder = "NORMAL" if image.name.startswith("IM-") else "PNEUMONIA"
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, root / folder / image.name)
+    return root
+
 
 requires_model = pytest.mark.skipif(not (shipped_model_dir() / "model.keras").exists(),
                                     reason="the shipped model is not there yet")

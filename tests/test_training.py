@@ -1,6 +1,5 @@
 """Training: the patient-level split, and a tiny real run that exports a loadable model."""
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,16 +9,8 @@ from ctai.dataset import Sample, patient_of, scan
 from ctai.inputs.images import read_gray
 from ctai.model.backend import KerasClassifier
 from ctai.model.preprocess import to_model_input
-from tests.conftest import IMAGES
+from tests.conftest import IMAGES, kermany_layout
 from training.data import split_by_patient
-
-
-def kermany_layout(root: Path) -> Path:
-    for image in IMAGES.glob("*.jpeg"):
-        folder = "NORMAL" if image.name.startswith("IM-") else "PNEUMONIA"
-        (root / folder).mkdir(parents=True, exist_ok=True)
-        shutil.copy(image, root / folder / image.name)
-    return root
 
 
 def test_patient_keys():
@@ -54,10 +45,11 @@ def tiny_members(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("training")
     data = kermany_layout(root / "data")
     members = []
-    for seed in ("1", "2"):
+    recipes = {"1": [], "2": ["--crop-scale", "0.35", "1", "--intensity"]}  # both augmentations run
+    for seed, recipe in recipes.items():
         out = root / f"model-{seed}"
         main(["--data", str(data), "--out", str(out), "--work", str(root / f"work-{seed}"), "--epochs", "1",
-              "--size", "64", "--width", "16", "--batch", "4", "--val-fraction", "0.4", "--seed", seed])
+              "--size", "64", "--width", "16", "--batch", "4", "--val-fraction", "0.4", "--seed", seed, *recipe])
         assert (root / f"work-{seed}" / "run.json").exists()
         members.append(out)
     return members

@@ -57,7 +57,7 @@ def main(argv=None) -> None:
     p.add_argument("--predictions", type=Path, help="also save the validation labels and probabilities here (.npz)")
     args = p.parse_args(argv)
     classifier = KerasClassifier(args.model)
-    _, val = data.load(args.data, args.val_fraction, args.split_seed)
+    _, val, _ = data.load(args.data, args.val_fraction, args.split_seed)
     x, y = data.load_arrays(val, classifier.input_size)
     logits = classifier.logits(x)
     temperature, bias = fit(logits, y)

@@ -12,6 +12,7 @@ import numpy as np
 from ctai.dataset import Sample, scan
 from ctai.inputs.images import read_gray
 from ctai.model.preprocess import to_model_input
+from training import shifts
 
 
 def split_by_patient(samples: Sequence[Sample], val_fraction: float, seed: int
@@ -38,27 +39,26 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-seed", type=int, default=20180222, help="which patients go to validation")
 
 
-def load(root: Path, val_fraction: float, seed: int):
+def load(root: Path, val_fraction: float, seed: int, held_out_source: str | None = None
+         ) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """Training and validation samples split by patient, and the held-out source: the samples
+    whose path under ``root`` matches the glob ``held_out_source`` (for example
+    ``NORMAL/IM-*``), kept out of both for a leave-source-out check."""
     samples = scan(root)
-    return split_by_patient(samples, val_fraction, seed)
+    held_out = [s for s in samples if held_out_source and s.path.relative_to(root).match(held_out_source)]
+    held_paths = {s.path for s in held_out}
+    rest = [s for s in samples if s.path not in held_paths]
+    train, val = split_by_patient(rest, val_fraction, seed)
+    return train, val, held_out
 
 
-def augmenter(seed: int):
-    """Small rotations, shifts, zoom, brightness and contrast, applied to a training batch."""
-    import keras
-    import tensorflow as tf
-
-    geometric = keras.Sequential([
-        keras.layers.RandomRotation(0.03, fill_mode="reflect", seed=seed),
-        keras.layers.RandomTranslation(0.06, 0.06, fill_mode="reflect", seed=seed + 1),
-        keras.layers.RandomZoom(0.12, fill_mode="reflect", seed=seed + 2),
-    ])
-
-    def augment(x, y):
-        x = geometric(x, training=True)
-        batch = tf.shape(x)[0]
-        contrast = tf.random.uniform((batch, 1, 1, 1), 0.8, 1.2)
-        brightness = tf.random.uniform((batch, 1, 1, 1), -0.2, 0.2)
-        return x * contrast + brightness, y
-
-    return augment
+def load_raw(samples: Sequence[Sample], side: int = 224) -> np.ndarray:
+    """The display-ready images as ``side`` x ``side`` uint8, for augmentation before
+    preprocessing (the data set's images are all 224 x 224 already)."""
+    out = np.empty((len(samples), side, side), dtype=np.uint8)
+    for i, s in enumerate(samples):
+        image = read_gray(s.path)
+        if image.shape != (side, side):
+            image = shifts.resize(image, side, side)
+        out[i] = np.round(np.clip(image, 0.0, 1.0) * 255)
+    return out

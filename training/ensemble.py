@@ -56,7 +56,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     model, first = average(args.members)
     size = first["input_size"]
-    _, val = data.load(args.data, args.val_fraction, args.split_seed)
+    _, val, _ = data.load(args.data, args.val_fraction, args.split_seed)
     x, y = data.load_arrays(val, size)
     logits = model.predict(x, batch_size=64, verbose=0).astype(np.float64)
     temperature, bias = fit(logits, y)

@@ -35,10 +35,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--patience", type=int, default=6)
     data.add_split_arguments(p)
     p.add_argument("--seed", type=int, default=20180222, help="initial weights, shuffling, augmentation")
+    p.add_argument("--crop-scale", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="random resized crops over this range of image area (default: small shift and zoom)")
+    p.add_argument("--intensity", action="store_true",
+                   help="random gamma, contrast, brightness, blur/sharpening, noise and JPEG")
+    p.add_argument("--held-out-source", metavar="GLOB",
+                   help="leave out the images matching this glob under --data (leave-source-out check)")
     p.add_argument("--name", default="ctai-resnet")
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--max-images", type=int, default=0, help="use only this many images (smoke runs)")
     return p.parse_args(argv)
+
+
+def _has_gpu() -> bool:
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return any(d.platform == "gpu" for d in jax.devices())
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    return False
 
 
 class ValidationMetrics:
@@ -64,33 +84,29 @@ class ValidationMetrics:
 def main(argv=None) -> None:
     args = parse_args(argv)
     import keras
-    import tensorflow as tf
 
+    from training.augment import Batches, Recipe
     from training.resnet import build_resnet
 
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
+    if _has_gpu():
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(args.seed)
     args.work.mkdir(parents=True, exist_ok=True)
 
-    train_s, val_s = data.load(args.data, args.val_fraction, args.split_seed)
+    train_s, val_s, _ = data.load(args.data, args.val_fraction, args.split_seed, args.held_out_source)
     if args.max_images:
         train_s, val_s = train_s[: args.max_images], val_s[: max(args.max_images // 4, 3)]
     print(f"{len(train_s)} train / {len(val_s)} validation images; "
           f"{len({s.patient for s in train_s})} / {len({s.patient for s in val_s})} patients", flush=True)
     t0 = time.time()
-    x_train, y_train = data.load_arrays(train_s, args.size)
+    raw_train, y_train = data.load_raw(train_s), np.array([s.label for s in train_s], dtype=np.int64)
     x_val, y_val = data.load_arrays(val_s, args.size)
     print(f"loaded and preprocessed in {time.time() - t0:.0f} s", flush=True)
 
     counts = np.bincount(y_train, minlength=len(CLASSES))
     class_weight = {i: float(len(y_train) / (len(CLASSES) * max(c, 1))) for i, c in enumerate(counts)}
-    train_ds = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
-                .shuffle(len(y_train), seed=args.seed, reshuffle_each_iteration=True)
-                .batch(args.batch)
-                .map(data.augmenter(args.seed), num_parallel_calls=tf.data.AUTOTUNE)
-                .prefetch(tf.data.AUTOTUNE))
+    recipe = Recipe(tuple(args.crop_scale) if args.crop_scale else None, args.intensity)
+    train_ds = Batches(raw_train, y_train, args.batch, args.size, recipe, args.seed)
 
     model = build_resnet(args.depth, args.width, args.size, len(CLASSES))
     steps = args.epochs * int(np.ceil(len(y_train) / args.batch))

@@ -1,0 +1,140 @@
+"""Shift benchmark: the classifier's metrics on the validation split under realistic acquisition
+changes (``training.shifts.suite``), then the worst case and the mean over the shifts.
+
+    .venv/bin/python benchmarks/robustness.py --data ../shared/data/chest_xray/train
+    .venv/bin/python benchmarks/robustness.py --data ... --model A --model B --json shift.json
+    .venv/bin/python benchmarks/robustness.py --data ... --model M --held-out-source 'NORMAL/IM-*'
+
+``--model`` (repeatable; default the shipped model) is a folder with ``model.keras`` and
+``model.json``. The split options are training's, so the benchmark sees exactly the patients
+training kept out. ``--held-out-source`` is the leave-source-out check: for a model trained
+with the same option, the images matching the glob were never seen, and a separate line gives
+the metrics on them alone. ``--all`` uses every image under ``--data`` (a smoke run on a few
+images). Prints numbers, asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ctai import metrics
+from ctai.dataset import Sample, scan
+from ctai.inputs.images import read_gray
+from ctai.model.backend import KerasClassifier, shipped_model_dir
+from ctai.model.preprocess import to_model_input
+from training import data, shifts
+
+COLUMNS = ("acc", "bal_acc", "sens", "spec", "auc_pn", "auc_bv", "logloss", "ece")
+LOWER_IS_BETTER = {"logloss", "ece"}
+
+
+def summary(report: dict) -> dict[str, float | None]:
+    """The benchmark's columns from a ``ctai.metrics.compute`` report."""
+    pn, bv = report["pneumonia_vs_normal"], report["bacterial_vs_viral"]
+    return {"acc": report["accuracy"], "bal_acc": report["balanced_accuracy"],
+            "sens": pn["sensitivity"], "spec": pn["specificity"], "auc_pn": pn["roc_auc"],
+            "auc_bv": bv["roc_auc"], "logloss": report["log_loss"], "ece": report["expected_calibration_error"]}
+
+
+def aggregate(rows: list[dict[str, float | None]]) -> tuple[dict, dict]:
+    """Worst case (lowest, or highest for log-loss and ECE) and mean of each column."""
+    worst, mean = {}, {}
+    for column in COLUMNS:
+        values = [r[column] for r in rows if r[column] is not None]
+        if not values:
+            worst[column] = mean[column] = None
+            continue
+        worst[column] = max(values) if column in LOWER_IS_BETTER else min(values)
+        mean[column] = float(np.mean(values))
+    return worst, mean
+
+
+def evaluate(classifiers: list[KerasClassifier], images: list[np.ndarray], labels: np.ndarray,
+             suite: list[shifts.Shift]) -> list[list[dict]]:
+    """For each shift, each classifier's summary: ``result[shift][model]``."""
+    results = []
+    for shift in suite:
+        inputs: dict[int, np.ndarray] = {}
+        row = []
+        for classifier in classifiers:
+            size = classifier.input_size
+            if size not in inputs:
+                inputs[size] = np.stack([to_model_input(shift.apply(image), size) for image in images])
+            row.append(summary(metrics.compute(labels, classifier.predict(inputs[size]))))
+        results.append(row)
+    return results
+
+
+def _fmt(value: float | None) -> str:
+    return f"{value:>8.3f}" if value is not None else f"{'n/a':>8}"
+
+
+def table(name: str, suite: list[shifts.Shift], rows: list[dict]) -> str:
+    lines = [f"model {name}", f"{'shift':<12}{'strength':<14}" + "".join(f"{c:>8}" for c in COLUMNS)]
+    lines += [f"{s.name:<12}{s.strength:<14}" + "".join(_fmt(r[c]) for c in COLUMNS)
+              for s, r in zip(suite, rows, strict=True)]
+    worst, mean = aggregate(rows[1:])  # the first row is the unshifted image
+    lines += [f"{'worst case':<26}" + "".join(_fmt(worst[c]) for c in COLUMNS),
+              f"{'mean':<26}" + "".join(_fmt(mean[c]) for c in COLUMNS)]
+    return "\n".join(lines)
+
+
+def samples_for(args: argparse.Namespace) -> tuple[list[Sample], list[Sample]]:
+    """The images to shift (validation split, or all) and the held-out source's images."""
+    if args.all:
+        return scan(args.data), []
+    _, val, held_out = data.load(args.data, args.val_fraction, args.split_seed, args.held_out_source)
+    return val, held_out
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="folder with NORMAL/ and PNEUMONIA/")
+    p.add_argument("--model", type=Path, action="append", help="model folder (repeatable; default: shipped)")
+    data.add_split_arguments(p)
+    p.add_argument("--held-out-source", metavar="GLOB", help="images the model was trained without")
+    p.add_argument("--all", action="store_true", help="every image under --data, no split")
+    p.add_argument("--json", type=Path, help="also write every number here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    folders = args.model or [shipped_model_dir()]
+    classifiers = [KerasClassifier(f) for f in folders]
+    samples, held_out = samples_for(args)
+    t0 = time.perf_counter()
+    suite = shifts.suite()
+    results = evaluate(classifiers, [read_gray(s.path) for s in samples],
+                       np.array([s.label for s in samples]), suite)
+    out: dict = {"images": len(samples), "shifts": [[s.name, s.strength] for s in suite], "models": []}
+    for i, (folder, classifier) in enumerate(zip(folders, classifiers, strict=True)):
+        rows = [r[i] for r in results]
+        worst, mean = aggregate(rows[1:])
+        name = f"{folder} ({classifier.info.name} {classifier.info.version})"
+        print(table(name, suite, rows), end="\n\n")
+        out["models"].append({"model": str(folder), "version": classifier.info.version, "rows": rows,
+                              "worst": worst, "mean": mean})
+    if held_out:
+        images = [read_gray(s.path) for s in held_out]
+        labels = np.array([s.label for s in held_out])
+        unseen = evaluate(classifiers, images, labels, suite[:1])[0]
+        print(f"leave-source-out: {len(held_out)} images matching {args.held_out_source}, never trained on")
+        for folder, row in zip(folders, unseen, strict=True):
+            print(f"  {str(folder):<40}" + "".join(f"{c} {_fmt(row[c]).strip()}  " for c in ("acc", "spec")))
+        for entry, row in zip(out["models"], unseen, strict=True):
+            entry["held_out_source"] = {"glob": args.held_out_source, "images": len(held_out), **row}
+    print(f"{len(samples)} images x {len(suite)} shifts x {len(classifiers)} model(s) in "
+          f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

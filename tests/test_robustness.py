@@ -1,0 +1,85 @@
+"""The shift transforms, training augmentation, the leave-source-out split, and a smoke run of
+the shift benchmark on the committed images."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ctai.dataset import Sample
+from ctai.inputs.images import read_gray
+from tests.conftest import IMAGES, kermany_layout, requires_model
+from training import augment, data, shifts
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return read_gray(IMAGES / "IM-0115-0001.jpeg")
+
+
+@pytest.mark.parametrize("shift", shifts.suite(), ids=lambda s: f"{s.name}-{s.strength}")
+def test_each_shift_gives_a_valid_image_of_the_same_size(shift, image):
+    for source in (image, image[:, 20:]):  # square and not
+        out = shift.apply(source)
+        assert out.shape == source.shape
+        assert np.isfinite(out).all() and out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_shifts_change_the_image_and_none_does_not(image):
+    for shift in shifts.suite():
+        changed = not np.allclose(shift.apply(image), image, atol=1e-6)
+        assert changed == (shift.name != "none"), shift
+
+
+@pytest.mark.parametrize("recipe", [augment.Recipe(), augment.Recipe((0.35, 1.0), True)])
+def test_augmentation_is_deterministic_under_a_seed(recipe):
+    raw = data.load_raw([Sample(p, 0, p.stem) for p in sorted(IMAGES.glob("*.jpeg"))])
+    labels = np.arange(len(raw))
+
+    def batch(seed: int, epoch: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        batches = augment.Batches(raw, labels, 4, 64, recipe, seed)
+        for _ in range(epoch):
+            batches.on_epoch_end()
+        return batches[1]
+
+    x, y = batch(5)
+    assert x.shape == (4, 64, 64, 1) and x.dtype == np.float32 and np.isfinite(x).all()
+    np.testing.assert_array_equal(x, batch(5)[0])
+    np.testing.assert_array_equal(y, batch(5)[1])
+    assert not np.array_equal(x, batch(6)[0])
+    assert not np.array_equal(x, batch(5, epoch=1)[0])
+
+
+def test_augmented_images_stay_in_range(image):
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        out = augment.augment(image, rng, augment.Recipe((0.35, 1.0), True))
+        assert out.shape == image.shape and out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_held_out_source_is_in_neither_split(tmp_path: Path):
+    root = kermany_layout(tmp_path)
+    train, val, held_out = data.load(root, 0.4, 1, "NORMAL/IM-*")
+    assert {s.path.name for s in held_out} == {p.name for p in IMAGES.glob("IM-*")}
+    assert not {s.path for s in held_out} & {s.path for s in train + val}
+    assert len(train) + len(val) + len(held_out) == len(list(IMAGES.glob("*.jpeg")))
+
+
+@requires_model
+def test_benchmark_smoke_run(tmp_path: Path):
+    out = tmp_path / "shift.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "robustness.py"), "--data",
+                          str(kermany_layout(tmp_path / "data")), "--all", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "worst case" in run.stdout and "mean" in run.stdout
+    report = json.loads(out.read_text())
+    assert report["images"] == len(list(IMAGES.glob("*.jpeg")))
+    (model,) = report["models"]
+    assert len(model["rows"]) == len(shifts.suite())
+    assert 0.0 <= model["worst"]["spec"] <= model["mean"]["spec"] <= 1.0

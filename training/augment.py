@@ -1,0 +1,89 @@
+"""Training augmentation, in NumPy on the display-ready image, so that it runs the same under
+every Keras backend and composes with the shift benchmark's transforms (``training.shifts``).
+
+A :class:`Recipe` names what is on; :class:`Batches` feeds ``model.fit`` with augmented,
+preprocessed batches, reproducibly for a given seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from ctai.model.preprocess import to_model_input
+from training import shifts
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """``crop_scale``: area range of random resized crops (Szegedy et al. 2015), or None for
+    the small shift and zoom of models up to 1.3.0. ``intensity``: random gamma, contrast,
+    brightness, blur or sharpening, noise and JPEG compression before preprocessing."""
+
+    crop_scale: tuple[float, float] | None = None
+    intensity: bool = False
+
+
+def _geometry(image: np.ndarray, rng: np.random.Generator, recipe: Recipe) -> np.ndarray:
+    image = shifts.rotate(image, rng.uniform(-10, 10))
+    if recipe.crop_scale is None:
+        side = rng.uniform(0.88, 1.0)
+        top, left = rng.uniform(0, 1 - side, size=2)
+        return shifts.crop(image, top, left, side, side)
+    area = rng.uniform(*recipe.crop_scale)
+    ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+    height, width = min(math.sqrt(area / ratio), 1.0), min(math.sqrt(area * ratio), 1.0)
+    return shifts.crop(image, rng.uniform(0, 1 - height), rng.uniform(0, 1 - width), height, width)
+
+
+def _intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    image = shifts.gamma(image, math.exp(rng.uniform(math.log(0.6), math.log(1.7))))
+    image = shifts.contrast(image, rng.uniform(0.7, 1.3))
+    image = shifts.brightness(image, rng.uniform(-0.1, 0.1))
+    if (r := rng.random()) < 0.25:
+        image = shifts.blur(image, rng.uniform(0.5, 2.0))
+    elif r < 0.45:
+        image = shifts.sharpen(image, int(rng.uniform(50, 250)))
+    if rng.random() < 0.3:
+        image = shifts.noise(image, rng.uniform(0.01, 0.05), seed=int(rng.integers(2**31)))
+    if rng.random() < 0.3:
+        image = shifts.jpeg(image, int(rng.integers(30, 96)))
+    return image
+
+
+def augment(image: np.ndarray, rng: np.random.Generator, recipe: Recipe) -> np.ndarray:
+    """One random variant of a display-ready image, same shape, values in [0, 1]."""
+    image = _geometry(image, rng, recipe)
+    return _intensity(image, rng) if recipe.intensity else image
+
+
+class Batches(keras.utils.PyDataset):
+    """Shuffled, augmented, preprocessed training batches; batch ``i`` of epoch ``e`` depends
+    only on ``(seed, e, i)``."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, size: int,
+                 recipe: Recipe, seed: int) -> None:
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.images, self.labels = images, labels
+        self.batch_size, self.size, self.recipe, self.seed = batch_size, size, recipe, seed
+        self.epoch = 0
+        self.order = np.random.default_rng([seed, 0]).permutation(len(labels))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        x = np.stack([to_model_input(augment(self.images[i].astype(np.float32) / 255.0, rng, self.recipe),
+                                     self.size) for i in rows])
+        # After standardisation: a little gain and offset, as up to 1.3.0.
+        x = x * rng.uniform(0.8, 1.2, (len(rows), 1, 1, 1)) + rng.uniform(-0.2, 0.2, (len(rows), 1, 1, 1))
+        return x.astype(np.float32), self.labels[rows]
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self.order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.labels))
