@@ -78,3 +78,20 @@ def test_ensemble_averages_the_members_logits(tiny_members, tmp_path: Path):
     expected = np.mean([KerasClassifier(m).logits(x) for m in tiny_members], axis=0)
     np.testing.assert_allclose(ensemble.logits(x), expected, atol=1e-5)
     assert abs(ensemble.predict(x).sum() - 1) < 1e-6
+
+
+def test_calibration_moves_to_the_given_priors():
+    from training.calibrate import fit
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(100, int), rng.integers(1, 3, 200)]
+    logits = rng.normal(size=(300, 3))
+    logits[np.arange(300), y] += 2
+    frequencies = np.bincount(y) / len(y)
+    temperature, bias = fit(logits, y)
+    same_temperature, same_bias = fit(logits, y, frequencies)
+    assert same_temperature == pytest.approx(temperature)
+    np.testing.assert_allclose(same_bias, bias, atol=1e-9)
+    _, uniform = fit(logits, y, np.ones(3))
+    expected = np.array(bias) + np.log(frequencies[0] / frequencies)
+    np.testing.assert_allclose(uniform, expected, atol=1e-9)

@@ -33,8 +33,13 @@ def nll(probs: np.ndarray, y: np.ndarray) -> float:
     return float(-np.log(np.maximum(probs[np.arange(len(y)), y], 1e-12)).mean())
 
 
-def fit(logits: np.ndarray, y: np.ndarray) -> tuple[float, list[float]]:
-    """The temperature and class biases (first class's bias fixed at 0) of least validation NLL."""
+def fit(logits: np.ndarray, y: np.ndarray, priors: np.ndarray | None = None) -> tuple[float, list[float]]:
+    """The temperature and class biases (first class's bias fixed at 0) of least validation NLL.
+
+    With ``priors``, the biases are then moved from the validation split's class frequencies to
+    those priors (Saerens et al. 2002, "Adjusting the Outputs of a Classifier to New a Priori
+    Probabilities"), so that the probabilities hold where the classes are that common.
+    """
     classes = logits.shape[1]
 
     def loss(params: np.ndarray) -> float:
@@ -42,7 +47,18 @@ def fit(logits: np.ndarray, y: np.ndarray) -> tuple[float, list[float]]:
 
     result = minimize(loss, np.zeros(classes), method="L-BFGS-B",
                       bounds=[(-3.0, 3.0)] + [(-5.0, 5.0)] * (classes - 1))
-    return float(np.exp(result.x[0])), [0.0, *map(float, result.x[1:])]
+    bias = np.r_[0.0, result.x[1:]]
+    if priors is not None:
+        frequencies = np.bincount(y, minlength=classes) / len(y)
+        bias += np.log(np.asarray(priors) / np.sum(priors)) - np.log(frequencies)
+        bias -= bias[0]
+    return float(np.exp(result.x[0])), [float(b) for b in bias]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The calibration's options, shared by every command that fits it."""
+    parser.add_argument("--priors", type=float, nargs=3, metavar=("NORMAL", "BACTERIAL", "VIRAL"),
+                        help="class prevalence the probabilities are for (default: the validation split's)")
 
 
 def main(argv=None) -> None:
@@ -54,16 +70,17 @@ def main(argv=None) -> None:
     p.add_argument("--model", type=Path, required=True, help="folder with model.keras and model.json")
     p.add_argument("--data", type=Path, required=True, help="folder with NORMAL/ and PNEUMONIA/")
     data.add_split_arguments(p)
+    add_arguments(p)
     p.add_argument("--predictions", type=Path, help="also save the validation labels and probabilities here (.npz)")
     args = p.parse_args(argv)
     classifier = KerasClassifier(args.model)
     _, val, _ = data.load(args.data, args.val_fraction, args.split_seed)
     x, y = data.load_arrays(val, classifier.input_size)
     logits = classifier.logits(x)
-    temperature, bias = fit(logits, y)
+    temperature, bias = fit(logits, y, args.priors)
     meta_path = args.model / "model.json"
     meta = json.loads(meta_path.read_text())
-    meta.update(temperature=temperature, bias=bias)
+    meta.update(temperature=temperature, bias=bias, priors=args.priors)
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     probs = calibrated(logits, temperature, np.array(bias))
     if args.predictions:

@@ -19,6 +19,7 @@ import numpy as np
 
 from ctai import metrics
 from training import data
+from training import calibrate
 from training.calibrate import calibrated, fit, softmax
 
 
@@ -30,6 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="where to write model.keras and model.json")
     p.add_argument("--work", type=Path, default=Path("training-work-ensemble"), help="validation predictions")
     data.add_split_arguments(p)
+    calibrate.add_arguments(p)
     p.add_argument("--version", required=True)
     return p.parse_args(argv)
 
@@ -59,7 +61,7 @@ def main(argv=None) -> None:
     _, val, _ = data.load(args.data, args.val_fraction, args.split_seed)
     x, y = data.load_arrays(val, size)
     logits = model.predict(x, batch_size=64, verbose=0).astype(np.float64)
-    temperature, bias = fit(logits, y)
+    temperature, bias = fit(logits, y, args.priors)
     probs = calibrated(logits, temperature, np.array(bias))
     args.out.mkdir(parents=True, exist_ok=True)
     model.save(args.out / "model.keras")
@@ -67,6 +69,7 @@ def main(argv=None) -> None:
         "name": first["name"], "version": args.version, "manufacturer": first.get("manufacturer", "ctai"),
         "architecture": f"mean of {len(args.members)} x {first['architecture']}",
         "classes": first["classes"], "input_size": size, "temperature": temperature, "bias": bias,
+        "priors": args.priors,
     }
     (args.out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     args.work.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ctai import metrics
 from ctai.types import CLASSES
-from training import data, report
+from training import calibrate, data, report
 from training.calibrate import calibrated, fit, softmax
 
 
@@ -34,6 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--patience", type=int, default=6)
     data.add_split_arguments(p)
+    calibrate.add_arguments(p)
     p.add_argument("--seed", type=int, default=20180222, help="initial weights, shuffling, augmentation")
     p.add_argument("--crop-scale", type=float, nargs=2, metavar=("MIN", "MAX"),
                    help="random resized crops over this range of image area (default: small shift and zoom)")
@@ -129,7 +130,7 @@ def main(argv=None) -> None:
     train_seconds = time.time() - t0
 
     logits = model.predict(x_val, batch_size=64, verbose=0).astype(np.float64)
-    temperature, bias = fit(logits, y_val)
+    temperature, bias = fit(logits, y_val, args.priors)
     probs = calibrated(logits, temperature, np.array(bias))
     before = metrics.compute(y_val, softmax(logits))
     after = metrics.compute(y_val, probs)
@@ -143,6 +144,7 @@ def main(argv=None) -> None:
         "name": args.name, "version": args.version, "manufacturer": "ctai",
         "architecture": f"ResNet-{args.depth}, width {args.width}, {args.size}x{args.size} px, 1 channel",
         "classes": list(CLASSES), "input_size": args.size, "temperature": temperature, "bias": bias,
+        "priors": args.priors,
     }
     (args.out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     run = {
