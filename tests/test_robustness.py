@@ -11,6 +11,7 @@ import pytest
 
 from ctai.dataset import Sample
 from ctai.inputs.images import read_gray
+from ctai.model.preprocess import to_model_input, trim_blank_margins
 from tests.conftest import IMAGES, kermany_layout, requires_model
 from training import augment, data, shifts
 
@@ -83,3 +84,23 @@ def test_benchmark_smoke_run(tmp_path: Path):
     (model,) = report["models"]
     assert len(model["rows"]) == len(shifts.suite())
     assert 0.0 <= model["worst"]["spec"] <= model["mean"]["spec"] <= 1.0
+
+    from training.model_card import shift_figure
+
+    shift_figure(report, "spec", "Specificity", tmp_path / "shift.png")
+    assert (tmp_path / "shift.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("fraction, value", [(0.05, 0.0), (0.1, 0.0), (0.08, 1.0)])
+def test_blank_frames_are_trimmed_before_the_model_sees_them(image, fraction, value):
+    framed = shifts.border(image, fraction, value)
+    assert trim_blank_margins(framed).shape < image.shape
+    difference = np.abs(to_model_input(framed, 64) - to_model_input(image, 64))
+    assert np.median(difference) < 0.1  # the same picture, resampled twice
+
+
+def test_trimming_keeps_images_without_margins_and_flat_images(image):
+    assert trim_blank_margins(image).shape == image.shape
+    flat = np.full((40, 30), 0.5)
+    assert 0 < trim_blank_margins(flat).size < flat.size
+    assert not to_model_input(flat, 16).any()

@@ -1,12 +1,13 @@
 """Write the model card's figures (confusion matrix, ROC curves, reliability diagram) from a
-training run's validation predictions.
+training run's validation predictions, and the shift benchmark's from its JSON report.
 
-    python -m training.model_card --work training-work --out docs/img
+    python -m training.model_card --work training-work --out docs/img [--shift shift.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import matplotlib
@@ -61,10 +62,30 @@ def reliability(y: np.ndarray, probs: np.ndarray, path: Path, bins: int = 10) ->
     plt.close(fig)
 
 
+def shift_figure(report: dict, column: str, title: str, path: Path) -> None:
+    """One metric per shift for each model of a ``benchmarks/robustness.py --json`` report."""
+    labels = [f"{name} {strength}" if strength != "-" else name for name, strength in report["shifts"]]
+    fig, ax = plt.subplots(figsize=(7, 0.22 * len(labels) + 1.2))
+    height = 0.8 / len(report["models"])
+    for i, model in enumerate(report["models"]):
+        values = [row[column] for row in model["rows"]]
+        ax.barh(np.arange(len(labels)) + i * height, values, height, label=model["version"])
+    ax.set_yticks(np.arange(len(labels)) + 0.4 - height / 2, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(column)
+    ax.set_title(title)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=Path("training-work"))
     p.add_argument("--out", type=Path, default=Path("docs/img"))
+    p.add_argument("--shift", type=Path, help="a benchmarks/robustness.py --json report to draw too")
     args = p.parse_args(argv)
     data = np.load(args.work / "val_predictions.npz")
     y, probs = data["y"], data["probs"]
@@ -75,6 +96,12 @@ def main(argv=None) -> None:
     viral_score = probs[sick, VIRAL] / (probs[sick, VIRAL] + probs[sick, BACTERIAL])
     roc(y[sick] == VIRAL, viral_score, "Viral vs bacterial (pneumonia only)", args.out / "roc-viral.png")
     reliability(y, probs, args.out / "reliability.png")
+    if args.shift:
+        report = json.loads(args.shift.read_text())
+        shift_figure(report, "spec", "Specificity under acquisition shifts (validation split)",
+                     args.out / "shift-specificity.png")
+        shift_figure(report, "acc", "3-class accuracy under acquisition shifts (validation split)",
+                     args.out / "shift-accuracy.png")
     print(f"figures written to {args.out}")
 
 

@@ -5,18 +5,40 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+# A margin row or column whose values span at most this much of the display range is blank.
+BLANK_RANGE = 0.02
+# Never trim more than this fraction of a side: a chest radiograph is not mostly margin.
+MAX_TRIM = 0.25
+
+
+def _blank_run(span: np.ndarray, limit: int) -> int:
+    """How many leading entries of ``span`` (the value range of each row or column) are blank."""
+    blank = np.flatnonzero(span[:limit] > BLANK_RANGE)
+    return int(blank[0]) if blank.size else limit
+
+
+def trim_blank_margins(image: np.ndarray) -> np.ndarray:
+    """Cut uniform rows and columns off the edges: black or white frames, collimation and
+    padding. In the training data they are a shortcut (normal films carry black frames two
+    to three times as often as pneumonia films), so the network must never see them."""
+    h, w = image.shape
+    rows, cols = np.ptp(image, axis=1), np.ptp(image, axis=0)
+    top, bottom = _blank_run(rows, int(h * MAX_TRIM)), _blank_run(rows[::-1], int(h * MAX_TRIM))
+    left, right = _blank_run(cols, int(w * MAX_TRIM)), _blank_run(cols[::-1], int(w * MAX_TRIM))
+    return image[top:h - bottom, left:w - right]
+
 
 def to_model_input(image: np.ndarray, size: int) -> np.ndarray:
     """Turn a display-ready grayscale image into the network's input.
 
     ``image`` is a 2-D array scaled to [0, 1] where 0 is black, as a viewer shows it
-    (MONOCHROME2 sense, LUTs already applied). The result is ``size`` x ``size`` x 1,
-    float32, standardised per image so that window/level and gain differences between
-    sources (DICOM, JPEG, phone photos) do not shift the input distribution.
+    (MONOCHROME2 sense, LUTs already applied). Blank margins are trimmed; the result is
+    ``size`` x ``size`` x 1, float32, standardised per image so that window/level and gain
+    differences between sources (DICOM, JPEG, phone photos) do not shift the input distribution.
     """
     if image.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale image, got shape {image.shape}")
-    resized = Image.fromarray(np.asarray(image, dtype=np.float32), mode="F").resize(
+    resized = Image.fromarray(np.asarray(trim_blank_margins(image), dtype=np.float32), mode="F").resize(
         (size, size), Image.Resampling.BILINEAR
     )
     x = np.asarray(resized, dtype=np.float32)
