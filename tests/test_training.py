@@ -95,3 +95,19 @@ def test_calibration_moves_to_the_given_priors():
     _, uniform = fit(logits, y, np.ones(3))
     expected = np.array(bias) + np.log(frequencies[0] / frequencies)
     np.testing.assert_allclose(uniform, expected, atol=1e-9)
+
+
+def test_an_ensemble_joins_another_member_by_member(tiny_members, tmp_path: Path):
+    from training.ensemble import main
+
+    data = str(kermany_layout(tmp_path / "data"))
+    common = ["--data", data, "--val-fraction", "0.4", "--version", "9.9.9"]
+    main(["--members", *map(str, tiny_members), "--out", str(tmp_path / "pair"), "--work", str(tmp_path / "w1"),
+          *common])
+    main(["--members", str(tmp_path / "pair"), str(tiny_members[0]), "--out", str(tmp_path / "three"),
+          "--work", str(tmp_path / "w2"), *common])
+    three = KerasClassifier(tmp_path / "three")
+    assert three.info.version == "9.9.9"
+    x = one_image(64)
+    first, second = (KerasClassifier(m).logits(x) for m in tiny_members)
+    np.testing.assert_allclose(three.logits(x), (2 * first + second) / 3, atol=1e-5)

@@ -26,7 +26,8 @@ from training.calibrate import calibrated, fit, softmax
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--members", type=Path, nargs="+", required=True,
-                   help="folders with model.keras and model.json, written by training.train")
+                   help="folders with model.keras and model.json, written by training.train (or by this "
+                        "command: an ensemble's members join one by one)")
     p.add_argument("--data", type=Path, required=True, help="folder with NORMAL/ and PNEUMONIA/")
     p.add_argument("--out", type=Path, required=True, help="where to write model.keras and model.json")
     p.add_argument("--work", type=Path, default=Path("training-work-ensemble"), help="validation predictions")
@@ -46,12 +47,18 @@ def average(folders: list[Path]):
         raise ValueError(f"members have different input sizes {sorted(sizes)}")
     size = sizes.pop()
     inputs = keras.Input((size, size, 1), name="image")
-    outputs = []
-    for i, folder in enumerate(folders):
-        member = keras.saving.load_model(folder / "model.keras", compile=False)
-        outputs.append(keras.Model(member.input, member.output, name=f"member{i}")(inputs))
+    networks = [network for folder in folders
+                for network in _networks(keras.saving.load_model(folder / "model.keras", compile=False))]
+    outputs = [keras.Model(n.input, n.output, name=f"member{i}")(inputs) for i, n in enumerate(networks)]
     logits = keras.layers.Average(name="logits")(outputs)
-    return keras.Model(inputs, logits, name=f"ensemble{len(folders)}_{size}px"), metas[0]
+    return keras.Model(inputs, logits, name=f"ensemble{len(networks)}_{size}px"), metas[0]
+
+
+def _networks(model) -> list:
+    """A model's members if it is an ensemble written here (so an ensemble can join another
+    member by member), else the model itself."""
+    members = [layer for layer in model.layers if layer.name.startswith("member") and hasattr(layer, "layers")]
+    return members or [model]
 
 
 def main(argv=None) -> None:
@@ -67,7 +74,7 @@ def main(argv=None) -> None:
     model.save(args.out / "model.keras")
     meta = {
         "name": first["name"], "version": args.version, "manufacturer": first.get("manufacturer", "ctai"),
-        "architecture": f"mean of {len(args.members)} x {first['architecture']}",
+        "architecture": f"mean of {len(_networks(model))} x {first['architecture'].split(' x ', 1)[-1]}",
         "classes": first["classes"], "input_size": size, "temperature": temperature, "bias": bias,
         "priors": args.priors,
     }
