@@ -75,11 +75,10 @@ def _fmt(value: float | None) -> str:
     return f"{value:>8.3f}" if value is not None else f"{'n/a':>8}"
 
 
-def table(name: str, suite: list[shifts.Shift], rows: list[dict]) -> str:
+def table(name: str, suite: list[shifts.Shift], rows: list[dict], worst: dict, mean: dict) -> str:
     lines = [f"model {name}", f"{'shift':<12}{'strength':<14}" + "".join(f"{c:>8}" for c in COLUMNS)]
     lines += [f"{s.name:<12}{s.strength:<14}" + "".join(_fmt(r[c]) for c in COLUMNS)
               for s, r in zip(suite, rows, strict=True)]
-    worst, mean = aggregate(rows[1:])  # the first row is the unshifted image
     lines += [f"{'worst case':<26}" + "".join(_fmt(worst[c]) for c in COLUMNS),
               f"{'mean':<26}" + "".join(_fmt(mean[c]) for c in COLUMNS)]
     return "\n".join(lines)
@@ -116,9 +115,9 @@ def main(argv=None) -> None:
     out: dict = {"images": len(samples), "shifts": [[s.name, s.strength] for s in suite], "models": []}
     for i, (folder, classifier) in enumerate(zip(folders, classifiers, strict=True)):
         rows = [r[i] for r in results]
-        worst, mean = aggregate(rows[1:])
+        worst, mean = aggregate(rows[1:])  # the first row is the unshifted image
         name = f"{folder} ({classifier.info.name} {classifier.info.version})"
-        print(table(name, suite, rows), end="\n\n")
+        print(table(name, suite, rows, worst, mean), end="\n\n")
         out["models"].append({"model": str(folder), "version": classifier.info.version, "rows": rows,
                               "worst": worst, "mean": mean})
     if held_out:

@@ -25,6 +25,11 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int 
     return float(ece)
 
 
+def log_loss(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class (probabilities floored at 1e-12)."""
+    return float(-np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, 1.0)).mean())
+
+
 def _auc(y: np.ndarray, score: np.ndarray) -> float | None:
     return float(roc_auc_score(y, score)) if len(np.unique(y)) == 2 else None
 
@@ -67,7 +72,7 @@ def compute(y_true: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
             "accuracy": float((viral_pred == viral_true).mean()) if pneumonia.any() else None,
             "roc_auc": _auc(viral_true, viral_score),
         },
-        "log_loss": float(-np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, 1.0)).mean()),
+        "log_loss": log_loss(y_true, probs),
         "brier_score": float(((probs - np.eye(len(CLASSES))[y_true]) ** 2).sum(axis=1).mean()),
         "expected_calibration_error": expected_calibration_error(y_true, probs),
     }

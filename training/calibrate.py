@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 
+from ctai.metrics import log_loss
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
@@ -27,10 +29,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def calibrated(logits: np.ndarray, temperature: float, bias: np.ndarray) -> np.ndarray:
     return softmax(logits / temperature + bias)
-
-
-def nll(probs: np.ndarray, y: np.ndarray) -> float:
-    return float(-np.log(np.maximum(probs[np.arange(len(y)), y], 1e-12)).mean())
 
 
 def fit(logits: np.ndarray, y: np.ndarray, priors: np.ndarray | None = None) -> tuple[float, list[float]]:
@@ -43,7 +41,7 @@ def fit(logits: np.ndarray, y: np.ndarray, priors: np.ndarray | None = None) -> 
     classes = logits.shape[1]
 
     def loss(params: np.ndarray) -> float:
-        return nll(calibrated(logits, float(np.exp(params[0])), np.r_[0.0, params[1:]]), y)
+        return log_loss(y, calibrated(logits, float(np.exp(params[0])), np.r_[0.0, params[1:]]))
 
     result = minimize(loss, np.zeros(classes), method="L-BFGS-B",
                       bounds=[(-3.0, 3.0)] + [(-5.0, 5.0)] * (classes - 1))
