@@ -65,8 +65,10 @@ class Batches(keras.utils.PyDataset):
     only on ``(seed, e, i)``."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, size: int,
-                 recipe: Recipe, seed: int) -> None:
-        super().__init__(workers=1, use_multiprocessing=False)
+                 recipe: Recipe, seed: int, workers: int = 1) -> None:
+        # Threads: NumPy and Pillow release the GIL for the heavy work, and no process forks
+        # under a backend (JAX) that is multithreaded itself.
+        super().__init__(workers=workers, use_multiprocessing=False)
         self.images, self.labels = images, labels
         self.batch_size, self.size, self.recipe, self.seed = batch_size, size, recipe, seed
         self.epoch = 0

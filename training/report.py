@@ -1,4 +1,5 @@
-"""Hardware description for the model card."""
+"""The hardware a training run used, for the model card; backend-neutral, so that training
+imports TensorFlow only when it is the Keras backend."""
 
 from __future__ import annotations
 
@@ -6,12 +7,32 @@ import os
 import platform
 
 
-def hardware() -> str:
-    import tensorflow as tf
+def _backend() -> tuple[str, list[str]]:
+    """The Keras backend with its version, and the names of the GPUs it sees."""
+    import keras
 
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        names = [tf.config.experimental.get_device_details(g).get("device_name", "GPU") for g in gpus]
-        return f"{', '.join(names)} (mixed precision), TensorFlow {tf.__version__}"
-    cpu = platform.processor() or platform.machine()
-    return f"{os.cpu_count()} CPU cores ({cpu}), no GPU, TensorFlow {tf.__version__}"
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return f"JAX {jax.__version__}", [d.device_kind for d in jax.devices() if d.platform == "gpu"]
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return f"TensorFlow {tf.__version__}", [
+            tf.config.experimental.get_device_details(g).get("device_name", "GPU")
+            for g in tf.config.list_physical_devices("GPU")]
+    return keras.backend.backend(), []
+
+
+def gpus() -> list[str]:
+    return _backend()[1]
+
+
+def hardware() -> str:
+    import keras
+
+    backend, names = _backend()
+    where = f"Keras {keras.__version__} on {backend}"
+    if names:
+        return f"{', '.join(names)}, mixed precision bfloat16, {where}"
+    return f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, {where}"

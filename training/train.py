@@ -45,21 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--name", default="ctai-resnet")
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--max-images", type=int, default=0, help="use only this many images (smoke runs)")
+    p.add_argument("--workers", type=int, default=1, help="threads that augment batches (more with a GPU)")
     return p.parse_args(argv)
-
-
-def _has_gpu() -> bool:
-    import keras
-
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return any(d.platform == "gpu" for d in jax.devices())
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return bool(tf.config.list_physical_devices("GPU"))
-    return False
 
 
 class ValidationMetrics:
@@ -89,8 +76,8 @@ def main(argv=None) -> None:
     from training.augment import Batches, Recipe
     from training.resnet import build_resnet
 
-    if _has_gpu():
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    if report.gpus():
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     keras.utils.set_random_seed(args.seed)
     args.work.mkdir(parents=True, exist_ok=True)
 
@@ -107,7 +94,7 @@ def main(argv=None) -> None:
     counts = np.bincount(y_train, minlength=len(CLASSES))
     class_weight = {i: float(len(y_train) / (len(CLASSES) * max(c, 1))) for i, c in enumerate(counts)}
     recipe = Recipe(tuple(args.crop_scale) if args.crop_scale else None, args.intensity)
-    train_ds = Batches(raw_train, y_train, args.batch, args.size, recipe, args.seed)
+    train_ds = Batches(raw_train, y_train, args.batch, args.size, recipe, args.seed, args.workers)
 
     model = build_resnet(args.depth, args.width, args.size, len(CLASSES))
     steps = args.epochs * int(np.ceil(len(y_train) / args.batch))
