@@ -111,3 +111,13 @@ def test_an_ensemble_joins_another_member_by_member(tiny_members, tmp_path: Path
     x = one_image(64)
     first, second = (KerasClassifier(m).logits(x) for m in tiny_members)
     np.testing.assert_allclose(three.logits(x), (2 * first + second) / 3, atol=1e-5)
+
+
+def test_float16_packing_keeps_the_outputs(tiny_members, tmp_path: Path):
+    from training.half import pack, unpack
+
+    pack(tiny_members[0], tmp_path / "model.npz")
+    unpack(tmp_path / "model.npz", tmp_path / "unpacked")
+    x = one_image(64)
+    np.testing.assert_allclose(KerasClassifier(tmp_path / "unpacked").predict(x),
+                               KerasClassifier(tiny_members[0]).predict(x), atol=1e-2)

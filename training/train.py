@@ -45,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--name", default="ctai-resnet")
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--max-images", type=int, default=0, help="use only this many images (smoke runs)")
+    p.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="stop after the last epoch that fits in this time (lent machines have a budget)")
     p.add_argument("--workers", type=int, default=1, help="threads that augment batches (more with a GPU)")
     return p.parse_args(argv)
 
@@ -65,6 +67,26 @@ class ValidationMetrics:
                 print(f"\nepoch {epoch + 1}: val acc {m['accuracy']:.3f} bal_acc {m['balanced_accuracy']:.3f} "
                       f"AUC pneumonia {logs['val_auc_pneumonia']:.3f} AUC bact/viral {logs['val_auc_viral']:.3f}",
                       flush=True)
+
+        return _Callback()
+
+
+class TimeLimit:
+    """Stops training before an epoch that would end after ``minutes``; the best epoch's weights
+    are still restored and exported."""
+
+    def __new__(cls, minutes: float):
+        import keras
+
+        class _Callback(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                self.start = time.time()
+
+            def on_epoch_end(self, epoch, logs=None):
+                elapsed = time.time() - self.start
+                if elapsed * (epoch + 2) / (epoch + 1) > minutes * 60:
+                    print(f"\ntime limit: stopping after epoch {epoch + 1} ({elapsed:.0f} s)", flush=True)
+                    self.model.stop_training = True
 
         return _Callback()
 
@@ -110,6 +132,8 @@ def main(argv=None) -> None:
                                       restore_best_weights=True),
         keras.callbacks.CSVLogger(str(args.work / "history.csv"), append=True),
     ]
+    if args.time_limit:
+        callbacks.append(TimeLimit(args.time_limit))
     t0 = time.time()
     history = model.fit(train_ds, validation_data=(x_val, y_val), epochs=args.epochs,
                         class_weight=class_weight, callbacks=callbacks,
