@@ -5,7 +5,7 @@ changes (``training.shifts.suite``), then the worst case and the mean over the s
     .venv/bin/python benchmarks/robustness.py --data ... --model A --model B --json shift.json
     .venv/bin/python benchmarks/robustness.py --data ... --model M --held-out-source 'NORMAL/IM-*'
 
-``--model`` (repeatable; default the shipped model) is a folder with ``model.keras`` and
+``--model`` (repeatable; default the shipped model) is a model folder (``model.keras`` or ``model.f16.npz``) and
 ``model.json``. The split options are training's, so the benchmark sees exactly the patients
 training kept out. ``--held-out-source`` is the leave-source-out check: for a model trained
 with the same option, the images matching the glob were never seen, and a separate line gives

@@ -9,6 +9,7 @@ import pytest
 
 from ctai import config as configuration
 from ctai.model.backend import shipped_model_dir
+from ctai.model.storage import has_network
 
 DATA = Path(__file__).parent / "data"
 IMAGES = DATA / "images"
@@ -24,7 +25,7 @@ def kermany_layout(root: Path) -> Path:
     return root
 
 
-requires_model = pytest.mark.skipif(not (shipped_model_dir() / "model.keras").exists(),
+requires_model = pytest.mark.skipif(not has_network(shipped_model_dir()),
                                     reason="the shipped model is not there yet")
 
 

@@ -28,6 +28,7 @@ from pydicom import Dataset
 from ctai import config as configuration
 from ctai.inputs.dicom import to_bytes
 from ctai.model.backend import shipped_model_dir
+from ctai.model.storage import has_network
 from ctai.serve import OrthancService
 from ctai.transports.orthanc import OrthancClient
 from ctai.worker import Worker
@@ -63,7 +64,7 @@ def fast_config(folder: Path) -> configuration.Config:
 
 def model_missing(config: configuration.Config) -> bool:
     folder = Path(config["model"]["path"]) if config["model"]["path"] else shipped_model_dir()
-    return not (folder / "model.keras").exists()
+    return not has_network(folder)
 
 
 class Harness:

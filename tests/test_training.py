@@ -114,10 +114,13 @@ def test_an_ensemble_joins_another_member_by_member(tiny_members, tmp_path: Path
 
 
 def test_float16_packing_keeps_the_outputs(tiny_members, tmp_path: Path):
-    from training.half import pack, unpack
+    import shutil
 
-    pack(tiny_members[0], tmp_path / "model.npz")
-    unpack(tmp_path / "model.npz", tmp_path / "unpacked")
+    from training.half import convert
+
+    shutil.copytree(tiny_members[0], tmp_path / "half")
+    convert(tmp_path / "half", "float16")
+    assert not (tmp_path / "half" / "model.keras").exists()
     x = one_image(64)
-    np.testing.assert_allclose(KerasClassifier(tmp_path / "unpacked").predict(x),
+    np.testing.assert_allclose(KerasClassifier(tmp_path / "half").predict(x),
                                KerasClassifier(tiny_members[0]).predict(x), atol=1e-2)

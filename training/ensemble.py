@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ctai import metrics
+from ctai.model.storage import load_network
 from training import data
 from training import calibrate
 from training.calibrate import calibrated, fit, softmax
@@ -26,7 +27,7 @@ from training.calibrate import calibrated, fit, softmax
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--members", type=Path, nargs="+", required=True,
-                   help="folders with model.keras and model.json, written by training.train (or by this "
+                   help="model folders (model.json, and model.keras or model.f16.npz) written by training.train (or by this "
                         "command: an ensemble's members join one by one)")
     p.add_argument("--data", type=Path, required=True, help="folder with NORMAL/ and PNEUMONIA/")
     p.add_argument("--out", type=Path, required=True, help="where to write model.keras and model.json")
@@ -48,7 +49,7 @@ def average(folders: list[Path]):
     size = sizes.pop()
     inputs = keras.Input((size, size, 1), name="image")
     networks = [network for folder in folders
-                for network in _networks(keras.saving.load_model(folder / "model.keras", compile=False))]
+                for network in _networks(load_network(folder))]
     outputs = [keras.Model(n.input, n.output, name=f"member{i}")(inputs) for i, n in enumerate(networks)]
     logits = keras.layers.Average(name="logits")(outputs)
     return keras.Model(inputs, logits, name=f"ensemble{len(networks)}_{size}px"), metas[0]

@@ -8,8 +8,8 @@
 #      both and of the shipped model's architecture;
 #   4. packs logs and reports (results.tgz) and the float16 weights (weights.tar.NN, 15 MB pieces)
 #      into $OUT, within the machine's transfer limits.
-# Prepare with scripts/gpu-prepare.sh. Back here: cat weights.tar.* | tar x, then
-# python -m training.half unpack for each model.
+# Prepare with scripts/gpu-prepare.sh. Back here: cat weights.tar.* | tar x gives half/<model>/,
+# model folders with float16 weights that ctai and training.ensemble load as they are.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out} BUDGET=${BUDGET:-520} TRAIN_MINUTES=${TRAIN_MINUTES:-4.2}
 W=${W:-/tmp/gpu-work} DATA=${DATA:-.gpu/data} REPEAT=${REPEAT:-20}
@@ -47,7 +47,7 @@ done
 
 mkdir -p "$W/half"
 for model in r34 m21 m22 m23 m24; do
-  [ -f "$W/$model/export/model.keras" ] && python3 -m training.half pack "$W/$model/export" "$W/half/$model.npz" &
+  [ -f "$W/$model/export/model.keras" ] && cp -r "$W/$model/export" "$W/half/$model" && python3 -m training.half "$W/half/$model" &
 done
 wait
 tar czf "$OUT/results.tgz" -C "$W" --exclude='*.keras' --exclude=half --exclude=backup .

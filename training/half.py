@@ -1,47 +1,34 @@
-"""A model folder's weights stored as float16 (half the bytes) with the model's architecture,
-and turned back into a float32 ``model.keras``. For moving trained models through a lent GPU
-machine's transfer limits (16 MB a file); the network runs in float32 either way.
+"""Convert a model folder between ``model.keras`` and float16 weights (``model.f16.npz``, see
+``ctai.model.storage``): for the shipped artifact's 50 MB budget, and for moving trained models
+through a lent GPU machine's transfer limits (16 MB a file). ``model.json`` is kept.
 
-    python -m training.half pack   DIR FILE.npz    # DIR holds model.keras and model.json
-    python -m training.half unpack FILE.npz DIR
+    python -m training.half DIR [--to float16|keras]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-import numpy as np
+from ctai.model.storage import FLOAT16_FILE, KERAS_FILE, load_network, save_float16
 
 
-def pack(folder: Path, target: Path) -> None:
-    import keras
-
-    model = keras.saving.load_model(folder / "model.keras", compile=False)
-    weights = {f"w{i:04d}": np.asarray(w).astype(np.float16) for i, w in enumerate(model.get_weights())}
-    np.savez_compressed(target, architecture=model.to_json(), meta=(folder / "model.json").read_text(), **weights)
-
-
-def unpack(source: Path, folder: Path) -> None:
-    import keras
-
-    with np.load(source) as packed:
-        model = keras.models.model_from_json(str(packed["architecture"]))
-        model.set_weights([packed[k].astype(np.float32) for k in sorted(packed.files) if k.startswith("w")])
-        meta = json.loads(str(packed["meta"]))
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save(folder / "model.keras")
-    (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+def convert(folder: Path, to: str) -> None:
+    model = load_network(folder)
+    if to == "float16":
+        save_float16(model, folder)
+        (folder / KERAS_FILE).unlink()
+    else:
+        model.save(folder / KERAS_FILE)
+        (folder / FLOAT16_FILE).unlink()
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=("pack", "unpack"))
-    p.add_argument("source", type=Path)
-    p.add_argument("target", type=Path)
+    p.add_argument("folder", type=Path, help="a model folder (model.json and model.keras or model.f16.npz)")
+    p.add_argument("--to", choices=("float16", "keras"), default="float16")
     args = p.parse_args(argv)
-    (pack if args.action == "pack" else unpack)(args.source, args.target)
+    convert(args.folder, args.to)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ctai.model.storage import load_network
 from ctai.types import CLASSES, ModelInfo
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off stderr
@@ -20,15 +21,14 @@ def shipped_model_dir() -> Path:
 
 
 class KerasClassifier:
-    """Loads ``model.keras`` and ``model.json`` (name, version, input size, calibration)."""
+    """Loads the network (``ctai.model.storage``) and ``model.json`` (name, version, input size,
+    calibration)."""
 
     def __init__(self, folder: Path) -> None:
         meta = json.loads((folder / "model.json").read_text())
         if tuple(meta["classes"]) != CLASSES:
             raise ValueError(f"{folder}: model classes {meta['classes']} are not {list(CLASSES)}")
-        import keras
-
-        self.model = keras.saving.load_model(folder / "model.keras", compile=False)
+        self.model = load_network(folder)
         self.info = ModelInfo(meta["name"], meta["version"], meta.get("manufacturer", "ctai"))
         self.input_size = int(meta["input_size"])
         self.temperature = float(meta["temperature"])
