@@ -17,6 +17,7 @@ from ctai import hookimpl, inputs
 from ctai.config import Config
 from ctai.errors import InputError, TransientError
 from ctai.inputs.wrap import PatientInfo
+from ctai.model.gate import NOT_A_CHEST, PHONE_ADVICE
 from ctai.types import Failure, Job, Output, Result, SourceImage
 from ctai.web.files import WRONG_PATIENT, same_patient
 from ctai.web.sessions import Store, uploads_dir
@@ -64,6 +65,8 @@ def ctai_job_finished(job: Job, results: list[Result], failures: list[Failure], 
         return
     if not results:
         reason = failures[0].reason if failures else "No image could be classified."
+        if NOT_A_CHEST in reason:
+            reason = PHONE_ADVICE
         store.finish_upload(upload.id, error=reason)
         return
     _save_png(render_picture(results[0]), str(store.picture_path(upload)))

@@ -268,3 +268,19 @@ def test_from_storescu_to_the_pacs_and_the_his(config, listen, series):
     assert all(f"PID|1||{PATIENT.id}^^^^MR" in message for message in his.accepted)
     assert {ds.SOPClassUID for ds in pacs.received} == {ComprehensiveSRStorage, SecondaryCaptureImageStorage}
     assert not Spool.from_config(config).batch(job.options["batch"]).exists()
+
+
+def test_a_mislabelled_series_is_skipped_with_the_gates_reason(config, listen, tmp_path):
+    """A 'chest CR' whose pixels are a scanned page: the header rules pass it, the gate does not."""
+    from training.nonchest import text_page
+
+    page = np.round(text_page(np.random.default_rng(2)) * 255).astype(np.uint8)
+    path = tmp_path / "page.dcm"
+    dataset(page).save_as(path, enforce_file_format=True)
+    listener = listen()
+    assert listener.storescu([path]).returncode == 0
+    [job] = wait_until(lambda: listener.jobs)
+    pm = plugin_manager(config)
+    pm.register(StubClassifier(), name="stub")
+    [outcome] = Pipeline(config, pm).run(job, pm.hook.ctai_load_job(job=job, config=config))
+    assert isinstance(outcome, Failure) and outcome.reason.startswith("skipped: not a frontal chest radiograph")

@@ -20,7 +20,10 @@ from ctai.plugins import plugin_manager
 from ctai.results import JobStore
 from ctai.types import CLASSES, Job, ModelInfo, SourceImage
 from ctai.worker import Worker
+from tests.dicomfactory import picture
 from tests.peers import wait_until
+
+CHEST = (picture() / 255.0).astype(np.float32)  # passes the input gate
 
 PROBABILITIES = np.array([0.2, 0.7, 0.1])
 
@@ -60,7 +63,7 @@ class FakeSource:
             raise TransientError("the source is down")
         if fail == "permanent":
             raise ValueError("undecodable pixels")
-        return [SourceImage(f"{job.id}/{i}", Dataset(), np.random.rand(32, 32).astype(np.float32))
+        return [SourceImage(f"{job.id}/{i}", Dataset(), CHEST)
                 for i in range(job.options.get("images", 1))]
 
 

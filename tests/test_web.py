@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from ctai import hookimpl
+from ctai.model.gate import NOT_A_CHEST, PHONE_ADVICE
 from ctai.plugins import plugin_manager
 from ctai.results import JobStore
 from ctai.types import CLASSES, Job, ModelInfo
@@ -385,6 +386,20 @@ def test_upload_runs_through_the_queue_and_the_worker(web_config, queued_client,
     assert set(delivered) == {"source", "sr", "sc"}  # the photo travels with its results
     assert {str(ds.PatientID) for ds in delivered.values()} == {PATIENT_ID}
     assert delivered["source"].PatientName == PATIENT_NAME
+
+
+def test_a_photo_of_something_else_gets_plain_advice(web_config, queued_client):
+    from training.nonchest import text_page
+
+    page = io.BytesIO()
+    Image.fromarray(np.round(text_page(np.random.default_rng(3)) * 255).astype(np.uint8)).save(page, "PNG")
+    link = new_session(queued_client)
+    upload_id = queued_client.post(f"{link}/files", content=page.getvalue()).json()["id"]
+    wait_until(lambda: queued_client.get(f"{link}/files/{upload_id}").json()["status"] != "pending")
+    status = queued_client.get(f"{link}/files/{upload_id}").json()
+    assert status["status"] == "failed" and status["error"] == PHONE_ADVICE
+    wait_until(lambda: JobStore(web_config).get(f"upload-{upload_id}").status != "running")
+    assert NOT_A_CHEST in JobStore(web_config).get(f"upload-{upload_id}").error  # the staff see why
 
 
 def test_dicom_of_another_patient_fails_its_job(web_config, tmp_path):

@@ -126,6 +126,26 @@ def burned_in_text(image: np.ndarray, seed: int = 0, lines: int = 3) -> np.ndarr
     return _from_pil(picture)
 
 
+def photo(image: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A phone's photo of the film on a light box or of a screen showing it: the film smaller
+    than the frame on a dark or bright surround, seen at a slant, with uneven light, a little
+    blur, noise and JPEG compression."""
+    rng = np.random.default_rng(seed)
+    h, w = image.shape
+    scale = rng.uniform(0.7, 0.95)
+    surround = float(rng.choice([rng.uniform(0.0, 0.15), rng.uniform(0.75, 1.0)]))
+    framed = border(image, (1 - scale) / 2, surround)
+    slant = rng.uniform(-0.06, 0.06, size=8) * np.array([w, h] * 4)
+    corners = np.array([0, 0, 0, h, w, h, w, 0], dtype=np.float64) + slant
+    picture = Image.fromarray(framed, mode="F").transform((w, h), Image.Transform.QUAD, tuple(corners),
+                                                          Image.Resampling.BILINEAR, fillcolor=surround)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    light = 1 + rng.uniform(-0.25, 0.25) * (x - 0.5) + rng.uniform(-0.25, 0.25) * (y - 0.5)
+    out = np.clip(np.asarray(picture, dtype=np.float32) * light, 0.0, 1.0)
+    out = blur(out, rng.uniform(0.3, 1.2))
+    return jpeg(noise(out, rng.uniform(0.005, 0.03), seed=seed), int(rng.integers(50, 90)))
+
+
 @dataclass(frozen=True)
 class Shift:
     """One entry of the benchmark suite: a named transform at one strength."""

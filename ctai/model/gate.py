@@ -1,0 +1,73 @@
+"""The input gate: is this image a frontal chest radiograph that the classifier can read?
+
+The classifier answers for any picture it is given (a blank page becomes "viral pneumonia
+56 %"), so a separate small network, trained with outlier exposure (Hendrycks et al. 2019,
+"Deep Anomaly Detection with Outlier Exposure") on chest radiographs against a corpus of other
+images (``training.gate``), scores each image first; images below a threshold are refused with
+a reason. Degenerate pixels are refused by rule before the network sees them.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from ctai.model.preprocess import to_model_input
+from ctai.model.storage import load_network
+
+#: Every refusal by the gate starts with this.
+NOT_A_CHEST = "not a frontal chest radiograph"
+#: What the phone page says instead of the technical reason.
+PHONE_ADVICE = ("This does not look like a chest X-ray. Photograph the whole chest film or screen, "
+                "straight on and filling the frame, or send the original image.")
+#: Images whose values span less than this of the display range are blank.
+FLAT_RANGE = 0.02
+#: Longer sides more than this many times the shorter one are strips, not radiographs.
+MAX_ASPECT = 4.0
+
+
+def shipped_gate_dir() -> Path:
+    return Path(str(resources.files("ctai.model").joinpath("gate-artifact")))
+
+
+def rule_refusal(image: np.ndarray) -> str | None:
+    """Why pixels cannot be a radiograph, whatever the network says; None if they might be."""
+    if image.ndim != 2 or min(image.shape) < 2:
+        return f"{NOT_A_CHEST} (an image of shape {image.shape})"
+    if not np.isfinite(image).all():
+        return f"{NOT_A_CHEST} (pixel values are not finite)"
+    if float(np.ptp(image)) < FLAT_RANGE:
+        return f"{NOT_A_CHEST} (a blank image of one flat value)"
+    if max(image.shape) > MAX_ASPECT * min(image.shape):
+        return f"{NOT_A_CHEST} (a strip of {image.shape[1]} x {image.shape[0]} pixels)"
+    return None
+
+
+class ChestGate:
+    """Loads the network (``ctai.model.storage``) and ``model.json`` (version, input size) from ``folder``."""
+
+    def __init__(self, folder: Path) -> None:
+        meta = json.loads((folder / "model.json").read_text())
+        self.model = load_network(folder)
+        self.version = str(meta["version"])
+        self.input_size = int(meta["input_size"])
+
+    def scores(self, images: list[np.ndarray]) -> np.ndarray:
+        """p(frontal chest radiograph) of each display-ready image."""
+        x = np.stack([to_model_input(image, self.input_size) for image in images])
+        logits = np.asarray(self.model.predict_on_batch(x), dtype=np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        e = np.exp(logits)
+        return e[:, 1] / e.sum(axis=1)
+
+    def refusal(self, image: np.ndarray, threshold: float) -> str | None:
+        """Why ``image`` is refused, or None to classify it."""
+        if reason := rule_refusal(image):
+            return reason
+        score = float(self.scores([image])[0])
+        if score < threshold:
+            return f"{NOT_A_CHEST} (chest-image score {score:.2f}, below {threshold:.2f})"
+        return None

@@ -1,0 +1,134 @@
+"""Train the input gate (``ctai.model.gate``): frontal chest radiographs against everything else.
+
+Positives: the training split's radiographs (with the classifier's shift-robust augmentation)
+and simulated phone photos of them (``training.shifts.photo``). Negatives: the training split
+of ``training.nonchest``. Measured on what training never saw: the validation split's
+radiographs, plain, under every shift of the benchmark suite and photographed; and the
+held-out split of the non-chest corpus, per category. The threshold is the highest that still
+accepts ``--accept`` of those radiographs, so it is chosen without looking at the held-out
+non-chest images.
+
+    python -m training.gate --data ../shared/data/chest_xray/train --out ctai/model/gate-artifact
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from training import data, nonchest, shifts
+
+SIDE = 224  # images are held as SIDE x SIDE uint8 between augmentations
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="folder with NORMAL/ and PNEUMONIA/")
+    p.add_argument("--out", type=Path, required=True, help="where to write model.keras and model.json")
+    p.add_argument("--work", type=Path, default=Path("training-work-gate"), help="report and scores")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--width", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--per-category", type=int, default=500, help="rendered non-chest images per category")
+    p.add_argument("--accept", type=float, default=0.995, help="share of radiographs the threshold accepts")
+    p.add_argument("--seed", type=int, default=20180222)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--version", default="1.0.0")
+    data.add_split_arguments(p)
+    return p.parse_args(argv)
+
+
+def _square(image: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(shifts.resize(image, SIDE, SIDE), 0, 1) * 255).astype(np.uint8)
+
+
+def _non_chest(split: str, per_category: int, chests: np.ndarray) -> tuple[list[str], np.ndarray]:
+    pairs = list(nonchest.corpus(split, per_category, [c / 255.0 for c in chests]))
+    return [c for c, _ in pairs], np.stack([_square(image) for _, image in pairs])
+
+
+def _photos(chests: np.ndarray, offset: int) -> np.ndarray:
+    return np.stack([_square(shifts.photo(c / 255.0, seed=offset + i)) for i, c in enumerate(chests)])
+
+
+def training_set(args: argparse.Namespace, train_raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    categories, negatives = _non_chest("train", args.per_category, train_raw)
+    positives = np.concatenate([train_raw, _photos(train_raw[::4], 0)])
+    print(f"training: {len(positives)} radiographs, {len(negatives)} others "
+          f"({', '.join(sorted(set(categories)))})", flush=True)
+    x = np.concatenate([positives, negatives])
+    y = np.r_[np.ones(len(positives)), np.zeros(len(negatives))].astype(np.int64)
+    return x, y
+
+
+def evaluate(gate, val_raw: np.ndarray, held_out: tuple[list[str], np.ndarray], accept: float) -> dict:
+    """Scores on the validation radiographs (plain, shifted, photographed) and on the held-out
+    non-chest images; the threshold; acceptance and refusal rates at it."""
+    images = [v / 255.0 for v in val_raw]
+    chest_scores = {f"{s.name} {s.strength}": gate.scores([s.apply(im) for im in images]) for s in shifts.suite()}
+    chest_scores["photo"] = gate.scores([shifts.photo(im, seed=10_000 + i) for i, im in enumerate(images)])
+    pooled = np.concatenate(list(chest_scores.values()))
+    threshold = float(np.quantile(pooled, 1 - accept))
+    categories, others = held_out
+    other_scores = gate.scores([o / 255.0 for o in others])
+    by_category: dict[str, list[float]] = defaultdict(list)
+    for category, score in zip(categories, other_scores, strict=True):
+        by_category[category].append(float(score))
+    return {
+        "threshold": threshold,
+        "accepted": {name: float(np.mean(s >= threshold)) for name, s in chest_scores.items()},
+        "accepted_all": float(np.mean(pooled >= threshold)),
+        "refused": {c: float(np.mean(np.array(s) < threshold)) for c, s in sorted(by_category.items())},
+        "refused_all": float(np.mean(other_scores < threshold)),
+        "held_out_images": {c: len(s) for c, s in sorted(by_category.items())},
+    }
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    import keras
+
+    from ctai.model.gate import ChestGate
+    from training.augment import Batches, Recipe
+    from training.resnet import build_resnet
+
+    keras.utils.set_random_seed(args.seed)
+    train_s, val_s, _ = data.load(args.data, args.val_fraction, args.split_seed)
+    train_raw, val_raw = data.load_raw(train_s), data.load_raw(val_s)
+    t0 = time.time()
+    x, y = training_set(args, train_raw)
+    held_out = _non_chest("held-out", max(args.per_category // 5, 20), val_raw)
+    print(f"corpora built in {time.time() - t0:.0f} s", flush=True)
+
+    batches = Batches(x, y, 64, args.size, Recipe((0.35, 1.0), intensity=True), args.seed, args.workers)
+    model = build_resnet(18, args.width, args.size, 2)
+    steps = args.epochs * len(batches)
+    schedule = keras.optimizers.schedules.CosineDecay(0.0, steps, warmup_target=2e-3, warmup_steps=steps // 10)
+    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    counts = np.bincount(y, minlength=2)
+    t0 = time.time()
+    model.fit(batches, epochs=args.epochs, verbose=2,
+              class_weight={i: float(len(y) / (2 * c)) for i, c in enumerate(counts)})
+    train_seconds = time.time() - t0
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save(args.out / "model.keras")
+    meta = {"name": "ctai-chest-gate", "version": args.version, "input_size": args.size,
+            "architecture": f"ResNet-18, width {args.width}, {args.size}x{args.size} px, 1 channel, 2 classes"}
+    (args.out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    report = evaluate(ChestGate(args.out), val_raw, held_out, args.accept)
+    report.update(train_seconds=train_seconds, train_images=int(len(y)), radiographs=int(counts[1]),
+                  others=int(counts[0]), args={k: str(v) for k, v in vars(args).items()})
+    args.work.mkdir(parents=True, exist_ok=True)
+    (args.work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2), flush=True)
+
+
+if __name__ == "__main__":
+    main()
