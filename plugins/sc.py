@@ -46,6 +46,10 @@ HEAT_COLOURS = np.array([(0, 0, 4), (33, 12, 74), (87, 16, 110), (138, 34, 106),
                          (228, 90, 49), (249, 142, 9), (249, 203, 53), (252, 255, 164)], dtype=np.float32)
 #: Opacity of the hottest colour; cool regions stay clear, so the anatomy shows everywhere.
 HEAT_OPACITY = 0.55
+#: Colour (one table per channel) and opacity of heat 0..255, as lookup tables for ``Image.point``.
+HEAT_TABLES = [np.round(np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(HEAT_COLOURS)), channel))
+               .astype(int).tolist() for channel in HEAT_COLOURS.T]
+HEAT_ALPHA = [round(level * HEAT_OPACITY) for level in range(256)]
 
 
 def _font(size: float) -> ImageFont.FreeTypeFont:
@@ -64,13 +68,10 @@ def _scaled_source(pixels: np.ndarray) -> Image.Image:
     return image.resize(size, Image.Resampling.LANCZOS).convert("RGB")
 
 
-def _blend_heat(image: Image.Image, heat: np.ndarray) -> Image.Image:
-    """``image`` (RGB) under the heat colours of ``heat`` (its size, in [0, 1]), more opaque where hotter."""
-    stops = np.linspace(0.0, 1.0, len(HEAT_COLOURS))
-    colours = np.stack([np.interp(heat, stops, HEAT_COLOURS[:, c]) for c in range(3)], axis=-1)
-    alpha = HEAT_OPACITY * heat[..., np.newaxis]
-    blended = np.asarray(image, dtype=np.float32) * (1 - alpha) + colours * alpha
-    return Image.fromarray(np.round(blended).astype(np.uint8))
+def _blend_heat(image: Image.Image, heat: Image.Image) -> Image.Image:
+    """``image`` (RGB) under the colours of ``heat`` (L, its size), more opaque where hotter."""
+    colours = Image.merge("RGB", [heat.point(table) for table in HEAT_TABLES])
+    return Image.composite(colours, image, heat.point(HEAT_ALPHA))
 
 
 def _draw_heatmap(source: Image.Image, pixels: np.ndarray, heatmap: np.ndarray) -> None:
@@ -79,9 +80,8 @@ def _draw_heatmap(source: Image.Image, pixels: np.ndarray, heatmap: np.ndarray) 
     top, left, bottom, right = content_box(pixels)
     y_scale, x_scale = source.height / pixels.shape[0], source.width / pixels.shape[1]
     box = (round(left * x_scale), round(top * y_scale), round(right * x_scale), round(bottom * y_scale))
-    enlarged = Image.fromarray(heatmap.astype(np.float32)).resize((box[2] - box[0], box[3] - box[1]),
-                                                                    Image.Resampling.BICUBIC)
-    heat = np.clip(np.asarray(enlarged), 0.0, 1.0)  # bicubic overshoots a little
+    heat = Image.fromarray(np.round(heatmap * 255).astype(np.uint8)).resize(
+        (box[2] - box[0], box[3] - box[1]), Image.Resampling.BICUBIC)
     source.paste(_blend_heat(source.crop(box), heat), box)
 
 
@@ -142,9 +142,8 @@ class _Panel:
     def heat_legend(self, text: str) -> None:
         """A strip of the heat colours, cool to hot, as they look over a mid-gray image; then ``text``."""
         height = self.px(12)
-        ramp = np.tile(np.linspace(0.0, 1.0, self.width, dtype=np.float32), (height, 1))
-        self.image.paste(_blend_heat(Image.new("RGB", (self.width, height), (128, 128, 128)), ramp),
-                         (self.left, self.y))
+        ramp = Image.fromarray(np.tile(np.linspace(0, 255, self.width).round().astype(np.uint8), (height, 1)))
+        self.image.paste(_blend_heat(Image.new("RGB", ramp.size, (128, 128, 128)), ramp), (self.left, self.y))
         self.y += height + self.px(6)
         self.text(text, 16, MUTED)
 

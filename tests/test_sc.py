@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from ctai.inputs.wrap import PatientInfo
@@ -125,7 +126,7 @@ def test_the_heat_map_lies_on_the_region_the_network_saw():
 
 def _legend_hottest_colour() -> np.ndarray:
     """The legend's right end: the hottest colour over mid-gray."""
-    return np.round(128 * (1 - sc.HEAT_OPACITY) + sc.HEAT_COLOURS[-1] * sc.HEAT_OPACITY).astype(np.uint8)
+    return np.asarray(sc._blend_heat(Image.new("RGB", (1, 1), (128, 128, 128)), Image.new("L", (1, 1), 255)))[0, 0]
 
 
 def test_without_a_heat_map_there_is_no_overlay_and_no_legend():
