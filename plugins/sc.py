@@ -68,10 +68,10 @@ def _scaled_source(pixels: np.ndarray) -> Image.Image:
     return image.resize(size, Image.Resampling.LANCZOS).convert("RGB")
 
 
-def _blend_heat(image: Image.Image, heat: Image.Image) -> Image.Image:
-    """``image`` (RGB) under the colours of ``heat`` (L, its size), more opaque where hotter."""
+def _paint_heat(image: Image.Image, heat: Image.Image, corner: tuple[int, int]) -> None:
+    """Lay the colours of ``heat`` (L) over ``image`` (RGB) from ``corner``, more opaque where hotter."""
     colours = Image.merge("RGB", [heat.point(table) for table in HEAT_TABLES])
-    return Image.composite(colours, image, heat.point(HEAT_ALPHA))
+    image.paste(colours, corner, heat.point(HEAT_ALPHA))
 
 
 def _draw_heatmap(source: Image.Image, pixels: np.ndarray, heatmap: np.ndarray) -> None:
@@ -82,7 +82,7 @@ def _draw_heatmap(source: Image.Image, pixels: np.ndarray, heatmap: np.ndarray) 
     box = (round(left * x_scale), round(top * y_scale), round(right * x_scale), round(bottom * y_scale))
     heat = Image.fromarray(np.round(heatmap * 255).astype(np.uint8)).resize(
         (box[2] - box[0], box[3] - box[1]), Image.Resampling.BICUBIC)
-    source.paste(_blend_heat(source.crop(box), heat), box)
+    _paint_heat(source, heat, box[:2])
 
 
 def _wrap(text: str, font: ImageFont.FreeTypeFont, width: float) -> list[str]:
@@ -142,8 +142,9 @@ class _Panel:
     def heat_legend(self, text: str) -> None:
         """A strip of the heat colours, cool to hot, as they look over a mid-gray image; then ``text``."""
         height = self.px(12)
-        ramp = Image.fromarray(np.tile(np.linspace(0, 255, self.width).round().astype(np.uint8), (height, 1)))
-        self.image.paste(_blend_heat(Image.new("RGB", ramp.size, (128, 128, 128)), ramp), (self.left, self.y))
+        self.draw.rectangle((self.left, self.y, self.left + self.width - 1, self.y + height - 1), fill=(128, 128, 128))
+        ramp = np.tile(np.linspace(0, 255, self.width).round().astype(np.uint8), (height, 1))
+        _paint_heat(self.image, Image.fromarray(ramp), (self.left, self.y))
         self.y += height + self.px(6)
         self.text(text, 16, MUTED)
 

@@ -126,7 +126,9 @@ def test_the_heat_map_lies_on_the_region_the_network_saw():
 
 def _legend_hottest_colour() -> np.ndarray:
     """The legend's right end: the hottest colour over mid-gray."""
-    return np.asarray(sc._blend_heat(Image.new("RGB", (1, 1), (128, 128, 128)), Image.new("L", (1, 1), 255)))[0, 0]
+    pixel = Image.new("RGB", (1, 1), (128, 128, 128))
+    sc._paint_heat(pixel, Image.new("L", (1, 1), 255), (0, 0))
+    return np.asarray(pixel)[0, 0]
 
 
 def test_without_a_heat_map_there_is_no_overlay_and_no_legend():

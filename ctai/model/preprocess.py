@@ -21,9 +21,11 @@ def content_box(image: np.ndarray) -> tuple[int, int, int, int]:
     """``(top, left, bottom, right)`` of ``image`` without its blank margins: the region the
     network sees (``to_model_input``), where heat maps are drawn."""
     h, w = image.shape
-    rows, cols = np.ptp(image, axis=1), np.ptp(image, axis=0)
-    top, bottom = _blank_run(rows, int(h * MAX_TRIM)), _blank_run(rows[::-1], int(h * MAX_TRIM))
-    left, right = _blank_run(cols, int(w * MAX_TRIM)), _blank_run(cols[::-1], int(w * MAX_TRIM))
+    rows, cols = int(h * MAX_TRIM), int(w * MAX_TRIM)  # only these can be trimmed at each edge
+    top = _blank_run(np.ptp(image[:rows], axis=1), rows)
+    bottom = _blank_run(np.ptp(image[h - rows:], axis=1)[::-1], rows)
+    left = _blank_run(np.ptp(image[:, :cols], axis=0), cols)
+    right = _blank_run(np.ptp(image[:, w - cols:], axis=0)[::-1], cols)
     return top, left, h - bottom, w - right
 
 
