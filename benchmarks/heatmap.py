@@ -63,8 +63,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for batch in args.batch:
         x = rng.standard_normal((batch, size, size, 1)).astype(np.float32)
-        network = best_time(lambda: classifier.predict(x), args.repeat) / batch
-        with_maps = best_time(lambda: classifier.predict_with_heatmaps(x), args.repeat) / batch
+        network = best_time(lambda x=x: classifier.predict(x), args.repeat) / batch
+        with_maps = best_time(lambda x=x: classifier.predict_with_heatmaps(x), args.repeat) / batch
         classification, heat = preprocess + network, with_maps - network + draw
         print(f"batch {batch:3d}: network {network * 1000:.2f} ms/image, with maps {with_maps * 1000:.2f} ms "
               f"({(with_maps - network) / network:+.1%}); classification {classification * 1000:.1f} ms/image, "
