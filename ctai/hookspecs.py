@@ -9,7 +9,7 @@ classify (classifier) -> make_outputs -> deliver -> job_finished (or job_failed)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import pluggy
@@ -30,6 +30,16 @@ class Classifier(Protocol):
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated probabilities, shape (n, len(CLASSES)), for a batch of model inputs."""
+
+
+@runtime_checkable
+class HeatmapClassifier(Classifier, Protocol):
+    """A classifier that can also show where its model looked (``[outputs] heatmap``)."""
+
+    def predict_with_heatmaps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``predict``'s probabilities and, from the same forward pass, a heat map per class,
+        shape (n, h, w, len(CLASSES)): each scaled to [0, 1] (1 where the class's evidence is
+        strongest), covering the model input, row 0 at its top. None when the model has none."""
 
 
 @hookspec(firstresult=True)
@@ -59,7 +69,8 @@ def ctai_preprocess(image: SourceImage, size: int, config: Config) -> np.ndarray
 
     Called by the pipeline for each image it keeps. Return a ``size`` x ``size`` x 1 float32
     array, or None to leave it to the next plugin; the built-in default is
-    ``ctai.model.preprocess.to_model_input``, the function training uses too.
+    ``ctai.model.preprocess.to_model_input``, the function training uses too. Heat maps are
+    drawn over the region it keeps, ``ctai.model.preprocess.content_box``.
     """
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pluggy
 
 from ctai.config import Config
-from ctai.hookspecs import Classifier
+from ctai.hookspecs import Classifier, HeatmapClassifier
 from ctai.plugins import plugin_manager
 from ctai.types import CLASSES, Failure, Job, Prediction, Result, SourceImage
 
@@ -43,10 +43,19 @@ class Pipeline:
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             x = np.stack([self.pm.hook.ctai_preprocess(image=im, size=size, config=self.config) for im in chunk])
-            for probs in self.classifier.predict(x.astype(np.float32)):
-                probabilities = dict(zip(CLASSES, map(float, probs), strict=True))
-                predictions.append(Prediction(probabilities, self.classifier.info))
+            probabilities, maps = self.scores(x.astype(np.float32))
+            for i, probs in enumerate(probabilities):
+                heatmap = None if maps is None else maps[i, :, :, int(np.argmax(probs))]
+                predictions.append(Prediction(dict(zip(CLASSES, map(float, probs), strict=True)),
+                                              self.classifier.info, heatmap))
         return predictions
+
+    def scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities of model inputs, and their heat maps when ``[outputs] heatmap`` is on and
+        the classifier makes them (``HeatmapClassifier``); else no maps, at no extra cost."""
+        if self.config["outputs"]["heatmap"] and isinstance(self.classifier, HeatmapClassifier):
+            return self.classifier.predict_with_heatmaps(x)
+        return self.classifier.predict(x), None
 
     def process(self, job: Job, sources: Iterable[SourceImage | Failure]) -> Iterator[Outcome]:
         """Classify, make outputs and deliver each source, yielding outcomes as they finish.

@@ -41,6 +41,9 @@ class SourceImage:
 class Prediction:
     probabilities: dict[str, float]
     model: ModelInfo
+    #: Where the model looked for the predicted class: its class-activation map, (h, w) in [0, 1],
+    #: coarse, covering the model input; None when heat maps are off or the model has none.
+    heatmap: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def label(self) -> str:

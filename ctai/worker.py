@@ -78,7 +78,7 @@ class Worker:
 
     def start(self) -> None:
         size = self.classifier.input_size
-        self.classifier.predict(np.zeros((1, size, size, 1), np.float32))  # the first call builds the graph
+        self.pipeline.scores(np.zeros((1, size, size, 1), np.float32))  # the first call builds the graph
         self._requeue_abandoned()
         self.consumer.start()
         log.info("worker: %d threads on the %s queue", self.consumer.workers, self.config["queue"]["backend"])

@@ -1,8 +1,10 @@
 """The classification as a picture: an RGB Secondary Capture (PS3.3 A.8.1) for any viewer.
 
 The source image at reading size beside a panel with the three probabilities as bars, the
-predicted class highlighted, the model, the time and the decision-support notice. The same
-picture (``render_picture``) serves pages outside PACS.
+predicted class highlighted, the model, the time and the decision-support notice. When the
+prediction has a heat map, it is laid translucently over the region of the image the network
+saw, and the panel carries its legend. The same picture (``render_picture``) serves pages
+outside PACS.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from ctai import hookimpl
 from ctai.config import Config
+from ctai.model.preprocess import content_box
 from ctai.types import Output, Result
 from ctai_plugins.sr import FINDINGS, common_attributes
 
@@ -37,6 +40,17 @@ BAR = (110, 128, 150)
 HIGHLIGHT = (255, 176, 0)
 NOTICE_TEXT = (20, 20, 20)
 
+HEATMAP_LEGEND = "Heat map: where the model looked - not a segmentation"
+#: Matplotlib's "inferno" at 9 even steps: perceptually ordered, dark (cool) to bright (hot).
+HEAT_COLOURS = np.array([(0, 0, 4), (33, 12, 74), (87, 16, 110), (138, 34, 106), (188, 55, 84),
+                         (228, 90, 49), (249, 142, 9), (249, 203, 53), (252, 255, 164)], dtype=np.float32)
+#: Opacity of the hottest colour; cool regions stay clear, so the anatomy shows everywhere.
+HEAT_OPACITY = 0.55
+#: Colour (one table per channel) and opacity of heat 0..255, as lookup tables for ``Image.point``.
+HEAT_TABLES = [np.round(np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(HEAT_COLOURS)), channel))
+               .astype(int).tolist() for channel in HEAT_COLOURS.T]
+HEAT_ALPHA = [round(level * HEAT_OPACITY) for level in range(256)]
+
 
 def _font(size: float) -> ImageFont.FreeTypeFont:
     """Pillow's built-in scalable font (Pillow >= 10.1 with FreeType): no font package needed."""
@@ -54,6 +68,23 @@ def _scaled_source(pixels: np.ndarray) -> Image.Image:
     return image.resize(size, Image.Resampling.LANCZOS).convert("RGB")
 
 
+def _paint_heat(image: Image.Image, heat: Image.Image, corner: tuple[int, int]) -> None:
+    """Lay the colours of ``heat`` (L) over ``image`` (RGB) from ``corner``, more opaque where hotter."""
+    colours = Image.merge("RGB", [heat.point(table) for table in HEAT_TABLES])
+    image.paste(colours, corner, heat.point(HEAT_ALPHA))
+
+
+def _draw_heatmap(source: Image.Image, pixels: np.ndarray, heatmap: np.ndarray) -> None:
+    """Lay ``heatmap`` (coarse, covering the model input) over the displayed ``source`` of
+    ``pixels``: on the region the network saw, its blank margins trimmed, smoothly enlarged."""
+    top, left, bottom, right = content_box(pixels)
+    y_scale, x_scale = source.height / pixels.shape[0], source.width / pixels.shape[1]
+    box = (round(left * x_scale), round(top * y_scale), round(right * x_scale), round(bottom * y_scale))
+    heat = Image.fromarray(np.round(heatmap * 255).astype(np.uint8)).resize(
+        (box[2] - box[0], box[3] - box[1]), Image.Resampling.BICUBIC)
+    _paint_heat(source, heat, box[:2])
+
+
 def _wrap(text: str, font: ImageFont.FreeTypeFont, width: float) -> list[str]:
     """``text`` broken into lines no wider than ``width`` (a longer single word stays whole)."""
     lines: list[str] = []
@@ -69,6 +100,7 @@ class _Panel:
     """Draws the result panel top to bottom at ``scale`` x the 512 px design."""
 
     def __init__(self, image: Image.Image, left: int, scale: float) -> None:
+        self.image = image
         self.draw = ImageDraw.Draw(image)
         self.scale = scale
         self.left = left + round(28 * scale)
@@ -107,6 +139,15 @@ class _Panel:
                        stroke_fill=colour)
         self.y = bottom + self.px(12)
 
+    def heat_legend(self, text: str) -> None:
+        """A strip of the heat colours, cool to hot, as they look over a mid-gray image; then ``text``."""
+        height = self.px(12)
+        self.draw.rectangle((self.left, self.y, self.left + self.width - 1, self.y + height - 1), fill=(128, 128, 128))
+        ramp = np.tile(np.linspace(0, 255, self.width).round().astype(np.uint8), (height, 1))
+        _paint_heat(self.image, Image.fromarray(ramp), (self.left, self.y))
+        self.y += height + self.px(6)
+        self.text(text, 16, MUTED)
+
     def notice(self, text: str, bottom: int) -> int:
         """``text`` in a highlighted box whose lower edge is at ``bottom``; returns its top."""
         font = _font(18 * self.scale)
@@ -139,15 +180,18 @@ def _percent(probability: float) -> str:
 
 
 def render_picture(result: Result) -> Image.Image:
-    """The result picture: source image left, probabilities panel right (RGB)."""
+    """The result picture: source image left (under the heat map if there is one), probabilities
+    panel right (RGB)."""
+    prediction = result.prediction
     source = _scaled_source(result.source.pixels)
+    if prediction.heatmap is not None:
+        _draw_heatmap(source, result.source.pixels, prediction.heatmap)
     height = max(source.height, MIN_HEIGHT)
     scale = height / MIN_HEIGHT
     picture = Image.new("RGB", (source.width + round(PANEL_WIDTH * scale), height), BACKGROUND)
     picture.paste(source, (0, (height - source.height) // 2))
     ImageDraw.Draw(picture).rectangle((source.width, 0, picture.width, height), fill=PANEL)
 
-    prediction = result.prediction
     panel = _Panel(picture, source.width, scale)
     panel.text("AI chest image classification", 26, TEXT, bold=True)
     panel.gap(8)
@@ -160,6 +204,9 @@ def render_picture(result: Result) -> Image.Image:
     panel.gap(14)
     for name, code in FINDINGS.items():
         panel.bar(code.meaning, prediction.probabilities[name], name == label)
+    if prediction.heatmap is not None:
+        panel.gap(10)
+        panel.heat_legend(HEATMAP_LEGEND)
     model = prediction.model
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     notes = [f"Model {model.name} {model.version} ({model.manufacturer}), {when}"]

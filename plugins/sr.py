@@ -8,6 +8,8 @@ Content (PS3.16 TID 1500): a device observer (the algorithm) and one Measurement
 (TID 1501) per class, with the class as its Finding (SNOMED CT), the source image, the
 algorithm (TID 4019), the class probability (NUM DCM "Probability", UCUM "1") and
 "Presence of property" Present for the predicted class, Absent for the others (CID 240).
+When the result picture carries a heat map, the predicted class's group says so in a TEXT
+"Comment" (DCM 121106).
 A group per class, because a group has one Finding: class CODE items named "Finding" inside
 one group would collide with it for readers such as highdicom. The AI also appears as
 Contributing Equipment, as IHE AI Results (AIR) asks. The document is COMPLETE, UNVERIFIED
@@ -34,6 +36,8 @@ FINDINGS: dict[str, Code] = {
 PROBABILITY = codes.DCM.Probability  # DCM 122157
 PRESENCE = codes.DCM.PresenceOfProperty  # DCM 121052
 SERIES_DESCRIPTION = "ctai AI result (SR)"
+HEATMAP_NOTE = ("Heat map: the class activation map of {} is drawn on the result picture (Secondary "
+                "Capture); it shows where the model looked and is not a segmentation.")
 
 #: Type 2 patient and study attributes highdicom reads from the evidence (PS3.3 C.7.1.1, C.7.2.1).
 _PATIENT_STUDY = (
@@ -119,11 +123,14 @@ def measurement_group(result: Result, label: str) -> hd.sr.MeasurementsAndQualit
         ],
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=PRESENCE, value=presence)],
     )
-    if result.source.derivation:
+    comments = [f"Classified image: {result.source.derivation}"] if result.source.derivation else []
+    if label == result.prediction.label and result.prediction.heatmap is not None:
+        comments.append(HEATMAP_NOTE.format(finding.meaning))
+    for comment in comments:
         group[0].ContentSequence.append(
             hd.sr.TextContentItem(
                 name=codes.DCM.Comment,
-                value=f"Classified image: {result.source.derivation}",
+                value=comment,
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         )

@@ -12,7 +12,7 @@ from ctai.model.backend import KerasClassifier
 from tests.conftest import kermany_layout
 
 # Runs under KERAS_BACKEND=jax as on the GPU machine, where TensorFlow is not installed (an
-# import of it fails): train, then write the calibrated probabilities of fixed inputs.
+# import of it fails): train, then write the calibrated probabilities and heat maps of fixed inputs.
 TRAIN_UNDER_JAX = """
 import sys
 sys.modules["tensorflow"] = None
@@ -24,7 +24,9 @@ main(["--data", data, "--out", out, "--work", work, "--epochs", "1", "--size", "
 import keras
 from ctai.model.backend import KerasClassifier
 x = np.random.default_rng(0).standard_normal((5, 64, 64, 1)).astype(np.float32)
-np.save(work + "/jax_probs.npy", KerasClassifier(__import__("pathlib").Path(out)).predict(x))
+classifier = KerasClassifier(__import__("pathlib").Path(out))
+np.save(work + "/jax_probs.npy", classifier.predict(x))
+np.save(work + "/jax_maps.npy", classifier.predict_with_heatmaps(x)[1])
 print("trained under", keras.backend.backend())
 """
 
@@ -41,4 +43,6 @@ def test_a_model_trained_under_jax_loads_under_tensorflow_with_equal_outputs(tmp
 
     assert keras.backend.backend() == "tensorflow"
     x = np.random.default_rng(0).standard_normal((5, 64, 64, 1)).astype(np.float32)
-    np.testing.assert_allclose(KerasClassifier(out).predict(x), np.load(work / "jax_probs.npy"), atol=1e-4)
+    classifier = KerasClassifier(out)
+    np.testing.assert_allclose(classifier.predict(x), np.load(work / "jax_probs.npy"), atol=1e-4)
+    np.testing.assert_allclose(classifier.predict_with_heatmaps(x)[1], np.load(work / "jax_maps.npy"), atol=1e-3)

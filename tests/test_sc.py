@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from ctai.inputs.wrap import PatientInfo
 from ctai.types import ModelInfo, SourceImage
 from ctai_plugins import sc, sr
 from tests.dciodvfy import errors
-from tests.test_sr import MODEL, make_result
+from tests.test_sr import MODEL, hot_cell_map, make_result
 
 
 def test_sc_is_a_valid_rgb_secondary_capture():
@@ -101,3 +102,53 @@ def test_source_without_optional_attributes_still_gives_a_valid_sc():
     dataset = sc.build_sc(result, 9902)
     assert errors(dataset) == []
     assert dataset.PatientOrientation == ""
+
+
+def _source_width(picture: np.ndarray) -> int:
+    return picture.shape[1] - round(sc.PANEL_WIDTH * picture.shape[0] / sc.MIN_HEIGHT)
+
+
+def test_the_heat_map_lies_on_the_region_the_network_saw():
+    result = make_result(heatmap=hot_cell_map(0, 0))  # the top left of the model input
+    height, width = result.source.pixels.shape
+    margin = 40  # black columns on the left: trimmed before the network sees the image
+    result.source.pixels = np.pad(result.source.pixels, ((0, 0), (margin, 0)))
+    picture = np.asarray(sc.render_picture(result)).astype(int)
+    scale = picture.shape[0] / height
+    source = picture[:, :_source_width(picture)]
+    coloured = source[..., 0] - source[..., 2] > 30  # the radiograph is gray, the heat red to yellow
+    left, cell = round(margin * scale), width / 5 * scale
+    assert not coloured[:, :left].any()
+    assert coloured[round(cell / 2), round(left + cell / 2)]
+    rows, cols = np.nonzero(coloured)
+    assert rows.max() < 1.5 * cell and cols.max() < left + 1.5 * cell
+
+
+def _legend_hottest_colour() -> np.ndarray:
+    """The legend's right end: the hottest colour over mid-gray."""
+    pixel = Image.new("RGB", (1, 1), (128, 128, 128))
+    sc._paint_heat(pixel, Image.new("L", (1, 1), 255), (0, 0))
+    return np.asarray(pixel)[0, 0]
+
+
+def test_without_a_heat_map_there_is_no_overlay_and_no_legend():
+    plain = np.asarray(sc.render_picture(make_result()))
+    drawn = np.asarray(sc.render_picture(make_result(heatmap=hot_cell_map(2, 2))))
+    width = _source_width(plain)
+    assert np.array_equal(plain[:, :width, 0], plain[:, :width, 2])  # gray
+    assert not np.array_equal(drawn[:, :width, 0], drawn[:, :width, 2])
+    legend = _legend_hottest_colour()
+    assert (drawn[:, width:] == legend).all(axis=-1).any()
+    assert not (plain[:, width:] == legend).all(axis=-1).any()
+    assert _highlighted_bar_top(plain) == _highlighted_bar_top(drawn)  # the legend goes below the bars
+
+
+def test_sc_with_a_heat_map_is_valid():
+    assert errors(sc.build_sc(make_result(heatmap=hot_cell_map(1, 3)), 9902)) == []
+
+
+def test_a_flat_heat_map_draws_nothing_on_the_image():
+    plain = np.asarray(sc.render_picture(make_result()))
+    flat = np.asarray(sc.render_picture(make_result(heatmap=np.zeros((5, 5), np.float32))))
+    width = _source_width(plain)
+    assert np.array_equal(plain[:, :width], flat[:, :width])

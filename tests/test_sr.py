@@ -24,13 +24,20 @@ PATIENT = PatientInfo(id="P-0001", name="Doe^Jane", birth_date="19800101", sex="
 
 
 def make_result(probabilities: dict[str, float] | None = None, derivation: str | None = None,
-                patient: PatientInfo = PATIENT) -> Result:
+                patient: PatientInfo = PATIENT, heatmap: np.ndarray | None = None) -> Result:
     """A Result for a real chest radiograph of tests/data, wrapped as ctai.inputs wraps pictures."""
     with Image.open(IMAGE) as image:
         dataset = wrap_image(image, patient, IMAGE.name)
         pixels = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
     source = SourceImage(path=str(IMAGE), dataset=dataset, pixels=pixels, derivation=derivation)
-    return Result(source, Prediction(probabilities or PROBABILITIES, MODEL))
+    return Result(source, Prediction(probabilities or PROBABILITIES, MODEL, heatmap))
+
+
+def hot_cell_map(row: int, col: int, size: int = 5) -> np.ndarray:
+    """A coarse heat map, 1 in one cell and 0 elsewhere."""
+    heatmap = np.zeros((size, size), np.float32)
+    heatmap[row, col] = 1.0
+    return heatmap
 
 
 def read_back(dataset: Dataset, tmp_path: Path) -> hd.sr.ComprehensiveSR:
@@ -137,3 +144,36 @@ def test_only_the_predicted_class_is_present(label):
     present = [group.finding_type for group in report.get_image_measurement_groups()
                if group.get_qualitative_evaluations(name=sr.PRESENCE)[0].value == codes.SCT.Present]
     assert present == [sr.FINDINGS[label]]
+
+
+def _comments(dataset: Dataset) -> dict[str, list[str]]:
+    """The texts of the DCM 121106 "Comment" items of each measurement group, by its finding."""
+    comments = {}
+    for group in dataset.ContentSequence[-1].ContentSequence:
+        items = group.ContentSequence
+        (finding,) = [item.ConceptCodeSequence[0].CodeMeaning for item in items
+                      if item.ConceptNameCodeSequence[0].CodeValue == "121071"]
+        comments[finding] = [item.TextValue for item in items
+                             if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "121106"]
+    return comments
+
+
+def test_sr_says_when_a_heat_map_is_drawn():
+    plain = sr.build_sr(make_result(), 9901)
+    drawn = sr.build_sr(make_result(heatmap=hot_cell_map(2, 2)), 9901)
+    assert errors(drawn) == []
+    assert _comments(plain) == {finding.meaning: [] for finding in sr.FINDINGS.values()}
+    note = sr.HEATMAP_NOTE.format("Bacterial pneumonia")
+    assert _comments(drawn) == {**_comments(plain), "Bacterial pneumonia": [note]}
+
+
+def test_a_heat_map_changes_nothing_else_in_the_sr():
+    plain = sr.build_sr(make_result(), 9901)
+    drawn = sr.build_sr(make_result(heatmap=hot_cell_map(2, 2)), 9901)
+    for group in drawn.ContentSequence[-1].ContentSequence:
+        group.ContentSequence = [item for item in group.ContentSequence
+                                 if item.get("TextValue") != sr.HEATMAP_NOTE.format("Bacterial pneumonia")]
+    assert drawn.ContentSequence == plain.ContentSequence
+    clock = ("ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime",
+             "ContributingEquipmentSequence")  # the last holds highdicom's ContributionDateTime
+    assert [e for e in plain if e.keyword not in clock] == [e for e in drawn if e.keyword not in clock]

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ctai import metrics
+from ctai.model.backend import members
 from ctai.model.storage import load_network
 from training import data
 from training import calibrate
@@ -49,17 +50,10 @@ def average(folders: list[Path]):
     size = sizes.pop()
     inputs = keras.Input((size, size, 1), name="image")
     networks = [network for folder in folders
-                for network in _networks(load_network(folder))]
+                for network in members(load_network(folder))]
     outputs = [keras.Model(n.input, n.output, name=f"member{i}")(inputs) for i, n in enumerate(networks)]
     logits = keras.layers.Average(name="logits")(outputs)
     return keras.Model(inputs, logits, name=f"ensemble{len(networks)}_{size}px"), metas[0]
-
-
-def _networks(model) -> list:
-    """A model's members if it is an ensemble written here (so an ensemble can join another
-    member by member), else the model itself."""
-    members = [layer for layer in model.layers if layer.name.startswith("member") and hasattr(layer, "layers")]
-    return members or [model]
 
 
 def main(argv=None) -> None:
@@ -75,7 +69,7 @@ def main(argv=None) -> None:
     model.save(args.out / "model.keras")
     meta = {
         "name": first["name"], "version": args.version, "manufacturer": first.get("manufacturer", "ctai"),
-        "architecture": f"mean of {len(_networks(model))} x {first['architecture'].split(' x ', 1)[-1]}",
+        "architecture": f"mean of {len(members(model))} x {first['architecture'].split(' x ', 1)[-1]}",
         "classes": first["classes"], "input_size": size, "temperature": temperature, "bias": bias,
         "priors": args.priors,
     }

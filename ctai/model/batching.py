@@ -3,7 +3,7 @@
 The worker runs several jobs at once, each in its own thread; each calls ``predict`` with its
 own few images. This wrapper queues the calls, and one thread runs the inner classifier on
 all that arrived within ``max_wait`` seconds (up to ``max_batch`` rows), then hands each
-caller its rows.
+caller its rows. A batch is run with heat maps when any of its callers asked for them.
 """
 
 from __future__ import annotations
@@ -17,17 +17,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ctai.hookspecs import Classifier
+from ctai.hookspecs import Classifier, HeatmapClassifier
 
 
 @dataclass
 class _Request:
     batch: np.ndarray
+    heatmaps: bool
     future: Future = field(default_factory=Future)
 
 
 class BatchingClassifier:
-    """A ``Classifier`` that batches the calls of many threads; ``close()`` stops it."""
+    """A ``HeatmapClassifier`` that batches the calls of many threads; ``close()`` stops it.
+    Heat maps are None when the inner classifier makes none."""
 
     def __init__(self, inner: Classifier, max_batch: int, max_wait: float) -> None:
         self.inner = inner
@@ -42,7 +44,13 @@ class BatchingClassifier:
         self._thread.start()
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        request = _Request(batch)
+        return self._submit(batch, heatmaps=False)[0]
+
+    def predict_with_heatmaps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return self._submit(batch, heatmaps=True)
+
+    def _submit(self, batch: np.ndarray, heatmaps: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        request = _Request(batch, heatmaps)
         self._requests.put(request)
         return request.future.result()
 
@@ -69,7 +77,11 @@ class BatchingClassifier:
 
     def _run(self, pending: list[_Request]) -> None:
         try:
-            probabilities = self.inner.predict(np.concatenate([r.batch for r in pending]))
+            batch = np.concatenate([r.batch for r in pending])
+            if any(r.heatmaps for r in pending) and isinstance(self.inner, HeatmapClassifier):
+                probabilities, maps = self.inner.predict_with_heatmaps(batch)
+            else:
+                probabilities, maps = self.inner.predict(batch), None
         except Exception as error:
             for request in pending:
                 request.future.set_exception(error)
@@ -77,5 +89,6 @@ class BatchingClassifier:
         self.batch_sizes[len(probabilities)] += 1
         start = 0
         for request in pending:
-            request.future.set_result(probabilities[start:start + len(request.batch)])
+            rows = slice(start, start + len(request.batch))
+            request.future.set_result((probabilities[rows], None if maps is None else maps[rows]))
             start += len(request.batch)

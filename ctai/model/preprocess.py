@@ -17,15 +17,24 @@ def _blank_run(span: np.ndarray, limit: int) -> int:
     return int(blank[0]) if blank.size else limit
 
 
+def content_box(image: np.ndarray) -> tuple[int, int, int, int]:
+    """``(top, left, bottom, right)`` of ``image`` without its blank margins: the region the
+    network sees (``to_model_input``), where heat maps are drawn."""
+    h, w = image.shape
+    rows, cols = int(h * MAX_TRIM), int(w * MAX_TRIM)  # only these can be trimmed at each edge
+    top = _blank_run(np.ptp(image[:rows], axis=1), rows)
+    bottom = _blank_run(np.ptp(image[h - rows:], axis=1)[::-1], rows)
+    left = _blank_run(np.ptp(image[:, :cols], axis=0), cols)
+    right = _blank_run(np.ptp(image[:, w - cols:], axis=0)[::-1], cols)
+    return top, left, h - bottom, w - right
+
+
 def trim_blank_margins(image: np.ndarray) -> np.ndarray:
     """Cut uniform rows and columns off the edges: black or white frames, collimation and
     padding. In the training data they are a shortcut (normal films carry black frames two
     to three times as often as pneumonia films), so the network must never see them."""
-    h, w = image.shape
-    rows, cols = np.ptp(image, axis=1), np.ptp(image, axis=0)
-    top, bottom = _blank_run(rows, int(h * MAX_TRIM)), _blank_run(rows[::-1], int(h * MAX_TRIM))
-    left, right = _blank_run(cols, int(w * MAX_TRIM)), _blank_run(cols[::-1], int(w * MAX_TRIM))
-    return image[top:h - bottom, left:w - right]
+    top, left, bottom, right = content_box(image)
+    return image[top:bottom, left:right]
 
 
 def to_model_input(image: np.ndarray, size: int) -> np.ndarray:
