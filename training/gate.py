@@ -9,6 +9,11 @@ accepts ``--accept`` of those radiographs, so it is chosen without looking at th
 non-chest images.
 
     python -m training.gate --data ../shared/data/chest_xray/train --out ctai/model/gate-artifact
+    python -m training.gate --data ../shared/data/chest_xray/train --evaluate ctai/model/gate-artifact \
+        --threshold 0.9      # measure a gate at a given threshold, without training
+
+Train it under ``KERAS_BACKEND=jax``: under TensorFlow the threads that feed ``model.fit`` crashed
+in Pillow here (a segmentation fault in its filters, not investigated further).
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ SIDE = 224  # images are held as SIDE x SIDE uint8 between augmentations
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="folder with NORMAL/ and PNEUMONIA/")
-    p.add_argument("--out", type=Path, required=True, help="where to write model.keras and model.json")
+    p.add_argument("--out", type=Path, help="where to write model.keras and model.json")
+    p.add_argument("--evaluate", type=Path, metavar="DIR", help="only measure the gate in DIR")
+    p.add_argument("--threshold", type=float, help="measure at this threshold (default: from --accept)")
     p.add_argument("--work", type=Path, default=Path("training-work-gate"), help="report and scores")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--width", type=int, default=8)
@@ -40,7 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--version", default="1.0.0")
     data.add_split_arguments(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not (args.out or args.evaluate):
+        p.error("give --out (train) or --evaluate (measure)")
+    return args
 
 
 def _square(image: np.ndarray) -> np.ndarray:
@@ -66,14 +76,16 @@ def training_set(args: argparse.Namespace, train_raw: np.ndarray) -> tuple[np.nd
     return x, y
 
 
-def evaluate(gate, val_raw: np.ndarray, held_out: tuple[list[str], np.ndarray], accept: float) -> dict:
+def evaluate(gate, val_raw: np.ndarray, held_out: tuple[list[str], np.ndarray], accept: float,
+             threshold: float | None = None) -> dict:
     """Scores on the validation radiographs (plain, shifted, photographed) and on the held-out
-    non-chest images; the threshold; acceptance and refusal rates at it."""
+    non-chest images; the threshold (given, or the one that accepts ``accept`` of the
+    radiographs); acceptance and refusal rates at it."""
     images = [v / 255.0 for v in val_raw]
     chest_scores = {f"{s.name} {s.strength}": gate.scores([s.apply(im) for im in images]) for s in shifts.suite()}
     chest_scores["photo"] = gate.scores([shifts.photo(im, seed=10_000 + i) for i, im in enumerate(images)])
     pooled = np.concatenate(list(chest_scores.values()))
-    threshold = float(np.quantile(pooled, 1 - accept))
+    threshold = float(np.quantile(pooled, 1 - accept)) if threshold is None else threshold
     categories, others = held_out
     other_scores = gate.scores([o / 255.0 for o in others])
     by_category: dict[str, list[float]] = defaultdict(list)
@@ -100,6 +112,11 @@ def main(argv=None) -> None:
     keras.utils.set_random_seed(args.seed)
     train_s, val_s, _ = data.load(args.data, args.val_fraction, args.split_seed)
     train_raw, val_raw = data.load_raw(train_s), data.load_raw(val_s)
+    if args.evaluate:
+        held_out = _non_chest("held-out", max(args.per_category // 5, 20), val_raw)
+        report = evaluate(ChestGate(args.evaluate), val_raw, held_out, args.accept, args.threshold)
+        print(json.dumps(report, indent=2), flush=True)
+        return
     t0 = time.time()
     x, y = training_set(args, train_raw)
     held_out = _non_chest("held-out", max(args.per_category // 5, 20), val_raw)
@@ -122,7 +139,7 @@ def main(argv=None) -> None:
     meta = {"name": "ctai-chest-gate", "version": args.version, "input_size": args.size,
             "architecture": f"ResNet-18, width {args.width}, {args.size}x{args.size} px, 1 channel, 2 classes"}
     (args.out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-    report = evaluate(ChestGate(args.out), val_raw, held_out, args.accept)
+    report = evaluate(ChestGate(args.out), val_raw, held_out, args.accept, args.threshold)
     report.update(train_seconds=train_seconds, train_images=int(len(y)), radiographs=int(counts[1]),
                   others=int(counts[0]), args={k: str(v) for k, v in vars(args).items()})
     args.work.mkdir(parents=True, exist_ok=True)

@@ -34,5 +34,5 @@ def hardware() -> str:
     backend, names = _backend()
     where = f"Keras {keras.__version__} on {backend}"
     if names:
-        return f"{', '.join(names)}, mixed precision bfloat16, {where}"
+        return f"{', '.join(names)}, {where}"
     return f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, {where}"

@@ -146,6 +146,7 @@ def main(argv=None) -> None:
     before = metrics.compute(y_val, softmax(logits))
     after = metrics.compute(y_val, probs)
     args.out.mkdir(parents=True, exist_ok=True)
+    policy = keras.mixed_precision.global_policy().name
     # Ship the weights in a fresh float32 model: no optimizer state, runs the same on any machine.
     keras.mixed_precision.set_global_policy("float32")
     exported = build_resnet(args.depth, args.width, args.size, len(CLASSES))
@@ -163,7 +164,7 @@ def main(argv=None) -> None:
         "train_images": len(y_train), "val_images": len(y_val),
         "train_patients": len({s.patient for s in train_s}), "val_patients": len({s.patient for s in val_s}),
         "epochs_run": len(history.history["loss"]), "train_seconds": train_seconds,
-        "hardware": report.hardware(), "temperature": temperature, "bias": bias,
+        "hardware": report.hardware(), "precision": policy, "temperature": temperature, "bias": bias,
         "validation_uncalibrated": before, "validation": after,
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
     }
