@@ -1,6 +1,6 @@
 """Model load time and inference speed of a classifier (prints numbers, asserts nothing).
 
-    .venv/bin/python benchmarks/inference.py [--model DIR] [--batch 1 16 64] [--repeat 5]
+    .venv/bin/python benchmarks/inference.py [--model DIR ...] [--batch 1 16 64] [--repeat 5]
 
 Runs on the Keras backend that ``KERAS_BACKEND`` names (TensorFlow by default; JAX on the GPU
 machine). Per batch size: the network alone (``predict_on_batch``) and the calibrated
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,9 @@ def best_time(fn, repeat: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, help="model folder (default: the shipped one)")
+    parser.add_argument("--model", type=Path, action="append",
+                        help="model folder (repeatable; default: the shipped one); with several, each "
+                             "line also gives the speed relative to the first, measured in this run")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
@@ -39,22 +42,24 @@ def main() -> None:
     from ctai.model.backend import KerasClassifier, shipped_model_dir
     from training.report import hardware
 
-    t_import = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    classifier = KerasClassifier(args.model or shipped_model_dir())
-    t_load = time.perf_counter() - t0
-    print(f"{classifier.info.name} {classifier.info.version} on {hardware()}")
-    print(f"import keras ({keras.backend.backend()}): {t_import:.2f} s; load model: {t_load:.2f} s")
-    size = classifier.input_size
+    print(f"import keras ({keras.backend.backend()}): {time.perf_counter() - t0:.2f} s; {hardware()}")
+    classifiers = []
+    for folder in args.model or [shipped_model_dir()]:
+        t0 = time.perf_counter()
+        classifiers.append(KerasClassifier(folder))
+        info = classifiers[-1].info
+        print(f"{info.name} {info.version} ({folder}): load {time.perf_counter() - t0:.2f} s")
     rng = np.random.default_rng(0)
     for batch in args.batch:
-        x = rng.standard_normal((batch, size, size, 1)).astype(np.float32)
-        network = best_time(lambda: np.asarray(classifier.model.predict_on_batch(x)), args.repeat)
-        service = best_time(lambda: classifier.predict(x), args.repeat)
-        print(f"batch {batch:3d}: network {network * 1000:8.2f} ms, {batch / network:8.1f} images/s; "
-              f"calibrated predict {service * 1000:8.2f} ms, {batch / service:8.1f} images/s "
-              f"(best of {args.repeat})", flush=True)
-
+        first = None
+        for classifier in classifiers:
+            x = rng.standard_normal((batch, classifier.input_size, classifier.input_size, 1)).astype(np.float32)
+            network = best_time(partial(classifier.model.predict_on_batch, x), args.repeat)
+            service = best_time(partial(classifier.predict, x), args.repeat)
+            first = first or network
+            print(f"{classifier.info.version:>8} batch {batch:3d}: network {network * 1000:8.2f} ms, "
+                  f"{batch / network:8.1f} images/s ({first / network:.2f}x); calibrated predict "
+                  f"{service * 1000:8.2f} ms, {batch / service:8.1f} images/s (best of {args.repeat})", flush=True)
 
 if __name__ == "__main__":
     main()
