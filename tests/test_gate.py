@@ -107,3 +107,18 @@ def test_the_plugin_judges_pictures_not_ct_projections(config):
     assert ctai_skip_reason(projection, config) is None
     config["inputs"]["gate"] = False
     assert ctai_skip_reason(SourceImage("a.png", Dataset(), blank), config) is None
+
+
+def test_dicom_encodings_of_chest_radiographs_pass(gate, threshold, tmp_path):
+    """MONOCHROME1 and 12-bit MONOCHROME2 instances of the committed radiographs, read the way
+    the service reads them, pass as their JPEG originals do."""
+    from ctai.inputs import load
+    from tests.dicomfactory import dataset, picture, save
+
+    pixels = []
+    for i, path in enumerate(CHESTS):
+        gray = picture(path).astype(np.uint16)
+        inverted = save(dataset(255 - gray, "MONOCHROME1"), tmp_path / f"m1-{i}.dcm")
+        twelve_bit = save(dataset(gray * 16, bits_stored=12), tmp_path / f"m2-{i}.dcm")
+        pixels += [source.pixels for file in (inverted, twelve_bit) for source in load(file)]
+    assert (gate.scores(pixels) >= threshold).mean() >= 0.95
