@@ -52,7 +52,8 @@ def cmd_classify(args: argparse.Namespace, config: configuration.Config) -> int:
     from ctai.pipeline import Pipeline
 
     patient = PatientInfo(id=args.patient_id, name=args.patient_name, accession=args.accession)
-    job = Job(id="cli", source="cli", options={"out_dir": str(args.out)} if args.out else {})
+    options = {"send": args.deliver, **({"out_dir": str(args.out)} if args.out else {})}
+    job = Job(id="cli", source="cli", options=options)
     sources = _inputs(args.paths, patient)
     failed = 0
     for outcome in Pipeline(config).process(job, sources):
@@ -73,7 +74,7 @@ def cmd_evaluate(args: argparse.Namespace, config: configuration.Config) -> int:
     label_of = {str(s.path): s.label for s in samples}
     sources = _inputs([s.path for s in samples], PatientInfo())
     y, probs = [], []
-    for outcome in Pipeline(config).process(Job(id="evaluate", source="cli"), sources):
+    for outcome in Pipeline(config).process(Job(id="evaluate", source="cli", options={"send": False}), sources):
         if isinstance(outcome, Failure):
             print(f"{outcome.path}: error: {outcome.reason}", file=sys.stderr)
             continue
@@ -117,9 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patient-id", default="", help="patient ID for PNG/JPEG inputs")
     p.add_argument("--patient-name", default="", help="patient name (DICOM PN, e.g. Doe^Jane) for PNG/JPEG inputs")
     p.add_argument("--accession", default="", help="accession number for PNG/JPEG inputs")
+    p.add_argument("--deliver", action="store_true",
+                   help="also send the results to the configured PACS, HIS and Orthanc ([cstore], [hl7], "
+                        "[orthanc] deliver); without it nothing leaves this machine")
     p.set_defaults(func=cmd_classify)
 
-    p = commands.add_parser("evaluate", help="metrics on a labelled folder (NORMAL/, PNEUMONIA/)")
+    p = commands.add_parser("evaluate", help="metrics on a labelled folder (NORMAL/, PNEUMONIA/); "
+                                             "sends nothing to the PACS or HIS")
     p.add_argument("folder", type=Path)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)

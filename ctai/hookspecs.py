@@ -96,8 +96,10 @@ def ctai_make_outputs(result: Result, config: Config) -> list[Output] | None:
 def ctai_deliver(result: Result, job: Job, config: Config) -> None:
     """Send or store a result's outputs (folder, Orthanc, C-STORE, HL7, ...).
 
-    Called by the pipeline once per classified image, after ``ctai_make_outputs``. Raise if
-    delivery fails: the job fails, and its runner (the worker) retries it or records why.
+    Called by the pipeline once per classified image, after ``ctai_make_outputs``. A plugin
+    that sends to another system (PACS, HIS, Orthanc, ...) does nothing unless ``job.sends``;
+    local outputs (a folder) are written either way. Raise if delivery fails: the job fails,
+    and its runner (the worker) retries it or records why.
     """
 
 

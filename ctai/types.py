@@ -84,3 +84,9 @@ class Job:
     id: str
     source: str
     options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sends(self) -> bool:
+        """Whether results may go to other systems (PACS, HIS, ...): not for a local run such as
+        ``ctai classify`` without ``--deliver`` (option ``send`` false)."""
+        return bool(self.options.get("send", True))

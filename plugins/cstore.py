@@ -26,7 +26,7 @@ def destination(config: Config) -> Peer | None:
 @hookimpl
 def ctai_deliver(result: Result, job: Job, config: Config) -> None:
     peer = destination(config)
-    if peer is None:
+    if peer is None or not job.sends:
         return
     outbox = Outbox.from_config(config)
     key = f"{peer.ae_title}@{peer.host}:{peer.port}"

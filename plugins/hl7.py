@@ -190,7 +190,7 @@ def control_id(dedup: str) -> str:
 def ctai_deliver(result: Result, job: Job, config: Config) -> None:
     """Queue the ORU^R01 of ``result`` for the HIS when ``[hl7] host`` is set."""
     settings = config["hl7"]
-    if not settings["host"]:
+    if not settings["host"] or not job.sends:
         return
     ds = result.source.dataset
     if not str(ds.get("PatientID", "")).strip():

@@ -82,7 +82,7 @@ def ctai_load_job(job: Job, config: Config) -> list[SourceImage | Failure] | Non
 @hookimpl
 def ctai_deliver(result: Result, job: Job, config: Config) -> None:
     """Upload the SR, SC (every output) into Orthanc: the source's study, since they copy its UIDs."""
-    if job.source != SOURCE and not config["orthanc"]["deliver"]:
+    if not job.sends or (job.source != SOURCE and not config["orthanc"]["deliver"]):
         return
     orthanc = client(config)
     for output in result.outputs:

@@ -141,3 +141,22 @@ def test_stdout_holds_only_json_lines(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr
     [line] = proc.stdout.splitlines()
     assert json.loads(line)["path"] == str(NORMAL)
+
+
+def test_only_an_explicit_deliver_sends_anything(capsys, tmp_path: Path, monkeypatch):
+    """With a site configuration naming a PACS and a HIS, `classify` and `evaluate` queue
+    nothing unless `classify --deliver` is given."""
+    from ctai import config as configuration
+    from ctai.outbox import Outbox
+    from tests.test_training import kermany_layout
+
+    site = {"CTAI_DATA__DIR": str(tmp_path / "data"), "CTAI_CSTORE__HOST": "127.0.0.1",
+            "CTAI_CSTORE__PORT": "11113", "CTAI_HL7__HOST": "127.0.0.1", "CTAI_HL7__PORT": "2576"}
+    for key, value in site.items():
+        monkeypatch.setenv(key, value)
+    outbox = Outbox.from_config(configuration.load(environ=site))
+    assert main(["classify", "--patient-id", "P1", str(NORMAL)]) == 0
+    assert main(["evaluate", str(kermany_layout(tmp_path / "set"))]) == 0
+    assert outbox.messages() == []
+    assert main(["classify", "--deliver", "--patient-id", "P1", str(NORMAL)]) == 0
+    assert {m.channel for m in outbox.messages()} == {"cstore", "hl7"}
