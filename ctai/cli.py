@@ -52,7 +52,8 @@ def cmd_classify(args: argparse.Namespace, config: configuration.Config) -> int:
     from ctai.pipeline import Pipeline
 
     patient = PatientInfo(id=args.patient_id, name=args.patient_name, accession=args.accession)
-    options = {"send": args.deliver, **({"out_dir": str(args.out)} if args.out else {})}
+    options = {"send": args.deliver, "outputs": bool(args.out or args.deliver or config["folder"]["path"]),
+               **({"out_dir": str(args.out)} if args.out else {})}
     job = Job(id="cli", source="cli", options=options)
     sources = _inputs(args.paths, patient)
     failed = 0
@@ -74,7 +75,8 @@ def cmd_evaluate(args: argparse.Namespace, config: configuration.Config) -> int:
     label_of = {str(s.path): s.label for s in samples}
     sources = _inputs([s.path for s in samples], PatientInfo())
     y, probs = [], []
-    for outcome in Pipeline(config).process(Job(id="evaluate", source="cli", options={"send": False}), sources):
+    job = Job(id="evaluate", source="cli", options={"send": False, "outputs": False})
+    for outcome in Pipeline(config).process(job, sources):
         if isinstance(outcome, Failure):
             print(f"{outcome.path}: error: {outcome.reason}", file=sys.stderr)
             continue

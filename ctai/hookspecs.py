@@ -87,8 +87,9 @@ def ctai_classifier(config: Config) -> Classifier | None:
 def ctai_make_outputs(result: Result, config: Config) -> list[Output] | None:
     """Turn a classification result into output objects (DICOM SR, Secondary Capture, ...).
 
-    Called by the pipeline once per classified image. Return the objects this plugin makes;
-    the pipeline collects them from every plugin into ``result.outputs``.
+    Called by the pipeline once per classified image, unless the job makes no outputs
+    (``Job.makes_outputs``: nothing would write or send them). Return the objects this plugin
+    makes; the pipeline collects them from every plugin into ``result.outputs``.
     """
 
 

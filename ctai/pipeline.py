@@ -101,6 +101,7 @@ class Pipeline:
         return source
 
     def _finish(self, result: Result, job: Job) -> None:
-        for outputs in self.pm.hook.ctai_make_outputs(result=result, config=self.config):
-            result.outputs.extend(outputs or [])
+        if job.makes_outputs:
+            for outputs in self.pm.hook.ctai_make_outputs(result=result, config=self.config):
+                result.outputs.extend(outputs or [])
         self.pm.hook.ctai_deliver(result=result, job=job, config=self.config)

@@ -90,3 +90,9 @@ class Job:
         """Whether results may go to other systems (PACS, HIS, ...): not for a local run such as
         ``ctai classify`` without ``--deliver`` (option ``send`` false)."""
         return bool(self.options.get("send", True))
+
+    @property
+    def makes_outputs(self) -> bool:
+        """Whether SR, SC and other output objects are built: not when nothing will write or
+        send them (option ``outputs`` false, e.g. ``ctai classify --json`` alone)."""
+        return bool(self.options.get("outputs", True))

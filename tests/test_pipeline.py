@@ -72,6 +72,13 @@ def test_outputs_are_made_then_delivered_then_job_finishes(recorder):
     assert rec.events == ["deliver ['sc', 'sr']", "finished 1 1"]
 
 
+def test_no_outputs_are_built_when_nothing_would_use_them(recorder):
+    pipeline, rec = recorder
+    [outcome] = pipeline.run(Job(id="j", source="test", options={"outputs": False}), sources(1))
+    assert isinstance(outcome, Result) and outcome.outputs == []
+    assert rec.events == ["deliver []", "finished 1 0"]
+
+
 def test_non_chest_image_is_skipped_with_reason(recorder):
     pipeline, rec = recorder
     image = sources(1)[0]
