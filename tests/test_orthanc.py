@@ -215,3 +215,20 @@ else:
             assert status_metadata(harness, answer["ParentSeries"])["error"] == reason
         assert re.fullmatch(r"\d{8}T\d{6}", status_metadata(harness, answer["ParentSeries"])["time"])
         assert harness.outputs(answer["ParentStudy"]) == {}
+
+    def test_a_chest_series_whose_pixels_are_not_a_radiograph_is_skipped_by_the_gate(harness):
+        """Mislabelled: the header says chest DX, the pixels are a scanned page."""
+        import numpy as np
+        from PIL import Image
+
+        from ctai.inputs.wrap import PatientInfo, wrap_image
+        from training.nonchest import text_page
+
+        page = Image.fromarray(np.round(text_page(np.random.default_rng(4)) * 255).astype(np.uint8))
+        ds = wrap_image(page, PatientInfo(id="PAGE1"), "page.png")
+        ds.Modality, ds.BodyPartExamined = "DX", "CHEST"
+        answer = harness.upload(ds)
+        skipped = record(harness, answer["ParentSeries"], "skipped", timeout=30)
+        assert skipped.error.startswith("skipped: not a frontal chest radiograph (chest-image score")
+        assert status_metadata(harness, answer["ParentSeries"])["error"] == skipped.error
+        assert harness.outputs(answer["ParentStudy"]) == {}
