@@ -144,14 +144,15 @@ class Outbox:
         """Make ``message`` a dead letter, with the reason, for ``ctai outbox``."""
         with self._db() as db:
             db.execute("UPDATE outbox SET state = 'dead', done = ?, attempts = attempts + 1, last_error = ?"
-                       " WHERE id = ?", (time.time(), error, message.id))
+                       " WHERE id = ? AND state = 'pending'", (time.time(), error, message.id))
 
     def retry_later(self, message: Message, error: str, now: float) -> float:
         """Count a failed attempt and schedule the next one with exponential backoff; returns the delay."""
         delay = min(self.initial_backoff * 2 ** min(message.attempts, 30), self.max_backoff)
         with self._db() as db:
+            # Not if `ctai outbox drop` dropped it meanwhile.
             db.execute("UPDATE outbox SET attempts = attempts + 1, next_attempt = ?, last_error = ?"
-                       " WHERE id = ?",
+                       " WHERE id = ? AND state = 'pending'",
                        (now + delay, error, message.id))
         return delay
 
@@ -222,7 +223,7 @@ def _send(outbox: Outbox, message: Message, sender: Sender, now: float) -> str:
         if message.attempts + 1 >= outbox.max_attempts:
             return _die(outbox, message, f"{error} (attempt {message.attempts + 1} of {outbox.max_attempts})")
         delay = outbox.retry_later(message, error, now)
-        log.warning("outbox %s #%d (%s) not delivered (%s); retry in %.3g s", message.channel, message.id,
+        log.warning("outbox %s #%d (%s) not delivered (%s); retry in %g s", message.channel, message.id,
                     message.key, error, delay)
         return "retry"
     outbox.mark_delivered(message)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from ctai.cli import build_parser
 from ctai.errors import TransientError
 from ctai.outbox import Outbox, OutboxSender, Undeliverable, send_due
 from tests.peers import fast_outbox, wait_until
@@ -190,3 +191,28 @@ def test_sender_threads_deliver_and_only_one_process_sends(config):
         for sender in senders:
             sender.stop()
     assert sorted([first.received, second.received], key=len) == [[], [b"m%d" % n for n in range(5)]]
+
+
+def test_ctai_outbox_retry_all_and_its_exit_status(config, capsys):
+    def ctai_outbox(*args: str) -> int:
+        parsed = build_parser().parse_args(["outbox", *args])
+        return parsed.func(parsed, config)
+
+    outbox = Outbox.from_config(config)
+    assert ctai_outbox() == 0 and capsys.readouterr().out == ""
+    peer = Peer()
+    peer.refused.update({b"a", b"b"})
+    for name in "ab":
+        outbox.put("cstore", name, PACS, name.encode(), dedup=name)
+    send_due(outbox, "cstore", peer, now=T)
+    assert ctai_outbox() == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "#1 cstore dead a attempts=1 refused: SOP class not supported",
+        "#2 cstore dead b attempts=1 refused: SOP class not supported"]
+    assert ctai_outbox("retry", "--all") == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "2 dead letter(s) pending again", "#1 cstore pending a attempts=0 refused: SOP class not supported",
+        "#2 cstore pending b attempts=0 refused: SOP class not supported"]
+    peer.refused.clear()
+    send_due(outbox, "cstore", peer, now=T)
+    assert ctai_outbox() == 0
