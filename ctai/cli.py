@@ -138,9 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plugins)
 
-    p = commands.add_parser("outbox", help="messages to the PACS and HIS not delivered yet (exit 1 if any)")
+    p = commands.add_parser("outbox", help="messages to the PACS and HIS not delivered yet, pending or dead"
+                            " letters (exit 1 if any)")
     p.add_argument("--send", action="store_true", help="send every pending message now, ignoring backoff")
     p.set_defaults(func=_command("ctai.outbox:cmd_outbox"))
+    actions = p.add_subparsers(dest="action")
+    retry = actions.add_parser("retry", help="make a dead letter (or --all) pending again")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", type=int, nargs="?", help="the message's number, as `ctai outbox` lists it")
+    which.add_argument("--all", action="store_true", help="every dead letter")
+    drop = actions.add_parser("drop", help="never send this message (it stays listed as dropped in the database)")
+    drop.add_argument("id", type=int)
 
     p = commands.add_parser("web", help="run the phone-upload web app ([web] in the configuration)")
     p.set_defaults(func=_command("ctai.web.app:cmd_web"))

@@ -1,15 +1,23 @@
 """A persistent outbox for messages to other systems (HL7 ORU over MLLP, C-STORE to a PACS).
 
 Messages live in SQLite under the data folder until the peer acknowledged them, so a peer that
-is down for an hour, or a restart of ctai, loses nothing. Per key (a patient for HL7, a
-destination for C-STORE) messages go out strictly in the order they were put; a key whose head
-message fails waits with exponential backoff while other keys go on. A message is marked
-delivered only after the peer's positive answer (HL7 AA / CA, C-STORE Success or Warning).
-A crash between that answer and the mark resends the message once more: receivers recognise it
-by its HL7 message control ID (MSH-10) or its SOP Instance UID.
+is down for an hour, or a restart of ctai, loses nothing. Per key (a patient for HL7, a study
+for C-STORE) messages go out strictly in the order they were put; a key whose head message
+fails waits with exponential backoff while other keys go on. A message is marked delivered only
+after the peer's positive answer (HL7 AA / CA, C-STORE Success or Warning). A crash between
+that answer and the mark resends the message once more: receivers recognise it by its HL7
+message control ID (MSH-10) or its SOP Instance UID.
 
-Senders raise ``Undeliverable`` for a message no retry can deliver (it is kept, marked failed,
-and shown by ``ctai outbox``); any other exception means "try again later".
+Each channel's sender classifies the peer's answer; the consequences live here:
+
+* it returns: delivered;
+* it raises ``Undeliverable`` (the peer refused the message for good): a dead letter at once;
+* any other exception (peer down, timeout, out of resources): retried with backoff, and a dead
+  letter after ``max_attempts`` attempts.
+
+A dead letter (state ``dead``) is logged at ERROR once, no longer holds up its key, and waits
+for a person: ``ctai outbox retry`` makes it pending again, ``ctai outbox drop`` marks it
+``dropped`` (the row stays, as an audit trail, and keeps the content from being queued again).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import fcntl
 import json
 import logging
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -50,6 +59,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (channel, key, id) WHERE state = 'pending';
+-- Before dead letters had a name of their own they were 'failed'.
+UPDATE outbox SET state = 'dead' WHERE state = 'failed';
 """
 
 
@@ -72,10 +83,12 @@ class Message:
 class Outbox:
     """The outbox table in ``path`` (SQLite, WAL mode: one writer at a time, any process)."""
 
-    def __init__(self, path: Path, initial_backoff: float = 5.0, max_backoff: float = 300.0) -> None:
+    def __init__(self, path: Path, initial_backoff: float = 5.0, max_backoff: float = 300.0,
+                 max_attempts: int = 10) -> None:
         self.path = path
         self.initial_backoff = initial_backoff
         self.max_backoff = max_backoff
+        self.max_attempts = max_attempts
         with self._db() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
@@ -84,7 +97,7 @@ class Outbox:
     def from_config(cls, config: Config) -> Outbox:
         settings = config["outbox"]
         return cls(data_dir(config) / "outbox.sqlite3", float(settings["initial_backoff"]),
-                   float(settings["max_backoff"]))
+                   float(settings["max_backoff"]), int(settings["max_attempts"]))
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -127,20 +140,36 @@ class Outbox:
             db.execute("UPDATE outbox SET state = 'delivered', done = ?, attempts = attempts + 1,"
                        " last_error = NULL, payload = X'' WHERE id = ?", (time.time(), message.id))
 
-    def mark_failed(self, message: Message, error: str) -> None:
-        """Keep a message no retry can deliver, with the reason, for ``ctai outbox``."""
+    def mark_dead(self, message: Message, error: str) -> None:
+        """Make ``message`` a dead letter, with the reason, for ``ctai outbox``."""
         with self._db() as db:
-            db.execute("UPDATE outbox SET state = 'failed', done = ?, attempts = attempts + 1, last_error = ?"
-                       " WHERE id = ?", (time.time(), error, message.id))
+            db.execute("UPDATE outbox SET state = 'dead', done = ?, attempts = attempts + 1, last_error = ?"
+                       " WHERE id = ? AND state = 'pending'", (time.time(), error, message.id))
 
     def retry_later(self, message: Message, error: str, now: float) -> float:
         """Count a failed attempt and schedule the next one with exponential backoff; returns the delay."""
         delay = min(self.initial_backoff * 2 ** min(message.attempts, 30), self.max_backoff)
         with self._db() as db:
+            # Not if `ctai outbox drop` dropped it meanwhile.
             db.execute("UPDATE outbox SET attempts = attempts + 1, next_attempt = ?, last_error = ?"
-                       " WHERE id = ?",
+                       " WHERE id = ? AND state = 'pending'",
                        (now + delay, error, message.id))
         return delay
+
+    def revive(self, message_id: int | None = None) -> int:
+        """Make dead letters pending and due now, their attempts counted afresh: the one with
+        ``message_id``, or all if None. Returns how many."""
+        with self._db() as db:
+            return db.execute("UPDATE outbox SET state = 'pending', attempts = 0, next_attempt = 0, done = NULL"
+                              " WHERE state = 'dead' AND (? IS NULL OR id = ?)",
+                              (message_id, message_id)).rowcount
+
+    def drop(self, message_id: int) -> bool:
+        """Give up a pending message or dead letter: it stays, marked ``dropped``, never sent."""
+        with self._db() as db:
+            return db.execute("UPDATE outbox SET state = 'dropped', done = ?"
+                              " WHERE id = ? AND state IN ('pending', 'dead')",
+                              (time.time(), message_id)).rowcount == 1
 
     def retry_now(self, channel: str | None = None) -> None:
         """Make every pending message due now (``ctai outbox --send``)."""
@@ -184,21 +213,34 @@ def send_due(outbox: Outbox, channel: str, sender: Sender, now: float | None = N
 
 
 def _send(outbox: Outbox, message: Message, sender: Sender, now: float) -> str:
-    """Send one message and record the outcome: "delivered", "failed" (for good) or "retry"."""
+    """Send one message and record the outcome: "delivered", "dead" or "retry"."""
     try:
         sender(message.destination, message.payload)
     except Undeliverable as exc:
-        log.error("outbox %s #%d (%s) refused for good, kept as failed: %s", message.channel, message.id,
-                  message.key, exc)
-        outbox.mark_failed(message, str(exc))
-        return "failed"
-    except Exception as exc:  # noqa: BLE001 - any other failure: retry later, never drop
-        delay = outbox.retry_later(message, f"{type(exc).__name__}: {exc}", now)
-        log.warning("outbox %s #%d (%s) not delivered (%s: %s); retry in %.0f s", message.channel, message.id,
-                    message.key, type(exc).__name__, exc, delay)
+        return _die(outbox, message, f"refused: {exc}")
+    except Exception as exc:  # noqa: BLE001 - any other failure is transient
+        error = describe(exc)
+        if message.attempts + 1 >= outbox.max_attempts:
+            return _die(outbox, message, f"{error} (attempt {message.attempts + 1} of {outbox.max_attempts})")
+        delay = outbox.retry_later(message, error, now)
+        log.warning("outbox %s #%d (%s) not delivered (%s); retry in %g s", message.channel, message.id,
+                    message.key, error, delay)
         return "retry"
     outbox.mark_delivered(message)
     return "delivered"
+
+
+def _die(outbox: Outbox, message: Message, reason: str) -> str:
+    outbox.mark_dead(message, reason)
+    log.error("outbox %s #%d (%s) is a dead letter: %s; see `ctai outbox`", message.channel, message.id,
+              message.key, reason)
+    return "dead"
+
+
+def describe(exc: BaseException) -> str:
+    """The exception's class and message, e.g. "ConnectionRefusedError: [Errno 111] Connection refused"."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def default_senders() -> dict[str, Sender]:
@@ -283,13 +325,23 @@ class OutboxSender:
 
 
 def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
-    """``ctai outbox``: messages not delivered yet (exit 1 if any); ``--send`` sends them now."""
+    """``ctai outbox [--send]``, ``ctai outbox retry ID|--all``, ``ctai outbox drop ID``.
+
+    Lists the messages not delivered yet, pending and dead letters; exits 1 if there are any.
+    """
+    outbox = Outbox.from_config(config)
+    if args.action == "retry":
+        print(f"{outbox.revive(None if args.all else args.id)} dead letter(s) pending again")
+    elif args.action == "drop":
+        if not outbox.drop(args.id):
+            print(f"ctai: no pending message or dead letter #{args.id}", file=sys.stderr)
+            return 2
+        print(f"#{args.id} dropped")
     if args.send:
         for channel, delivered in send_now(config).items():
             print(f"{channel}: " + ("being sent by another ctai process" if delivered is None
                                     else f"{delivered} delivered now"))
-    outbox = Outbox.from_config(config)
-    waiting = outbox.messages("pending") + outbox.messages("failed")
+    waiting = outbox.messages("pending") + outbox.messages("dead")
     for m in waiting:
         print(f"#{m.id} {m.channel} {m.state} {m.key} attempts={m.attempts} {m.last_error or ''}".rstrip())
     return 1 if waiting else 0

@@ -1,8 +1,9 @@
 """Delivery by C-STORE (PS3.4 Annex B) of every output (SR, SC, an uploaded photo) to the peer in ``[cstore]``.
 
 The objects go into the persistent outbox (``ctai.outbox``, channel ``cstore``, ordered per
-destination); its sender stores them and retries with backoff while the peer is down, so a
-job never waits for the PACS.
+destination and study: the SR and SC of a study keep their order, other studies do not wait for
+them); its sender stores them and retries with backoff while the peer is down, so a job never
+waits for the PACS.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ def ctai_deliver(result: Result, job: Job, config: Config) -> None:
     if peer is None or not job.sends:
         return
     outbox = Outbox.from_config(config)
-    key = f"{peer.ae_title}@{peer.host}:{peer.port}"
+    where = f"{peer.ae_title}@{peer.host}:{peer.port}"
     for output in result.outputs:
         # Output UIDs are deterministic (ctai.uids): the same object is queued once per peer.
-        outbox.put("cstore", key, asdict(peer), to_bytes(output.dataset),
-                   dedup=f"cstore:{key}:{output.dataset.SOPInstanceUID}")
+        outbox.put("cstore", f"{where}/{output.dataset.StudyInstanceUID}", asdict(peer), to_bytes(output.dataset),
+                   dedup=f"cstore:{where}:{output.dataset.SOPInstanceUID}")

@@ -1,7 +1,8 @@
 """Results to the HIS: one HL7 v2.5 ORU^R01 (ch. 7, unsolicited observation) per classified image.
 
 Sent over MLLP to ``[hl7] host:port`` through the persistent outbox (``ctai.outbox``, channel
-``hl7``, ordered per patient): AA delivers; AE, AR or no answer retry with backoff.
+``hl7``, ordered per patient): AA delivers; AE or AR make it a dead letter at once (see
+``ctai.transports.mllp``); no answer is retried with backoff.
 
 Mapping from the source image (PS3.3 C.7.1.1, C.7.2.1) to the message:
 PID-3 Patient ID (CX.4 Issuer of Patient ID), PID-5 Patient's Name (DICOM family^given^middle^
@@ -201,5 +202,7 @@ def ctai_deliver(result: Result, job: Job, config: Config) -> None:
     message = build_oru(result, settings, control_id(dedup), datetime.now().astimezone())
     destination = {"host": settings["host"], "port": int(settings["port"]),
                    "ack_timeout": float(settings["ack_timeout"])}
-    payload = message.to_er7().encode(ENCODING)
+    # to_er7() puts <CR> between segments; HL7 v2.5 ch. 2 ends every segment with it (the segment
+    # terminator), the last one too.
+    payload = (message.to_er7() + "\r").encode(ENCODING)
     Outbox.from_config(config).put("hl7", patient_key(ds), destination, payload, dedup)

@@ -130,10 +130,13 @@ def ack(message: str, code: str, text: str = "") -> str:
 
 
 class StoreSCP:
-    """A pynetdicom Storage SCP on 127.0.0.1 that accepts only the given SOP classes."""
+    """A pynetdicom Storage SCP on 127.0.0.1 that accepts only the given SOP classes and answers
+    each C-STORE with ``statuses[SOP Instance UID]``, Success if not there (what it answers with
+    Success or Warning is received)."""
 
     def __init__(self, *sop_classes: str) -> None:
         self.received: list[Dataset] = []
+        self.statuses: dict[str, int] = {}
         ae = AE(ae_title="PACS")
         for sop_class in sop_classes:
             ae.add_supported_context(sop_class, ExplicitVRLittleEndian)
@@ -142,5 +145,7 @@ class StoreSCP:
         self.peer = dicom_scu.Peer("127.0.0.1", self.server.server_address[1], "PACS", timeout=10)
 
     def on_store(self, event) -> int:
-        self.received.append(event.dataset)
-        return 0x0000
+        status = self.statuses.get(event.dataset.SOPInstanceUID, 0x0000)
+        if status == 0x0000 or 0xB000 <= status <= 0xBFFF:
+            self.received.append(event.dataset)
+        return status

@@ -7,11 +7,13 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 
 import pytest
 from pydicom import Dataset, dcmread
+from pynetdicom import AE
 from pydicom.uid import (
     Comprehensive3DSRStorage,
     ComprehensiveSRStorage,
@@ -19,6 +21,8 @@ from pydicom.uid import (
 )
 
 from ctai import config as configuration
+from ctai.cli import build_parser
+from ctai.errors import TransientError
 from ctai.inputs.dicom import to_bytes
 from ctai.outbox import Outbox, Undeliverable, send_due
 from ctai.plugins import plugin_manager
@@ -46,10 +50,7 @@ exit $status
 @pytest.fixture(scope="module")
 def classified() -> Result:
     """A result with the SR and SC that the sr and sc plugins make of it."""
-    classified = result()
-    config = configuration.load(environ={})
-    for outputs in plugin_manager(config).hook.ctai_make_outputs(result=classified, config=config):
-        classified.outputs.extend(outputs or [])
+    classified = with_outputs(result())
     assert sorted(o.kind for o in classified.outputs) == ["sc", "sr"]
     return classified
 
@@ -139,3 +140,98 @@ def test_outbox_delivers_to_a_peer_once(config, classified, peer):
     assert send_due(outbox, "cstore", dicom_scu.deliver, now=9e9) == 0
     assert sorted(ds.SOPInstanceUID for ds in peer.received) == sorted(
         o.dataset.SOPInstanceUID for o in classified.outputs)
+
+
+def with_outputs(classified: Result) -> Result:
+    config = configuration.load(environ={})
+    for outputs in plugin_manager(config).hook.ctai_make_outputs(result=classified, config=config):
+        classified.outputs.extend(outputs or [])
+    return classified
+
+
+@pytest.fixture(scope="module")
+def other_study() -> Result:
+    return with_outputs(result("IM-0115-0001.jpeg"))
+
+
+def outbox_command(config, *args: str) -> int:
+    """``ctai outbox ARGS`` on ``config``."""
+    parsed = build_parser().parse_args(["outbox", *args])
+    return parsed.func(parsed, config)
+
+
+def test_a_refused_object_is_a_dead_letter_others_go_on_and_retry_delivers_it(config, classified, other_study,
+                                                                              peer, capsys):
+    config["cstore"].update(host="127.0.0.1", port=peer.peer.port, ae_title="PACS")
+    refused = sr_of(classified).SOPInstanceUID
+    peer.statuses[refused] = 0xC000
+    cstore.ctai_deliver(result=classified, job=JOB, config=config)
+    cstore.ctai_deliver(result=other_study, job=JOB, config=config)
+    outbox = Outbox.from_config(config)
+    assert send_due(outbox, "cstore", dicom_scu.deliver) == 3
+    assert refused not in {ds.SOPInstanceUID for ds in peer.received} and len(peer.received) == 3
+    [dead] = outbox.messages("dead")
+    capsys.readouterr()
+    assert outbox_command(config) == 1
+    assert capsys.readouterr().out == f"#{dead.id} cstore dead {dead.key} attempts=1 {dead.last_error}\n"
+    assert "status 0xC000" in dead.last_error and refused in dead.last_error
+
+    del peer.statuses[refused]
+    assert outbox_command(config, "retry", str(dead.id)) == 1  # pending now
+    assert send_due(outbox, "cstore", dicom_scu.deliver) == 1
+    assert peer.received[-1].SOPInstanceUID == refused
+    assert outbox_command(config) == 0
+
+
+def test_drop_keeps_the_dead_letter_out_of_the_listing(config, classified, peer, capsys):
+    config["cstore"].update(host="127.0.0.1", port=peer.peer.port, ae_title="PACS")
+    for output in classified.outputs:
+        peer.statuses[output.dataset.SOPInstanceUID] = 0x0122
+    cstore.ctai_deliver(result=classified, job=JOB, config=config)
+    outbox = Outbox.from_config(config)
+    send_due(outbox, "cstore", dicom_scu.deliver)
+    first, second = outbox.messages("dead")
+    assert outbox_command(config, "drop", str(first.id)) == 1
+    assert outbox_command(config, "drop", str(first.id)) == 2  # not there any more
+    assert outbox_command(config, "drop", str(second.id)) == 0
+    assert [m.state for m in outbox.messages()] == ["dropped", "dropped"]
+
+
+@pytest.mark.parametrize(("status", "states"), [
+    # Transient: the SR waits for its next attempt, and the SC of its study behind it.
+    (0xA700, ["pending", "pending"]), (0x0213, ["pending", "pending"]), (0x0110, ["pending", "pending"]),
+    # Permanent: the SR is a dead letter, the SC goes on.
+    (0xA900, ["dead", "delivered"]), (0xC000, ["dead", "delivered"]), (0x0122, ["dead", "delivered"]),
+    (0x0117, ["dead", "delivered"]), (0x0124, ["dead", "delivered"]),
+    # Warnings: stored.
+    (0xB000, ["delivered", "delivered"]), (0xB006, ["delivered", "delivered"]), (0xB007, ["delivered", "delivered"]),
+])
+def test_each_dimse_status_is_delivered_transient_or_permanent(config, classified, peer, status, states):
+    config["cstore"].update(host="127.0.0.1", port=peer.peer.port, ae_title="PACS")
+    peer.statuses[sr_of(classified).SOPInstanceUID] = status
+    cstore.ctai_deliver(result=classified, job=JOB, config=config)
+    outbox = Outbox.from_config(config)
+    send_due(outbox, "cstore", dicom_scu.deliver)
+    sr, sc = sorted(outbox.messages(), key=lambda m: m.last_error is None)
+    assert [sr.state, sc.state] == states
+    assert sr.last_error is None if states[0] == "delivered" else f"0x{status:04X}" in sr.last_error
+
+
+def test_association_rejected_permanent_or_transient(classified):
+    scp = StoreSCP(ComprehensiveSRStorage, SecondaryCaptureImageStorage)
+    try:
+        wrong_title = replace(scp.peer, ae_title="NOT-PACS")
+        scp.server.ae.require_called_aet = True
+        with pytest.raises(Undeliverable, match=r"rejected \(permanent\)"):
+            dicom_scu.store(wrong_title, [sr_of(classified)])
+        scp.server.ae.maximum_associations = 1
+        holder = AE()
+        holder.add_requested_context(ComprehensiveSRStorage)
+        held = holder.associate(scp.peer.host, scp.peer.port, ae_title="PACS")
+        try:
+            with pytest.raises(TransientError, match=r"rejected \(transient\)"):
+                dicom_scu.store(scp.peer, [sr_of(classified)])
+        finally:
+            held.release()
+    finally:
+        scp.server.shutdown()

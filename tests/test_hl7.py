@@ -1,5 +1,6 @@
 """HL7 v2.5 ORU^R01 results: the message (parsed strictly by hl7apy), and delivery over MLLP to
-hl7apy's MLLPServer through the outbox: AA, AE, no answer, and an HIS that is down and comes back."""
+hl7apy's MLLPServer through the outbox: AA, AE and AR (dead letters), no answer (retried up to
+max_attempts), and an HIS that is down and comes back."""
 
 from __future__ import annotations
 
@@ -101,6 +102,9 @@ def test_deliver_queues_one_message_per_result_keyed_by_patient(config):
     hl7.ctai_deliver(result=result(patient=PatientInfo()), job=None, config=config)  # no Patient ID
     [message] = Outbox.from_config(config).messages()
     assert (message.channel, message.key) == ("hl7", "/PAT-1")
+    segments = message.payload.decode().split("\r")
+    assert segments[0].startswith("MSH|") and segments[-1] == ""  # every segment ends with <CR>, the last too
+    assert all(segments[:-1])
     assert mllp.control_id(message.payload.decode()) == hl7.control_id(
         f"hl7:{classified.source.dataset.SOPInstanceUID}:resnet18-test:0.0")
 
@@ -131,16 +135,35 @@ def test_aa_delivers_a_strictly_valid_message(config, his):
     assert len(his.accepted) == 1 and outbox.messages("pending") == []
 
 
-def test_ae_means_retry_and_the_message_is_accepted_once(config, his):
-    his.codes = ["AE"]
+@pytest.mark.parametrize("code", ["AE", "AR"])
+def test_ae_or_ar_is_a_dead_letter_others_go_on_and_retry_delivers_it_once(config, his, code):
+    his.codes = [code]
     config["hl7"]["port"] = his.start().port
-    outbox = queue_results(config, [PATIENT])
-    assert send_due(outbox, "hl7", mllp.deliver) == 0
-    [pending] = outbox.messages("pending")
-    assert "answered AE" in pending.last_error
-    assert send_due(outbox, "hl7", mllp.deliver, now=9e9) == 1
+    other = PatientInfo(id="PAT-2", name="Doe^John")
+    outbox = queue_results(config, [PATIENT, other, PATIENT])
+    assert send_due(outbox, "hl7", mllp.deliver) == 2  # the patient's next message too: it does not wait
+    [dead] = outbox.messages("dead")
+    assert dead.key == "/PAT-1" and dead.last_error == f"refused: the receiver answered {code}"
+    assert outbox.revive(dead.id) == 1
+    assert send_due(outbox, "hl7", mllp.deliver) == 1
     assert send_due(outbox, "hl7", mllp.deliver, now=9e9) == 0
-    assert (his.received, len(his.accepted)) == (2, 1)
+    assert (his.received, len(his.accepted)) == (4, 3)
+
+
+def test_no_answer_is_retried_until_max_attempts(config):
+    config["outbox"]["max_attempts"] = 2
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        config["hl7"]["port"] = silent.getsockname()[1]
+        outbox = queue_results(config, [PATIENT])
+
+        def impatient(destination, payload: bytes) -> None:
+            mllp.deliver({**destination, "ack_timeout": 0.2}, payload)
+
+        sent = [send_due(outbox, "hl7", impatient, now=9e9 + 100 * n) for n in range(3)]
+    [dead] = outbox.messages("dead")
+    assert sent == [0, 0, 0] and dead.attempts == 2 and dead.last_error.startswith("TimeoutError")
 
 
 def test_no_answer_in_time_means_retry(config):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Mapping
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from ctai.cli import build_parser
 from ctai.errors import TransientError
 from ctai.outbox import Outbox, OutboxSender, Undeliverable, send_due
 from tests.peers import fast_outbox, wait_until
@@ -101,16 +103,69 @@ def test_a_down_destination_costs_one_attempt_per_pass(outbox):
     assert peer.calls == 1
 
 
-def test_refused_message_is_kept_as_failed_and_the_key_goes_on(outbox):
+def test_a_refused_message_is_a_dead_letter_at_once_and_its_key_goes_on(outbox, caplog):
     peer = Peer()
     peer.refused.add(b"bad")
-    outbox.put("cstore", "pacs", PACS, b"bad", dedup="1")
-    outbox.put("cstore", "pacs", PACS, b"good", dedup="2")
+    outbox.put("cstore", "study-1", PACS, b"bad", dedup="1")
+    outbox.put("cstore", "study-1", PACS, b"good", dedup="2")
     send_due(outbox, "cstore", peer, now=T)
     send_due(outbox, "cstore", peer, now=T)
     assert peer.received == [b"good"]
-    [failed] = outbox.messages("failed")
-    assert failed.payload == b"bad" and "not supported" in failed.last_error
+    [dead] = outbox.messages("dead")
+    assert dead.payload == b"bad" and dead.attempts == 1 and "refused: SOP class not supported" in dead.last_error
+    assert [r.levelname for r in caplog.records if "dead letter" in r.message] == ["ERROR"]  # once
+
+
+def test_a_transient_failure_is_a_dead_letter_after_max_attempts(tmp_path, caplog):
+    outbox = Outbox(tmp_path / "outbox.sqlite3", initial_backoff=0.5, max_backoff=1, max_attempts=3)
+    peer = Peer()
+    peer.down.add("his")
+    outbox.put("hl7", "p", HIS, b"m", dedup="m")
+    for n in range(5):
+        send_due(outbox, "hl7", peer, now=T + 10 * n)
+    assert peer.calls == 3
+    [dead] = outbox.messages("dead")
+    assert dead.attempts == 3 and dead.last_error == "TransientError: connection refused (attempt 3 of 3)"
+    retries = [r.message for r in caplog.records if r.levelname == "WARNING"]
+    assert retries[0].endswith("(TransientError: connection refused); retry in 0.5 s")
+
+
+def test_one_dead_or_waiting_key_holds_up_no_other(outbox):
+    peer = Peer()
+    peer.refused.add(b"study-1 sr")
+    outbox.put("cstore", "study-1", PACS, b"study-1 sr", dedup="1")
+    outbox.put("cstore", "study-1", PACS, b"study-1 sc", dedup="2")
+    outbox.put("cstore", "study-2", PACS, b"study-2 sr", dedup="3")
+    assert send_due(outbox, "cstore", peer, now=T) == 2
+    assert peer.received == [b"study-2 sr", b"study-1 sc"]
+
+
+def test_a_revived_dead_letter_is_sent_again_and_a_dropped_one_never(outbox):
+    peer = Peer()
+    peer.refused.update({b"a", b"b", b"c"})
+    for name in "abc":
+        outbox.put("cstore", name, PACS, name.encode(), dedup=name)
+    send_due(outbox, "cstore", peer, now=T)
+    a, b, c = outbox.messages("dead")
+    peer.refused.clear()
+    assert outbox.revive(a.id) == 1 and outbox.revive(a.id) == 0
+    assert outbox.drop(b.id) and not outbox.drop(b.id)
+    send_due(outbox, "cstore", peer, now=T)
+    assert peer.received == [b"a"]
+    assert [(m.state, m.attempts) for m in outbox.messages()] == [("delivered", 1), ("dropped", 1), ("dead", 1)]
+    assert outbox.revive() == 1
+    send_due(outbox, "cstore", peer, now=T)
+    assert peer.received == [b"a", b"c"]
+    assert not outbox.put("cstore", "b", PACS, b"b", dedup="b")  # a dropped message is not queued again
+
+
+def test_an_outbox_of_an_older_version_keeps_its_rows(tmp_path):
+    path = tmp_path / "outbox.sqlite3"
+    Outbox(path).put("hl7", "p", HIS, b"m", dedup="m")
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE outbox SET state = 'failed'")  # what a refused message was before dead letters
+    [dead] = Outbox(path).messages()
+    assert (dead.state, dead.payload) == ("dead", b"m")
 
 
 def test_pending_messages_survive_a_restart(tmp_path):
@@ -136,3 +191,28 @@ def test_sender_threads_deliver_and_only_one_process_sends(config):
         for sender in senders:
             sender.stop()
     assert sorted([first.received, second.received], key=len) == [[], [b"m%d" % n for n in range(5)]]
+
+
+def test_ctai_outbox_retry_all_and_its_exit_status(config, capsys):
+    def ctai_outbox(*args: str) -> int:
+        parsed = build_parser().parse_args(["outbox", *args])
+        return parsed.func(parsed, config)
+
+    outbox = Outbox.from_config(config)
+    assert ctai_outbox() == 0 and capsys.readouterr().out == ""
+    peer = Peer()
+    peer.refused.update({b"a", b"b"})
+    for name in "ab":
+        outbox.put("cstore", name, PACS, name.encode(), dedup=name)
+    send_due(outbox, "cstore", peer, now=T)
+    assert ctai_outbox() == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "#1 cstore dead a attempts=1 refused: SOP class not supported",
+        "#2 cstore dead b attempts=1 refused: SOP class not supported"]
+    assert ctai_outbox("retry", "--all") == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "2 dead letter(s) pending again", "#1 cstore pending a attempts=0 refused: SOP class not supported",
+        "#2 cstore pending b attempts=0 refused: SOP class not supported"]
+    peer.refused.clear()
+    send_due(outbox, "cstore", peer, now=T)
+    assert ctai_outbox() == 0

@@ -21,8 +21,10 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.events import Event
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from ctai import uids
 from ctai.errors import TransientError
@@ -30,10 +32,15 @@ from ctai.outbox import Undeliverable
 
 log = logging.getLogger(__name__)
 
-#: PS3.7 C.4.2.1.4 / PS3.4 B.2.3: 0x0122 SOP Class not supported; 0xA9xx data set does not
-#: match SOP class. Sending the same object again cannot succeed.
-PERMANENT_FAILURES = (0x0122,)
-PERMANENT_FAILURE_RANGES = ((0xA900, 0xA9FF),)
+#: C-STORE failures that may pass by themselves (PS3.4 B.2.3, PS3.7 C.4.2.1.4 and Annex C):
+#: 0xA7xx Refused: Out of Resources, 0x0213 Resource Limitation, 0x0110 Processing Failure (no
+#: reason given), 0x0210 Duplicate Invocation (a message ID in use), 0xFE00 Cancel. Every other
+#: failure refuses the object for good: 0xA9xx Data Set Does Not Match SOP Class, 0xCxxx Cannot
+#: Understand, 0x0122 SOP Class Not Supported, 0x0117 Invalid SOP Instance, 0x0124 Not Authorized...
+TRANSIENT_FAILURES = ((0xA700, 0xA7FF), (0x0213, 0x0213), (0x0110, 0x0110), (0x0210, 0x0210),
+                      (0xFE00, 0xFE00))
+#: A-ASSOCIATE-RJ Result (PS3.8 9.3.4): 1 rejected-permanent, 2 rejected-transient.
+REJECTED_PERMANENT = 0x01
 #: Fallback SOP classes a peer may accept instead of the dataset's own.
 FALLBACKS = {Comprehensive3DSRStorage: ComprehensiveSRStorage}
 
@@ -102,33 +109,54 @@ def _negotiated(assoc: Association, ds: Dataset) -> Dataset:
 
 
 def _check(status: Dataset, ds: Dataset) -> None:
-    """PS3.7 C.4.2.1.4: Success (0x0000) and Warning (0x0001, 0xBxxx) mean stored."""
+    """Return if the peer stored ``ds``: Success (0x0000) or Warning (0x0001, 0xBxxx, e.g. 0xB000
+    Coercion of Data Elements, 0xB006 Elements Discarded, 0xB007 Data Set Does Not Match SOP
+    Class; PS3.4 B.2.3), the warning logged; raise ``TransientError`` or ``Undeliverable``
+    otherwise (see TRANSIENT_FAILURES)."""
     if "Status" not in status:
         raise TransientError("no C-STORE response (association aborted or timed out)")
     code = int(status.Status)
-    if code == 0x0000 or code == 0x0001 or 0xB000 <= code <= 0xBFFF:
-        return
     comment = f" ({status.ErrorComment})" if "ErrorComment" in status else ""
+    if code == 0x0000:
+        return
+    if code == 0x0001 or 0xB000 <= code <= 0xBFFF:
+        log.warning("C-STORE of %s stored with warning 0x%04X%s", ds.SOPInstanceUID, code, comment)
+        return
     message = f"C-STORE of {ds.SOPInstanceUID} failed with status 0x{code:04X}{comment}"
-    if code in PERMANENT_FAILURES or any(low <= code <= high for low, high in PERMANENT_FAILURE_RANGES):
-        raise Undeliverable(message)
-    raise TransientError(message)
+    if any(low <= code <= high for low, high in TRANSIENT_FAILURES):
+        raise TransientError(message)
+    raise Undeliverable(message)
+
+
+def _rejection(peer: Peer, assoc: Association, result: int | None) -> Exception:
+    """Why ``assoc`` was not established, as the exception the outbox acts on."""
+    if assoc.rejected_contexts and not assoc.accepted_contexts:
+        refused = ", ".join(sorted(cx.abstract_syntax.name for cx in assoc.rejected_contexts))
+        return Undeliverable(f"{peer.ae_title} does not accept {refused}")
+    where = f"association with {peer.ae_title}@{peer.host}:{peer.port}"
+    if assoc.is_rejected:
+        if result == REJECTED_PERMANENT:
+            return Undeliverable(f"{where} rejected (permanent)")
+        return TransientError(f"{where} rejected (transient)")
+    return TransientError(f"{where} {'aborted' if assoc.is_aborted else 'unreachable'}")
 
 
 def store(peer: Peer, datasets: Sequence[Dataset]) -> None:
     """Send ``datasets`` (each with file meta) on one association; returns when all were stored.
 
-    Raises ``TransientError`` when the peer is unreachable, rejects the association or fails a
-    C-STORE in a way that may pass; ``Undeliverable`` when it refuses an object for good.
+    Raises ``TransientError`` when the peer is unreachable, rejects the association for now
+    or fails a C-STORE in a way that may pass; ``Undeliverable`` when it refuses for good.
     """
     ae = _application_entity(peer, datasets)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    rejected: list[int] = []
+
+    def on_acse(event: Event) -> None:
+        if isinstance(event.primitive, A_ASSOCIATE) and event.primitive.result in (1, 2):
+            rejected.append(event.primitive.result)
+
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=[(evt.EVT_ACSE_RECV, on_acse)])
     if not assoc.is_established:
-        if assoc.rejected_contexts and not assoc.accepted_contexts:
-            refused = ", ".join(sorted(cx.abstract_syntax.name for cx in assoc.rejected_contexts))
-            raise Undeliverable(f"{peer.ae_title} does not accept {refused}")
-        reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "unreachable"
-        raise TransientError(f"association with {peer.ae_title}@{peer.host}:{peer.port} {reason}")
+        raise _rejection(peer, assoc, rejected[0] if rejected else None)
     try:
         for ds in datasets:
             sent = _negotiated(assoc, ds)

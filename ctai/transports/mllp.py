@@ -1,7 +1,15 @@
 """MLLP client (HL7 v2.5 Appendix C, Minimal Lower Layer Protocol) with original-mode acknowledgment.
 
 A message travels framed as ``0x0b`` + message + ``0x1c 0x0d``; the receiver answers with a
-framed ACK whose MSA-1 says AA (accepted), AE (error) or AR (rejected) (HL7 v2.5 ch. 2.9).
+framed ACK whose MSA-1 (HL7 table 0008) says AA (accepted), AE (error) or AR (rejected); CA, CE
+and CR in enhanced mode (HL7 v2.5 ch. 2.9).
+
+For the outbox, AA and CA deliver. AE (an error the receiver found in processing the message),
+AR (rejected, e.g. MSH-9/11/12 not acceptable, or "unrelated to content or format", when table
+0008 leaves resending to the sender), CE and CR are the receiver's verdict on this message:
+``Undeliverable``, a dead letter at once that a person resends (``ctai outbox retry``) once the
+cause is fixed. No connection, no answer in time, or an answer that is not an ACK of this
+message may pass: ``TransientError`` (or ``OSError``), retried.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ctai.errors import TransientError
+from ctai.outbox import Undeliverable
 
 START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\x0d"
@@ -21,7 +30,7 @@ ACCEPTED = {"AA", "CA"}
 
 
 class AckError(TransientError):
-    """The receiver answered, but not with AA: the message must be sent again later."""
+    """The receiver's answer is no acknowledgment of this message: send it again later."""
 
 
 def frame(message: str) -> bytes:
@@ -73,14 +82,15 @@ def ack_fields(ack: str) -> tuple[str, str, str]:
 def send(host: str, port: int, message: str, timeout: float) -> None:
     """Send an HL7 message and wait for its acknowledgment; returns only on AA (or CA).
 
-    Raises ``AckError`` for AE, AR, or an ACK of another message, ``OSError`` when the
-    receiver cannot be reached or does not answer in time.
+    Raises ``Undeliverable`` for any other acknowledgment code (AE, AR, CE, CR), ``AckError``
+    for an answer that is no ACK of this message, ``OSError`` when the receiver cannot be
+    reached or does not answer in time.
     """
     code, acked, text = ack_fields(exchange(host, port, message, timeout))
     if acked != control_id(message):
         raise AckError(f"the acknowledgment is for message {acked!r}, not {control_id(message)!r}")
     if code not in ACCEPTED:
-        raise AckError(f"the receiver answered {code}" + (f": {text}" if text else ""))
+        raise Undeliverable(f"the receiver answered {code}" + (f": {text}" if text else ""))
 
 
 def deliver(destination: Mapping[str, Any], payload: bytes) -> None:
