@@ -16,7 +16,7 @@ from hl7apy.parser import parse_message
 from ctai.inputs.wrap import PatientInfo
 from ctai.outbox import Outbox, OutboxSender, send_due
 from ctai.transports import mllp
-from ctai.types import Result
+from ctai.types import Job, Result
 from ctai_plugins import hl7
 from tests.peers import HIS, PATIENT, fast_outbox, free_port, result, wait_until
 
@@ -97,9 +97,9 @@ def test_dicom_dates_become_hl7_timestamps_or_nothing(date, time, expected):
 def test_deliver_queues_one_message_per_result_keyed_by_patient(config):
     config["hl7"]["host"] = "127.0.0.1"
     classified = result()
-    hl7.ctai_deliver(result=classified, job=None, config=config)
-    hl7.ctai_deliver(result=classified, job=None, config=config)  # a job that ran again
-    hl7.ctai_deliver(result=result(patient=PatientInfo()), job=None, config=config)  # no Patient ID
+    hl7.ctai_deliver(result=classified, job=Job("j", "test"), config=config)
+    hl7.ctai_deliver(result=classified, job=Job("j", "test"), config=config)  # a job that ran again
+    hl7.ctai_deliver(result=result(patient=PatientInfo()), job=Job("j", "test"), config=config)  # no Patient ID
     [message] = Outbox.from_config(config).messages()
     assert (message.channel, message.key) == ("hl7", "/PAT-1")
     segments = message.payload.decode().split("\r")
@@ -110,7 +110,7 @@ def test_deliver_queues_one_message_per_result_keyed_by_patient(config):
 
 
 def test_nothing_is_queued_without_an_hl7_host(config):
-    hl7.ctai_deliver(result=result(), job=None, config=config)
+    hl7.ctai_deliver(result=result(), job=Job("j", "test"), config=config)
     assert Outbox.from_config(config).messages() == []
 
 
@@ -124,7 +124,7 @@ def his() -> Iterator[HIS]:
 def queue_results(config, patients: list[PatientInfo]) -> Outbox:
     config["hl7"].update(host="127.0.0.1", ack_timeout=5.0)
     for image, patient in zip(RADIOGRAPHS, patients, strict=False):
-        hl7.ctai_deliver(result=result(image, patient), job=None, config=config)
+        hl7.ctai_deliver(result=result(image, patient), job=Job("j", "test"), config=config)
     return Outbox.from_config(config)
 
 
