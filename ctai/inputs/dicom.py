@@ -193,6 +193,14 @@ def _check_rle_header(frame: bytes, number: int) -> None:
         raise InputError(f"pixel data truncated or damaged: RLE frame {number} has a bad segment table")
 
 
+def check_decodable(ds: Dataset) -> None:
+    """InputError unless a received data set is whole and its pixel data decodes (its first frame,
+    every frame complete): what a Storage SCP checks before it answers Success (PS3.4 B.2.3)."""
+    if _last_value_cut(ds):
+        raise InputError("truncated data set: it ends inside a data element")
+    _decode(ds, 0)
+
+
 def _decode(ds: Dataset, frame: int) -> tuple[np.ndarray, str]:
     """Stored values of one frame, colour as RGB, with the photometric interpretation they are in."""
     syntax = UID(ds.file_meta.TransferSyntaxUID)
