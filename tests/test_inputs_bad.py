@@ -14,7 +14,7 @@ from PIL import Image
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.uid import MPEG2MPML, ExplicitVRLittleEndian, JPEG2000Lossless
+from pydicom.uid import MPEG2MPML, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
 from ctai import inputs
 from ctai.cli import main
@@ -242,3 +242,13 @@ def test_cli_reports_the_cut_stream(radiograph: Path, tmp_path: Path, capsys: py
     [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert row["path"] == str(cut_jpeg)
     assert "pixel data truncated: the JPEG Baseline (Process 1) stream of frame 1 ends before" in row["error"]
+
+
+def test_rle_frame_cut_before_its_last_segment_is_refused(tmp_path: Path) -> None:
+    """16-bit RLE has two segments (PS3.5 G.2); a cut before the second leaves its offset outside the frame."""
+    twelve = dataset(picture().astype(np.uint16) * 8, bits_stored=12, SOPInstanceUID=generate_uid())
+    ds = read_dataset(compressed(twelve, RLELossless, tmp_path / "rle.dcm"))
+    [frame] = generate_frames(ds.PixelData, number_of_frames=1)
+    second = int.from_bytes(frame[8:12], "little")
+    ds.PixelData = encapsulate([frame[:second]])
+    fails(save(ds, tmp_path / "cut.dcm"), "pixel data truncated or damaged: RLE frame 1 has a bad segment table")

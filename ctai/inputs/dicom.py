@@ -130,7 +130,7 @@ def _check_image(ds: Dataset) -> None:
     check_size(int(ds.get("Columns") or 0), int(ds.get("Rows") or 0))
 
 
-def check_pixel_data(ds: Dataset) -> None:
+def _check_pixel_data(ds: Dataset) -> None:
     """InputError unless the Pixel Data holds every frame whole: native data as long as the Image
     Pixel Module says (PS3.5 8.1.1), each compressed frame complete for its codec (PS3.5 A.4).
     Decoders may pad a cut stream with grey instead of failing, so this is checked first."""
@@ -152,17 +152,15 @@ def check_pixel_data(ds: Dataset) -> None:
 
 def _check_native_length(ds: Dataset) -> None:
     """Native pixel data holds Rows x Columns x Samples per Pixel x Number of Frames values of Bits
-    Allocated bits each (PS3.5 8.1.1; 1-bit data packed, PS3.5 8.1.1 and D.1)."""
-    bits = (
-        int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1)
-        * int(ds.get("NumberOfFrames") or 1) * int(ds.BitsAllocated)
-    )
-    needed, length = (bits + 7) // 8, len(ds.PixelData)
+    Allocated bits each (PS3.5 8.1.1; 1-bit data packed)."""
+    # A missing attribute counts 0 here; the decoder then names it.
+    rows, columns, bits = (int(ds.get(keyword) or 0) for keyword in ("Rows", "Columns", "BitsAllocated"))
+    samples, frames = int(ds.get("SamplesPerPixel") or 1), int(ds.get("NumberOfFrames") or 1)
+    needed, length = (rows * columns * samples * frames * bits + 7) // 8, len(ds.PixelData)
     if length < needed:
         raise InputError(
             f"pixel data truncated: {length} bytes of native pixel data, the image needs {needed}"
-            f" ({ds.Rows} rows x {ds.Columns} columns x {ds.get('SamplesPerPixel') or 1} samples"
-            f" x {ds.get('NumberOfFrames') or 1} frames x {ds.BitsAllocated} bits)"
+            f" ({rows} rows x {columns} columns x {samples} samples x {frames} frames x {bits} bits)"
         )
 
 
@@ -208,7 +206,7 @@ def _decode(ds: Dataset, frame: int) -> tuple[np.ndarray, str]:
         decoder = get_decoder(syntax)
     except NotImplementedError as exc:
         raise InputError(f"transfer syntax {syntax.name} is not supported") from exc
-    check_pixel_data(ds)
+    _check_pixel_data(ds)
     try:
         values, meta = decoder.as_array(ds, index=frame)
     except Exception as exc:  # decoder plugins raise many exception types on damaged data
