@@ -16,20 +16,11 @@ from ctai.types import CLASSES, Failure, Job, Result, SourceImage
 
 
 def _inputs(paths: list[Path], patient) -> Iterator[SourceImage | Failure]:
-    """The loaded images (or why not) in order, with a progress bar on a terminal."""
+    """The loaded images (or why not), with a progress bar on a terminal (``inputs.load_files``)."""
     from ctai import inputs
-    from ctai.errors import InputError
 
     files = list(inputs.iter_files(paths))
-
-    def generate() -> Iterator[SourceImage | Failure]:
-        for path in tqdm(files, unit="image", disable=None, file=sys.stderr, leave=False):
-            try:
-                yield from inputs.load(path, patient)
-            except InputError as exc:
-                yield Failure(str(path), str(exc))
-
-    return generate()
+    return inputs.load_files(tqdm(files, unit="image", disable=None, file=sys.stderr, leave=False), patient)
 
 
 def _outcome_json(outcome: Result | Failure) -> dict:
@@ -79,6 +70,9 @@ def cmd_evaluate(args: argparse.Namespace, config: configuration.Config) -> int:
     for outcome in Pipeline(config).process(job, sources):
         if isinstance(outcome, Failure):
             print(f"{outcome.path}: error: {outcome.reason}", file=sys.stderr)
+            continue
+        if outcome.source.path not in label_of:  # a CT series, projected from several files
+            print(f"{outcome.source.path}: error: a CT series has no label of its own", file=sys.stderr)
             continue
         y.append(label_of[outcome.source.path])
         probs.append([outcome.prediction.probabilities[c] for c in CLASSES])

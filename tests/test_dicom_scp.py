@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator
 from copy import deepcopy
 from pathlib import Path
@@ -13,15 +15,18 @@ import numpy as np
 import pynetdicom
 import pytest
 from pydicom import Dataset, dcmread
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import (
     BasicTextSRStorage,
     ComprehensiveSRStorage,
+    ComputedRadiographyImageStorage,
     CTImageStorage,
     ExplicitVRLittleEndian,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
 from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
 from ctai import hookimpl
 from ctai.outbox import OutboxSender
@@ -30,7 +35,7 @@ from ctai.plugins import plugin_manager
 from ctai.transports.dicom_scp import CANNOT_UNDERSTAND, NOT_OF_SOP_CLASS, SOURCE, DicomListener, Spool
 from ctai.types import Failure, Job, ModelInfo, SourceImage
 from tests.conftest import IMAGES
-from tests.dicomfactory import dataset
+from tests.dicomfactory import dataset, save
 from tests.peers import HIS, PATIENT, StoreSCP, fast_outbox, free_port, result, tool, wait_until
 
 SERIES_UID = "1.2.826.0.1.3680043.8.498.77.1"
@@ -62,9 +67,9 @@ class Listener:
         self.server = DicomListener(config, enqueue=self.jobs.append)
         self.server.start()
 
-    def storescu(self, files: list[Path], calling: str = "MODALITY") -> subprocess.CompletedProcess:
+    def storescu(self, files: list[Path], calling: str = "MODALITY", *options: str) -> subprocess.CompletedProcess:
         """dcmtk's storescu, proposing JPEG lossy for the JPEG Baseline files as a PACS would."""
-        return subprocess.run([tool("storescu"), "-xy", "-aet", calling, "-aec", "CTAI", "127.0.0.1",
+        return subprocess.run([tool("storescu"), *options, "-xy", "-aet", calling, "-aec", "CTAI", "127.0.0.1",
                                str(self.server.port), *map(str, files)],
                               capture_output=True, text=True, timeout=60)
 
@@ -188,7 +193,9 @@ def test_ct_volume_is_one_projection_and_a_bad_instance_is_stored_and_skipped(co
     listener = listen()
     volume = ct_series()
     broken = deepcopy(volume[0])
-    broken.SOPInstanceUID, broken.Modality, broken.PixelData = generate_uid(), "CR", b"\x00" * 10
+    # Whole and decodable, so stored; but a 16 x 16 CR is too small to classify.
+    broken.SOPInstanceUID, broken.Modality = generate_uid(), "CR"
+    broken.set_pixel_data(np.zeros((16, 16), np.uint16), "MONOCHROME2", 12)
     assoc = association(listener, CTImageStorage)
     assert {assoc.send_c_store(ds).Status for ds in [*volume, broken]} == {0x0000}
     assoc.release()
@@ -198,6 +205,7 @@ def test_ct_volume_is_one_projection_and_a_bad_instance_is_stored_and_skipped(co
     assert "CT series (20 slices)" in projection.derivation
     [skipped] = [item for item in loaded if isinstance(item, Failure)]
     assert skipped.path.endswith(f"{broken.SOPInstanceUID}.dcm") and skipped.path in caplog.text
+    assert "too small to classify" in skipped.reason
 
 
 def test_a_peer_that_drops_mid_association_leaves_the_listener_serving(config, listen, series):
@@ -284,3 +292,84 @@ def test_a_mislabelled_series_is_skipped_with_the_gates_reason(config, listen, t
     pm.register(StubClassifier(), name="stub")
     [outcome] = Pipeline(config, pm).run(job, pm.hook.ctai_load_job(job=job, config=config))
     assert isinstance(outcome, Failure) and outcome.reason.startswith("skipped: not a frontal chest radiograph")
+
+
+def echo(listener: Listener) -> bool:
+    """Whether a C-ECHO is answered with Success now."""
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", listener.server.port, ae_title="CTAI")
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return bool(status) and status.Status == 0x0000
+
+
+def idle_sockets(listener: Listener, count: int) -> list[socket.socket]:
+    """Connections that send nothing, as a port scan or a TCP health check makes them."""
+    return [socket.create_connection(("127.0.0.1", listener.server.port)) for _ in range(count)]
+
+
+def test_idle_sockets_cannot_lock_the_listener(listen):
+    listener = listen(idle_timeout=2.0)
+    opened = idle_sockets(listener, 10)
+    assert echo(listener)  # 10 idle connections no longer fill the limit
+    for raw in opened:
+        raw.close()
+    opened = idle_sockets(listener, 50)  # all 50 slots: held at most idle_timeout
+    start = time.monotonic()
+    assert wait_until(lambda: echo(listener), timeout=10)
+    assert time.monotonic() - start < 5
+    for raw in opened:
+        raw.close()
+
+
+def test_stop_returns_at_once_with_idle_connections_open(listen):
+    listener = listen()
+    opened = idle_sockets(listener, 3)
+    established = association(listener, SecondaryCaptureImageStorage)
+    start = time.monotonic()
+    listener.server.stop()
+    assert not established.is_established
+    # The process can exit once the association threads (not daemons) have ended.
+    wait_until(lambda: not [t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()])
+    assert time.monotonic() - start < 5
+    for raw in opened:
+        raw.close()
+
+
+def pixel_stream_cut(source: Path, target: Path) -> Path:
+    """``source`` with a third of its pixel data, in a well-formed data set (as a sender would read it)."""
+    ds = dcmread(source)
+    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        [frame] = generate_frames(ds.PixelData, number_of_frames=1)
+        ds.PixelData = encapsulate([frame[: len(frame) // 3]])
+    else:
+        ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]
+    ds.save_as(target, enforce_file_format=True)
+    return target
+
+
+def test_truncated_pixel_data_gets_a_failure_status_and_is_not_kept(config, listen, series, tmp_path):
+    listener = listen(idle_seconds=3600)
+    native = save(dataset(np.zeros((300, 200), np.uint8), SOPInstanceUID=generate_uid()), tmp_path / "native.dcm")
+    for cut in (pixel_stream_cut(native, tmp_path / "native-cut.dcm"),
+                pixel_stream_cut(series[0], tmp_path / "jpeg-cut.dcm")):
+        run = listener.storescu([cut], "MODALITY", "-v")
+        assert run.returncode != 0 and "Received Store Response (Error: CannotUnderstand)" in run.stderr, run.stderr
+    assert spooled(config) == []
+    assert listener.storescu([native, series[0]]).returncode == 0
+    assert len(spooled(config)) == 2
+
+
+def test_data_set_cut_inside_pixel_data_gets_a_failure_status(config, listen, tmp_path, monkeypatch):
+    monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)  # send files as they are
+    listener = listen(idle_seconds=3600)
+    native = save(dataset(np.zeros((300, 200), np.uint8), SOPInstanceUID=generate_uid()), tmp_path / "native.dcm")
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(native.read_bytes()[:-1000])
+    assoc = association(listener, ComputedRadiographyImageStorage)
+    assert assoc.send_c_store(cut).Status == CANNOT_UNDERSTAND
+    assoc.release()
+    assert spooled(config) == []

@@ -3,6 +3,7 @@ anything else."""
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -12,12 +13,15 @@ import pytest
 from PIL import Image
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import MPEG2MPML, ExplicitVRLittleEndian, JPEG2000Lossless
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.uid import MPEG2MPML, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
 from ctai import inputs
+from ctai.cli import main
 from ctai.errors import InputError
 from ctai.inputs.dicom import display_pixels, read_dataset
-from tests.dicomfactory import compressed, dataset, picture, save
+from tests.conftest import requires_model
+from tests.dicomfactory import compressed, dataset, dcmtk, picture, save
 
 # pydicom warns, then keeps nothing, when a file ends inside an undefined-length element.
 pytestmark = pytest.mark.filterwarnings("ignore:End of file reached before delimiter:UserWarning")
@@ -182,3 +186,69 @@ def test_any_cut_or_damage_gives_only_input_errors(radiograph: Path, tmp_path: P
                 inputs.load(target)
             except InputError as exc:
                 assert str(exc)
+
+
+def stream_cut(source: Path, target: Path) -> Path:
+    """``source`` with its pixel data cut to a third, in a well-formed data set: native data
+    shorter than the image, or one encapsulated fragment holding a third of the frame's stream."""
+    ds = read_dataset(source)
+    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        [frame] = generate_frames(ds.PixelData, number_of_frames=1)
+        ds.PixelData = encapsulate([frame[: len(frame) // 3]])
+    else:
+        ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]
+    return save(ds, target)
+
+
+ENCODINGS = {
+    "native": lambda source, target: source,
+    "JPEG baseline (dcmcjpeg)": lambda source, target: dcmtk("dcmcjpeg", source, target, "+eb"),
+    "JPEG extended (dcmcjpeg)": lambda source, target: dcmtk("dcmcjpeg", source, target, "+ee"),
+    "JPEG lossless (dcmcjpeg)": lambda source, target: dcmtk("dcmcjpeg", source, target, "+e1"),
+    "JPEG-LS (dcmcjpls)": lambda source, target: dcmtk("dcmcjpls", source, target, "+el"),
+    "RLE (dcmcrle)": lambda source, target: dcmtk("dcmcrle", source, target),
+    "JPEG 2000 (pylibjpeg-openjpeg)": lambda source, target: compressed(
+        read_dataset(source), JPEG2000Lossless, target),
+}
+REASONS = {
+    "native": r"pixel data truncated: \d+ bytes of native pixel data, the image needs \d+",
+    # Both RLE decoders (pydicom, pylibjpeg-rle) refuse a segment that ends early.
+    "RLE (dcmcrle)": r"cannot decode the pixel data \(RLE Lossless\): .*segment",
+}
+
+
+@pytest.mark.parametrize("name", ENCODINGS)
+def test_pixel_stream_cut_short_is_refused(name: str, radiograph: Path, tmp_path: Path) -> None:
+    """A stream cut inside a well-formed data set is refused, never decoded padded with grey."""
+    encoded = ENCODINGS[name](radiograph, tmp_path / "encoded.dcm")
+    intact = inputs.load(encoded)[0].pixels
+    assert intact.shape == picture().shape
+    reason = REASONS.get(name, r"pixel data truncated: the .* stream of frame 1 ends before its end marker")
+    fails(stream_cut(encoded, tmp_path / "cut.dcm"), reason)
+
+
+def test_jpeg_stream_with_padding_after_its_end_marker_decodes(radiograph: Path, tmp_path: Path) -> None:
+    ds = read_dataset(dcmtk("dcmcjpeg", radiograph, tmp_path / "jpeg.dcm", "+eb"))
+    [frame] = generate_frames(ds.PixelData, number_of_frames=1)
+    ds.PixelData = encapsulate([frame.rstrip(b"\x00") + b"\x00\x00"])
+    padded = inputs.load(save(ds, tmp_path / "padded.dcm"))[0].pixels
+    assert np.array_equal(padded, inputs.load(tmp_path / "jpeg.dcm")[0].pixels)
+
+
+@requires_model
+def test_cli_reports_the_cut_stream(radiograph: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cut_jpeg = stream_cut(dcmtk("dcmcjpeg", radiograph, tmp_path / "jpeg.dcm", "+eb"), tmp_path / "cut.dcm")
+    assert main(["classify", "--json", str(cut_jpeg)]) == 1
+    [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row["path"] == str(cut_jpeg)
+    assert "pixel data truncated: the JPEG Baseline (Process 1) stream of frame 1 ends before" in row["error"]
+
+
+def test_rle_frame_cut_before_its_last_segment_is_refused(tmp_path: Path) -> None:
+    """16-bit RLE has two segments (PS3.5 G.2); a cut before the second leaves its offset outside the frame."""
+    twelve = dataset(picture().astype(np.uint16) * 8, bits_stored=12, SOPInstanceUID=generate_uid())
+    ds = read_dataset(compressed(twelve, RLELossless, tmp_path / "rle.dcm"))
+    [frame] = generate_frames(ds.PixelData, number_of_frames=1)
+    second = int.from_bytes(frame[8:12], "little")
+    ds.PixelData = encapsulate([frame[:second]])
+    fails(save(ds, tmp_path / "cut.dcm"), "pixel data truncated or damaged: RLE frame 1 has a bad segment table")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,11 +33,15 @@ from pydicom.uid import (
 )
 
 from ctai import inputs
+from ctai.cli import main
 from ctai.errors import InputError
 from ctai.inputs.dicom import display_pixels, read_dataset, source_images
 from ctai.inputs.images import read_gray
 from ctai.model.preprocess import to_model_input
+from ctai.types import CLASSES
+from tests.conftest import requires_model
 from tests.dicomfactory import PICTURE, compressed, dataset, dcmtk, picture, save
+from tests.phantoms import ct_series
 
 MODEL_SIZE = 224
 
@@ -276,3 +281,27 @@ def test_a_ct_slice_must_come_as_a_series() -> None:
                  modality="CT", RescaleSlope=1, RescaleIntercept=-1024)
     with pytest.raises(InputError, match="CT series must be loaded as a series"):
         source_images(ds, "ct.dcm")
+
+
+def ct_folder(folder: Path) -> Path:
+    """A CT series of phantom slices, one file each, as a CD or a PACS export holds it."""
+    folder.mkdir()
+    for number, ds in enumerate(ct_series(), 1):
+        ds.save_as(folder / f"IM{number:04d}", enforce_file_format=True)
+    return folder
+
+
+def test_load_files_projects_a_ct_series_after_the_other_files(tmp_path: Path) -> None:
+    series = ct_folder(tmp_path / "ct")
+    files = [*sorted(series.iterdir()), PICTURE, tmp_path / "missing.png"]
+    radiograph, missing, projection = inputs.load_files(files)
+    assert radiograph.path == str(PICTURE) and missing.path == str(tmp_path / "missing.png")
+    assert projection.path == str(series) and "CT series (40 slices)" in projection.derivation
+
+
+@requires_model
+def test_cli_classifies_a_folder_holding_a_ct_series(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    series = ct_folder(tmp_path / "ct")
+    assert main(["classify", "--json", str(series)]) == 0
+    [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row["path"] == str(series) and row["label"] in CLASSES

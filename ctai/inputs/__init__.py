@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydicom import Dataset
@@ -14,7 +15,7 @@ from ctai.inputs.images import open_image, to_gray
 from ctai.inputs.wrap import PatientInfo, wrap_image
 from ctai.types import Failure, SourceImage
 
-__all__ = ["PatientInfo", "iter_files", "load", "series_images"]
+__all__ = ["PatientInfo", "iter_files", "load", "load_files", "series_images"]
 
 
 def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
@@ -42,13 +43,48 @@ def load(path: Path, patient: PatientInfo | None = None) -> list[SourceImage]:
     Raises InputError, and no other exception, saying why when the file cannot be used.
     """
     path = Path(path)
-    try:
+    with _one_error():
         if dicom.is_dicom(path):
             return dicom.source_images(dicom.read_dataset(path), str(path))
         return [_picture(path, patient or PatientInfo())]
+
+
+def load_files(paths: Iterable[Path], patient: PatientInfo | None = None) -> Iterator[SourceImage | Failure]:
+    """The images to classify in files, in order, a ``Failure`` with the reason for each file that
+    cannot be used; the CT slices among them, after the other files, as one projection per series
+    (``series_images``, as the listener and Orthanc load a series)."""
+    volumes: dict[str, list[tuple[str, Dataset]]] = {}
+    for path in map(Path, paths):
+        try:
+            loaded = _load_or_slice(path, patient or PatientInfo())
+        except InputError as exc:
+            yield Failure(str(path), str(exc))
+            continue
+        if isinstance(loaded, Dataset):
+            volumes.setdefault(str(loaded.get("SeriesInstanceUID", "")), []).append((str(path), loaded))
+        else:
+            yield from loaded
+    for instances in volumes.values():
+        yield from series_images(instances, os.path.commonpath([path for path, _ in instances]))
+
+
+def _load_or_slice(path: Path, patient: PatientInfo) -> list[SourceImage] | Dataset:
+    """As ``load``, but a CT volume slice comes back as its data set, to be projected with its series."""
+    with _one_error():
+        if dicom.is_dicom(path):
+            ds = dicom.read_dataset(path)
+            return ds if is_volume_slice(ds) else dicom.source_images(ds, str(path))
+        return [_picture(path, patient)]
+
+
+@contextmanager
+def _one_error() -> Iterator[None]:
+    """A library failing on odd input must still reach the user as one InputError line."""
+    try:
+        yield
     except InputError:
         raise
-    except Exception as exc:  # a library failing on odd input must still reach the user as one line
+    except Exception as exc:
         raise InputError(f"cannot read the file ({type(exc).__name__}: {dicom.one_line(exc)})") from exc
 
 

@@ -10,9 +10,19 @@ import numpy as np
 import pydicom
 from pydicom import Dataset
 from pydicom.dataelem import RawDataElement
+from pydicom.encaps import generate_frames
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, get_decoder
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
+    RLELossless,
+)
 
 from ctai.errors import InputError
 from ctai.inputs.images import check_size
@@ -25,6 +35,10 @@ _FIRST_GROUPS = (0x0002, 0x0008)
 #: Percentiles of the values windowed for a DX "for processing" image that carries no VOI.
 PROCESSING_PERCENTILES = (0.5, 99.5)
 _PIXEL_DATA = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+#: JPEG (ISO 10918), JPEG-LS (ISO 14495) and JPEG 2000 / HTJ2K codestreams (ISO 15444) all end with
+#: the marker 0xFFD9 (EOI, or EOC for JPEG 2000); PS3.5 A.4 lets a fragment end in one 0x00 pad byte.
+_MARKER_ENDED = frozenset(JPEGTransferSyntaxes + JPEGLSTransferSyntaxes + JPEG2000TransferSyntaxes)
+_END_MARKER = b"\xff\xd9"
 _SYNTAX_OF_ENCODING = {
     (True, True): ImplicitVRLittleEndian,
     (False, True): ExplicitVRLittleEndian,
@@ -116,6 +130,75 @@ def _check_image(ds: Dataset) -> None:
     check_size(int(ds.get("Columns") or 0), int(ds.get("Rows") or 0))
 
 
+def _check_pixel_data(ds: Dataset) -> None:
+    """InputError unless the Pixel Data holds every frame whole: native data as long as the Image
+    Pixel Module says (PS3.5 8.1.1), each compressed frame complete for its codec (PS3.5 A.4).
+    Decoders may pad a cut stream with grey instead of failing, so this is checked first."""
+    if "PixelData" not in ds:
+        return
+    syntax = UID(ds.file_meta.TransferSyntaxUID)
+    if not syntax.is_encapsulated:
+        _check_native_length(ds)
+        return
+    frames = int(ds.get("NumberOfFrames") or 1)
+    try:
+        for number, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=frames), 1):
+            _check_frame(frame, syntax, number)
+    except InputError:
+        raise
+    except Exception as exc:  # pydicom's item parser raises several types on damaged encapsulation
+        raise InputError(f"pixel data truncated or damaged: {one_line(exc)}") from exc
+
+
+def _check_native_length(ds: Dataset) -> None:
+    """Native pixel data holds Rows x Columns x Samples per Pixel x Number of Frames values of Bits
+    Allocated bits each (PS3.5 8.1.1; 1-bit data packed)."""
+    # A missing attribute counts 0 here; the decoder then names it.
+    rows, columns, bits = (int(ds.get(keyword) or 0) for keyword in ("Rows", "Columns", "BitsAllocated"))
+    samples, frames = int(ds.get("SamplesPerPixel") or 1), int(ds.get("NumberOfFrames") or 1)
+    needed, length = (rows * columns * samples * frames * bits + 7) // 8, len(ds.PixelData)
+    if length < needed:
+        raise InputError(
+            f"pixel data truncated: {length} bytes of native pixel data, the image needs {needed}"
+            f" ({rows} rows x {columns} columns x {samples} samples x {frames} frames x {bits} bits)"
+        )
+
+
+def _check_frame(frame: bytes, syntax: UID, number: int) -> None:
+    """One compressed frame complete: its end marker (JPEG family), or its RLE segments within it."""
+    if syntax in _MARKER_ENDED and not _ends_with_marker(frame):
+        raise InputError(
+            f"pixel data truncated: the {syntax.name} stream of frame {number} ends before its"
+            f" end marker (0xFFD9)"
+        )
+    if syntax == RLELossless:
+        _check_rle_header(frame, number)
+
+
+def _ends_with_marker(frame: bytes) -> bool:
+    """Whether a JPEG-family stream ends with 0xFFD9, allowing trailing 0x00 padding (PS3.5 A.4)."""
+    return frame.rstrip(b"\x00").endswith(_END_MARKER)
+
+
+def _check_rle_header(frame: bytes, number: int) -> None:
+    """PS3.5 G.3.1: a 64-byte header of 16 little-endian 32-bit words, the number of segments
+    (1 to 15), then each segment's offset, the first 64, increasing, all inside the frame."""
+    if len(frame) < 64:
+        raise InputError(f"pixel data truncated: RLE frame {number} is shorter than its 64-byte header")
+    words = np.frombuffer(frame[:64], dtype="<u4")
+    count, offsets = int(words[0]), [int(v) for v in words[1 : int(words[0]) + 1]]
+    if not 1 <= count <= 15 or offsets[0] != 64 or offsets != sorted(set(offsets)) or offsets[-1] >= len(frame):
+        raise InputError(f"pixel data truncated or damaged: RLE frame {number} has a bad segment table")
+
+
+def check_decodable(ds: Dataset) -> None:
+    """InputError unless a received data set is whole and its pixel data decodes (its first frame,
+    every frame complete): what a Storage SCP checks before it answers Success (PS3.4 B.2.3)."""
+    if _last_value_cut(ds):
+        raise InputError("truncated data set: it ends inside a data element")
+    _decode(ds, 0)
+
+
 def _decode(ds: Dataset, frame: int) -> tuple[np.ndarray, str]:
     """Stored values of one frame, colour as RGB, with the photometric interpretation they are in."""
     syntax = UID(ds.file_meta.TransferSyntaxUID)
@@ -123,6 +206,7 @@ def _decode(ds: Dataset, frame: int) -> tuple[np.ndarray, str]:
         decoder = get_decoder(syntax)
     except NotImplementedError as exc:
         raise InputError(f"transfer syntax {syntax.name} is not supported") from exc
+    _check_pixel_data(ds)
     try:
         values, meta = decoder.as_array(ds, index=frame)
     except Exception as exc:  # decoder plugins raise many exception types on damaged data

@@ -5,11 +5,16 @@ answered, so an instance the sender was told is stored survives a crash or resta
 collect per series in ``incoming/<Series Instance UID>/``; once no instance of a series has
 arrived for ``idle_seconds``, the folder moves to ``batches/`` and becomes one queued job.
 
-Answers (PS3.4 B.2.3, PS3.7 C.4.2.1.4): an undecodable data set or one without valid UIDs gets
+Answers (PS3.4 B.2.3, PS3.7 C.4.2.1.4): an undecodable data set, one whose pixel data is cut short
+or does not decode (``ctai.inputs.dicom.check_decodable``), or one without valid UIDs gets
 0xC000 (Cannot understand), a data set of another SOP class than the request 0xA900, a full
 disk 0xA700 (Out of resources), each with an Error Comment. An object without pixel data (an
 SR, a presentation state) is answered Success and not kept: this SCP is a Level 0 (local)
 storage SCP (PS3.4 B.4.1), which keeps instances only as long as it needs them.
+
+A connection that sends nothing for ``idle_timeout`` seconds, before or after its association
+request (PS3.8 9.1.5 ARTIM), is closed, so that idle sockets (a port scan, a health check) cannot
+hold all ``max_associations`` slots; ``stop`` aborts the open associations instead of waiting.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 
 from ctai.config import Config, data_dir
+from ctai.errors import InputError
+from ctai.inputs.dicom import check_decodable
 from ctai.types import Job
 
 log = logging.getLogger(__name__)
@@ -215,6 +222,8 @@ class DicomListener:
         self.address = (str(settings["host"]), int(settings["port"]))
         self.allowed_aets = [str(aet) for aet in settings["allowed_aets"]]
         self.idle_seconds = float(settings["idle_seconds"])
+        self.max_associations = int(settings["max_associations"])
+        self.idle_timeout = float(settings["idle_timeout"])
         self.spool = Spool.from_config(config)
         self._enqueue = enqueue or self._default_enqueue(config)
         self._server = None
@@ -236,6 +245,9 @@ class DicomListener:
         self.spool.discard_partial()
         ae = AE(ae_title=self.ae_title)
         ae.require_calling_aet = self.allowed_aets
+        ae.maximum_associations = self.max_associations
+        ae.acse_timeout = self.idle_timeout  # also the ARTIM timer waiting for A-ASSOCIATE-RQ
+        ae.network_timeout = self.idle_timeout
         syntaxes = readable_syntaxes()
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, syntaxes)
@@ -248,8 +260,15 @@ class DicomListener:
         log.info("DICOM listener %s on %s:%d", self.ae_title, self.address[0], self.port)
 
     def stop(self) -> None:
+        """Stop listening and abort the open associations (idle ones would hold the process up to
+        ``idle_timeout``); an instance not answered yet was not acknowledged, so the sender keeps it."""
         if self._server:
             self._server.shutdown()
+            for assoc in self._server.active_associations:
+                if assoc.is_established:
+                    assoc.abort()
+                else:  # PS3.8 9.2 Sta2: no association to abort yet, only the connection
+                    assoc.dul.socket.close()
             self._server = None
         self._stop.set()
         if self._thread:
@@ -273,6 +292,12 @@ class DicomListener:
             log.info("C-STORE from %s: %s %s has no pixel data; accepted and not kept", peer,
                      ds.SOPClassUID.name, ds.SOPInstanceUID)
             return _status(SUCCESS)
+        ds.file_meta = event.file_meta  # the transfer syntax the decoders need
+        try:
+            check_decodable(ds)
+        except InputError as exc:
+            log.warning("C-STORE from %s refused: %s %s: %s", peer, ds.SOPClassUID.name, ds.SOPInstanceUID, exc)
+            return _status(CANNOT_UNDERSTAND, str(exc))
         try:
             self.spool.store(ds.SeriesInstanceUID, ds.SOPInstanceUID, event.encoded_dataset())
         except OSError as exc:
