@@ -373,3 +373,31 @@ def test_data_set_cut_inside_pixel_data_gets_a_failure_status(config, listen, tm
     assert assoc.send_c_store(cut).Status == CANNOT_UNDERSTAND
     assoc.release()
     assert spooled(config) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MB tmpfs (root mounts one; skipped elsewhere)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_with_the_disk_nearly_full_the_listener_refuses_new_images_and_logs_it_once(
+        config, listen, series, small_disk, caplog):
+    caplog.set_level("INFO", logger="ctai.disk")
+    config["data"].update(dir=str(small_disk), min_free_mb=8, min_free_percent=0)
+    listener = listen()
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * 10 * 2**20)
+    refused = listener.storescu(series[:1])
+    assert refused.returncode != 0 and not spooled(config)
+    listener.storescu(series[1:2])
+    assert caplog.text.count("disk space low") == 1  # once per episode
+    filler.unlink()
+    assert listener.storescu(series[:1]).returncode == 0 and spooled(config)
+    assert "back above the floor" in caplog.text

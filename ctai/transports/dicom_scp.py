@@ -45,6 +45,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 
 from ctai.config import Config, data_dir
+from ctai.disk import DiskGuard
 from ctai.errors import InputError
 from ctai.inputs.dicom import check_decodable
 from ctai.types import Job
@@ -225,6 +226,7 @@ class DicomListener:
         self.max_associations = int(settings["max_associations"])
         self.idle_timeout = float(settings["idle_timeout"])
         self.spool = Spool.from_config(config)
+        self.disk = DiskGuard.from_config(config)
         self._enqueue = enqueue or self._default_enqueue(config)
         self._server = None
         self._stop = threading.Event()
@@ -298,6 +300,8 @@ class DicomListener:
         except InputError as exc:
             log.warning("C-STORE from %s refused: %s %s: %s", peer, ds.SOPClassUID.name, ds.SOPInstanceUID, exc)
             return _status(CANNOT_UNDERSTAND, str(exc))
+        if shortage := self.disk.shortage():
+            return _status(OUT_OF_RESOURCES, shortage)
         try:
             self.spool.store(ds.SeriesInstanceUID, ds.SOPInstanceUID, event.encoded_dataset())
         except OSError as exc:
