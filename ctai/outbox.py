@@ -84,7 +84,7 @@ class Outbox:
     """The outbox table in ``path`` (SQLite, WAL mode: one writer at a time, any process)."""
 
     def __init__(self, path: Path, initial_backoff: float = 5.0, max_backoff: float = 300.0,
-                 max_attempts: int = 10) -> None:
+                 max_attempts: int = 300) -> None:
         self.path = path
         self.initial_backoff = initial_backoff
         self.max_backoff = max_backoff
@@ -170,6 +170,14 @@ class Outbox:
             return db.execute("UPDATE outbox SET state = 'dropped', done = ?"
                               " WHERE id = ? AND state IN ('pending', 'dead')",
                               (time.time(), message_id)).rowcount == 1
+
+    def purge(self, days: float, now: float | None = None) -> int:
+        """Delete delivered and dropped messages finished more than ``days`` ago (retention);
+        pending messages and dead letters are kept whatever their age. Returns how many."""
+        cutoff = (time.time() if now is None else now) - days * 86400
+        with self._db() as db:
+            return db.execute("DELETE FROM outbox WHERE state IN ('delivered', 'dropped') AND done < ?",
+                              (cutoff,)).rowcount
 
     def retry_now(self, channel: str | None = None) -> None:
         """Make every pending message due now (``ctai outbox --send``)."""
@@ -300,6 +308,8 @@ class OutboxSender:
 
     def start(self) -> None:
         self._stop.clear()
+        if days := float(self.config["outbox"]["keep_days"]):
+            log.info("outbox: %d finished message(s) older than %g days removed", self.outbox.purge(days), days)
         for channel, sender in self.senders.items():
             thread = threading.Thread(target=self._run, args=(channel, sender), name=f"outbox-{channel}",
                                       daemon=True)

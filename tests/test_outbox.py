@@ -216,3 +216,15 @@ def test_ctai_outbox_retry_all_and_its_exit_status(config, capsys):
     peer.refused.clear()
     send_due(outbox, "cstore", peer, now=T)
     assert ctai_outbox() == 0
+
+
+def test_retention_removes_only_finished_messages(tmp_path):
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    for i in range(3):
+        outbox.put("hl7", "P1", {}, b"x", dedup=f"m{i}")
+    delivered, dropped, pending = outbox.messages()
+    outbox.mark_delivered(delivered)
+    outbox.drop(dropped.id)
+    assert outbox.purge(days=1) == 0  # finished just now
+    assert outbox.purge(days=1, now=time.time() + 2 * 86400) == 2
+    assert [m.id for m in outbox.messages()] == [pending.id]
