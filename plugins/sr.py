@@ -100,7 +100,8 @@ def observation_context(model: ModelInfo) -> hd.sr.ObservationContext:
     )
 
 
-def measurement_group(result: Result, label: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+def measurement_group(result: Result, label: str,
+                      picture: bool = True) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """TID 1501 for one class: its probability and whether it is the predicted one."""
     source = result.source.dataset
     model = result.prediction.model
@@ -124,7 +125,7 @@ def measurement_group(result: Result, label: str) -> hd.sr.MeasurementsAndQualit
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=PRESENCE, value=presence)],
     )
     comments = [f"Classified image: {result.source.derivation}"] if result.source.derivation else []
-    if label == result.prediction.label and result.prediction.heatmap is not None:
+    if picture and label == result.prediction.label and result.prediction.heatmap is not None:
         comments.append(HEATMAP_NOTE.format(finding.meaning))
     for comment in comments:
         group[0].ContentSequence.append(
@@ -147,8 +148,9 @@ def _evidence(source: Dataset) -> Dataset:
     return evidence
 
 
-def build_sr(result: Result, series_number: int) -> hd.sr.ComprehensiveSR:
-    """The Comprehensive SR (PS3.3 A.35.3) with the TID 1500 report of ``result``.
+def build_sr(result: Result, series_number: int, picture: bool = True) -> hd.sr.ComprehensiveSR:
+    """The Comprehensive SR (PS3.3 A.35.3) with the TID 1500 report of ``result``; ``picture``:
+    a result picture is made too (the SC plugin is on), so a heat map on it can be mentioned.
 
     Patient and study come from the source (highdicom copies them from the evidence); the
     series and instance UIDs are deterministic (``ctai.uids``).
@@ -158,7 +160,7 @@ def build_sr(result: Result, series_number: int) -> hd.sr.ComprehensiveSR:
     report = hd.sr.MeasurementReport(
         observation_context=observation_context(model),
         procedure_reported=codes.SCT.ImagingProcedure,
-        imaging_measurements=[measurement_group(result, label) for label in FINDINGS],
+        imaging_measurements=[measurement_group(result, label, picture) for label in FINDINGS],
     )
     return hd.sr.ComprehensiveSR(
         evidence=[_evidence(source)],
@@ -171,4 +173,5 @@ def build_sr(result: Result, series_number: int) -> hd.sr.ComprehensiveSR:
 @hookimpl
 def ctai_make_outputs(result: Result, config: Config) -> list[Output]:
     """The SR of one classified image, in a new series of the source's study."""
-    return [Output("sr", build_sr(result, config["outputs"]["sr_series_number"]))]
+    picture = "sc" not in config["plugins"]["disabled"]
+    return [Output("sr", build_sr(result, config["outputs"]["sr_series_number"], picture))]

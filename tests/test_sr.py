@@ -165,6 +165,8 @@ def test_sr_says_when_a_heat_map_is_drawn():
     assert _comments(plain) == {finding.meaning: [] for finding in sr.FINDINGS.values()}
     note = sr.HEATMAP_NOTE.format("Bacterial pneumonia")
     assert _comments(drawn) == {**_comments(plain), "Bacterial pneumonia": [note]}
+    no_picture = sr.build_sr(make_result(heatmap=hot_cell_map(2, 2)), 9901, picture=False)
+    assert _comments(no_picture) == _comments(plain)  # the SC plugin is off: nothing to mention
 
 
 def test_a_heat_map_changes_nothing_else_in_the_sr():
