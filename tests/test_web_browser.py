@@ -18,7 +18,7 @@ import pytest
 from ctai import inputs
 from ctai.types import CLASSES
 from ctai.web.app import WebService
-from ctai.web.files import NOT_SUPPORTED
+from ctai.web.messages import NOTICE, PHONE
 from ctai.worker import Worker
 from tests.conftest import requires_model
 
@@ -29,7 +29,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
 RADIOGRAPH = Path(__file__).parent / "data" / "images" / "person1000_bacteria_2931.jpeg"
 STAFF_TOKEN = "staff-secret-for-browser-tests"
-NOTICE = "Decision support only — a physician will review this result."
 
 pytestmark = [
     requires_model,
@@ -106,4 +105,4 @@ def test_phone_upload_shows_the_result(served, browser, tmp_path):
 
     text_file = {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}
     phone.set_input_files("#picker", files=[text_file])
-    expect(phone.locator(".upload.failed .state")).to_have_text(NOT_SUPPORTED)
+    expect(phone.locator(".upload.failed .state")).to_have_text(PHONE["not_supported"])

@@ -30,6 +30,7 @@ from fastapi.templating import Jinja2Templates
 
 from ctai.config import Config
 from ctai.types import Job
+from ctai.web.messages import NOTICE
 from ctai.web.sessions import Store, token_hash
 
 log = logging.getLogger("ctai.web")
@@ -115,6 +116,7 @@ def staff_secret(config: Config, store: Store) -> str:
 def _templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(resources.files("ctai.web").joinpath("templates")))
     templates.env.filters["clock"] = lambda t: datetime.fromtimestamp(t).strftime("%H:%M")
+    templates.env.globals["notice"] = NOTICE
     templates.env.filters["percent"] = lambda p: f"{100 * p:.1f}%"
     return templates
 
