@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from ctai import inputs
-from ctai.types import CLASSES
+from ctai.results import JobStore, Summary
+from ctai.types import CLASSES, Job
 from ctai.web.app import WebService
 from ctai.web.messages import NOTICE, PHONE
 from ctai.worker import Worker
@@ -105,4 +106,69 @@ def test_phone_upload_shows_the_result(served, browser, tmp_path):
 
     text_file = {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}
     phone.set_input_files("#picker", files=[text_file])
-    expect(phone.locator(".upload.failed .state")).to_have_text(PHONE["not_supported"])
+    failed = phone.locator(".upload.failed")
+    expect(failed.locator(".state")).to_have_text(PHONE["not_supported"])
+    expect(failed.locator(".name")).to_have_text("notes.txt")  # which of the chosen files failed
+
+    for page in (phone, browser.new_context(**phone_device).new_page()):  # a reload, a new tab
+        page.reload() if page is phone else page.goto(url)
+        expect(page.locator("#limits")).to_have_text(re.compile(r"up to 9 more files\.$"))
+        item = page.locator(".upload")
+        expect(item).to_have_count(1)  # the refused file was not kept
+        expect(item.locator(".notice")).to_be_visible()
+        expect(item.locator(".result")).to_be_visible()
+        assert [float(t.rstrip("%")) for t in item.locator(".probabilities td:last-child").all_inner_texts()] == shown
+        expect(page.get_by_role("button", name="Take a photo")).to_be_enabled()
+
+
+def test_keyboard_reaches_both_upload_buttons(served, browser):
+    base, _ = served
+    browser, phone_device = browser
+    link = start_session(browser.new_page(), base)
+    phone = browser.new_context(**phone_device).new_page()
+    phone.on("filechooser", lambda chooser: None)  # intercept choosers from the start, not racing Enter
+    phone.goto(link)
+    for name, multiple in (("Take a photo", False), ("Choose files", True)):
+        for _ in range(20):
+            phone.keyboard.press("Tab")
+            if phone.evaluate("document.activeElement.textContent.trim()") == name:
+                break
+        sync_api.expect(phone.get_by_role("button", name=name)).to_be_focused()
+        with phone.expect_file_chooser() as chooser:
+            phone.keyboard.press("Enter")
+        assert chooser.value.is_multiple() == multiple
+        chooser.value.set_files([])
+
+
+def start_session(staff, base: str) -> str:
+    """Log in as staff on page ``staff`` and start a session; the upload link."""
+    staff.goto(f"{base}/staff")
+    staff.fill("input[name=token]", STAFF_TOKEN)
+    staff.click("text=Log in")
+    staff.fill("input[name=patient_id]", "PID-0815")
+    staff.fill("input[name=patient_name]", "DOE^JOHN")
+    staff.click("text=Create QR code")
+    return staff.get_attribute("#upload-link", "href")
+
+
+@pytest.mark.parametrize("width", [360, 412])
+def test_no_page_is_wider_than_the_phone(served, browser, config, width):
+    base, _ = served
+    browser, phone_device = browser
+    store = JobStore(config)
+    for job_id, source in ((f"upload-{'f' * 24}", "upload"), ("1.2.840.113619.2.55.3.604688119.969.12345678", "listener")):
+        store.finish(Job(job_id, source), Summary("failed", error=f"cannot read {'/very/long/path' * 8}"), 1.0)
+    page = browser.new_context(**{**phone_device, "viewport": {"width": width, "height": 800}}).new_page()
+    # against the width set: a mobile browser widens innerWidth to fit content that overflows
+    overflow = f"document.documentElement.scrollWidth - {width}"
+    page.goto(f"{base}/staff")
+    widths = {"login": page.evaluate(overflow)}
+    link = start_session(page, base)
+    widths["session"] = page.evaluate(overflow)
+    page.goto(f"{base}/staff")
+    widths["staff"] = page.evaluate(overflow)
+    page.goto(link)
+    widths["phone"] = page.evaluate(overflow)
+    page.goto(f"{base}/u/not-a-token")
+    widths["message"] = page.evaluate(overflow)
+    assert widths == dict.fromkeys(widths, 0)
