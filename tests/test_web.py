@@ -118,6 +118,24 @@ def test_staff_pages_need_a_login(client, web_config):
     assert Store(web_config).recent_uploads() == []
 
 
+def test_repeated_wrong_tokens_are_throttled(web_config, monkeypatch):
+    app = create_app(web_config, submit=lambda job: None)
+    guesser, staff = TestClient(app, client=("10.0.0.9", 4000)), TestClient(app, client=("10.0.0.2", 4000))
+    response, statuses = guesser.get("/staff"), []
+    for i in range(100):
+        response = guesser.post("/staff/login", data={"token": f"guess-{i}", "csrf": csrf_of(response.text)})
+        statuses.append(response.status_code)
+    assert statuses == [401] * 5 + [429] * 95
+    response = guesser.post("/staff/login", data={"token": STAFF_TOKEN, "csrf": csrf_of(response.text)})
+    assert response.status_code == 429 and "Too many wrong tokens" in response.text
+    assert 0 < int(response.headers["retry-after"]) <= 60
+    login(staff)  # another client is not held up
+    later = time.time() + 61
+    monkeypatch.setattr(time, "time", lambda: later)
+    response = guesser.post("/staff/login", data={"token": STAFF_TOKEN, "csrf": csrf_of(response.text)})
+    assert response.status_code == 200 and "New phone upload" in response.text
+
+
 def test_staff_forms_need_their_csrf_token(client, web_config):
     client.get("/staff")
     assert client.post("/staff/login", data={"token": STAFF_TOKEN}).status_code == 403

@@ -55,9 +55,11 @@ def _require_login(request: Request, w: Web, csrf: str) -> None:
         raise WebError(403, EXPIRED_FORM)
 
 
-def _login_page(request: Request, w: Web, status: int = 200, error: str | None = None) -> Response:
+def _login_page(request: Request, w: Web, status: int = 200, error: str | None = None,
+                headers: dict[str, str] | None = None) -> Response:
     nonce = secrets.token_urlsafe(32)
     response = w.page(request, "login.html", status, csrf=nonce, error=error)
+    response.headers.update(headers or {})
     response.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="strict", secure=w.secure_cookies,
                         path="/staff")
     return response
@@ -100,8 +102,13 @@ def dashboard(request: Request, w: WebState) -> Response:
 def login(request: Request, w: WebState, token: Field = "", csrf: Field = "") -> Response:
     if not _same(csrf, request.cookies.get(LOGIN_COOKIE)):
         raise WebError(403, EXPIRED_FORM)
+    client = request.client.host if request.client else ""
+    if wait_s := w.login_failures.wait_s(client):  # even the right token waits: no guessing at speed
+        return _login_page(request, w, 429, f"Too many wrong tokens. Try again in {wait_s} seconds.",
+                           {"Retry-After": str(wait_s)})
     if not hmac.compare_digest(token_hash(token), w.staff_secret_hash):
         log.warning("staff login refused: wrong token")
+        w.login_failures.failed(client)
         return _login_page(request, w, 401, "Wrong staff token.")
     ttl_s = float(w.settings["staff_login_minutes"]) * 60
     cookie, _ = w.store.create_staff_login(ttl_s)
