@@ -24,7 +24,7 @@ from ctai.plugins import plugin_manager
 from ctai.results import JobStore
 from ctai.types import CLASSES, Job, ModelInfo
 from ctai.web.app import RedactTokens, create_app
-from ctai.web.messages import PHONE, for_phone
+from ctai.web.messages import NOTICE, PHONE, for_phone
 from ctai.web.sessions import Store
 from ctai.worker import Worker
 from tests.dicomfactory import dataset, picture, save
@@ -210,6 +210,14 @@ def test_upload_is_stored_without_metadata_and_queued(client, web_config, jobs):
     assert PATIENT_ID not in repr(job) and PATIENT_ID not in link
     status = client.get(f"{link}/files/{job.options['upload']}").json()
     assert status["status"] == "pending"
+
+
+def test_phone_page_explains_before_any_result(client, web_config):
+    page = client.get(new_session(client)).text
+    assert NOTICE in page.split("<template")[0]  # shown before any result, and with each one
+    assert "How to take the photo" in page and "flash off" in page and "glare" in page
+    assert f"deleted {web_config['web']['result_minutes']} minutes after the link expires" in page
+    assert "Result:" not in page + (Path(__file__).parents[1] / "ctai/web/static/upload.js").read_text()
 
 
 def test_heic_photo_is_accepted(client, web_config, jobs):

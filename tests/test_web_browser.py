@@ -92,12 +92,14 @@ def test_phone_upload_shows_the_result(served, browser, tmp_path):
 
     phone = browser.new_context(**phone_device).new_page()
     phone.goto(url)
+    expect(phone.locator("main > .notice")).to_have_text(NOTICE)
     phone.set_input_files("#camera", RADIOGRAPH)
     item = phone.locator(".upload").first
     expect(item.locator(".notice")).to_be_visible(timeout=120_000)  # the first job loads the model
     expect(item.locator(".notice")).to_have_text(NOTICE)
     expect(item.locator("progress")).to_have_attribute("value", "100")
     expect(item.locator(".result")).to_be_visible()  # shown once the picture has loaded
+    expect(item.locator(".state")).to_have_text(re.compile(r"^AI estimate: (Normal|Bacterial pneumonia|Viral pneumonia)$"))
     assert item.locator(".result").evaluate("img => img.naturalWidth") > 500
     cells = item.locator(".probabilities td:last-child").all_inner_texts()
     shown = [float(text.rstrip("%")) for text in cells]
