@@ -451,7 +451,14 @@ def test_upload_runs_through_the_queue_and_the_worker(web_config, queued_client,
     wait_until(lambda: JobStore(web_config).get(f"upload-{upload_id}").status == "done")
     assert JobStore(web_config).get(f"upload-{upload_id}").label == "bacterial"  # `ctai jobs` lists it
     staff_page = queued_client.get("/staff").text
-    assert PATIENT_ID in staff_page and f"upload-{upload_id}" in staff_page
+    assert PATIENT_ID in staff_page and "Bacterial pneumonia" in staff_page and NOTICE in staff_page
+    assert f"upload-{upload_id}" not in staff_page  # listed once, as an upload, not again as a job
+    assert re.search(r"<td>\d{4}-\d\d-\d\d \d\d:\d\d</td>", staff_page)  # date and time
+    picture_link = f"/staff/uploads/{upload_id}/picture"
+    assert picture_link in staff_page
+    assert queued_client.get(picture_link).content == picture_response.content
+    with TestClient(queued_client.app) as stranger:
+        assert stranger.get(picture_link).status_code == 401
     files = (tmp_path / "delivered").rglob("*.dcm")
     delivered = {path.name.split("-")[0]: pydicom.dcmread(path) for path in files}
     assert set(delivered) == {"source", "sr", "sc"}  # the photo travels with its results
@@ -471,6 +478,7 @@ def test_a_photo_of_something_else_gets_plain_advice(web_config, queued_client):
     assert status["status"] == "failed" and status["error"] == PHONE_ADVICE
     wait_until(lambda: JobStore(web_config).get(f"upload-{upload_id}").status != "running")
     assert NOT_A_CHEST in JobStore(web_config).get(f"upload-{upload_id}").error  # the staff see why
+    assert NOT_A_CHEST in queued_client.get("/staff").text
 
 
 def test_dicom_of_another_patient_fails_its_job(web_config, tmp_path):

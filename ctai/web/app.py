@@ -31,7 +31,7 @@ from fastapi.templating import Jinja2Templates
 
 from ctai.config import Config
 from ctai.types import Job
-from ctai.web.messages import NOTICE
+from ctai.web.messages import LABELS, NOTICE
 from ctai.web.sessions import Store, token_hash
 
 log = logging.getLogger("ctai.web")
@@ -149,7 +149,9 @@ def staff_secret(config: Config, store: Store) -> str:
 def _templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(resources.files("ctai.web").joinpath("templates")))
     templates.env.filters["clock"] = lambda t: datetime.fromtimestamp(t).strftime("%H:%M")
-    templates.env.globals["notice"] = NOTICE
+    templates.env.filters["when"] = lambda t: datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M")
+    templates.env.filters["label"] = lambda name: LABELS.get(name, name)
+    templates.env.globals.update(notice=NOTICE, labels=LABELS)
     templates.env.filters["percent"] = lambda p: f"{100 * p:.1f}%"
     return templates
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from ctai.model.gate import NOT_A_CHEST, PHONE_ADVICE
 
+#: The classes' names as people read them.
+LABELS = {"normal": "Normal", "bacterial": "Bacterial pneumonia", "viral": "Viral pneumonia"}
+
 #: Shown with every AI result, and on the phone page before any.
 NOTICE = "Decision support only: this is an AI estimate, not a diagnosis. A physician will review it."
 

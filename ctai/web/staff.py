@@ -18,7 +18,7 @@ from typing import Annotated
 
 import qrcode
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from ctai.results import JobStore
 from ctai.web.app import Web, WebError, WebState
@@ -89,13 +89,31 @@ def root() -> Response:
     return RedirectResponse("/staff", status_code=303)
 
 
+def _uploads(w: Web) -> list[dict]:
+    """Recent phone uploads, each with its session, its job (why it failed, for the staff) and picture."""
+    jobs = JobStore(w.config)
+    return [{"upload": upload, "session": session, "job": jobs.get(f"upload-{upload.id}"),
+             "picture": w.store.picture_path(upload).exists()} for upload, session in w.store.recent_uploads()]
+
+
 @router.get("/staff")
 def dashboard(request: Request, w: WebState) -> Response:
     csrf = _login_csrf(request, w)
     if csrf is None:
         return _login_page(request, w)
-    return w.page(request, "staff.html", csrf=csrf, uploads=w.store.recent_uploads(),
-                  jobs=JobStore(w.config).latest(RECENT_JOBS))
+    jobs = [job for job in JobStore(w.config).latest(RECENT_JOBS) if job.source != "upload"]  # listed above
+    return w.page(request, "staff.html", csrf=csrf, uploads=_uploads(w), jobs=jobs)
+
+
+@router.get("/staff/uploads/{upload_id}/picture")
+def upload_picture(request: Request, upload_id: str, w: WebState) -> Response:
+    if _login_csrf(request, w) is None:
+        raise WebError(401, "Please log in first.")
+    upload = w.store.upload(upload_id)
+    path = w.store.picture_path(upload) if upload else None
+    if path is None or not path.exists():
+        raise WebError(404, "There is no result picture for this upload.")
+    return FileResponse(path, media_type="image/png")
 
 
 @router.post("/staff/login")

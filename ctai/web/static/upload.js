@@ -9,7 +9,7 @@
   const limits = document.getElementById("limits");
   const closed = document.getElementById("closed");
   const buttons = document.querySelectorAll("button[data-input]");
-  const names = { normal: "Normal", bacterial: "Bacterial pneumonia", viral: "Viral pneumonia" };
+  const names = JSON.parse(list.dataset.labels);
   const shown = new Set();
   let queue = Promise.resolve();
   let sending = 0; // while a file is on its way, its upload may be listed before its card knows its id
