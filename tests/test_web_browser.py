@@ -19,7 +19,7 @@ from ctai import inputs
 from ctai.results import JobStore, Summary
 from ctai.types import CLASSES, Job
 from ctai.web.app import WebService
-from ctai.web.messages import NOTICE, PHONE
+from ctai.web.messages import LABELS, NOTICE, PHONE
 from ctai.worker import Worker
 from tests.conftest import requires_model
 
@@ -99,7 +99,7 @@ def test_phone_upload_shows_the_result(served, browser, tmp_path):
     expect(item.locator(".notice")).to_have_text(NOTICE)
     expect(item.locator("progress")).to_have_attribute("value", "100")
     expect(item.locator(".result")).to_be_visible()  # shown once the picture has loaded
-    expect(item.locator(".state")).to_have_text(re.compile(r"^AI estimate: (Normal|Bacterial pneumonia|Viral pneumonia)$"))
+    expect(item.locator(".state")).to_have_text(re.compile(rf"^AI estimate: ({'|'.join(LABELS.values())})$"))
     assert item.locator(".result").evaluate("img => img.naturalWidth") > 500
     cells = item.locator(".probabilities td:last-child").all_inner_texts()
     shown = [float(text.rstrip("%")) for text in cells]
@@ -157,9 +157,8 @@ def start_session(staff, base: str) -> str:
 def test_no_page_is_wider_than_the_phone(served, browser, config, width):
     base, _ = served
     browser, phone_device = browser
-    store = JobStore(config)
-    for job_id, source in ((f"upload-{'f' * 24}", "upload"), ("1.2.840.113619.2.55.3.604688119.969.12345678", "listener")):
-        store.finish(Job(job_id, source), Summary("failed", error=f"cannot read {'/very/long/path' * 8}"), 1.0)
+    long_job = Job("1.2.840.113619.2.55.3.604688119.969.1234567890.123", "listener")  # a series UID
+    JobStore(config).finish(long_job, Summary("failed", error=f"cannot read {'/very/long/path' * 8}"), 1.0)
     page = browser.new_context(**{**phone_device, "viewport": {"width": width, "height": 800}}).new_page()
     # against the width set: a mobile browser widens innerWidth to fit content that overflows
     overflow = f"document.documentElement.scrollWidth - {width}"
