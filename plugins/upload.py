@@ -8,6 +8,7 @@ job's outcome, with the result picture, for the phone page (``ctai.web``).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -17,13 +18,14 @@ from ctai import hookimpl, inputs
 from ctai.config import Config
 from ctai.errors import InputError, TransientError
 from ctai.inputs.wrap import PatientInfo
-from ctai.model.gate import NOT_A_CHEST, PHONE_ADVICE
 from ctai.types import Failure, Job, Output, Result, SourceImage
-from ctai.web.files import WRONG_PATIENT, same_patient
+from ctai.web.files import same_patient
+from ctai.web.messages import PHONE, for_phone
 from ctai.web.sessions import Store, uploads_dir
 from ctai_plugins.sc import render_picture
 
 SOURCE = "upload"
+log = logging.getLogger("ctai.web")
 
 
 @hookimpl
@@ -34,7 +36,7 @@ def ctai_load_job(job: Job, config: Config) -> list[SourceImage | Failure] | Non
     upload = store.upload(job.options["upload"])
     session = store.session(upload.session_id) if upload else None
     if upload is None or session is None:
-        return [Failure(job.id, "the uploaded file is no longer kept")]
+        return [Failure(job.id, PHONE["not_kept"])]
     path = store.file_path(upload)
     patient = PatientInfo(id=session.patient_id, name=session.patient_name, accession=session.accession)
     try:
@@ -43,7 +45,7 @@ def ctai_load_job(job: Job, config: Config) -> list[SourceImage | Failure] | Non
         return [Failure(str(path), str(exc))]
     if upload.kind == "image":
         return sources
-    return [s if same_patient(s.dataset, session.patient_id) else Failure(s.path, WRONG_PATIENT)
+    return [s if same_patient(s.dataset, session.patient_id) else Failure(s.path, PHONE["wrong_patient"])
             for s in sources]
 
 
@@ -64,10 +66,9 @@ def ctai_job_finished(job: Job, results: list[Result], failures: list[Failure], 
     if upload is None:
         return
     if not results:
-        reason = failures[0].reason if failures else "No image could be classified."
-        if NOT_A_CHEST in reason:
-            reason = PHONE_ADVICE
-        store.finish_upload(upload.id, error=reason)
+        reason = failures[0].reason if failures else "no image could be classified"
+        log.info("upload %s failed: %s", upload.id, reason)
+        store.finish_upload(upload.id, error=for_phone(reason))
         return
     _save_png(render_picture(results[0]), str(store.picture_path(upload)))
     store.finish_upload(upload.id, results[0].prediction.label, results[0].prediction.probabilities)
@@ -76,7 +77,7 @@ def ctai_job_finished(job: Job, results: list[Result], failures: list[Failure], 
 @hookimpl
 def ctai_job_failed(job: Job, error: BaseException, config: Config) -> None:
     if job.source == SOURCE and not isinstance(error, TransientError):  # a transient error is retried
-        Store(config).finish_upload(job.options["upload"], error="The image could not be processed.")
+        Store(config).finish_upload(job.options["upload"], error=PHONE["failed"])
 
 
 def _save_png(image: Image.Image, path: str) -> None:

@@ -24,7 +24,7 @@ from ctai.plugins import plugin_manager
 from ctai.results import JobStore
 from ctai.types import CLASSES, Job, ModelInfo
 from ctai.web.app import RedactTokens, create_app
-from ctai.web.files import WRONG_PATIENT
+from ctai.web.messages import NOTICE, PHONE, for_phone
 from ctai.web.sessions import Store
 from ctai.worker import Worker
 from tests.dicomfactory import dataset, picture, save
@@ -118,6 +118,24 @@ def test_staff_pages_need_a_login(client, web_config):
     assert Store(web_config).recent_uploads() == []
 
 
+def test_repeated_wrong_tokens_are_throttled(web_config, monkeypatch):
+    app = create_app(web_config, submit=lambda job: None)
+    guesser, staff = TestClient(app, client=("10.0.0.9", 4000)), TestClient(app, client=("10.0.0.2", 4000))
+    response, statuses = guesser.get("/staff"), []
+    for i in range(100):
+        response = guesser.post("/staff/login", data={"token": f"guess-{i}", "csrf": csrf_of(response.text)})
+        statuses.append(response.status_code)
+    assert statuses == [401] * 5 + [429] * 95
+    response = guesser.post("/staff/login", data={"token": STAFF_TOKEN, "csrf": csrf_of(response.text)})
+    assert response.status_code == 429 and "Too many wrong tokens" in response.text
+    assert 0 < int(response.headers["retry-after"]) <= 60
+    login(staff)  # another client is not held up
+    later = time.time() + 61
+    monkeypatch.setattr(time, "time", lambda: later)
+    response = guesser.post("/staff/login", data={"token": STAFF_TOKEN, "csrf": csrf_of(response.text)})
+    assert response.status_code == 200 and "New phone upload" in response.text
+
+
 def test_staff_forms_need_their_csrf_token(client, web_config):
     client.get("/staff")
     assert client.post("/staff/login", data={"token": STAFF_TOKEN}).status_code == 403
@@ -194,6 +212,14 @@ def test_upload_is_stored_without_metadata_and_queued(client, web_config, jobs):
     assert status["status"] == "pending"
 
 
+def test_phone_page_explains_before_any_result(client, web_config):
+    page = client.get(new_session(client)).text
+    assert NOTICE in page.split("<template")[0]  # shown before any result, and with each one
+    assert "How to take the photo" in page and "flash off" in page and "glare" in page
+    assert f"deleted {web_config['web']['result_minutes']} minutes after the link expires" in page
+    assert "Result:" not in page + (Path(__file__).parents[1] / "ctai/web/static/upload.js").read_text()
+
+
 def test_heic_photo_is_accepted(client, web_config, jobs):
     buffer = io.BytesIO()
     Image.open(RADIOGRAPH).convert("RGB").save(buffer, format="HEIF", quality=90)
@@ -220,8 +246,36 @@ def test_expired_token_is_refused(client, web_config, jobs, monkeypatch):
     later = time.time() + 16 * 60
     monkeypatch.setattr(time, "time", lambda: later)
     page = client.get(link)
-    assert page.status_code == 410 and "expired" in page.text
+    assert page.status_code == 200 and "expired" in page.text and "disabled" in page.text
     assert_refused(client.post(f"{link}/files", content=radiograph_bytes()), 410, "expired", web_config, jobs)
+    later += 60 * 60  # past the result window too
+    page = client.get(link)
+    assert page.status_code == 410 and "no longer available" in page.text
+
+
+def test_reload_shows_every_upload_and_what_is_left(client, web_config, jobs, monkeypatch):
+    link = new_session(client)
+    for _ in range(2):
+        client.post(f"{link}/files", content=radiograph_bytes())
+    first, second = (job.options["upload"] for job in jobs)
+    Store(web_config).finish_upload(first, "bacterial", FAKE_PROBABILITIES)
+    Store(web_config).finish_upload(second, error=PHONE["damaged"])
+    page = client.get(link).text
+    assert "up to 1 more file." in page and "15 more minutes" in page and "disabled" not in page
+    state = client.get(f"{link}/files").json()
+    assert state["open"] and "up to 1 more file." in state["limits"]
+    assert [(u["id"], u["status"]) for u in state["uploads"]] == [(first, "done"), (second, "failed")]
+    assert state["uploads"][0]["probabilities"] == FAKE_PROBABILITIES
+    assert state["uploads"][1]["error"] == PHONE["damaged"]
+
+    client.post(f"{link}/files", content=radiograph_bytes())
+    page = client.get(link).text
+    assert "limit of 3 files" in page and page.count("disabled") == 2  # both buttons
+    later = time.time() + 16 * 60  # the link expired; its results stay for result_minutes
+    monkeypatch.setattr(time, "time", lambda: later)
+    state = client.get(f"{link}/files").json()
+    assert not state["open"] and "expired" in state["closed"] and len(state["uploads"]) == 3
+    assert client.get(f"{link}/files/{first}").json()["status"] == "done"
 
 
 def test_finished_sessions_are_purged(client, web_config, jobs, monkeypatch):
@@ -265,19 +319,36 @@ def test_png_bomb_is_refused(client, web_config, jobs):
     link = new_session(client)
     bomb = png_bomb()
     assert len(bomb) < 400_000
-    assert_refused(client.post(f"{link}/files", content=bomb), 422, "too large", web_config, jobs)
+    response = client.post(f"{link}/files", content=bomb)
+    assert_refused(response, 422, PHONE["too_many_pixels"], web_config, jobs)
+    assert response.json()["error"] == PHONE["too_many_pixels"]  # no library text on the page
 
 
-def test_damaged_image_is_refused(client, web_config, jobs):
+def test_damaged_image_is_refused(client, web_config, jobs, caplog):
+    caplog.set_level(logging.INFO)
     link = new_session(client)
-    assert_refused(client.post(f"{link}/files", content=radiograph_bytes()[:600]), 422, "cannot be used",
-                   web_config, jobs)
+    response = client.post(f"{link}/files", content=radiograph_bytes()[:600])
+    assert_refused(response, 422, PHONE["damaged"], web_config, jobs)
+    assert response.json()["error"] == PHONE["damaged"]
+    assert "cannot decode image" in caplog.text  # the library's words go to the log
+
+
+@pytest.mark.parametrize("reason, key", [
+    ("image too large (decompression bomb guard): Image size (400000000 pixels) exceeds limit", "too_many_pixels"),
+    ("cannot decode image: Truncated File Read", "damaged"),
+    ("image of 20x900 pixels is too small to classify", "too_small"),
+    (f"{NOT_A_CHEST} (chest-image score 0.12, below 0.50)", "not_a_chest"),
+    ("some library's KeyError: 0x7fe0", "failed"),
+])
+def test_technical_reasons_become_plain_sentences(reason, key):
+    assert for_phone(reason) == PHONE[key]
+    assert for_phone(PHONE["wrong_patient"]) == PHONE["wrong_patient"]
 
 
 def test_dicom_of_another_patient_is_refused(client, web_config, jobs, tmp_path):
     link = new_session(client)
     other = save(dataset(picture(), PatientID="SOMEONE-ELSE"), tmp_path / "other.dcm").read_bytes()
-    assert_refused(client.post(f"{link}/files", content=other), 422, WRONG_PATIENT, web_config, jobs)
+    assert_refused(client.post(f"{link}/files", content=other), 422, PHONE["wrong_patient"], web_config, jobs)
     own = save(dataset(picture(), PatientID=PATIENT_ID), tmp_path / "own.dcm").read_bytes()
     assert client.post(f"{link}/files", content=own).status_code == 201
     [stored] = stored_files(web_config)
@@ -380,7 +451,14 @@ def test_upload_runs_through_the_queue_and_the_worker(web_config, queued_client,
     wait_until(lambda: JobStore(web_config).get(f"upload-{upload_id}").status == "done")
     assert JobStore(web_config).get(f"upload-{upload_id}").label == "bacterial"  # `ctai jobs` lists it
     staff_page = queued_client.get("/staff").text
-    assert PATIENT_ID in staff_page and f"upload-{upload_id}" in staff_page
+    assert PATIENT_ID in staff_page and "Bacterial pneumonia" in staff_page and NOTICE in staff_page
+    assert f"upload-{upload_id}" not in staff_page  # listed once, as an upload, not again as a job
+    assert re.search(r"<td>\d{4}-\d\d-\d\d \d\d:\d\d</td>", staff_page)  # date and time
+    picture_link = f"/staff/uploads/{upload_id}/picture"
+    assert picture_link in staff_page
+    assert queued_client.get(picture_link).content == picture_response.content
+    with TestClient(queued_client.app) as stranger:
+        assert stranger.get(picture_link).status_code == 401
     files = (tmp_path / "delivered").rglob("*.dcm")
     delivered = {path.name.split("-")[0]: pydicom.dcmread(path) for path in files}
     assert set(delivered) == {"source", "sr", "sc"}  # the photo travels with its results
@@ -400,6 +478,7 @@ def test_a_photo_of_something_else_gets_plain_advice(web_config, queued_client):
     assert status["status"] == "failed" and status["error"] == PHONE_ADVICE
     wait_until(lambda: JobStore(web_config).get(f"upload-{upload_id}").status != "running")
     assert NOT_A_CHEST in JobStore(web_config).get(f"upload-{upload_id}").error  # the staff see why
+    assert NOT_A_CHEST in queued_client.get("/staff").text
 
 
 def test_dicom_of_another_patient_fails_its_job(web_config, tmp_path):
@@ -411,6 +490,6 @@ def test_dicom_of_another_patient_fails_its_job(web_config, tmp_path):
     staged = save(dataset(picture(), PatientID="SOMEONE-ELSE"), store.staging_path(session.id))
     upload = store.add_upload(session, "dicom", staged, staged.stat().st_size)
     [outcome] = plugin.ctai_load_job(Job("j", "upload", {"upload": upload.id}), web_config)
-    assert outcome.reason == WRONG_PATIENT
+    assert outcome.reason == PHONE["wrong_patient"]
     plugin.ctai_job_finished(Job("j", "upload", {"upload": upload.id}), [], [outcome], web_config)
-    assert store.upload(upload.id).status == "failed" and store.upload(upload.id).error == WRONG_PATIENT
+    assert store.upload(upload.id).status == "failed" and store.upload(upload.id).error == PHONE["wrong_patient"]

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import re
 import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from importlib import resources
@@ -30,6 +31,7 @@ from fastapi.templating import Jinja2Templates
 
 from ctai.config import Config
 from ctai.types import Job
+from ctai.web.messages import LABELS, NOTICE
 from ctai.web.sessions import Store, token_hash
 
 log = logging.getLogger("ctai.web")
@@ -60,6 +62,37 @@ class ApiError(WebError):
     """A refusal answered as JSON ``{"error": message}`` (the phone page's script shows it)."""
 
 
+class Throttle:
+    """Failures per client: after ``limit`` of them within ``window_s``, the client waits.
+
+    Kept in memory, per process (one uvicorn process serves the app). Behind a reverse proxy
+    every client has the proxy's address, so they share one count.
+    """
+
+    def __init__(self, limit: int = 5, window_s: float = 60.0) -> None:
+        self.limit, self.window_s = limit, window_s
+        self.failures: dict[str, list[float]] = {}
+        self.lock = threading.Lock()
+
+    def wait_s(self, client: str) -> int:
+        """Seconds until ``client`` may try again; 0 when it may now."""
+        with self.lock:
+            recent = self._recent(client)
+        if len(recent) < self.limit:
+            return 0
+        return max(1, math.ceil(recent[-self.limit] + self.window_s - time.time()))
+
+    def failed(self, client: str) -> None:
+        with self.lock:
+            recent = {c: self._recent(c) for c in [*self.failures, client]}
+            recent[client].append(time.time())
+            self.failures = {c: times for c, times in recent.items() if times}  # old failures forgotten
+
+    def _recent(self, client: str) -> list[float]:
+        since = time.time() - self.window_s
+        return [t for t in self.failures.get(client, []) if t > since]
+
+
 @dataclass
 class Web:
     """What the routes share, in ``app.state.web``."""
@@ -70,6 +103,7 @@ class Web:
     submit: Submit
     staff_secret_hash: str
     public_url: str
+    login_failures: Throttle = field(default_factory=Throttle)
 
     @property
     def settings(self) -> dict:
@@ -115,6 +149,9 @@ def staff_secret(config: Config, store: Store) -> str:
 def _templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(resources.files("ctai.web").joinpath("templates")))
     templates.env.filters["clock"] = lambda t: datetime.fromtimestamp(t).strftime("%H:%M")
+    templates.env.filters["when"] = lambda t: datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M")
+    templates.env.filters["label"] = lambda name: LABELS.get(name, name)
+    templates.env.globals.update(notice=NOTICE, labels=LABELS)
     templates.env.filters["percent"] = lambda p: f"{100 * p:.1f}%"
     return templates
 

@@ -7,6 +7,7 @@ DICOM files are stored as they came, once they hold an image of the session's pa
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pydicom
@@ -15,11 +16,11 @@ from pydicom import Dataset
 
 from ctai.errors import InputError
 from ctai.inputs.images import MAX_PIXELS, open_image
+from ctai.web.messages import PHONE, for_phone
 
 register_heif_opener()
+log = logging.getLogger("ctai.web")
 
-NOT_SUPPORTED = "This file is not a JPEG, PNG, HEIC or DICOM image."
-WRONG_PATIENT = "This DICOM file belongs to another patient than the one of this upload session."
 #: ISO base media file brands of HEIC/HEIF pictures (phones' camera format).
 HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
 #: Pillow modes a PNG keeps as they are; others (CMYK, ...) are stored as RGB.
@@ -68,7 +69,7 @@ def prepare(staged: Path, patient_id: str) -> tuple[str, Path]:
     if kind == "dicom":
         _check_dicom(staged, patient_id)
         return kind, staged
-    raise Rejected(415, NOT_SUPPORTED)
+    raise Rejected(415, PHONE["not_supported"])
 
 
 def _clean_image(staged: Path) -> Path:
@@ -76,7 +77,8 @@ def _clean_image(staged: Path) -> Path:
     try:
         image = open_image(staged)
     except InputError as exc:
-        raise Rejected(422, f"This image cannot be used: {exc}.") from exc
+        log.info("photo refused: %s", exc)
+        raise Rejected(422, for_phone(str(exc))) from exc
     if image.mode not in PNG_MODES:
         image = image.convert("RGB")
     image.info = {key: value for key, value in image.info.items() if key == "transparency"}
@@ -89,11 +91,11 @@ def _check_dicom(staged: Path, patient_id: str) -> None:
     try:
         dataset = pydicom.dcmread(staged, defer_size="1 MB")
     except Exception as exc:  # pydicom raises many error types on malformed files
-        raise Rejected(422, "This DICOM file cannot be read.") from exc
+        raise Rejected(422, PHONE["dicom_unreadable"]) from exc
     if "PixelData" not in dataset:
-        raise Rejected(422, "This DICOM file holds no image.")
+        raise Rejected(422, PHONE["dicom_no_image"])
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     if int(dataset.get("Rows", 0)) * int(dataset.get("Columns", 0)) * frames > MAX_PIXELS:
-        raise Rejected(422, "This DICOM image is too large to process.")
+        raise Rejected(422, PHONE["dicom_too_large"])
     if not same_patient(dataset, patient_id):
-        raise Rejected(422, WRONG_PATIENT)
+        raise Rejected(422, PHONE["wrong_patient"])

@@ -1,5 +1,8 @@
 """The phone side, reachable only with a session's token: the upload page, the upload itself
 (the file is the raw request body, so limits apply while it streams in), and the results.
+
+The page and its state (``GET /u/<token>/files``) come from the server, so a reload or a new
+tab shows every upload of the link, until ``[web] result_minutes`` after the link expired.
 """
 
 from __future__ import annotations
@@ -7,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from datetime import datetime
 from pathlib import Path
 
 from fastapi import APIRouter, Request
@@ -16,40 +20,58 @@ from starlette.concurrency import run_in_threadpool
 from ctai.types import Job
 from ctai.web.app import ApiError, Web, WebError, WebState
 from ctai.web.files import Rejected, clean_path, prepare
+from ctai.web.messages import PHONE
 from ctai.web.sessions import LimitExceeded, Session, Upload
 
 log = logging.getLogger("ctai.web")
 router = APIRouter()
 
-INVALID = "This upload link is not valid."
-EXPIRED = "This upload link has expired. Ask the staff for a new QR code."
-RESULTS_GONE = "The results of this upload link are no longer available."
 MB = 1024 * 1024
+
+
+def _grace_s(w: Web) -> float:
+    return float(w.settings["result_minutes"]) * 60
 
 
 def _session(w: Web, token: str, error: type[WebError], grace_s: float = 0.0) -> Session:
     """The token's session while it (plus ``grace_s``) lasts, else an ``error`` saying why not."""
     session = w.store.session_for_token(token)
     if session is None:
-        raise error(404, INVALID)
+        raise error(404, PHONE["invalid"])
     if time.time() >= session.expires + grace_s:
-        raise error(410, RESULTS_GONE if grace_s else EXPIRED)
+        raise error(410, PHONE["results_gone"] if grace_s else PHONE["expired"])
     return session
 
 
 def _too_large(room: int) -> str:
-    return f"The file is too large: this upload link takes at most {math.floor(room / MB * 10) / 10} MB more."
+    return PHONE["too_large"].format(mb=math.floor(room / MB * 10) / 10)
 
 
 def _no_room(session: Session, size: int = 0) -> ApiError | None:
     """Why ``session`` cannot take a file of ``size`` bytes, or None if it can."""
     if time.time() >= session.expires:
-        return ApiError(410, EXPIRED)
+        return ApiError(410, PHONE["expired"])
     if session.files >= session.max_files:
-        return ApiError(403, f"This upload link has reached its limit of {session.max_files} files.")
+        return ApiError(403, PHONE["file_limit"].format(max_files=session.max_files))
     if size > session.max_bytes - session.bytes:
         return ApiError(413, _too_large(session.max_bytes - session.bytes))
     return None
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _state(w: Web, session: Session) -> dict:
+    """What the page says about its link: ``limits`` while it takes files, else why not (``closed``)."""
+    until = datetime.fromtimestamp(session.expires + _grace_s(w)).strftime("%H:%M")
+    if error := _no_room(session, 1):
+        closed = f"{error.message} The results below stay here until {until}."
+        return {"open": False, "limits": None, "closed": closed}
+    minutes = max(1, math.ceil((session.expires - time.time()) / 60))
+    limits = (f"This link works for {_plural(minutes, 'more minute')} "
+              f"and up to {_plural(session.max_files - session.files, 'more file')}.")
+    return {"open": True, "limits": limits, "closed": None}
 
 
 def _refused(session: Session, error: ApiError) -> ApiError:
@@ -74,11 +96,25 @@ def _store(w: Web, session: Session, staged: Path, size: int) -> Upload:
     return w.store.add_upload(session, kind, keep, size)
 
 
+def _describe(w: Web, upload: Upload) -> dict:
+    """An upload as the phone page shows it."""
+    return {"id": upload.id, "status": upload.status, "label": upload.label,
+            "probabilities": upload.probabilities, "error": upload.error,
+            "created": datetime.fromtimestamp(upload.created).strftime("%H:%M"),
+            "picture": w.store.picture_path(upload).exists()}
+
+
 @router.get("/u/{token}")
 def upload_page(request: Request, token: str, w: WebState) -> Response:
-    session = _session(w, token, WebError)
-    return w.page(request, "phone.html", minutes_left=max(1, round((session.expires - time.time()) / 60)),
-                  files_left=session.max_files - session.files)
+    session = _session(w, token, WebError, _grace_s(w))
+    return w.page(request, "phone.html", **_state(w, session), result_minutes=w.settings["result_minutes"])
+
+
+@router.get("/u/{token}/files")
+def session_state(token: str, w: WebState) -> dict:
+    """The link's state and all its uploads, oldest first (the page builds itself from this)."""
+    session = _session(w, token, ApiError, _grace_s(w))
+    return {**_state(w, session), "uploads": [_describe(w, u) for u in w.store.session_uploads(session.id)]}
 
 
 @router.post("/u/{token}/files", status_code=201)
@@ -93,7 +129,7 @@ async def upload_file(request: Request, token: str, w: WebState) -> dict:
     except Rejected as exc:
         raise _refused(session, ApiError(exc.status, exc.message)) from exc
     except LimitExceeded as exc:
-        error = _no_room(w.store.session(session.id) or session, size) or ApiError(410, EXPIRED)
+        error = _no_room(w.store.session(session.id) or session, size) or ApiError(410, PHONE["expired"])
         raise _refused(session, error) from exc
     finally:
         for path in (staged, clean_path(staged)):
@@ -104,24 +140,21 @@ async def upload_file(request: Request, token: str, w: WebState) -> dict:
 
 
 def _upload(w: Web, token: str, upload_id: str) -> Upload:
-    session = _session(w, token, ApiError, float(w.settings["result_minutes"]) * 60)
+    session = _session(w, token, ApiError, _grace_s(w))
     upload = w.store.upload(upload_id)
     if upload is None or upload.session_id != session.id:
-        raise ApiError(404, "No such upload in this session.")
+        raise ApiError(404, PHONE["no_such_upload"])
     return upload
 
 
 @router.get("/u/{token}/files/{upload_id}")
 def upload_status(token: str, upload_id: str, w: WebState) -> dict:
-    upload = _upload(w, token, upload_id)
-    return {"id": upload.id, "status": upload.status, "label": upload.label,
-            "probabilities": upload.probabilities, "error": upload.error,
-            "picture": w.store.picture_path(upload).exists()}
+    return _describe(w, _upload(w, token, upload_id))
 
 
 @router.get("/u/{token}/files/{upload_id}/picture")
 def upload_picture(token: str, upload_id: str, w: WebState) -> Response:
     path = w.store.picture_path(_upload(w, token, upload_id))
     if not path.exists():
-        raise ApiError(404, "The result picture is not ready.")
+        raise ApiError(404, PHONE["picture_not_ready"])
     return FileResponse(path, media_type="image/png")

@@ -170,6 +170,13 @@ class Store:
             row = db.execute("SELECT * FROM uploads WHERE id = ?", (upload_id,)).fetchone()
         return _upload(row) if row else None
 
+    def session_uploads(self, session_id: str) -> list[Upload]:
+        """The uploads of one session, oldest first."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM uploads WHERE session_id = ? ORDER BY created, rowid",
+                              (session_id,)).fetchall()
+        return [_upload(row) for row in rows]
+
     def finish_upload(self, upload_id: str, label: str | None = None,
                       probabilities: dict[str, float] | None = None, error: str | None = None) -> None:
         """Record the outcome of an upload's job: a label and probabilities, or an error."""

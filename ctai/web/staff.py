@@ -18,7 +18,7 @@ from typing import Annotated
 
 import qrcode
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from ctai.results import JobStore
 from ctai.web.app import Web, WebError, WebState
@@ -55,9 +55,11 @@ def _require_login(request: Request, w: Web, csrf: str) -> None:
         raise WebError(403, EXPIRED_FORM)
 
 
-def _login_page(request: Request, w: Web, status: int = 200, error: str | None = None) -> Response:
+def _login_page(request: Request, w: Web, status: int = 200, error: str | None = None,
+                headers: dict[str, str] | None = None) -> Response:
     nonce = secrets.token_urlsafe(32)
     response = w.page(request, "login.html", status, csrf=nonce, error=error)
+    response.headers.update(headers or {})
     response.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="strict", secure=w.secure_cookies,
                         path="/staff")
     return response
@@ -87,21 +89,44 @@ def root() -> Response:
     return RedirectResponse("/staff", status_code=303)
 
 
+def _uploads(w: Web) -> list[dict]:
+    """Recent phone uploads, each with its session, its job (why it failed, for the staff) and picture."""
+    jobs = JobStore(w.config)
+    return [{"upload": upload, "session": session, "job": jobs.get(f"upload-{upload.id}"),
+             "picture": w.store.picture_path(upload).exists()} for upload, session in w.store.recent_uploads()]
+
+
 @router.get("/staff")
 def dashboard(request: Request, w: WebState) -> Response:
     csrf = _login_csrf(request, w)
     if csrf is None:
         return _login_page(request, w)
-    return w.page(request, "staff.html", csrf=csrf, uploads=w.store.recent_uploads(),
-                  jobs=JobStore(w.config).latest(RECENT_JOBS))
+    jobs = [job for job in JobStore(w.config).latest(RECENT_JOBS) if job.source != "upload"]  # listed above
+    return w.page(request, "staff.html", csrf=csrf, uploads=_uploads(w), jobs=jobs)
+
+
+@router.get("/staff/uploads/{upload_id}/picture")
+def upload_picture(request: Request, upload_id: str, w: WebState) -> Response:
+    if _login_csrf(request, w) is None:
+        raise WebError(401, "Please log in first.")
+    upload = w.store.upload(upload_id)
+    path = w.store.picture_path(upload) if upload else None
+    if path is None or not path.exists():
+        raise WebError(404, "There is no result picture for this upload.")
+    return FileResponse(path, media_type="image/png")
 
 
 @router.post("/staff/login")
 def login(request: Request, w: WebState, token: Field = "", csrf: Field = "") -> Response:
     if not _same(csrf, request.cookies.get(LOGIN_COOKIE)):
         raise WebError(403, EXPIRED_FORM)
+    client = request.client.host if request.client else ""
+    if wait_s := w.login_failures.wait_s(client):  # even the right token waits: no guessing at speed
+        return _login_page(request, w, 429, f"Too many wrong tokens. Try again in {wait_s} seconds.",
+                           {"Retry-After": str(wait_s)})
     if not hmac.compare_digest(token_hash(token), w.staff_secret_hash):
         log.warning("staff login refused: wrong token")
+        w.login_failures.failed(client)
         return _login_page(request, w, 401, "Wrong staff token.")
     ttl_s = float(w.settings["staff_login_minutes"]) * 60
     cookie, _ = w.store.create_staff_login(ttl_s)

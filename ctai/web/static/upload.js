@@ -1,15 +1,22 @@
-// Phone page: send each chosen file (raw body, progress shown), then poll for its result.
+// Phone page: show the link's uploads from the server (so a reload loses nothing), send each
+// chosen file (raw body, progress shown), then poll for its result.
 "use strict";
 
 (() => {
   const base = location.pathname.replace(/\/+$/, "");
   const list = document.getElementById("uploads");
   const template = document.getElementById("upload-item");
-  const names = { normal: "Normal", bacterial: "Bacterial pneumonia", viral: "Viral pneumonia" };
+  const limits = document.getElementById("limits");
+  const closed = document.getElementById("closed");
+  const buttons = document.querySelectorAll("button[data-input]");
+  const names = JSON.parse(list.dataset.labels);
+  const shown = new Set();
   let queue = Promise.resolve();
+  let sending = 0; // while a file is on its way, its upload may be listed before its card knows its id
 
-  function item() {
+  function item(name) {
     const node = template.content.firstElementChild.cloneNode(true);
+    node.querySelector(".name").textContent = name;
     list.prepend(node);
     return {
       node,
@@ -27,21 +34,31 @@
     view.state.textContent = message || "Something went wrong.";
   }
 
-  function show(id, result, view) {
-    view.state.textContent = `Result: ${names[result.label] || result.label}`;
-    if (result.picture) {
+  function show(upload, view) {
+    view.progress.hidden = true;
+    view.state.textContent = `AI estimate: ${names[upload.label] || upload.label}`;
+    if (upload.picture) {
       view.picture.addEventListener("load", () => { view.picture.hidden = false; });
-      view.picture.src = `${base}/files/${id}/picture`;
+      view.picture.src = `${base}/files/${upload.id}/picture`;
     }
     const body = view.table.tBodies[0];
-    for (const [name, p] of Object.entries(result.probabilities)) {
+    for (const [name, p] of Object.entries(upload.probabilities)) {
       const row = body.insertRow();
-      row.className = name === result.label ? "predicted" : "";
+      row.className = name === upload.label ? "predicted" : "";
       row.insertCell().textContent = names[name] || name;
       row.insertCell().textContent = `${(100 * p).toFixed(1)}%`;
     }
     view.table.hidden = false;
     view.notice.hidden = false;
+  }
+
+  function settle(upload, view) {
+    if (upload.status === "done") show(upload, view);
+    else if (upload.status === "failed") fail(view, upload.error);
+    else {
+      view.state.textContent = "Uploaded. Analysing…";
+      poll(upload.id, view);
+    }
   }
 
   async function poll(id, view) {
@@ -55,9 +72,31 @@
       }
       const body = await response.json().catch(() => ({}));
       if (!response.ok) return fail(view, body.error);
-      if (body.status === "done") return show(id, body, view);
-      if (body.status === "failed") return fail(view, body.error);
+      if (body.status !== "pending") return settle(body, view);
     }
+  }
+
+  // The link's state from the server: what it still takes, and every upload not shown yet.
+  async function refresh() {
+    const response = await fetch(`${base}/files`, { cache: "no-store" }).catch(() => null);
+    if (!response) return;
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      body.open = false;
+      body.closed = body.error || "This upload link cannot be used.";
+    }
+    limits.textContent = body.limits || "";
+    limits.hidden = !body.open;
+    closed.textContent = body.closed || "";
+    closed.hidden = Boolean(body.open);
+    for (const button of buttons) button.disabled = !body.open;
+    (body.uploads || []).forEach((upload, index) => {
+      if (sending || shown.has(upload.id)) return;
+      shown.add(upload.id);
+      const view = item(`Picture ${index + 1}, sent at ${upload.created}`);
+      view.progress.value = 100;
+      settle(upload, view);
+    });
   }
 
   function send(file, view) {
@@ -75,9 +114,9 @@
           body = {};
         }
         if (xhr.status === 201) {
+          shown.add(body.id);
           view.progress.value = 100;
-          view.state.textContent = "Uploaded. Analysing…";
-          poll(body.id, view);
+          settle(body, view);
         } else {
           fail(view, body.error || `The upload failed (HTTP ${xhr.status}).`);
         }
@@ -91,14 +130,20 @@
     });
   }
 
+  for (const button of buttons) {
+    button.addEventListener("click", () => document.getElementById(button.dataset.input).click());
+  }
   for (const input of document.querySelectorAll("input[type=file]")) {
     input.addEventListener("change", () => {
       const files = Array.from(input.files);
       input.value = "";
       for (const file of files) {
-        const view = item();
-        queue = queue.then(() => send(file, view));
+        const view = item(file.name);
+        sending += 1;
+        queue = queue.then(() => send(file, view)).then(() => { sending -= 1; return refresh(); });
       }
     });
   }
+  refresh();
+  setInterval(refresh, 30000);
 })();
