@@ -290,6 +290,14 @@ def test_finished_sessions_are_purged(client, web_config, jobs, monkeypatch):
     assert client.get(link).status_code == 404
 
 
+def test_with_the_disk_nearly_full_uploads_are_refused_plainly(web_config, jobs):
+    web_config["data"]["min_free_percent"] = 100  # every disk is "nearly full" now
+    with TestClient(create_app(web_config, submit=jobs.append)) as client:
+        response = client.post(f"{new_session(client)}/files", content=radiograph_bytes())
+    assert response.status_code == 507 and response.json()["error"] == PHONE["disk_full"]
+    assert not stored_files(web_config) and not jobs
+
+
 def test_file_limit(client, web_config, jobs):
     link = new_session(client)
     for _ in range(3):

@@ -30,6 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from ctai.config import Config
+from ctai.disk import DiskGuard
 from ctai.types import Job
 from ctai.web.messages import LABELS, NOTICE
 from ctai.web.sessions import Store, token_hash
@@ -104,6 +105,10 @@ class Web:
     staff_secret_hash: str
     public_url: str
     login_failures: Throttle = field(default_factory=Throttle)
+    disk: DiskGuard | None = None
+
+    def __post_init__(self) -> None:
+        self.disk = self.disk or DiskGuard.from_config(self.config)
 
     @property
     def settings(self) -> dict:

@@ -122,6 +122,8 @@ async def upload_file(request: Request, token: str, w: WebState) -> dict:
     session = _session(w, token, ApiError)
     if error := _no_room(session, int(request.headers.get("content-length") or 0)):
         raise _refused(session, error)
+    if w.disk.shortage():
+        raise _refused(session, ApiError(507, PHONE["disk_full"]))
     staged, size = w.store.staging_path(session.id), 0
     try:
         size = await _receive(request, staged, session.max_bytes - session.bytes)
