@@ -20,7 +20,7 @@ PHONE = {
     "results_gone": "The results of this upload link are no longer available.",
     "no_such_upload": "No such upload in this session.",
     "picture_not_ready": "The result picture is not ready.",
-    "file_limit": "This upload link has reached its limit of {max_files} files.",
+    "file_limit": "This upload link has reached its limit of {files}.",
     "too_large": "The file is too large: this upload link takes at most {mb} MB more.",
     "not_supported": "This file is not a JPEG, PNG, HEIC or DICOM image.",
     "too_many_pixels": "This picture is too large to process. Send a photo taken with the phone's camera.",

@@ -52,7 +52,7 @@ def _no_room(session: Session, size: int = 0) -> ApiError | None:
     if time.time() >= session.expires:
         return ApiError(410, PHONE["expired"])
     if session.files >= session.max_files:
-        return ApiError(403, PHONE["file_limit"].format(max_files=session.max_files))
+        return ApiError(403, PHONE["file_limit"].format(files=_plural(session.max_files, "file")))
     if size > session.max_bytes - session.bytes:
         return ApiError(413, _too_large(session.max_bytes - session.bytes))
     return None
