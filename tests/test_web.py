@@ -298,6 +298,18 @@ def test_with_the_disk_nearly_full_uploads_are_refused_plainly(web_config, jobs)
     assert not stored_files(web_config) and not jobs
 
 
+def test_staff_can_end_an_upload_link_at_once(client, jobs):
+    csrf = login(client)
+    response = client.post("/staff/sessions", data={"patient_id": PATIENT_ID, "patient_name": PATIENT_NAME,
+                                                    "accession": "", "csrf": csrf})
+    link = re.search(r'href="http://127\.0\.0\.1:8043(/u/[^"]+)"', response.text).group(1)
+    end = re.search(r'action="(/staff/sessions/[0-9a-f]+/end)"', response.text).group(1)
+    assert client.post(end, data={"csrf": "forged"}).status_code == 403
+    assert client.post(end, data={"csrf": csrf}).status_code == 200
+    refused = client.post(f"{link}/files", content=radiograph_bytes())
+    assert refused.status_code == 410 and refused.json()["error"] == PHONE["expired"] and not jobs
+
+
 def test_file_limit(client, web_config, jobs):
     link = new_session(client)
     for _ in range(3):

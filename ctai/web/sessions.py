@@ -120,6 +120,13 @@ class Store:
                         session.expires, max_files, max_bytes))
         return session, token
 
+    def end_session(self, session_id: str) -> bool:
+        """Expire a session now (staff ended it): its link takes no more files; its results stay
+        visible for the usual time after."""
+        with self._connect() as db:
+            return db.execute("UPDATE sessions SET expires = MIN(expires, ?) WHERE id = ?",
+                              (time.time(), session_id)).rowcount == 1
+
     def session_for_token(self, token: str) -> Session | None:
         with self._connect() as db:
             row = db.execute("SELECT * FROM sessions WHERE token_hash = ?", (token_hash(token),)).fetchone()

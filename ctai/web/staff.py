@@ -146,6 +146,15 @@ def logout(request: Request, w: WebState, csrf: Field = "") -> Response:
     return response
 
 
+@router.post("/staff/sessions/{session_id}/end")
+def end_session(request: Request, session_id: str, w: WebState, csrf: Field = "") -> Response:
+    _require_login(request, w, csrf)
+    if not w.store.end_session(session_id):
+        raise WebError(404, "No such upload session.")
+    log.info("upload session %s ended by staff", session_id)
+    return w.page(request, "message.html", message="The upload link is ended: it takes no more files.")
+
+
 @router.post("/staff/sessions")
 def create_session(request: Request, w: WebState, patient_id: Field = "", patient_name: Field = "",
                    accession: Field = "", csrf: Field = "") -> Response:
