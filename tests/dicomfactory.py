@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from tests.conftest import IMAGES
@@ -59,6 +60,19 @@ def save(ds: Dataset, path: Path) -> Path:
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def pixel_data_cut(source: Path, target: Path) -> Path:
+    """``source`` with its pixel data cut to a third, in a well-formed data set (as a sender would
+    read it): native data shorter than the image, or one encapsulated fragment holding a third of
+    the frame's stream."""
+    ds = dcmread(source)
+    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        [frame] = generate_frames(ds.PixelData, number_of_frames=1)
+        ds.PixelData = encapsulate([frame[: len(frame) // 3]])
+    else:
+        ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]
+    return save(ds, target)
 
 
 def compressed(ds: Dataset, syntax: str, path: Path, **options: object) -> Path:

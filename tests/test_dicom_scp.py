@@ -15,7 +15,6 @@ import numpy as np
 import pynetdicom
 import pytest
 from pydicom import Dataset, dcmread
-from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import (
     BasicTextSRStorage,
     ComprehensiveSRStorage,
@@ -35,7 +34,7 @@ from ctai.plugins import plugin_manager
 from ctai.transports.dicom_scp import CANNOT_UNDERSTAND, NOT_OF_SOP_CLASS, SOURCE, DicomListener, Spool
 from ctai.types import Failure, Job, ModelInfo, SourceImage
 from tests.conftest import IMAGES
-from tests.dicomfactory import dataset, save
+from tests.dicomfactory import dataset, pixel_data_cut, save
 from tests.peers import HIS, PATIENT, StoreSCP, fast_outbox, free_port, result, tool, wait_until
 
 SERIES_UID = "1.2.826.0.1.3680043.8.498.77.1"
@@ -339,23 +338,11 @@ def test_stop_returns_at_once_with_idle_connections_open(listen):
         raw.close()
 
 
-def pixel_stream_cut(source: Path, target: Path) -> Path:
-    """``source`` with a third of its pixel data, in a well-formed data set (as a sender would read it)."""
-    ds = dcmread(source)
-    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
-        [frame] = generate_frames(ds.PixelData, number_of_frames=1)
-        ds.PixelData = encapsulate([frame[: len(frame) // 3]])
-    else:
-        ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]
-    ds.save_as(target, enforce_file_format=True)
-    return target
-
-
 def test_truncated_pixel_data_gets_a_failure_status_and_is_not_kept(config, listen, series, tmp_path):
     listener = listen(idle_seconds=3600)
     native = save(dataset(np.zeros((300, 200), np.uint8), SOPInstanceUID=generate_uid()), tmp_path / "native.dcm")
-    for cut in (pixel_stream_cut(native, tmp_path / "native-cut.dcm"),
-                pixel_stream_cut(series[0], tmp_path / "jpeg-cut.dcm")):
+    for cut in (pixel_data_cut(native, tmp_path / "native-cut.dcm"),
+                pixel_data_cut(series[0], tmp_path / "jpeg-cut.dcm")):
         run = listener.storescu([cut], "MODALITY", "-v")
         assert run.returncode != 0 and "Received Store Response (Error: CannotUnderstand)" in run.stderr, run.stderr
     assert spooled(config) == []

@@ -21,7 +21,7 @@ from ctai.cli import main
 from ctai.errors import InputError
 from ctai.inputs.dicom import display_pixels, read_dataset
 from tests.conftest import requires_model
-from tests.dicomfactory import compressed, dataset, dcmtk, picture, save
+from tests.dicomfactory import compressed, dataset, dcmtk, picture, pixel_data_cut, save
 
 # pydicom warns, then keeps nothing, when a file ends inside an undefined-length element.
 pytestmark = pytest.mark.filterwarnings("ignore:End of file reached before delimiter:UserWarning")
@@ -188,18 +188,6 @@ def test_any_cut_or_damage_gives_only_input_errors(radiograph: Path, tmp_path: P
                 assert str(exc)
 
 
-def stream_cut(source: Path, target: Path) -> Path:
-    """``source`` with its pixel data cut to a third, in a well-formed data set: native data
-    shorter than the image, or one encapsulated fragment holding a third of the frame's stream."""
-    ds = read_dataset(source)
-    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
-        [frame] = generate_frames(ds.PixelData, number_of_frames=1)
-        ds.PixelData = encapsulate([frame[: len(frame) // 3]])
-    else:
-        ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]
-    return save(ds, target)
-
-
 ENCODINGS = {
     "native": lambda source, target: source,
     "JPEG baseline (dcmcjpeg)": lambda source, target: dcmtk("dcmcjpeg", source, target, "+eb"),
@@ -224,7 +212,7 @@ def test_pixel_stream_cut_short_is_refused(name: str, radiograph: Path, tmp_path
     intact = inputs.load(encoded)[0].pixels
     assert intact.shape == picture().shape
     reason = REASONS.get(name, r"pixel data truncated: the .* stream of frame 1 ends before its end marker")
-    fails(stream_cut(encoded, tmp_path / "cut.dcm"), reason)
+    fails(pixel_data_cut(encoded, tmp_path / "cut.dcm"), reason)
 
 
 def test_jpeg_stream_with_padding_after_its_end_marker_decodes(radiograph: Path, tmp_path: Path) -> None:
@@ -237,7 +225,7 @@ def test_jpeg_stream_with_padding_after_its_end_marker_decodes(radiograph: Path,
 
 @requires_model
 def test_cli_reports_the_cut_stream(radiograph: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cut_jpeg = stream_cut(dcmtk("dcmcjpeg", radiograph, tmp_path / "jpeg.dcm", "+eb"), tmp_path / "cut.dcm")
+    cut_jpeg = pixel_data_cut(dcmtk("dcmcjpeg", radiograph, tmp_path / "jpeg.dcm", "+eb"), tmp_path / "cut.dcm")
     assert main(["classify", "--json", str(cut_jpeg)]) == 1
     [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert row["path"] == str(cut_jpeg)

@@ -80,12 +80,7 @@ def test_phone_upload_shows_the_result(served, browser, tmp_path):
     expect = sync_api.expect
 
     staff = browser.new_context(**phone_device).new_page()
-    staff.goto(f"{base}/staff")
-    staff.fill("input[name=token]", STAFF_TOKEN)
-    staff.click("text=Log in")
-    staff.fill("input[name=patient_id]", "PID-0815")
-    staff.fill("input[name=patient_name]", "DOE^JOHN")
-    staff.click("text=Create QR code")
+    start_session(staff, base)
     qr = staff.get_attribute("#qr", "src")
     url = read_qr(base64.b64decode(qr.split(",", 1)[1]), tmp_path)
     assert re.fullmatch(rf"{base}/u/[A-Za-z0-9_-]{{43}}", url)
