@@ -3,10 +3,16 @@
 Any process enqueues (Orthanc's plugin, the DICOM listener, the web app); ``ctai worker`` runs
 the jobs. A queued job is a JSON-able payload: the ``Job`` fields plus the time it was queued,
 which lets the worker skip a job that a later-started run already covered (``ctai.worker``).
+
+With Redis, workers on several machines share the queue "ctai". A job whose input lies on the
+machine that received it (the listener's spool, a phone upload) is queued ``local``: its
+options name the host ("host") and it goes to that host's own queue, "ctai.<host>", which only
+that host's workers take.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -26,16 +32,22 @@ _lock = threading.Lock()
 _producers: dict[tuple[str, str], TaskWrapper] = {}
 
 
-def make_queue(config: Config) -> Huey:
-    """A huey instance on the configured backend ([queue] backend, url)."""
+def make_queue(config: Config, host: str | None = None) -> Huey:
+    """A huey instance on the configured backend ([queue] backend, url): the shared queue, or
+    with Redis the queue of ``host``'s own jobs (SQLite is one machine's: one queue)."""
     backend = config["queue"]["backend"]
     if backend == "sqlite":
         return SqliteHuey("ctai", filename=str(data_dir(config) / "queue.sqlite3"), results=False)
     if backend == "redis":
         from huey import RedisHuey
 
-        return RedisHuey("ctai", url=config["queue"]["url"], results=False)
+        return RedisHuey(f"ctai.{host}" if host else "ctai", url=config["queue"]["url"], results=False,
+                         clean_name=False)
     raise ValueError(f"[queue] backend must be 'sqlite' or 'redis', not {backend!r}")
+
+
+def this_host() -> str:
+    return socket.gethostname()
 
 
 def payload(job: Job, enqueued: float) -> dict[str, Any]:
@@ -59,21 +71,31 @@ def _run_elsewhere(message: dict[str, Any]) -> None:
     raise RuntimeError("jobs run in `ctai worker`")
 
 
-def _producer(config: Config) -> TaskWrapper:
-    key = (config["queue"]["backend"], config["queue"]["url"] if config["queue"]["backend"] == "redis"
-           else str(data_dir(config)))
+def _producer(config: Config, host: str | None) -> TaskWrapper:
+    redis = config["queue"]["backend"] == "redis"
+    key = (config["queue"]["url"], host) if redis else (str(data_dir(config)), None)
     with _lock:
         if key not in _producers:
-            _producers[key] = task(make_queue(config), _run_elsewhere)
+            _producers[key] = task(make_queue(config, host if redis else None), _run_elsewhere)
         return _producers[key]
 
 
-def enqueue(config: Config, job: Job) -> None:
-    """Queue a job for the worker; it is stored durably when this returns.
+def enqueue(config: Config, job: Job, local: bool = False) -> None:
+    """Queue a job for the worker; it is stored durably when this returns. ``local``: only a
+    worker on this machine can load its input (see above).
 
     ``job.id`` names the work: a job queued again under the same ID (e.g. "orthanc:<series>")
-    runs once more only if no run started after it was queued.
+    runs once more only if no run started after it was queued. Raises ``TransientError`` when
+    the queue is unreachable or full (Redis): nothing was queued then; queue it again later.
     """
+    if local:
+        job.options["host"] = this_host()
     now = time.time()
     JobStore(config).pending(job, now)
-    _producer(config)(payload(job, now))
+    if config["queue"]["backend"] == "redis":
+        from ctai.redisdb import translated
+
+        with translated(config["queue"]["url"]):
+            _producer(config, job.options.get("host"))(payload(job, now))
+    else:
+        _producer(config, None)(payload(job, now))

@@ -4,8 +4,14 @@ Several jobs run at once, one per consumer thread ([worker] threads); the pipeli
 classifier is wrapped in a ``BatchingClassifier``, so the radiographs of jobs waiting together
 are classified in shared batches. A ``TransientError`` is retried ([worker] attempts, delays
 doubling from retry_delay; huey keeps the retry durably in its schedule); any other error
-fails the job once, its reason recorded. Jobs left "running" by a worker that
-died are queued again when a worker starts on the same host.
+fails the job once, its reason recorded.
+
+A worker claims each job before running it (``JobStore.claim``): a lease of [worker]
+lease_seconds that a thread renews every third of it while the job runs. A taken message is
+gone from the queue, so a job whose worker died lives on only in its record: every worker
+looks for leases that ran out (or whose process on this host is gone) and queues those jobs
+again, whichever machine ran them. A claim never succeeds while another one's lease is live,
+so no two workers run a job at once.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -23,14 +30,14 @@ import pluggy
 from huey.consumer import Consumer
 from huey.exceptions import RetryTask
 
-from ctai import hookimpl, jobs
+from ctai import hookimpl, jobs, redisdb
 from ctai.config import Config
 from ctai.errors import TransientError
 from ctai.hookspecs import Classifier
 from ctai.model.batching import BatchingClassifier
 from ctai.pipeline import Pipeline
 from ctai.plugins import plugin_manager
-from ctai.results import FINISHED, JobStore, Summary, summarize
+from ctai.results import JobStore, Summary, summarize
 from ctai.types import Failure, Job, Result
 
 log = logging.getLogger(__name__)
@@ -67,55 +74,101 @@ class Worker:
         self.classifier = BatchingClassifier(inner, int(config["model"]["batch_size"]), wait)
         self.pm.register(_Batched(self.classifier), name="ctai-batching")
         self.pipeline = Pipeline(config, self.pm)
-        self.huey = jobs.make_queue(config)
-        jobs.task(self.huey, self._run)
-        self._busy: set[str] = set()
-        self._busy_lock = threading.Lock()
+        self.lease = float(config["worker"]["lease_seconds"])
+        self._held: dict[str, str] = {}  # job ID -> the owner token of this process's claim
+        self._held_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._leases = threading.Thread(target=self._keep_leases, name="worker-leases", daemon=True)
+        redis = config["queue"]["backend"] == "redis"
+        queues = [jobs.make_queue(config)] + ([jobs.make_queue(config, jobs.this_host())] if redis else [])
         threads = int(config["worker"]["threads"])
         poll = float(config["worker"]["poll_interval"])
-        self.consumer = _Consumer(self.huey, workers=threads, periodic=False, initial_delay=poll,
-                                  backoff=1.0, max_delay=poll, shutdown_timeout=60)
+        # Redis wakes a waiting thread at once: the delay is the backoff after an error (Redis down).
+        backoff, max_delay = (2.0, 10.0) if redis else (1.0, poll)
+        self.consumers = []
+        for huey in queues:
+            jobs.task(huey, self._run)
+            self.consumers.append(_Consumer(huey, workers=threads, periodic=False, initial_delay=poll,
+                                            backoff=backoff, max_delay=max_delay, shutdown_timeout=60))
 
     def start(self) -> None:
+        if self.config["queue"]["backend"] == "redis":
+            url = self.config["queue"]["url"]
+            redisdb.wait_until_ready(url, float(self.config["queue"]["wait_seconds"]))
         size = self.classifier.input_size
         self.pipeline.scores(np.zeros((1, size, size, 1), np.float32))  # the first call builds the graph
-        self._requeue_abandoned()
-        self.consumer.start()
-        log.info("worker: %d threads on the %s queue", self.consumer.workers, self.config["queue"]["backend"])
+        self._requeue_abandoned(starting=True)
+        self._leases.start()
+        for consumer in self.consumers:
+            consumer.start()
+        log.info("worker %s: %d threads on each of %d %s queue(s)", self.owner, self.consumers[0].workers,
+                 len(self.consumers), self.config["queue"]["backend"])
 
     def stop(self) -> None:
         """Let running jobs finish (at most a minute), then stop."""
-        self.consumer.stop(graceful=True)
+        for consumer in self.consumers:
+            consumer.stop(graceful=True)
+        self._stopping.set()
+        if self._leases.is_alive():
+            self._leases.join()
         self.classifier.close()
 
-    def _requeue_abandoned(self) -> None:
-        """Queue again the jobs that a dead worker process on this host left running."""
-        host = self.owner.split(":")[0]
-        for record in self.store.running():
-            owner_host, _, pid = (record.owner or "").rpartition(":")
-            if owner_host == host and (pid == str(os.getpid()) or not _alive(int(pid or 0))):
-                log.warning("worker: %s was left running by %s; queued again", record.id, record.owner)
-                jobs.enqueue(self.config, Job(record.id, record.source, record.options))
+    def _keep_leases(self) -> None:
+        """Renew this process's leases, and queue again the jobs of leases that ran out."""
+        while not self._stopping.wait(self.lease / 3):
+            try:
+                with self._held_lock:
+                    held = dict(self._held)
+                for job_id, owner in held.items():
+                    if not self.store.renew(job_id, owner, self.lease):
+                        log.warning("worker: lost the lease of %s (renewed too late)", job_id)
+                self._requeue_abandoned()
+            except TransientError as exc:  # Redis down: leases run out, the jobs go on running
+                log.error("worker: cannot renew leases: %s", exc)
+
+    def _requeue_abandoned(self, starting: bool = False) -> None:
+        """Queue again the jobs whose lease ran out, or whose worker process on this host is gone."""
+        now = time.time()
+        for record in self.store.leased():
+            if not self._abandoned(record.owner or "", record.lease or 0, now, starting):
+                continue
+            reaper = f"{self.owner}:{uuid.uuid4().hex[:8]}"
+            if not self.store.take_over(record.id, record.owner or "", reaper, self.lease):
+                continue  # another worker was quicker
+            log.warning("worker: %s was left running by %s; queued again", record.id, record.owner)
+            jobs.enqueue(self.config, Job(record.id, record.source, record.options))
+            self.store.release(record.id, reaper)
+
+    def _abandoned(self, owner: str, lease: float, now: float, starting: bool) -> bool:
+        """Whether the claim ``owner`` ("host:pid:claim") is dead: its lease ran out, or its process
+        on this host is gone (at start, this very PID's claims are a previous process's)."""
+        if owner.startswith(f"{self.owner}:"):
+            return starting
+        host, _, rest = owner.partition(":")
+        pid = rest.partition(":")[0]
+        return lease < now or (host == jobs.this_host() and not _alive(int(pid) if pid.isdigit() else 0))
 
     def _run(self, message: dict[str, Any]) -> None:
-        """The huey task: one job, from loading its images to recording its outcome."""
+        """The huey task: one job, from claiming it to recording its outcome."""
         job = jobs.job_of(message)
-        record = self.store.get(job.id)
-        if record and record.status in FINISHED and (record.started or 0) > message["enqueued"]:
+        owner = f"{self.owner}:{uuid.uuid4().hex[:8]}"
+        # The message is out of the queue now: wait out a Redis outage rather than drop it.
+        outcome, attempt = redisdb.persistently(
+            lambda: self.store.claim(job, owner, message["enqueued"], self.lease), f"claiming {job.id}")
+        if outcome == "ran":
             log.info("worker: %s already ran after it was queued; skipped", job.id)
             return
-        with self._busy_lock:
-            if job.id in self._busy:
-                raise RetryTask(delay=1.0)  # the same job is running in another thread
-            self._busy.add(job.id)
+        if outcome == "busy":
+            raise RetryTask(delay=1.0)  # running elsewhere (another thread or machine): look again
+        with self._held_lock:
+            self._held[job.id] = owner
         try:
-            self._attempt(job)
+            self._attempt(job, owner, attempt)
         finally:
-            with self._busy_lock:
-                self._busy.discard(job.id)
+            with self._held_lock:
+                self._held.pop(job.id, None)
 
-    def _attempt(self, job: Job) -> None:
-        attempt = self.store.start(job, self.owner)
+    def _attempt(self, job: Job, owner: str, attempt: int) -> None:
         started = time.monotonic()
         job.options["started"] = time.time()
         try:
@@ -126,14 +179,14 @@ class Worker:
                 delay = float(self.config["worker"]["retry_delay"]) * 2 ** (attempt - 1)
                 log.warning("worker: %s: %s; try %d of %d in %.1f s", job.id, error, attempt + 1, tries,
                             delay)
-                self.store.retrying(job, str(error))
+                redisdb.persistently(lambda: self.store.retrying(job, owner, str(error)), f"recording {job.id}")
                 raise RetryTask(delay=delay) from error
             summary = Summary("failed", error=f"gave up after {tries} tries: {error}")
         except Exception as error:
             log.exception("worker: %s failed", job.id)
             summary = Summary("failed", error=str(error) or type(error).__name__)
         seconds = time.monotonic() - started
-        self.store.finish(job, summary, seconds)
+        redisdb.persistently(lambda: self.store.finish(job, owner, summary, seconds), f"recording {job.id}")
         outcome = summary.label or summary.error or ""
         log.info("worker: %s %s %s in %.1f s", job.id, summary.status, outcome, seconds)
 
@@ -163,7 +216,9 @@ def _alive(pid: int) -> bool:
 
 
 def cmd_worker(args: argparse.Namespace, config: Config) -> int:
+    from ctai.outbox import OutboxSender
     from ctai.serve import WorkerService, run_services, setup_logging
 
     setup_logging()
-    return run_services([WorkerService(config)])
+    # The outbox holds what this machine's jobs must deliver (C-STORE, HL7): this machine sends it.
+    return run_services([WorkerService(config), OutboxSender(config)])

@@ -4,7 +4,8 @@ On STABLE_SERIES it decides from the series' main DICOM tags whether the series 
 and queues a job, or records why not: a few milliseconds, never the model, which runs in
 ``ctai worker``. When Orthanc starts, a background thread queues the series that changed in
 the last [orthanc] catch_up_hours and that ctai has not seen since (left unstable when Orthanc
-stopped, say). Environment, set by ``ctai serve``: CTAI_SITE_PACKAGES (the virtual
+stopped, say). A series that cannot be queued because the queue is unreachable or full (Redis
+down) is tried again every few seconds until it is. Environment, set by ``ctai serve``: CTAI_SITE_PACKAGES (the virtual
 environment's site-packages, imported from here), CTAI_CONFIG (ctai's configuration file).
 """
 
@@ -19,6 +20,7 @@ site.addsitedir(os.environ["CTAI_SITE_PACKAGES"])
 import orthanc  # noqa: E402  (Orthanc's embedded module)
 from ctai import config as configuration  # noqa: E402
 from ctai import jobs  # noqa: E402
+from ctai.errors import TransientError  # noqa: E402
 from ctai.results import PENDING, SKIPPED, JobStore, Summary  # noqa: E402
 from ctai.transports.orthanc import STATUS_METADATA  # noqa: E402
 from ctai_plugins.chest import OWN_OUTPUT  # noqa: E402
@@ -31,6 +33,11 @@ from ctai_plugins.orthanc import (  # noqa: E402
 
 CONFIG = configuration.load()
 STARTED = status_now()
+RETRY_SECONDS = 5.0
+
+# Series whose job could not be queued for a passing reason (Redis down or full), to try again.
+unqueued: set[str] = set()
+unqueued_lock = threading.Lock()
 
 
 def consider(series_id):
@@ -64,19 +71,44 @@ def catch_up():
             metadata = json.loads(orthanc.RestApiGet(f"/series/{series_id}/metadata?expand"))
             status = json.loads(metadata.get(STATUS_METADATA) or "null")
             if status is None or status["time"] < updated:
-                consider(series_id)
+                consider_or_keep(series_id)
         except Exception as exc:  # one broken series must not stop the others
             orthanc.LogError(f"ctai: catch-up of series {series_id}: {exc!r}")
 
 
+def consider_or_keep(series_id):
+    """``consider``; a series that fails for a passing reason is kept to be tried again."""
+    try:
+        consider(series_id)
+    except TransientError as exc:
+        with unqueued_lock:
+            unqueued.add(series_id)
+        orthanc.LogWarning(f"ctai: series {series_id} not queued yet, tried again in {RETRY_SECONDS:.0f} s: {exc}")
+        return False
+    except Exception as exc:
+        orthanc.LogError(f"ctai: series {series_id} could not be queued: {exc!r}")
+    with unqueued_lock:
+        unqueued.discard(series_id)
+    return True
+
+
+def retry_unqueued():
+    """Queue the kept series once the queue is back (one failure ends the round)."""
+    while True:
+        time.sleep(RETRY_SECONDS)
+        with unqueued_lock:
+            waiting = sorted(unqueued)
+        for series_id in waiting:
+            if not consider_or_keep(series_id):
+                break
+
+
 def on_change(change_type, level, resource_id):
     if change_type == orthanc.ChangeType.STABLE_SERIES:
-        try:
-            consider(resource_id)
-        except Exception as exc:
-            orthanc.LogError(f"ctai: series {resource_id} could not be queued: {exc!r}")
+        consider_or_keep(resource_id)
     elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
         threading.Thread(target=catch_up, name="ctai-catch-up", daemon=True).start()
+        threading.Thread(target=retry_unqueued, name="ctai-retry", daemon=True).start()
 
 
 orthanc.RegisterOnChangeCallback(on_change)

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(python3-venv orthanc orthanc-python dcmtk dicom3tools)
-[ "${1:-}" = "--test" ] && DEBIAN_PACKAGES+=(chromium zbar-tools iproute2)  # iproute2: loopback in the Orthanc tests' namespace
+[ "${1:-}" = "--test" ] && DEBIAN_PACKAGES+=(chromium zbar-tools iproute2 redis-server)  # iproute2: loopback in the Orthanc tests' namespace; redis-server: the shared-queue tests
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

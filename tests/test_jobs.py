@@ -17,7 +17,7 @@ from ctai import cli, hookimpl, jobs
 from ctai.errors import TransientError
 from ctai.model.batching import BatchingClassifier
 from ctai.plugins import plugin_manager
-from ctai.results import JobStore
+from ctai.results import JobStore, Summary
 from ctai.types import CLASSES, Job, ModelInfo, SourceImage
 from ctai.worker import Worker
 from tests.dicomfactory import picture
@@ -157,14 +157,36 @@ def test_a_job_queued_again_before_it_ran_runs_once(config, make_worker):
 
 
 def test_jobs_left_running_by_a_dead_worker_are_queued_again(config, make_worker):
+    config["worker"]["lease_seconds"] = 1.5
     store = JobStore(config)
     job = Job("orphan", "test", {"images": 2})
     store.pending(job, time.time())
-    store.start(job, f"{socket.gethostname()}:{2 ** 22 + 12345}")  # no such process
-    store.start(Job("elsewhere", "test"), "another-host:1")
+    store.claim(job, f"{socket.gethostname()}:{2 ** 22 + 12345}:a", 0, 60)  # no such process
+    elsewhere = Job("elsewhere", "test", {"images": 1})
+    store.pending(elsewhere, time.time())
+    store.claim(elsewhere, "another-host:1:b", 0, 60)  # alive, as far as this host can tell
+    expired = Job("expired", "test", {"images": 1})
+    store.pending(expired, time.time())
+    store.claim(expired, "another-host:2:c", 0, 1.0)  # its lease runs out in a second
     make_worker()
     assert wait_for(config, "orphan", "done").error is None
+    assert wait_for(config, "expired", "done", timeout=10).owner.startswith(f"{socket.gethostname()}:")
     assert store.get("elsewhere").status == "running"
+
+
+def test_a_claim_is_exclusive_while_its_lease_lives(config):
+    store = JobStore(config)
+    job = Job("one", "test")
+    store.pending(job, 100.0)
+    assert store.claim(job, "h:1:a", 100.0, 30) == ("claimed", 1)
+    assert store.claim(job, "h:2:b", 100.0, 30) == ("busy", 0)
+    assert store.renew("one", "h:1:a", 30) and not store.renew("one", "h:2:b", 30)
+    assert store.take_over("one", "h:1:a", "h:2:b", -1)  # as a reaper; the lease already ran out
+    assert not store.renew("one", "h:1:a", 30)
+    assert store.claim(job, "h:3:c", 100.0, 30) == ("claimed", 2)
+    store.finish(job, "h:3:c", Summary("done", "normal"), 1.0)
+    assert store.get("one").lease is None and store.leased() == []
+    assert store.claim(job, "h:4:d", 100.0, 30) == ("ran", 0)  # queued before that run started
 
 
 def test_batching_classifier_merges_concurrent_calls():

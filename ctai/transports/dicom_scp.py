@@ -236,7 +236,7 @@ class DicomListener:
     def _default_enqueue(config: Config) -> Callable[[Job], None]:
         from ctai import jobs
 
-        return lambda job: jobs.enqueue(config, job)
+        return lambda job: jobs.enqueue(config, job, local=True)  # its input is in this host's spool
 
     @property
     def port(self) -> int:

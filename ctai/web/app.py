@@ -168,7 +168,7 @@ def create_app(config: Config, submit: Submit | None = None) -> FastAPI:
 
     store = Store(config)
     app = FastAPI(title="ctai upload", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.web = Web(config, store, _templates(), submit or partial(jobs.enqueue, config),
+    app.state.web = Web(config, store, _templates(), submit or partial(jobs.enqueue, config, local=True),
                         token_hash(staff_secret(config, store)), public_url(config))
     app.mount("/static", StaticFiles(directory=str(resources.files("ctai.web").joinpath("static"))), "static")
     app.include_router(staff.router)
