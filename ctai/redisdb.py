@@ -97,10 +97,11 @@ def wait_until_ready(url: str, seconds: float) -> None:
             check(url)
             return
         except RedisUnavailable as exc:
-            if time.monotonic() + delay > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise RedisUnavailable(f"{exc}; gave up after {seconds:.0f} s ([queue] wait_seconds)") from exc
-            log.warning("queue: %s; trying again in %.0f s", exc, delay)
-            time.sleep(delay)
+            log.warning("queue: %s; trying again in %.1f s", exc, min(delay, left))
+            time.sleep(min(delay, left))
             delay = min(delay * 2, 10.0)
 
 

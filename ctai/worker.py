@@ -65,7 +65,7 @@ class Worker:
     def __init__(self, config: Config, pm: pluggy.PluginManager | None = None) -> None:
         self.config = config
         self.store = JobStore(config)
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"  # claims add ":<id>"
         self.pm = pm or plugin_manager(config)
         inner = self.pm.hook.ctai_classifier(config=config)
         if inner is None:
@@ -97,7 +97,7 @@ class Worker:
             redisdb.wait_until_ready(url, float(self.config["queue"]["wait_seconds"]))
         size = self.classifier.input_size
         self.pipeline.scores(np.zeros((1, size, size, 1), np.float32))  # the first call builds the graph
-        self._requeue_abandoned(starting=True)
+        self._requeue_abandoned()
         self._leases.start()
         for consumer in self.consumers:
             consumer.start()
@@ -121,16 +121,19 @@ class Worker:
                     held = dict(self._held)
                 for job_id, owner in held.items():
                     if not self.store.renew(job_id, owner, self.lease):
+                        # Another worker may run it again now: same outputs, same UIDs (no duplicates).
                         log.warning("worker: lost the lease of %s (renewed too late)", job_id)
+                        with self._held_lock:
+                            self._held.pop(job_id, None)
                 self._requeue_abandoned()
             except TransientError as exc:  # Redis down: leases run out, the jobs go on running
                 log.error("worker: cannot renew leases: %s", exc)
 
-    def _requeue_abandoned(self, starting: bool = False) -> None:
+    def _requeue_abandoned(self) -> None:
         """Queue again the jobs whose lease ran out, or whose worker process on this host is gone."""
         now = time.time()
         for record in self.store.leased():
-            if not self._abandoned(record.owner or "", record.lease or 0, now, starting):
+            if not self._abandoned(record.owner or "", record.lease or 0, now):
                 continue
             reaper = f"{self.owner}:{uuid.uuid4().hex[:8]}"
             if not self.store.take_over(record.id, record.owner or "", reaper, self.lease):
@@ -139,14 +142,14 @@ class Worker:
             jobs.enqueue(self.config, Job(record.id, record.source, record.options))
             self.store.release(record.id, reaper)
 
-    def _abandoned(self, owner: str, lease: float, now: float, starting: bool) -> bool:
-        """Whether the claim ``owner`` ("host:pid:claim") is dead: its lease ran out, or its process
-        on this host is gone (at start, this very PID's claims are a previous process's)."""
+    def _abandoned(self, owner: str, lease: float, now: float) -> bool:
+        """Whether the claim ``owner`` ("host:pid:worker:claim") is dead: its lease ran out, or its
+        process on this host is gone."""
         if owner.startswith(f"{self.owner}:"):
-            return starting
-        host, _, rest = owner.partition(":")
-        pid = rest.partition(":")[0]
-        return lease < now or (host == jobs.this_host() and not _alive(int(pid) if pid.isdigit() else 0))
+            return False
+        host, pid = (owner.split(":") + ["", ""])[:2]
+        gone = pid != str(os.getpid()) and not _alive(int(pid) if pid.isdigit() else 0)
+        return lease < now or (host == jobs.this_host() and gone)
 
     def _run(self, message: dict[str, Any]) -> None:
         """The huey task: one job, from claiming it to recording its outcome."""

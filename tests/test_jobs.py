@@ -175,7 +175,11 @@ def test_jobs_left_running_by_a_dead_worker_are_queued_again(config, make_worker
 
 
 def test_a_claim_is_exclusive_while_its_lease_lives(config):
-    store = JobStore(config)
+    exercise_claims(JobStore(config))
+
+
+def exercise_claims(store: JobStore) -> None:
+    """The claim and lease contract, for each store (also ``tests/test_redis.py``)."""
     job = Job("one", "test")
     store.pending(job, 100.0)
     assert store.claim(job, "h:1:a", 100.0, 30) == ("claimed", 1)
