@@ -78,6 +78,7 @@ class Worker:
         self._held: dict[str, str] = {}  # job ID -> the owner token of this process's claim
         self._held_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._redis_up_since: float | None = None  # monotonic; None while the store is unreachable
         self._leases = threading.Thread(target=self._keep_leases, name="worker-leases", daemon=True)
         redis = config["queue"]["backend"] == "redis"
         queues = [jobs.make_queue(config)] + ([jobs.make_queue(config, jobs.this_host())] if redis else [])
@@ -97,6 +98,7 @@ class Worker:
             redisdb.wait_until_ready(url, float(self.config["queue"]["wait_seconds"]))
         size = self.classifier.input_size
         self.pipeline.scores(np.zeros((1, size, size, 1), np.float32))  # the first call builds the graph
+        self._redis_up_since = time.monotonic()
         self._requeue_abandoned()
         self._leases.start()
         for consumer in self.consumers:
@@ -126,12 +128,19 @@ class Worker:
                         with self._held_lock:
                             self._held.pop(job_id, None)
                 self._requeue_abandoned()
+                self._redis_up_since = self._redis_up_since or time.monotonic()
             except TransientError as exc:  # Redis down: leases run out, the jobs go on running
+                self._redis_up_since = None
                 log.error("worker: cannot renew leases: %s", exc)
 
     def _requeue_abandoned(self) -> None:
-        """Queue again the jobs whose lease ran out, or whose worker process on this host is gone."""
-        now = time.time()
+        """Queue again the jobs whose lease ran out, or whose worker process on this host is gone.
+
+        Leases count as run out only once this worker has reached the store for a whole lease:
+        after an outage (Redis restarting), every live worker has had time to renew its own.
+        """
+        up = self._redis_up_since
+        now = time.time() if up is not None and time.monotonic() - up >= self.lease else 0.0
         for record in self.store.leased():
             if not self._abandoned(record.owner or "", record.lease or 0, now):
                 continue

@@ -1,0 +1,166 @@
+"""Several machines on one Redis: Orthanc with ctai's plugin, and two ``ctai worker`` processes
+with data dirs of their own (as on two hosts), in a private network namespace
+(``tests/orthanc_harness.py``). A burst of series is done exactly once between the workers,
+when one is killed (kill -9) mid-burst and when Redis restarts mid-burst; ``ctai jobs``
+shows the same from both data dirs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from ctai import cli
+from ctai.config import to_toml
+from ctai.results import JobStore
+from tests.orthanc_harness import IN_NAMESPACE, Harness, fast_config, model_missing, run_in_namespace
+from tests.peers import wait_until
+from tests.phantoms import image_names, radiograph
+from tests.redis_server import RedisServer
+
+if not IN_NAMESPACE:
+
+    def test_several_machines_in_a_private_network_namespace():
+        run = run_in_namespace(Path(__file__), timeout=600)
+        if "unshare failed" in run.stderr:
+            pytest.skip(f"no private network namespace here: {run.stderr.strip()}")
+        summary = (run.stdout.strip().splitlines() or ["(no output)"])[-1]
+        print(f"inside the namespace: {summary}")
+        assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-4000:]
+        if " passed" not in summary:
+            pytest.skip(f"inside the namespace: {summary}")
+
+else:
+
+    class WorkerProcess:
+        """``ctai worker`` with a configuration (and data dir) of its own."""
+
+        def __init__(self, config: dict, folder: Path) -> None:
+            self.config = json.loads(json.dumps(config))
+            self.config["data"]["dir"] = str(folder)
+            self.config["orthanc"]["run"] = False
+            folder.mkdir(parents=True, exist_ok=True)
+            self.config_path = folder / "ctai.toml"
+            self.config_path.write_text(to_toml(self.config))
+            self.log = folder / "worker.log"
+            self.process: subprocess.Popen[bytes] | None = None
+
+        def start(self) -> None:
+            self.launch()
+            self.wait_started()
+
+        def launch(self) -> None:
+            self.log.write_text("")
+            with open(self.log, "ab") as out:
+                self.process = subprocess.Popen(
+                    ["setpriv", "--pdeathsig", "KILL", sys.executable, "-m", "ctai.cli", "--config",
+                     str(self.config_path), "worker"], stdout=out, stderr=subprocess.STDOUT)
+
+        def wait_started(self) -> None:
+            wait_until(lambda: "threads on each of" in self.log.read_text() or self.process.poll() is not None, 120)
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+
+        @property
+        def owner(self) -> str:
+            """The start of this process's claims' owner tokens ("host:pid:")."""
+            return f"{os.uname().nodename}:{self.process.pid}:"
+
+        def kill(self) -> None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+        def stop(self) -> None:
+            if self.process and self.process.poll() is None:
+                self.process.terminate()
+                self.process.wait(90)
+
+        def done(self) -> Counter[str]:
+            """How many times this process's log says each job ended (done, failed, skipped)."""
+            return Counter(re.findall(r"worker: (\S+) (?:done|failed|skipped) ", self.log.read_text()))
+
+    @pytest.fixture(scope="module")
+    def cluster():
+        with tempfile.TemporaryDirectory() as folder:
+            root = Path(folder)
+            server = RedisServer(root / "redis")
+            server.start()
+            config = fast_config(root / "pacs")
+            if model_missing(config):
+                server.stop()
+                pytest.skip("no model: the shipped one is not there yet (or set CTAI_MODEL__PATH)")
+            config["queue"].update(backend="redis", url=server.url)
+            config["orthanc"]["password"] = "several-machines"
+            config["worker"].update(threads=2, lease_seconds=3)
+            harness = Harness(config)
+            harness.start_orthanc()
+            workers = {name: WorkerProcess(config, root / name) for name in ("a", "b")}
+            try:
+                for worker in workers.values():
+                    worker.launch()
+                for worker in workers.values():
+                    worker.wait_started()
+                yield harness, server, workers
+            finally:
+                for worker in workers.values():
+                    worker.stop()
+                harness.close()
+                server.stop()
+
+    def send(harness: Harness, prefix: str, count: int) -> list[dict]:
+        names = image_names()
+        return [harness.upload(radiograph(names[i % len(names)], f"{prefix}{i}")) for i in range(count)]
+
+    def statuses(harness: Harness, answers: list[dict]) -> list[str]:
+        store = JobStore(harness.config)
+        return [(r.status if (r := store.get(f"orthanc:{a['ParentSeries']}")) else "none") for a in answers]
+
+    def all_done_once(harness: Harness, workers: dict, answers: list[dict], timeout: float) -> None:
+        wait_until(lambda: statuses(harness, answers) == ["done"] * len(answers), timeout)
+        ran = sum((w.done() for w in workers.values()), Counter())
+        for answer in answers:
+            assert ran[f"orthanc:{answer['ParentSeries']}"] == 1  # ended once, on one of the machines
+            assert {m: len(v) for m, v in harness.outputs(answer["ParentStudy"]).items()} == {"OT": 1, "SR": 1}
+
+    def test_a_burst_is_done_once_between_two_workers_when_one_is_killed(cluster):
+        harness, _, workers = cluster
+        answers = send(harness, "BURST", 40)
+        store = JobStore(harness.config)
+        a = workers["a"]
+        wait_until(lambda: any(r.owner and r.owner.startswith(a.owner) for r in store.leased()), 20)
+        a.kill()  # kill -9 with jobs running: the leases of those run out, b runs them again
+        all_done_once(harness, workers, answers, 120)
+        assert workers["b"].done()  # b finished a's jobs
+
+    def test_a_redis_restart_mid_burst_loses_nothing(cluster):
+        harness, server, workers = cluster  # worker a stays dead (killed above)
+        answers = send(harness, "REDIS", 10)
+        wait_until(lambda: "done" in statuses(harness, answers), 60)
+        server.stop()
+        answers += send(harness, "DOWN", 5)  # Orthanc cannot queue these: it tries again
+        time.sleep(2)
+        server.start()
+        all_done_once(harness, workers, answers, 120)
+
+    def test_ctai_jobs_agrees_on_both_machines(cluster):
+        _, _, workers = cluster
+        listed = []
+        for worker in workers.values():
+            out = io.StringIO()
+            with redirect_stdout(out):
+                assert cli.main(["--config", str(worker.config_path), "jobs", "--json", "--limit", "500"]) == 0
+            listed.append(out.getvalue())
+        assert listed[0] == listed[1]
+        records = [json.loads(line) for line in listed[0].splitlines()]
+        assert len(records) == 55 and {r["status"] for r in records} == {"done"}
