@@ -6,21 +6,24 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import pydicom
 import pytest
 
-from ctai import cli, jobs
+from ctai import cli, hookimpl, jobs
 from ctai.plugins import plugin_manager
 from ctai.redisdb import RedisMisconfigured, RedisUnavailable
 from ctai.results import JobStore
-from ctai.types import Job
+from ctai.types import Job, SourceImage
 from ctai.worker import Worker
 from tests.peers import wait_until
+from tests.phantoms import radiograph
 from tests.redis_server import RedisServer
-from tests.test_jobs import FakeSource, exercise_claims
+from tests.test_jobs import CHEST, FakeSource, exercise_claims
 
 
 @pytest.fixture
@@ -180,3 +183,55 @@ def test_a_full_redis_drops_nothing(two, make_worker, server):
     server.client().config_set("maxmemory", 0)
     wait_until(lambda: JobStore(a).get("before").status == "done", 30)
     assert source.loads["before"] == 1
+
+
+class DicomSource(FakeSource):
+    """Jobs of source "test" whose one image is a real DICOM radiograph, so that SR, SC and HL7
+    outputs are made."""
+
+    def __init__(self, datasets: dict) -> None:
+        super().__init__()
+        self.datasets = datasets
+
+    @hookimpl
+    def ctai_load_job(self, job, config):
+        if job.source != "test":
+            return None
+        self.loads[job.id] += 1
+        return [SourceImage(f"{job.id}/0", self.datasets[job.id], CHEST)]
+
+
+def outbox_contents(config) -> dict[str, str]:
+    """Dedup key -> what the receiver recognises a message by (SOP Instance UID, or MSH-10)."""
+    with sqlite3.connect(Path(config["data"]["dir"]) / "outbox.sqlite3") as db:
+        rows = db.execute("select channel, dedup, payload from outbox").fetchall()
+    return {dedup: (pydicom.dcmread(io.BytesIO(payload)).SOPInstanceUID if channel == "cstore"
+                    else payload.decode().split("|")[9]) for channel, dedup, payload in rows}
+
+
+def test_a_job_run_again_after_a_lost_lease_sends_nothing_twice(two, make_worker):
+    """Machine a classified and queued its results, then died before recording the end: b runs
+    the job again. Its outbox holds the same objects (SOP Instance UIDs) and the same HL7 message
+    (MSH-10), which the PACS and HIS recognise; on one machine the outbox keeps one of each."""
+    datasets = {"x": radiograph("IM-0115-0001.jpeg", "LEASE1")}
+    for config in two:
+        config["plugins"]["disabled"] = ["folder", "orthanc", "upload", "listener", "gate"]
+        config["cstore"].update(host="127.0.0.1", port=9)  # nobody there: the messages wait
+        config["hl7"].update(host="127.0.0.1", port=9)
+    a, b = two
+    job = Job("x", "test", {})
+    jobs.enqueue(a, job)
+    worker_a, _ = make_worker(a, DicomSource(datasets))
+    store = JobStore(a)
+    wait_until(lambda: store.get("x").status == "done", 30)
+    worker_a.stop()
+    sent_by_a = outbox_contents(a)
+    assert sorted(k.split(":")[0] for k in sent_by_a) == ["cstore", "cstore", "hl7"]
+    assert store.claim(job, "gone-host:1:w:c", time.time() + 1, -1)[0] == "claimed"  # died at once
+    _, source_b = make_worker(b, DicomSource(datasets))
+    wait_until(lambda: store.get("x").status == "done" and source_b.loads["x"] == 1, 30)
+    assert outbox_contents(b) == sent_by_a
+    jobs.enqueue(a, job)  # and again on machine a
+    _, source_a = make_worker(a, DicomSource(datasets))
+    wait_until(lambda: source_a.loads["x"] + source_b.loads["x"] == 2 and store.get("x").status == "done", 30)
+    assert outbox_contents(a) == sent_by_a
