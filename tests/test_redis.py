@@ -235,3 +235,23 @@ def test_a_job_run_again_after_a_lost_lease_sends_nothing_twice(two, make_worker
     _, source_a = make_worker(a, DicomSource(datasets))
     wait_until(lambda: source_a.loads["x"] + source_b.loads["x"] == 2 and store.get("x").status == "done", 30)
     assert outbox_contents(a) == sent_by_a
+
+
+def test_a_phone_upload_that_cannot_be_queued_is_answered_with_a_plain_sentence(config):
+    from fastapi.testclient import TestClient
+
+    from ctai.web.app import create_app
+    from ctai.web.messages import PHONE
+    from ctai.web.sessions import Store
+    from tests.test_web import RADIOGRAPH, STAFF_TOKEN, new_session
+
+    def queue_down(job: Job) -> None:
+        raise RedisUnavailable("Redis at redis://queue:6379/0 is unreachable (Connection refused)")
+
+    config["web"]["staff_token"] = STAFF_TOKEN
+    with TestClient(create_app(config, submit=queue_down)) as client:
+        link = new_session(client)
+        response = client.post(f"{link}/files", content=RADIOGRAPH.read_bytes())
+        assert response.status_code == 503 and response.json()["error"] == PHONE["queue_down"]
+    [(upload, _)] = Store(config).recent_uploads()
+    assert (upload.status, upload.error) == ("failed", PHONE["queue_down"])  # not left pending for ever

@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -23,9 +18,15 @@ from pathlib import Path
 import pytest
 
 from ctai import cli
-from ctai.config import to_toml
 from ctai.results import JobStore
-from tests.orthanc_harness import IN_NAMESPACE, Harness, fast_config, model_missing, run_in_namespace
+from tests.orthanc_harness import (
+    IN_NAMESPACE,
+    Harness,
+    WorkerProcess,
+    fast_config,
+    model_missing,
+    run_in_namespace,
+)
 from tests.peers import wait_until
 from tests.phantoms import image_names, radiograph
 from tests.redis_server import RedisServer
@@ -43,52 +44,6 @@ if not IN_NAMESPACE:
             pytest.skip(f"inside the namespace: {summary}")
 
 else:
-
-    class WorkerProcess:
-        """``ctai worker`` with a configuration (and data dir) of its own."""
-
-        def __init__(self, config: dict, folder: Path) -> None:
-            self.config = json.loads(json.dumps(config))
-            self.config["data"]["dir"] = str(folder)
-            self.config["orthanc"]["run"] = False
-            folder.mkdir(parents=True, exist_ok=True)
-            self.config_path = folder / "ctai.toml"
-            self.config_path.write_text(to_toml(self.config))
-            self.log = folder / "worker.log"
-            self.process: subprocess.Popen[bytes] | None = None
-
-        def start(self) -> None:
-            self.launch()
-            self.wait_started()
-
-        def launch(self) -> None:
-            self.log.write_text("")
-            with open(self.log, "ab") as out:
-                self.process = subprocess.Popen(
-                    ["setpriv", "--pdeathsig", "KILL", sys.executable, "-m", "ctai.cli", "--config",
-                     str(self.config_path), "worker"], stdout=out, stderr=subprocess.STDOUT)
-
-        def wait_started(self) -> None:
-            wait_until(lambda: "threads on each of" in self.log.read_text() or self.process.poll() is not None, 120)
-            assert self.process.poll() is None, self.log.read_text()[-3000:]
-
-        @property
-        def owner(self) -> str:
-            """The start of this process's claims' owner tokens ("host:pid:")."""
-            return f"{os.uname().nodename}:{self.process.pid}:"
-
-        def kill(self) -> None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-
-        def stop(self) -> None:
-            if self.process and self.process.poll() is None:
-                self.process.terminate()
-                self.process.wait(90)
-
-        def done(self) -> Counter[str]:
-            """How many times this process's log says each job ended (done, failed, skipped)."""
-            return Counter(re.findall(r"worker: (\S+) (?:done|failed|skipped) ", self.log.read_text()))
 
     @pytest.fixture(scope="module")
     def cluster():

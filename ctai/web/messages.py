@@ -34,6 +34,7 @@ PHONE = {
     "not_kept": "The uploaded file is no longer kept. Ask the staff for a new QR code.",
     "failed": "The image could not be processed. Please ask the staff.",
     "disk_full": "The hospital's system cannot take pictures right now. Please ask the staff.",
+    "queue_down": "The hospital's system cannot process pictures right now. Send the photo again in a minute.",
 }
 
 #: Technical reasons, recognised by a part of their text, and the sentence the phone shows instead.

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from ctai.errors import TransientError
 from ctai.types import Job
 from ctai.web.app import ApiError, Web, WebError, WebState
 from ctai.web.files import Rejected, clean_path, prepare
@@ -137,7 +138,12 @@ async def upload_file(request: Request, token: str, w: WebState) -> dict:
         for path in (staged, clean_path(staged)):
             path.unlink(missing_ok=True)
     log.info("upload %s (%s) stored in session %s", upload.id, upload.kind, session.id)
-    w.submit(Job(id=f"upload-{upload.id}", source="upload", options={"upload": upload.id}))
+    try:
+        w.submit(Job(id=f"upload-{upload.id}", source="upload", options={"upload": upload.id}))
+    except TransientError as exc:  # the shared queue (Redis) is down or full: say so, keep nothing waiting
+        log.error("upload %s could not be queued: %s", upload.id, exc)
+        w.store.finish_upload(upload.id, error=PHONE["queue_down"])
+        raise _refused(session, ApiError(503, PHONE["queue_down"])) from exc
     return {"id": upload.id, "status": upload.status}
 
 

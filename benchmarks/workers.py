@@ -1,0 +1,95 @@
+"""Throughput of one and of two ``ctai worker`` processes sharing a Redis queue, on this machine:
+a real Orthanc with ctai's plugin, a private redis-server, in a private network namespace
+(re-executes itself under ``unshare -n``, like tests/test_several_machines.py).
+
+For each count of workers: radiographs are sent to Orthanc with no worker running (their jobs
+wait in Redis), then the workers start; throughput is the jobs over the time from the first
+claim to the last job done (worker start-up left out). Each worker has its own data dir, as on
+its own machine. On one machine the workers share its cores: two cannot be twice as fast as
+one here; on two machines each brings its own.
+
+    .venv/bin/python benchmarks/workers.py [--radiographs 60] [--threads 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+if os.environ.get("CTAI_TEST_NETNS") != "1":
+    unshare = ["unshare", "-n"] if os.geteuid() == 0 else ["unshare", "-rn"]
+    os.environ["CTAI_TEST_NETNS"] = "1"
+    script = 'ip link set lo up && exec "$0" "$@"'
+    os.execvp(unshare[0], [*unshare, "sh", "-c", script, sys.executable, *sys.argv])
+
+from ctai.results import JobStore  # noqa: E402
+from tests.orthanc_harness import Harness, WorkerProcess, fast_config  # noqa: E402
+from tests.phantoms import image_names, radiograph  # noqa: E402
+from tests.redis_server import RedisServer  # noqa: E402
+
+
+def wait_status(store: JobStore, ids: list[str], statuses: tuple[str, ...], timeout: float = 1800) -> None:
+    deadline = time.monotonic() + timeout
+    while any((r := store.get(i)) is None or r.status not in statuses for i in ids):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"jobs not {statuses} after {timeout} s")
+        time.sleep(0.1)
+
+
+def run(harness: Harness, root: Path, workers: int, count: int, tag: str) -> float:
+    """Images per second of ``workers`` worker processes over ``count`` queued radiographs."""
+    names = image_names()
+    answers = [harness.upload(radiograph(names[i % len(names)], f"{tag}{i}")) for i in range(count)]
+    ids = [f"orthanc:{a['ParentSeries']}" for a in answers]
+    store = JobStore(harness.config)
+    wait_status(store, ids, ("pending",))
+    processes = [WorkerProcess(harness.config, root / f"{tag}-{n}") for n in range(workers)]
+    for process in processes:
+        process.launch()
+    try:
+        wait_status(store, ids, ("done", "failed"))
+    finally:
+        for process in processes:
+            process.stop()
+    records = [store.get(i) for i in ids]
+    failed = sum(r.status != "done" for r in records)
+    span = max(r.finished for r in records) - min(r.started for r in records)
+    print(f"{workers} worker process(es): {count} radiographs in {span:.1f} s = {count / span:.1f}/s"
+          f"{f' ({failed} failed)' if failed else ''}", flush=True)
+    return count / span
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--radiographs", type=int, default=60)
+    parser.add_argument("--threads", type=int, default=4, help="[worker] threads of each worker")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        server = RedisServer(root / "redis")
+        server.start()
+        config = fast_config(root / "pacs")
+        config["queue"].update(backend="redis", url=server.url)
+        config["orthanc"]["password"] = "benchmark"
+        config["worker"]["threads"] = args.threads
+        harness = Harness(config)
+        harness.start_orthanc()
+        try:
+            print(f"{os.cpu_count()} CPU cores; Redis on a Unix socket; {args.threads} threads per worker")
+            one = run(harness, root, 1, args.radiographs, "ONE")
+            two = run(harness, root, 2, args.radiographs, "TWO")
+            print(f"two worker processes / one: {two / one:.2f}x")
+        finally:
+            harness.close()
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
