@@ -132,6 +132,8 @@ class Worker:
             except TransientError as exc:  # Redis down: leases run out, the jobs go on running
                 self._redis_up_since = None
                 log.error("worker: cannot renew leases: %s", exc)
+            except Exception:  # noqa: BLE001 - keep renewing; the next round tries again
+                log.exception("worker: renewing leases failed")
 
     def _requeue_abandoned(self) -> None:
         """Queue again the jobs whose lease ran out, or whose worker process on this host is gone.
