@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from ctai import hookimpl
-from ctai.model.gate import NOT_A_CHEST, PHONE_ADVICE
+from ctai.model.gate import NOT_A_CHEST
 from ctai.plugins import plugin_manager
 from ctai.results import JobStore
 from ctai.types import CLASSES, Job, ModelInfo
@@ -270,7 +270,7 @@ def test_reload_shows_every_upload_and_what_is_left(client, web_config, jobs, mo
 
     client.post(f"{link}/files", content=radiograph_bytes())
     page = client.get(link).text
-    assert "limit of 3 files" in page and page.count("disabled") == 2  # both buttons
+    assert "(limit: 3)" in page and page.count("disabled") == 2  # both buttons
     later = time.time() + 16 * 60  # the link expired; its results stay for result_minutes
     monkeypatch.setattr(time, "time", lambda: later)
     state = client.get(f"{link}/files").json()
@@ -315,7 +315,7 @@ def test_file_limit(client, web_config, jobs):
     for _ in range(3):
         assert client.post(f"{link}/files", content=radiograph_bytes()).status_code == 201
     response = client.post(f"{link}/files", content=radiograph_bytes())
-    assert response.status_code == 403 and "limit of 3 files" in response.json()["error"]
+    assert response.status_code == 403 and response.json()["error"] == PHONE["file_limit"].format(files=3)
     assert len(stored_files(web_config)) == 3 and len(jobs) == 3
 
 
@@ -495,7 +495,7 @@ def test_a_photo_of_something_else_gets_plain_advice(web_config, queued_client):
     upload_id = queued_client.post(f"{link}/files", content=page.getvalue()).json()["id"]
     wait_until(lambda: queued_client.get(f"{link}/files/{upload_id}").json()["status"] != "pending")
     status = queued_client.get(f"{link}/files/{upload_id}").json()
-    assert status["status"] == "failed" and status["error"] == PHONE_ADVICE
+    assert status["status"] == "failed" and status["error"] == PHONE["not_a_chest"]
     wait_until(lambda: JobStore(web_config).get(f"upload-{upload_id}").status != "running")
     assert NOT_A_CHEST in JobStore(web_config).get(f"upload-{upload_id}").error  # the staff see why
     assert NOT_A_CHEST in queued_client.get("/staff").text
