@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import io
+import json
 import logging
 import re
 import sqlite3
@@ -24,6 +26,7 @@ from ctai.plugins import plugin_manager
 from ctai.results import JobStore
 from ctai.types import CLASSES, Job, ModelInfo
 from ctai.web.app import RedactTokens, create_app
+from ctai.web.i18n import translations
 from ctai.web.messages import NOTICE, PHONE, for_phone
 from ctai.web.sessions import Store
 from ctai.worker import Worker
@@ -61,7 +64,7 @@ def login(client: TestClient) -> str:
     """Log in as staff; the CSRF token of the login."""
     csrf = csrf_of(client.get("/staff").text)
     response = client.post("/staff/login", data={"token": STAFF_TOKEN, "csrf": csrf})
-    assert response.status_code == 200 and "New phone upload" in response.text
+    assert response.status_code == 200 and 'action="/staff/sessions"' in response.text
     return csrf_of(response.text)
 
 
@@ -218,6 +221,54 @@ def test_phone_page_explains_before_any_result(client, web_config):
     assert "How to take the photo" in page and "flash off" in page and "glare" in page
     assert f"deleted {web_config['web']['result_minutes']} minutes after the link expires" in page
     assert "Result:" not in page + (Path(__file__).parents[1] / "ctai/web/static/upload.js").read_text()
+
+
+def test_language_follows_the_browser_and_the_switch(client):
+    zh = translations("zh-CN").gettext
+    page = client.get("/staff", headers={"Accept-Language": "fr-CH, zh;q=0.8, en;q=0.5"}).text
+    assert '<html lang="zh-CN">' in page and zh("Staff login") in page and 'href="?lang=en"' in page
+    page = client.get("/staff", headers={"Accept-Language": "en-GB,en;q=0.9,zh-CN;q=0.8"}).text
+    assert '<html lang="en">' in page and "Staff login" in page and 'href="?lang=zh-CN"' in page
+    assert '<html lang="en">' in client.get("/staff").text  # no header: English
+
+    switched = client.get("/staff?lang=zh-CN", headers={"Accept-Language": "en"})
+    assert '<html lang="zh-CN">' in switched.text and client.cookies["ctai_lang"] == "zh-CN"
+    link = new_session(client)  # the cookie keeps the choice, whatever the browser says
+    page = client.get(link, headers={"Accept-Language": "en"}).text
+    for text in ("Upload a chest X-ray", "Take a photo", NOTICE, "How to take the photo"):
+        assert zh(text) in page and zh(text) != text
+    strings = json.loads(html.unescape(re.search(r'data-strings="([^"]+)"', page).group(1)))  # for upload.js
+    assert strings["estimate"] == zh("AI estimate: {label}") and strings["labels"]["viral"] == zh("Viral pneumonia")
+    refusal = client.post(f"{link}/files", content=b"%PDF-1.7", headers={"Accept-Language": "en"}).json()
+    assert refusal["error"] == zh(PHONE["not_supported"])
+    assert '<html lang="en">' in client.get(f"{link}?lang=en").text
+
+
+def test_every_sentence_has_its_chinese_translation():
+    """The catalog holds every message of the sources, translated (pybabel extract; docs/translations.md)."""
+    from babel.messages.extract import extract_from_dir
+    from babel.messages.mofile import read_mo
+    from babel.messages.pofile import read_po
+
+    root = Path(__file__).parents[1]
+    method_map = [("ctai/web/**.py", "python"), ("ctai/web/templates/**.html", "jinja2")]
+    sources = {message[2] for message in extract_from_dir(
+        root, method_map, {"ctai/web/templates/**.html": {"trimmed": "true"}}, keywords={"N_": None, "_": None,
+                                                                                     "gettext": None,
+                                                                                     "ngettext": (1, 2)})}
+    folder = root / "ctai/web/locale/zh_CN/LC_MESSAGES"
+    with (folder / "messages.po").open("rb") as f:
+        catalog = read_po(f)
+    with (folder / "messages.mo").open("rb") as f:
+        compiled = read_mo(f)
+    assert {m.id for m in catalog if m.id} == sources
+    for message in catalog:
+        if message.id:
+            assert message.string and all(message.string) and not message.fuzzy, message.id
+            fields = set(re.findall(r"{\w+}|%\(\w+\)s", str(message.id)))
+            assert all(set(re.findall(r"{\w+}|%\(\w+\)s", text)) == fields
+                       for text in ([message.string] if isinstance(message.string, str) else message.string))
+            assert compiled[message.id].string in (message.string, list(message.string))  # pybabel compile was run
 
 
 def test_heic_photo_is_accepted(client, web_config, jobs):
@@ -496,6 +547,9 @@ def test_a_photo_of_something_else_gets_plain_advice(web_config, queued_client):
     wait_until(lambda: queued_client.get(f"{link}/files/{upload_id}").json()["status"] != "pending")
     status = queued_client.get(f"{link}/files/{upload_id}").json()
     assert status["status"] == "failed" and status["error"] == PHONE["not_a_chest"]
+    chinese = queued_client.get(f"{link}/files/{upload_id}", headers={"Accept-Language": "zh-CN"}).json()
+    assert chinese["error"] == translations("zh-CN").gettext(PHONE["not_a_chest"]) != PHONE["not_a_chest"]
+    assert "胸部 X 光片" in chinese["error"]
     wait_until(lambda: JobStore(web_config).get(f"upload-{upload_id}").status != "running")
     assert NOT_A_CHEST in JobStore(web_config).get(f"upload-{upload_id}").error  # the staff see why
     assert NOT_A_CHEST in queued_client.get("/staff").text
