@@ -361,6 +361,29 @@ def test_staff_can_end_an_upload_link_at_once(client, jobs):
     assert refused.status_code == 410 and refused.json()["error"] == PHONE["expired"] and not jobs
 
 
+def test_the_qr_page_follows_its_link(client, web_config, jobs):
+    """The QR page's live part (fetched every 2 s): what the link takes, and its uploads with results."""
+    csrf = login(client)
+    page = client.post("/staff/sessions", data={"patient_id": PATIENT_ID, "patient_name": PATIENT_NAME,
+                                                "accession": "ACC-77", "csrf": csrf}).text
+    live = re.search(r'data-live="(/staff/sessions/[0-9a-f]+/live)"', page).group(1)
+    link = re.search(r'href="http://127\.0\.0\.1:8043(/u/[^"]+)"', page).group(1)
+    assert "No picture sent yet." in page and "0 of 3 files sent" in page and "ACC-77" in page
+    for _ in range(3):
+        client.post(f"{link}/files", content=radiograph_bytes())
+    Store(web_config).finish_upload(jobs[0].options["upload"], "bacterial", FAKE_PROBABILITIES)
+    Store(web_config).finish_upload(jobs[1].options["upload"], error=PHONE["damaged"])
+    part = client.get(live).text
+    assert "used up: all 3 files were sent" in part and 'data-final="false"' in part  # one still pending
+    assert part.count("<tr class=") == 3 and "Bacterial pneumonia" in part and PHONE["damaged"] in part
+    Store(web_config).finish_upload(jobs[2].options["upload"], "normal", FAKE_PROBABILITIES)
+    client.post(re.search(r'action="(/staff/sessions/[0-9a-f]+/end)"', page).group(1), data={"csrf": csrf})
+    part = client.get(live).text
+    assert "ended or expired" in part and 'data-final="true"' in part
+    client.cookies.clear()
+    assert client.get(live).status_code == 401
+
+
 def test_file_limit(client, web_config, jobs):
     link = new_session(client)
     for _ in range(3):

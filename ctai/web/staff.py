@@ -201,4 +201,5 @@ def create_session(request: Request, w: WebState, patient_id: Field = "", patien
                                             int(settings["max_files"]), int(settings["max_bytes"]))
     log.info("upload session %s started", session.id)
     url = f"{w.public_url}/u/{token}"
-    return w.page(request, "session.html", session=session, url=url, qr=qr_data_uri(url), csrf=csrf)
+    return w.page(request, "session.html", session=session, url=url, qr=qr_data_uri(url), csrf=csrf,
+                  state=_link_state(request, session), uploads=[], final=False)
