@@ -10,6 +10,7 @@ screenshot in ``test-artifacts/screens/`` (CI keeps the working tree).
 from __future__ import annotations
 
 import base64
+import io
 import re
 import shutil
 import socket
@@ -17,7 +18,9 @@ import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from ctai import config as configuration
 from ctai import inputs
@@ -97,7 +100,7 @@ def staff_page(browser, lang: str = "en"):
 def check(page, name: str) -> None:
     """No serious or critical axe-core violation on ``page``; its screenshot kept as ``name``."""
     SCREENS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=SCREENS / f"{name}.png", full_page=True)
+    page.screenshot(path=SCREENS / f"{name}.png", full_page=True, scale="css")
     violations = axe_playwright.Axe().run(page).response["violations"]
     serious = [(v["id"], v["impact"], [n["target"] for n in v["nodes"]]) for v in violations
                if v["impact"] in ("serious", "critical")]
@@ -200,6 +203,9 @@ def test_each_refused_file_of_a_selection_names_itself(served, browser, lang):
     link = start_session(staff_page(browser), served.base)
     phone = phone_page(browser, lang)
     phone.goto(link)
+    expect(phone.locator("html")).to_have_attribute("lang", lang)
+    expect(phone.locator("main > .notice")).to_have_text(t(lang, NOTICE))
+    check(phone, f"phone-empty-{lang}")
     files = {"huge.png": (png_bomb(), "too_many_pixels"),
              "cut.jpg": (radiograph_bytes()[:600], "damaged"),
              "report.pdf": (b"%PDF-1.7 not a picture", "not_supported")}
@@ -213,6 +219,20 @@ def test_each_refused_file_of_a_selection_names_itself(served, browser, lang):
     expect(phone.locator("#limits")).to_contain_text(t(lang, "{n} more files").format(n=10) if lang == "en"
                                                      else "10")  # refused files are not counted
     check(phone, f"phone-refused-{lang}")
+
+    phone.set_input_files("#camera", files=[{"name": "page.png", "mimeType": "image/png", "buffer": text_page()}])
+    card = phone.locator(".upload", has=phone.locator(".name", has_text="page.png"))
+    expect(card.locator(".state")).to_have_text(t(lang, PHONE["not_a_chest"]), timeout=60_000)  # the gate's
+    check(phone, f"phone-not-a-chest-{lang}")
+
+
+def text_page() -> bytes:
+    """A PNG of a printed page: a picture the input gate refuses."""
+    from training.nonchest import text_page
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(text_page(np.random.default_rng(3)) * 255).astype(np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 @pytest.mark.parametrize("lang", LANGUAGES)
@@ -255,6 +275,7 @@ def test_staff_pages_in_both_languages(served, browser, lang):
     served.web.login_failures = Throttle()  # this wrong token does not count against later tests
     start_session(page, served.base)
     expect(page.get_by_role("heading", level=1)).to_have_text(t(lang, "Scan to upload"))
+    check(page, f"staff-session-{lang}")
     page.goto(f"{served.base}/staff")
     expect(page.locator("main > .notice")).to_have_text(t(lang, NOTICE))
     check(page, f"staff-dashboard-{lang}")

@@ -16,7 +16,7 @@ from gettext import NullTranslations
 from importlib import resources
 
 from babel.support import Translations
-from jinja2 import pass_context
+from jinja2 import Environment, pass_context
 from jinja2.runtime import Context
 from starlette.requests import Request
 
@@ -26,7 +26,7 @@ DEFAULT = "en"
 COOKIE = "ctai_lang"
 
 
-def N_(message: str) -> str:  # noqa: N802 (gettext's name for a message translated later)
+def N_(message: str) -> str:
     """Marks ``message`` for the catalog; it is translated where it is shown."""
     return message
 
@@ -83,7 +83,7 @@ def _ngettext(context: Context, singular: str, plural: str, n: int) -> str:
     return texts(context["request"]).ngettext(singular, plural, n)
 
 
-def install(env) -> None:  # noqa: ANN001 (a jinja2.Environment)
+def install(env: Environment) -> None:
     """Jinja2's i18n extension in ``env``, translating for each template's ``request``."""
     env.add_extension("jinja2.ext.i18n")
     env.policies["ext.i18n.trimmed"] = True  # message ids without the template's line breaks
