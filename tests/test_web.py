@@ -329,6 +329,23 @@ def test_reload_shows_every_upload_and_what_is_left(client, web_config, jobs, mo
     assert client.get(f"{link}/files/{first}").json()["status"] == "done"
 
 
+def test_a_data_dir_of_before_ended_sessions_is_upgraded(web_config):
+    root = Path(web_config["data"]["dir"]) / "web"
+    root.mkdir(parents=True)
+    with sqlite3.connect(root / "web.sqlite3") as db:
+        db.executescript(SCHEMA_WITHOUT_ENDED)
+    store = Store(web_config)
+    session, _ = store.create_session(PATIENT_ID, PATIENT_NAME, "", 60, 1, 1000)
+    assert store.end_session(session.id) and store.session(session.id).ended
+
+
+SCHEMA_WITHOUT_ENDED = """CREATE TABLE sessions (
+    id TEXT PRIMARY KEY, token_hash TEXT UNIQUE NOT NULL,
+    patient_id TEXT NOT NULL, patient_name TEXT NOT NULL, accession TEXT NOT NULL,
+    created REAL NOT NULL, expires REAL NOT NULL, max_files INTEGER NOT NULL, max_bytes INTEGER NOT NULL,
+    files INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0);"""
+
+
 def test_finished_sessions_are_purged(client, web_config, jobs, monkeypatch):
     csrf = login(client)
     link = new_session(client, csrf)
@@ -358,7 +375,8 @@ def test_staff_can_end_an_upload_link_at_once(client, jobs):
     assert client.post(end, data={"csrf": "forged"}).status_code == 403
     assert client.post(end, data={"csrf": csrf}).status_code == 200
     refused = client.post(f"{link}/files", content=radiograph_bytes())
-    assert refused.status_code == 410 and refused.json()["error"] == PHONE["expired"] and not jobs
+    assert refused.status_code == 410 and refused.json()["error"] == PHONE["ended"] and not jobs
+    assert PHONE["ended"] in client.get(link).text
 
 
 def test_the_qr_page_follows_its_link(client, web_config, jobs):
@@ -379,7 +397,7 @@ def test_the_qr_page_follows_its_link(client, web_config, jobs):
     Store(web_config).finish_upload(jobs[2].options["upload"], "normal", FAKE_PROBABILITIES)
     client.post(re.search(r'action="(/staff/sessions/[0-9a-f]+/end)"', page).group(1), data={"csrf": csrf})
     part = client.get(live).text
-    assert "ended or expired" in part and 'data-final="true"' in part
+    assert "was ended at" in part and 'data-final="true"' in part
     client.cookies.clear()
     assert client.get(live).status_code == 401
 

@@ -188,7 +188,7 @@ def test_phone_upload_shows_the_result_on_the_phone_and_the_qr_page(served, brow
     expect(staff.locator("main")).to_contain_text("it takes no more files")
     check(staff, "staff-ended-en")
     phone.reload()
-    expect(phone.locator("#closed")).to_contain_text(PHONE["expired"])
+    expect(phone.locator("#closed")).to_contain_text(PHONE["ended"])
     expect(phone.locator("#closed")).to_contain_text("The results below stay here until")
     expect(phone.locator("#limits")).to_be_hidden()
     for name in ("Take a photo", "Choose files"):

@@ -24,6 +24,7 @@ NOTICE = N_("Decision support only: this is an AI estimate, not a diagnosis. A p
 PHONE = {
     "invalid": N_("This upload link is not valid."),
     "expired": N_("This upload link has expired. Ask the staff for a new QR code."),
+    "ended": N_("The staff have ended this upload link: it takes no more files."),
     "results_gone": N_("The results of this upload link are no longer available."),
     "no_such_upload": N_("No such upload in this session."),
     "picture_not_ready": N_("The result picture is not ready."),

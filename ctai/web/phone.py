@@ -40,8 +40,13 @@ def _session(w: Web, token: str, error: type[WebError], grace_s: float = 0.0) ->
     if session is None:
         raise error(404, PHONE["invalid"])
     if time.time() >= session.expires + grace_s:
-        raise error(410, PHONE["results_gone"] if grace_s else PHONE["expired"])
+        raise error(410, PHONE["results_gone"] if grace_s else _closed(session))
     return session
+
+
+def _closed(session: Session) -> str:
+    """Why a session past its expiry takes no more files."""
+    return PHONE["ended"] if session.ended else PHONE["expired"]
 
 
 def _too_large(room: int) -> dict:
@@ -52,7 +57,7 @@ def _too_large(room: int) -> dict:
 def _no_room(session: Session, size: int = 0) -> ApiError | None:
     """Why ``session`` cannot take a file of ``size`` bytes, or None if it can."""
     if time.time() >= session.expires:
-        return ApiError(410, PHONE["expired"])
+        return ApiError(410, _closed(session))
     if session.files >= session.max_files:
         return ApiError(403, PHONE["file_limit"], files=session.max_files)
     if size > session.max_bytes - session.bytes:
@@ -137,7 +142,8 @@ async def upload_file(request: Request, token: str, w: WebState) -> dict:
     except Rejected as exc:
         raise _refused(session, ApiError(exc.status, exc.message, **exc.fields)) from exc
     except LimitExceeded as exc:
-        error = _no_room(w.store.session(session.id) or session, size) or ApiError(410, PHONE["expired"])
+        session = w.store.session(session.id) or session
+        error = _no_room(session, size) or ApiError(410, _closed(session))
         raise _refused(session, error) from exc
     finally:
         for path in (staged, clean_path(staged)):

@@ -164,9 +164,10 @@ def end_session(request: Request, session_id: str, w: WebState, csrf: Field = ""
 def _link_state(request: Request, session: Session) -> str:
     """What the staff read about an upload link: open (until when, files left) or why it is closed."""
     t, until = texts(request), time.strftime("%H:%M", time.localtime(session.expires))
+    if session.ended:
+        return t.gettext("This upload link was ended at {time}: it takes no more files.").format(time=until)
     if time.time() >= session.expires:
-        return t.gettext("This upload link has ended or expired (at {time}): it takes no more files.").format(
-            time=until)
+        return t.gettext("This upload link expired at {time}: it takes no more files.").format(time=until)
     if session.files >= session.max_files:
         return t.gettext("This upload link is used up: all {n} files were sent.").format(n=session.max_files)
     return t.gettext("Open until {time}: {used} of {n} files sent.").format(
