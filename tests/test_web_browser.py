@@ -303,12 +303,13 @@ def test_repeated_wrong_tokens_are_throttled(served, browser):
         served.web.login_failures = Throttle()
 
 
-def test_keyboard_reaches_both_upload_buttons(served, browser):
+def test_keyboard_alone_uploads(served, browser):
     link = start_session(staff_page(browser), served.base)
     phone = phone_page(browser)
     phone.on("filechooser", lambda chooser: None)  # intercept choosers from the start, not racing Enter
     phone.goto(link)
-    for name, multiple in (("Take a photo", False), ("Choose files", True)):
+    for name, multiple, files in (("Choose files", True, []), ("Take a photo", False, [RADIOGRAPH])):
+        phone.locator("body").focus()
         for _ in range(20):
             phone.keyboard.press("Tab")
             if phone.evaluate("document.activeElement.textContent.trim()") == name:
@@ -317,7 +318,9 @@ def test_keyboard_reaches_both_upload_buttons(served, browser):
         with phone.expect_file_chooser() as chooser:
             phone.keyboard.press("Enter")
         assert chooser.value.is_multiple() == multiple
-        chooser.value.set_files([])
+        chooser.value.set_files(files)
+    expect(phone.locator(".upload .notice")).to_be_visible(timeout=60_000)
+    expect(phone.locator(".upload .name")).to_have_text(RADIOGRAPH.name)
 
 
 @pytest.mark.parametrize("width", [360, 412])
