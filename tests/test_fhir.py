@@ -9,6 +9,7 @@ from datetime import datetime
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
+from ctai.cli import build_parser
 from ctai.outbox import Outbox, send_due
 from ctai.transports.fhir import FhirClient
 from ctai.types import Job
@@ -93,3 +94,58 @@ def test_delivered_once_after_the_server_was_down_slow_and_failing(configured):
         "Device", "DiagnosticReport", "Observation", "Observation", "Observation", "Observation"]
     [delivered] = outbox.messages()
     assert delivered.state == "delivered"
+
+
+@pytest.fixture(scope="module")
+def scripted():
+    server = FhirServer()
+    with server.running():
+        yield server
+
+
+@pytest.mark.parametrize(("status", "state"), [
+    (400, "dead"), (401, "dead"), (403, "dead"), (404, "dead"), (409, "dead"), (422, "dead"),
+    (408, "pending"), (429, "pending"), (500, "pending"), (502, "pending"), (503, "pending"),
+])
+def test_each_http_status_is_permanent_or_transient(configured, scripted, status, state, capsys):
+    scripted.answers = [status]
+    outbox = queue(configured, scripted.url)
+    assert send(configured) == 0
+    [message] = outbox.messages()
+    assert message.state == state and f"HTTP {status}" in message.last_error
+    assert f"scripted {status}" in message.last_error  # the server's OperationOutcome diagnostics
+    assert outbox_command(configured) == 1
+    assert f"#{message.id} fhir {state} {message.key} attempts=1 " in capsys.readouterr().out
+
+
+def outbox_command(config, *args: str) -> int:
+    parsed = build_parser().parse_args(["outbox", *args])
+    return parsed.func(parsed, config)
+
+
+def test_a_dead_letter_for_401_goes_once_the_credentials_are_fixed(configured, tmp_path):
+    server = FhirServer(answers=[401])
+    with server.running():
+        configured["fhir"]["authorization"] = "Bearer wrong"
+        outbox = queue(configured, server.url)
+        assert send(configured) == 0
+        [dead] = outbox.messages("dead")
+        configured["fhir"]["authorization"] = "Bearer s3cret"
+        assert outbox_command(configured, "retry", "--all") == 1
+        assert send(configured) == 1
+    assert [r["headers"]["Authorization"] for r in server.requests] == ["Bearer wrong", "Bearer s3cret"]
+    assert len(server.bundles) == 1 and outbox.messages()[0].id == dead.id
+
+
+def test_an_untrusted_certificate_waits_and_goes_with_its_ca_file(configured, tmp_path):
+    server = FhirServer()
+    certificate = server.with_tls(tmp_path)
+    with server.running():
+        outbox = queue(configured, server.url)
+        assert send(configured) == 0
+        [waiting] = outbox.messages("pending")
+        assert "TLS with https://127.0.0.1" in waiting.last_error and "CERTIFICATE_VERIFY_FAILED" in waiting.last_error
+        assert server.bundles == []
+        configured["fhir"]["ca_file"] = str(certificate)
+        assert send(configured) == 1
+    assert len(server.bundles) == 1
