@@ -9,17 +9,20 @@ shows up as nothing new; ``StowServer`` refuses the objects it is told to, per i
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from io import BytesIO
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from fhir.resources.R4B.bundle import Bundle
+from pydicom import Dataset, dcmread
 
 from tests.peers import tool
 
@@ -36,7 +39,8 @@ class HttpPeer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = self.read_chunked() if self.headers.get("Transfer-Encoding") == "chunked" else \
+                    self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 status, media_type, answer = peer.answer(self.path, dict(self.headers), body)
                 self.send_response(status)
                 self.send_header("Content-Type", media_type)
@@ -46,6 +50,16 @@ class HttpPeer:
                     self.wfile.write(answer)
                 except (BrokenPipeError, ConnectionResetError):  # a client that timed out
                     pass
+
+            def read_chunked(self) -> bytes:
+                """A body sent with Transfer-Encoding: chunked (RFC 9112 7.1), as dicomweb-client
+                sends one over 1 MB."""
+                body = b""
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    body += self.rfile.read(size)
+                    self.rfile.readline()
+                self.rfile.readline()
+                return body
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -117,3 +131,35 @@ class FhirServer(HttpPeer):
                 responses.append({"response": {"status": status}})
         answer = {"resourceType": "Bundle", "type": "transaction-response", "entry": responses}
         return 200, "application/fhir+json", json.dumps(answer).encode()
+
+
+class StowServer(HttpPeer):
+    """A STOW-RS service (PS3.18 10.5) that stores every object but those in ``refused`` (SOP
+    Instance UID -> Failure Reason), answering a refusal with ``refused_status`` (409: none
+    stored; 202: some stored) and a Failed SOP Sequence."""
+
+    def __init__(self, refused_status: int = 409) -> None:
+        super().__init__()
+        self.refused: dict[str, int] = {}
+        self.refused_status = refused_status
+        self.stored: list[Dataset] = []
+
+    def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
+        content_type = headers["Content-Type"]
+        assert content_type.startswith("multipart/related") and 'type="application/dicom"' in content_type
+        boundary = re.search(r'boundary="?([^";]+)', content_type).group(1).encode()
+        answer, status = Dataset(), 200
+        answer.ReferencedSOPSequence, answer.FailedSOPSequence = [], []
+        for part in body.split(b"--" + boundary)[1:-1]:
+            ds = dcmread(BytesIO(part.partition(b"\r\n\r\n")[2][:-2]))
+            item = Dataset()
+            item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+            if ds.SOPInstanceUID in self.refused:
+                item.FailureReason = self.refused[ds.SOPInstanceUID]
+                answer.FailedSOPSequence.append(item)
+                status = self.refused_status
+            else:
+                with self.lock:
+                    self.stored.append(ds)
+                answer.ReferencedSOPSequence.append(item)
+        return status, "application/dicom+json", json.dumps(answer.to_json_dict()).encode()

@@ -69,7 +69,8 @@ class StowClient:
 
 
 def check(answer: Dataset, ds: Dataset) -> None:
-    """Return if the Store Instances Response (PS3.18 10.5.3) does not say ``ds`` failed."""
+    """Return if the Store Instances Response (PS3.18 10.5.3) lists ``ds`` as stored (or is empty,
+    as a server may answer)."""
     uid = ds.SOPInstanceUID
     for item in answer.get("FailedSOPSequence", []):
         if item.get("ReferencedSOPInstanceUID") == uid:
@@ -78,8 +79,11 @@ def check(answer: Dataset, ds: Dataset) -> None:
             if any(low <= code <= high for low, high in TRANSIENT_FAILURES):
                 raise TransientError(message)
             raise Undeliverable(message)
-    for item in answer.get("ReferencedSOPSequence", []):
-        if item.get("ReferencedSOPInstanceUID") == uid and "WarningReason" in item:
+    stored = [item for item in answer.get("ReferencedSOPSequence", []) if item.get("ReferencedSOPInstanceUID") == uid]
+    if not stored and answer:
+        raise Undeliverable(f"the STOW-RS answer does not list {uid} as stored or failed")
+    for item in stored:
+        if "WarningReason" in item:
             log.warning("STOW-RS of %s stored with warning 0x%04X", uid, int(item.WarningReason))
 
 
