@@ -187,6 +187,12 @@ class Outbox:
                        " WHERE state = 'pending' AND (? IS NULL OR channel = ?)",
                        (channel, channel))
 
+    def counts(self) -> dict[tuple[str, str], int]:
+        """How many messages each (channel, state) has."""
+        with self._db() as db:
+            rows = db.execute("SELECT channel, state, COUNT(*) FROM outbox GROUP BY channel, state").fetchall()
+        return {(channel, state): count for channel, state, count in rows}
+
     def messages(self, state: str | None = None) -> list[Message]:
         """Messages in ``state`` (all if None), oldest first."""
         with self._db() as db:
