@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer
 
@@ -28,6 +28,7 @@ from ctai.outbox import Outbox
 from ctai.types import ModelInfo
 
 log = logging.getLogger(__name__)
+disable_created_metrics()  # no *_created series: they double every counter's lines for little use
 
 #: Outbox channels always reported, 0 when empty (``ctai.outbox.default_senders``).
 CHANNELS = ("hl7", "cstore", "fhir", "stow")
