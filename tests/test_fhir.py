@@ -123,7 +123,7 @@ def outbox_command(config, *args: str) -> int:
     return parsed.func(parsed, config)
 
 
-def test_a_dead_letter_for_401_goes_once_the_credentials_are_fixed(configured, tmp_path):
+def test_a_dead_letter_for_401_goes_once_the_credentials_are_fixed(configured):
     server = FhirServer(answers=[401])
     with server.running():
         configured["fhir"]["authorization"] = "Bearer wrong"

@@ -16,7 +16,7 @@ from ctai.transports.dicomweb import StowClient
 from ctai.types import Job
 from ctai_plugins import stow
 from tests.http_peers import StowServer
-from tests.peers import result, tool
+from tests.peers import free_port, result, tool
 from tests.test_cstore import with_outputs
 
 JOB = Job(id="job-1", source="dicom-listener")
@@ -97,3 +97,20 @@ def test_a_refused_object_waits_or_is_a_dead_letter_and_the_others_go_on(config,
     refused, *waiting = [m for m in Outbox.from_config(config).messages() if m.state != "delivered"]
     assert refused.state == state and [m.state for m in waiting] == ([] if state == "dead" else ["pending"] * 3)
     assert refused.last_error.endswith(f"STOW-RS of {sr.SOPInstanceUID} failed with reason 0x{reason:04X}")
+
+
+@pytest.mark.parametrize(("answer", "state", "reason"), [
+    (401, "dead", "HTTP 401"), (403, "dead", "HTTP 403"), (404, "dead", "HTTP 404"),
+    (503, "pending", "HTTP 503"), ("slow", "pending", "no answer from"), (None, "pending", "cannot reach"),
+])
+def test_http_failures_without_a_store_response(config, classified, answer, state, reason):
+    server = StowServer()
+    server.answers = [answer] * 2
+    config["dicomweb"]["timeout"] = 0.5
+    with server.running():
+        # None: a URL where nothing listens.
+        config["dicomweb"]["url"] = server.url if answer else f"http://127.0.0.1:{free_port()}"
+        stow.ctai_deliver(result=classified, job=JOB, config=config)
+        assert send(config) == 0
+    first = Outbox.from_config(config).messages()[0]
+    assert first.state == state and reason in first.last_error

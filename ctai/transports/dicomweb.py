@@ -89,12 +89,12 @@ def check(answer: Dataset, ds: Dataset) -> None:
 
 def refusal(response: requests.Response, ds: Dataset) -> Exception:
     """The failure of an HTTP error answer: its Failure Reason for ``ds`` if it has one."""
-    if "json" in response.headers.get("Content-Type", ""):
+    if response.headers.get("Content-Type", "").startswith("application/dicom+json"):
         try:
             check(Dataset.from_json(response.json()), ds)
         except (TransientError, Undeliverable) as exc:
             return exc
-        except ValueError:
-            pass
+        except (ValueError, TypeError, KeyError):
+            log.warning("STOW-RS: the %d answer is not a Store Instances Response", response.status_code)
     error = http.failure(response)
     return error if error is not None else TransientError(f"HTTP {response.status_code}")
