@@ -45,6 +45,8 @@ class HttpPeer:
                 self.send_response(status)
                 self.send_header("Content-Type", media_type)
                 self.send_header("Content-Length", str(len(answer)))
+                if 300 <= status < 400:
+                    self.send_header("Location", f"{peer.url}/moved")
                 self.end_headers()
                 try:
                     self.wfile.write(answer)

@@ -118,6 +118,17 @@ def test_each_http_status_is_permanent_or_transient(configured, scripted, status
     assert f"#{message.id} fhir {state} {message.key} attempts=1 " in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("status", [301, 302, 307])
+def test_a_redirect_is_a_dead_letter_naming_the_new_url(configured, scripted, status):
+    scripted.answers = [status]
+    before = len(scripted.requests)
+    outbox = queue(configured, scripted.url)
+    assert send(configured) == 0
+    [message] = outbox.messages()
+    assert message.state == "dead" and f"redirected to {scripted.url}/moved" in message.last_error
+    assert [r["path"] for r in scripted.requests[before:]] == ["/"]  # not followed
+
+
 def outbox_command(config, *args: str) -> int:
     parsed = build_parser().parse_args(["outbox", *args])
     return parsed.func(parsed, config)

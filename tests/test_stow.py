@@ -100,7 +100,7 @@ def test_a_refused_object_waits_or_is_a_dead_letter_and_the_others_go_on(config,
 
 
 @pytest.mark.parametrize(("answer", "state", "reason"), [
-    (401, "dead", "HTTP 401"), (403, "dead", "HTTP 403"), (404, "dead", "HTTP 404"),
+    (401, "dead", "HTTP 401"), (403, "dead", "HTTP 403"), (404, "dead", "HTTP 404"), (301, "dead", "redirected to"),
     (503, "pending", "HTTP 503"), ("slow", "pending", "no answer from"), (None, "pending", "cannot reach"),
 ])
 def test_http_failures_without_a_store_response(config, classified, answer, state, reason):

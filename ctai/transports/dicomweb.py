@@ -51,12 +51,15 @@ class StowClient:
         session = requests.Session()
         session.headers.update(self.headers)
         session.verify = self.verify
+        session.max_redirects = 0  # a redirect is reported (``http.failure``), not followed
         client = DICOMwebClient(url, session=session, timeout=self.timeout)
         client.set_http_retry_params(retry=False)  # the outbox retries, with its backoff
         try:
             answer = client.store_instances([ds])
         except requests.HTTPError as exc:
             raise refusal(exc.response, ds) from exc
+        except requests.TooManyRedirects as exc:
+            raise http.failure(exc.response) from exc
         except requests.RequestException as exc:
             raise http.transient(exc, url, self.timeout) from exc
         finally:

@@ -39,5 +39,5 @@ class FhirClient:
             answer = response.json()
         except ValueError:
             answer = None
-        if not (isinstance(answer, dict) and answer.get("resourceType") == "Bundle"):
-            raise Undeliverable(f"{url} answered {response.status_code} without a transaction-response Bundle")
+        if not (isinstance(answer, dict) and answer.get("type") == "transaction-response"):
+            raise Undeliverable(f"{url} answered {response.status_code} but not with a transaction-response Bundle")

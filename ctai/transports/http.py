@@ -12,7 +12,9 @@
   transient too: nothing was sent, and the usual fix, on the server (a renewed certificate) or
   here (``ca_file``), needs no one to resend the waiting messages; each retry logs the reason and
   ``ctai outbox`` shows it.
-* anything else (a 1xx or a 3xx that requests did not follow): ``Undeliverable``.
+* a redirect is not followed (requests would turn a POST into a GET on 301/302, and a GET is no
+  delivery): ``Undeliverable``, naming where it points, so that a person sets that URL.
+* anything else: ``Undeliverable``.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ def failure(response: requests.Response) -> Exception | None:
     if 200 <= response.status_code < 300:
         return None
     reason = server_reason(response)
+    if 300 <= response.status_code < 400:
+        reason = f"redirected to {response.headers.get('Location', '?')}; configure that URL"
     message = f"HTTP {response.status_code} {response.reason or ''}".rstrip() + (f": {reason}" if reason else "")
     if response.status_code in TRANSIENT_STATUSES or response.status_code >= 500:
         return TransientError(message)
@@ -70,7 +74,7 @@ def failure(response: requests.Response) -> Exception | None:
 def post(url: str, body: bytes, timeout: float, **kwargs: Any) -> requests.Response:
     """POST ``body``; a connection, TLS or timeout failure becomes a one-line ``TransientError``."""
     try:
-        return requests.post(url, data=body, timeout=timeout, **kwargs)
+        return requests.post(url, data=body, timeout=timeout, allow_redirects=False, **kwargs)
     except requests.RequestException as exc:
         raise transient(exc, url, timeout) from exc
 
