@@ -12,10 +12,18 @@ from ctai.results import JobStore, summarize
 from ctai.types import Failure, Job, Result
 
 
+def queued_at(job: Job, config: Config) -> float | None:
+    """When a job the worker runs (it adds option "started") was queued; None for others
+    (``ctai classify``), which have no job record."""
+    if "started" not in job.options:
+        return None
+    record = JobStore(config).get(job.id)
+    return record.enqueued if record else None
+
+
 @hookimpl
 def ctai_job_finished(job: Job, results: list[Result], failures: list[Failure], config: Config) -> None:
-    record = JobStore(config).get(job.id)
-    queued = record.enqueued if record and record.enqueued else None
+    queued = queued_at(job, config)
     monitoring.job_finished(job.source, summarize(results, failures).status, [f.reason for f in failures],
                             time.time() - queued if queued else None)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import requests
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from ctai import jobs
+from ctai import jobs, monitoring
 from ctai.monitoring import MetricsService
 from ctai.outbox import Outbox
 from ctai.types import Failure, Job, ModelInfo
@@ -41,7 +44,7 @@ def scrape(service) -> dict[tuple[str, tuple], float]:
 
 def test_jobs_refusals_latency_queue_outbox_and_model_are_scraped(service):
     config = service.config
-    job = Job("metrics-test-1", "metrics-test")
+    job = Job("metrics-test-1", "metrics-test", {"started": 0.0})
     jobs.enqueue(config, job)
     jobs.enqueue(config, Job("metrics-test-2", "metrics-test"))
     outbox = Outbox.from_config(config)
@@ -91,3 +94,12 @@ def test_healthz_checks_orthanc_and_a_redis_queue(config):
         service.stop()
     assert answer.status_code == 503
     assert answer.json()["checks"] == {"worker": True, "queue": False, "orthanc": False}
+
+
+def test_a_cli_run_is_counted_without_touching_the_data_folder(config):
+    metrics.ctai_job_finished(job=Job("cli", "cli-test"), results=[], failures=[Failure("x", "not a DICOM file")],
+                              config=config)
+    assert not Path(config["data"]["dir"]).exists()
+    counted = CollectorRegistry()
+    counted.register(monitoring.JOBS)
+    assert counted.get_sample_value("ctai_jobs_total", {"source": "cli-test", "status": "failed"}) == 1
