@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(python3-venv orthanc orthanc-python dcmtk dicom3tools)
-[ "${1:-}" = "--test" ] && DEBIAN_PACKAGES+=(chromium zbar-tools iproute2)  # iproute2: loopback in the Orthanc tests' namespace
+[ "${1:-}" = "--test" ] && DEBIAN_PACKAGES+=(chromium zbar-tools iproute2 orthanc-dicomweb curl openssl)  # iproute2: loopback in the Orthanc tests' namespace; orthanc-dicomweb, curl: STOW-RS test; openssl: a self-signed certificate
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
