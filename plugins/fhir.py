@@ -10,8 +10,8 @@ Probability, the class as a Finding component, as in each TID 1501 group) and on
 finding (DCM 121071 Finding = the SNOMED CT code of the predicted class, a qualitative
 evaluation), made by the algorithm as a ``Device`` (TID 4019: name, version, manufacturer).
 Patient, order and study are logical references by identifier (Patient ID and issuer, the
-Accession Number as the ServiceRequest's ACSN identifier, the Study Instance UID), since the
-EHR holds those resources. Every entry is a conditional create on a deterministic identifier,
+Accession Number as the ServiceRequest's ACSN identifier in ``basedOn``, the Study Instance UID
+in ``imagingStudy`` and the Observations' ``partOf``), since the EHR holds those resources. Every entry is a conditional create on a deterministic identifier,
 so a resend of the same Bundle creates nothing twice.
 """
 
@@ -151,8 +151,12 @@ def build_bundle(result: Result, base: str, issued: datetime) -> Bundle:
         "device": {"reference": device_url},
         **({"effectiveDateTime": when} if when else {}),
     }
+    # As in the IG's examples: the order by its accession number, the study by its UID.
+    if accession := str(ds.get("AccessionNumber", "")).strip():
+        common["basedOn"] = [{"type": "ServiceRequest", "identifier": {
+            "type": concept(V2_0203, "ACSN", "Accession ID"), "value": accession}}]
     if study_uid := str(ds.get("StudyInstanceUID", "")):
-        common["derivedFrom"] = [{"type": "ImagingStudy", "identifier": dicom_uid(study_uid)}]
+        common["partOf"] = [{"type": "ImagingStudy", "identifier": dicom_uid(study_uid)}]
     found = observations(result, base, common)
     urls = [o["identifier"][0]["value"] for o in found]
     predicted = FINDINGS[result.prediction.label]
@@ -173,11 +177,10 @@ def build_bundle(result: Result, base: str, issued: datetime) -> Bundle:
         "conclusionCode": [concept(SNOMED, predicted.value, predicted.meaning)],
         **({"effectiveDateTime": when} if when else {}),
     }
-    if accession := str(ds.get("AccessionNumber", "")).strip():
-        report["basedOn"] = [{"type": "ServiceRequest", "identifier": {
-            "type": concept(V2_0203, "ACSN", "Accession ID"), "value": accession}}]
+    if accession:
+        report["basedOn"] = common["basedOn"]
     if study_uid:
-        report["imagingStudy"] = [{"type": "ImagingStudy", "identifier": dicom_uid(study_uid)}]
+        report["imagingStudy"] = common["partOf"]
     report_entry = _entry(report, report["identifier"][0]["value"])
     return Bundle.model_validate({
         "resourceType": "Bundle",

@@ -29,12 +29,15 @@ def resources(bundle: Bundle) -> dict[str, list]:
 
 def test_the_bundle_maps_patient_order_study_findings_and_algorithm():
     classified = result()
+    classified.source.dataset.IssuerOfPatientID = "HOSPITAL-A"
     bundle = fhir.build_bundle(classified, "base", datetime(2026, 11, 26).astimezone())
     Bundle.model_validate_json(bundle.model_dump_json())  # what goes on the wire is valid R4B too
     found = resources(bundle)
     [report], [device] = found["DiagnosticReport"], found["Device"]
     assert report.status == "preliminary" and report.category[0].coding[0].code == "RAD"
     assert report.subject.identifier.value == "PAT-1"
+    assert report.subject.identifier.assigner.display == "HOSPITAL-A"
+    assert report.effectiveDateTime is not None or "StudyDate" not in classified.source.dataset
     assert report.basedOn[0].identifier.value == "ACC-42"
     assert report.basedOn[0].identifier.type.coding[0].code == "ACSN"
     study = classified.source.dataset.StudyInstanceUID
@@ -52,6 +55,9 @@ def test_the_bundle_maps_patient_order_study_findings_and_algorithm():
     assert {o.device.reference for o in observations} == {bundle.entry[0].fullUrl}
     assert [r.reference for r in report.result] == [e.fullUrl for e in bundle.entry[1:5]]
     assert all(o.status == "preliminary" and o.category[0].coding[0].code == "imaging" for o in observations)
+    assert {(o.basedOn[0].identifier.value, o.partOf[0].identifier.value) for o in observations} == {
+        ("ACC-42", f"urn:oid:{study}")}
+    assert {o.subject.identifier.value for o in observations} == {"PAT-1"}
 
 
 @pytest.fixture
