@@ -68,13 +68,21 @@ def dicom_uid(uid: str) -> dict[str, str]:
 
 
 def fhir_datetime(ds: Dataset) -> str | None:
-    """Study Date and Time (DICOM DA, TM) as a FHIR dateTime without zone; None if not valid."""
+    """Study Date and Time as a FHIR dateTime; None if the date is not a valid DICOM DA.
+
+    A time needs a zone in FHIR: Timezone Offset From UTC (0008,0201) when the source has
+    one, else this machine's, as the study was made where ctai runs.
+    """
     text = dicom_datetime(ds.get("StudyDate"), ds.get("StudyTime"))
     if not text:
         return None
-    pattern = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}[len(text)]
-    moment = datetime.strptime(text, pattern)
-    return moment.date().isoformat() if len(text) == 8 else moment.isoformat()
+    if len(text) == 8:
+        return datetime.strptime(text, "%Y%m%d").date().isoformat()
+    pattern = "%Y%m%d%H%M%S"[:len(text) - 2]
+    try:
+        return datetime.strptime(text + str(ds.get("TimezoneOffsetFromUTC", "")), pattern + "%z").isoformat()
+    except ValueError:
+        return datetime.strptime(text, pattern).astimezone().isoformat()
 
 
 def subject(ds: Dataset) -> dict[str, Any]:

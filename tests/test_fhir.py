@@ -29,7 +29,8 @@ def resources(bundle: Bundle) -> dict[str, list]:
 
 def test_the_bundle_maps_patient_order_study_findings_and_algorithm():
     classified = result()
-    classified.source.dataset.IssuerOfPatientID = "HOSPITAL-A"
+    classified.source.dataset.update({"IssuerOfPatientID": "HOSPITAL-A", "StudyDate": "20261125",
+                                      "StudyTime": "093000"})
     bundle = fhir.build_bundle(classified, "base", datetime(2026, 11, 26).astimezone())
     Bundle.model_validate_json(bundle.model_dump_json())  # what goes on the wire is valid R4B too
     found = resources(bundle)
@@ -37,7 +38,7 @@ def test_the_bundle_maps_patient_order_study_findings_and_algorithm():
     assert report.status == "preliminary" and report.category[0].coding[0].code == "RAD"
     assert report.subject.identifier.value == "PAT-1"
     assert report.subject.identifier.assigner.display == "HOSPITAL-A"
-    assert report.effectiveDateTime is not None or "StudyDate" not in classified.source.dataset
+    assert str(report.effectiveDateTime).startswith("2026-11-25") and "09:30:00" in str(report.effectiveDateTime)
     assert report.basedOn[0].identifier.value == "ACC-42"
     assert report.basedOn[0].identifier.type.coding[0].code == "ACSN"
     study = classified.source.dataset.StudyInstanceUID
