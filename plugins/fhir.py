@@ -46,6 +46,7 @@ OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-catego
 DICOM_UID = "urn:dicom:uid"
 #: ctai's own identifiers: the namespace of the deterministic urn:uuid values below.
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/ctai/ctai")
+FINDING, AI, REPORT = codes.DCM.Finding, codes.DCM.ArtificialIntelligence, codes.DCM.ImagingMeasurementReport
 CONCLUSION = ("Decision support only: preliminary result of an AI algorithm ({model}), pending review by "
               "a physician. Most likely: {finding} (probability {probability:.2f}).")
 
@@ -103,7 +104,7 @@ def device(model: ModelInfo) -> dict[str, Any]:
         "manufacturer": model.manufacturer,
         "deviceName": [{"name": model.name, "type": "model-name"}],
         "version": [{"value": model.version}],
-        "type": concept(DCM, "128005", "Artificial Intelligence", "AI algorithm"),
+        "type": concept(DCM, AI.value, AI.meaning),
     }
 
 
@@ -125,20 +126,22 @@ def observations(result: Result, base: str, common: dict[str, Any]) -> list[dict
             valueQuantity={"value": round(float(result.prediction.probabilities[label]), 4),
                            "system": UCUM, "code": "1", "unit": "no units"},
             component=[
-                {"code": concept(DCM, "121071", "Finding"),
+                {"code": concept(DCM, FINDING.value, FINDING.meaning),
                  "valueCodeableConcept": concept(SNOMED, finding.value, finding.meaning)},
                 {"code": concept(DCM, PRESENCE.value, PRESENCE.meaning),
                  "valueCodeableConcept": concept(SNOMED, presence.value, presence.meaning)},
             ]))
     predicted = FINDINGS[result.prediction.label]
-    found.append(_observation(common, urn(base, "finding"), concept(DCM, "121071", "Finding"),
+    found.append(_observation(common, urn(base, "finding"), concept(DCM, FINDING.value, FINDING.meaning),
                               valueCodeableConcept=concept(SNOMED, predicted.value, predicted.meaning)))
     return found
 
 
-def _entry(resource: dict[str, Any], full_url: str) -> dict[str, Any]:
+def _entry(resource: dict[str, Any]) -> dict[str, Any]:
+    """A conditional create; its identifier (a urn:uuid) is its fullUrl, what references in the
+    Bundle point to."""
     identifier = resource["identifier"][0]
-    return {"fullUrl": full_url, "resource": resource,
+    return {"fullUrl": identifier["value"], "resource": resource,
             "request": {"method": "POST", "url": resource["resourceType"],
                         "ifNoneExist": f"identifier={identifier['system']}|{identifier['value']}"}}
 
@@ -174,7 +177,7 @@ def build_bundle(result: Result, base: str, issued: datetime) -> Bundle:
         "status": "preliminary",
         "category": [concept(V2_0074, "RAD", "Radiology")],
         "code": {"coding": [coding(LOINC, "18748-4", "Diagnostic imaging study"),
-                            coding(DCM, "126000", "Imaging Measurement Report")],
+                            coding(DCM, REPORT.value, REPORT.meaning)],
                  "text": "AI chest radiograph classification"},
         "subject": common["subject"],
         "issued": common["issued"],
@@ -189,13 +192,8 @@ def build_bundle(result: Result, base: str, issued: datetime) -> Bundle:
         report["basedOn"] = common["basedOn"]
     if study_uid:
         report["imagingStudy"] = common["partOf"]
-    report_entry = _entry(report, report["identifier"][0]["value"])
-    return Bundle.model_validate({
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [_entry(device_resource, device_url), *(_entry(o, u) for o, u in zip(found, urls, strict=True)),
-                  report_entry],
-    })
+    return Bundle.model_validate({"resourceType": "Bundle", "type": "transaction",
+                                  "entry": [_entry(r) for r in (device_resource, *found, report)]})
 
 
 @hookimpl

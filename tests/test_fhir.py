@@ -47,6 +47,7 @@ def test_the_bundle_maps_patient_order_study_findings_and_algorithm():
     assert report.conclusionCode[0].coding[0].code == "53084003"
     assert (device.deviceName[0].name, device.version[0].value, device.manufacturer) == ("resnet18-test", "0.0",
                                                                                          "ctai")
+    assert device.type.coding[0].code == "123110"  # DCM Artificial Intelligence, as TID 4019's family
     observations = found["Observation"]
     assert [o.code.coding[0].code for o in observations] == ["122157"] * 3 + ["121071"]
     assert [float(o.valueQuantity.value) for o in observations[:3]] == [0.1, 0.7, 0.2]
