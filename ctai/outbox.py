@@ -2,12 +2,13 @@
 FHIR to an EHR).
 
 Messages live in SQLite under the data folder until the peer acknowledged them, so a peer that
-is down for an hour, or a restart of ctai, loses nothing. Per key (a patient for HL7, a study
-for C-STORE) messages go out strictly in the order they were put; a key whose head message
+is down for an hour, or a restart of ctai, loses nothing. Per key (a patient for HL7 and FHIR,
+a study for C-STORE and STOW-RS) messages go out strictly in the order they were put; a key whose head message
 fails waits with exponential backoff while other keys go on. A message is marked delivered only
 after the peer's positive answer (HL7 AA / CA, C-STORE Success or Warning). A crash between
 that answer and the mark resends the message once more: receivers recognise it by its HL7
-message control ID (MSH-10) or its SOP Instance UID.
+message control ID (MSH-10) or its SOP Instance UID, and a FHIR server creates nothing twice
+from it (each entry of the Bundle is a conditional create).
 
 Each channel's sender classifies the peer's answer; the consequences live here:
 
