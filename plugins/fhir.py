@@ -20,9 +20,8 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fhir.resources.R4B.bundle import Bundle
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
@@ -32,6 +31,9 @@ from ctai.outbox import Outbox
 from ctai.types import CLASSES, Job, ModelInfo, Result
 from ctai_plugins.hl7 import dicom_datetime, patient_key
 from ctai_plugins.sr import FINDINGS, PRESENCE, PROBABILITY
+
+if TYPE_CHECKING:
+    from fhir.resources.R4B.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +151,8 @@ def _entry(resource: dict[str, Any]) -> dict[str, Any]:
 def build_bundle(result: Result, base: str, issued: datetime) -> Bundle:
     """The transaction Bundle of one result, validated by ``fhir.resources`` (R4B); ``base`` names
     the result (its outbox dedup key), from which every identifier in it is derived."""
+    from fhir.resources.R4B.bundle import Bundle  # half a second: only where FHIR is configured
+
     ds = result.source.dataset
     model = result.prediction.model
     device_resource = device(model)
