@@ -114,3 +114,18 @@ def test_http_failures_without_a_store_response(config, classified, answer, stat
         assert send(config) == 0
     first = Outbox.from_config(config).messages()[0]
     assert first.state == state and reason in first.last_error
+
+
+def test_an_untrusted_certificate_waits_and_goes_with_its_ca_file(config, classified, tmp_path):
+    server = StowServer()
+    certificate = server.with_tls(tmp_path)
+    config["outbox"].update(initial_backoff=0.0, max_backoff=0.0)
+    with server.running():
+        config["dicomweb"]["url"] = server.url
+        stow.ctai_deliver(result=classified, job=JOB, config=config)
+        assert send(config) == 0
+        reason = Outbox.from_config(config).messages("pending")[0].last_error
+        assert "CERTIFICATE_VERIFY_FAILED (self-signed certificate)" in reason
+        config["dicomweb"]["ca_file"] = str(certificate)
+        assert send(config) == 2
+    assert len(server.stored) == 2

@@ -48,7 +48,7 @@ class StowClient:
 
         Raises ``TransientError`` or ``Undeliverable`` as the module docstring says.
         """
-        session = requests.Session()
+        session = http.Session()
         session.headers.update(self.headers)
         session.verify = self.verify
         session.max_redirects = 0  # a redirect is reported (``http.failure``), not followed

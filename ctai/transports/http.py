@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,6 +43,15 @@ def verify(settings: Mapping[str, Any]) -> bool | str:
 def headers(settings: Mapping[str, Any]) -> dict[str, str]:
     """The ``Authorization`` header when ``authorization`` is set (e.g. "Bearer ...")."""
     return {"Authorization": str(settings["authorization"])} if settings.get("authorization") else {}
+
+
+class Session(requests.Session):
+    """A session whose own ``verify`` (a CA file) wins over $REQUESTS_CA_BUNDLE: requests lets the
+    environment override a session's setting unless each request names it (psf/requests#3829)."""
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("verify", self.verify)
+        return super().request(*args, **kwargs)
 
 
 def server_reason(response: requests.Response) -> str:
@@ -92,5 +102,7 @@ def _innermost(exc: BaseException) -> str:
     """The root cause's text, without urllib3's wrapping ("Max retries exceeded ...")."""
     while exc.__context__ is not None and exc.__context__ is not exc:
         exc = exc.__context__
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"{exc.reason} ({exc.verify_message})"
     reason = getattr(exc, "reason", None)
     return str(reason if reason is not None else exc)
