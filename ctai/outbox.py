@@ -1,12 +1,14 @@
-"""A persistent outbox for messages to other systems (HL7 ORU over MLLP, C-STORE to a PACS).
+"""A persistent outbox for messages to other systems (HL7 ORU over MLLP, C-STORE or STOW-RS to a PACS,
+FHIR to an EHR).
 
 Messages live in SQLite under the data folder until the peer acknowledged them, so a peer that
-is down for an hour, or a restart of ctai, loses nothing. Per key (a patient for HL7, a study
-for C-STORE) messages go out strictly in the order they were put; a key whose head message
+is down for an hour, or a restart of ctai, loses nothing. Per key (a patient for HL7 and FHIR,
+a study for C-STORE and STOW-RS) messages go out strictly in the order they were put; a key whose head message
 fails waits with exponential backoff while other keys go on. A message is marked delivered only
 after the peer's positive answer (HL7 AA / CA, C-STORE Success or Warning). A crash between
 that answer and the mark resends the message once more: receivers recognise it by its HL7
-message control ID (MSH-10) or its SOP Instance UID.
+message control ID (MSH-10) or its SOP Instance UID, and a FHIR server creates nothing twice
+from it (each entry of the Bundle is a conditional create).
 
 Each channel's sender classifies the peer's answer; the consequences live here:
 
@@ -186,6 +188,12 @@ class Outbox:
                        " WHERE state = 'pending' AND (? IS NULL OR channel = ?)",
                        (channel, channel))
 
+    def counts(self) -> dict[tuple[str, str], int]:
+        """How many messages each (channel, state) has."""
+        with self._db() as db:
+            rows = db.execute("SELECT channel, state, COUNT(*) FROM outbox GROUP BY channel, state").fetchall()
+        return {(channel, state): count for channel, state, count in rows}
+
     def messages(self, state: str | None = None) -> list[Message]:
         """Messages in ``state`` (all if None), oldest first."""
         with self._db() as db:
@@ -251,11 +259,13 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def default_senders() -> dict[str, Sender]:
-    """The built-in channels: ``hl7`` (MLLP) and ``cstore`` (DICOM C-STORE)."""
-    from ctai.transports import dicom_scu, mllp
+def default_senders(config: Config) -> dict[str, Sender]:
+    """The built-in channels: ``hl7`` (MLLP), ``cstore`` (DICOM C-STORE), ``fhir`` (FHIR REST)
+    and ``stow`` (DICOMweb STOW-RS)."""
+    from ctai.transports import dicom_scu, dicomweb, fhir, mllp
 
-    return {"hl7": mllp.deliver, "cstore": dicom_scu.deliver}
+    return {"hl7": mllp.deliver, "cstore": dicom_scu.deliver, "fhir": fhir.FhirClient.from_config(config).deliver,
+            "stow": dicomweb.StowClient.from_config(config).deliver}
 
 
 @contextmanager
@@ -283,7 +293,7 @@ def send_now(config: Config, senders: Mapping[str, Sender] | None = None) -> dic
     outbox = Outbox.from_config(config)
     outbox.retry_now()
     delivered: dict[str, int | None] = {}
-    for channel, sender in (senders or default_senders()).items():
+    for channel, sender in (senders or default_senders(config)).items():
         with sending_lock(config, channel) as locked:
             delivered[channel] = send_due(outbox, channel, sender) if locked else None
     return delivered
@@ -302,7 +312,7 @@ class OutboxSender:
         self.config = config
         self.outbox = Outbox.from_config(config)
         self.poll_seconds = float(config["outbox"]["poll_seconds"])
-        self.senders = dict(senders or default_senders())
+        self.senders = dict(senders or default_senders(config))
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 

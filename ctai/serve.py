@@ -21,9 +21,11 @@ from typing import Protocol
 
 from ctai.config import Config, data_dir, to_toml
 from ctai.errors import TransientError
+from ctai.monitoring import MetricsService
 from ctai.outbox import OutboxSender
 from ctai.transports.dicom_scp import DicomListener
 from ctai.transports.orthanc import OrthancClient, base_url, credentials, password_file
+from ctai.types import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +133,24 @@ class WorkerService:
         if self.worker:
             self.worker.stop()
 
+    def alive(self) -> bool:
+        return self.worker is not None and self.worker.alive()
+
+    def model(self) -> ModelInfo | None:
+        """The classifier's name and version, once the worker has loaded it."""
+        return self.worker.classifier.info if self.worker else None
+
 
 def services(config: Config) -> list[Service]:
     """Everything ``ctai serve`` runs, in start order."""
     found: list[Service] = []
     if config["orthanc"]["run"]:
         found.append(OrthancService(config))
-    found.append(WorkerService(config))
+    worker = WorkerService(config)
+    found.append(worker)
     found.append(OutboxSender(config))
+    if config["metrics"]["enabled"]:
+        found.append(MetricsService(config, worker.alive, worker.model))
     if config["listener"]["enabled"]:
         found.append(DicomListener(config))
     if config["web"]["enabled"]:
