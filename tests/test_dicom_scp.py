@@ -311,7 +311,7 @@ def idle_sockets(listener: Listener, count: int) -> list[socket.socket]:
 
 
 def test_idle_sockets_cannot_lock_the_listener(listen):
-    listener = listen(idle_timeout=2.0)
+    listener = listen(idle_timeout=2.0, max_associations_per_peer=100)  # the total limit only
     opened = idle_sockets(listener, 10)
     assert echo(listener)  # 10 idle connections no longer fill the limit
     for raw in opened:
@@ -388,3 +388,36 @@ def test_with_the_disk_nearly_full_the_listener_refuses_new_images_and_logs_it_o
     filler.unlink()
     assert listener.storescu(series[:1]).returncode == 0 and spooled(config)
     assert "back above the floor" in caplog.text
+
+
+def request(listener: Listener, source: str = "127.0.0.1"):
+    """An association for C-ECHO from ``source`` (another loopback address is another peer)."""
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(Verification)
+    rejections = []
+    assoc = ae.associate("127.0.0.1", listener.server.port, ae_title="CTAI", bind_address=(source, 0),
+                         evt_handlers=[(pynetdicom.evt.EVT_ACSE_RECV, lambda event: rejections.append(
+                             (event.primitive.result, event.primitive.result_source, event.primitive.diagnostic)))])
+    return assoc, rejections
+
+
+def test_one_peer_cannot_take_every_association(listen):
+    listener = listen(max_associations=10, max_associations_per_peer=3)
+    held = [request(listener)[0] for _ in range(3)]
+    assert all(assoc.is_established for assoc in held)
+    refused, answer = request(listener)
+    # A-ASSOCIATE-RJ rejected-transient, service-provider (presentation), local-limit-exceeded (PS3.8 9.3.4)
+    assert refused.is_rejected and answer == [(0x02, 0x03, 0x02)]
+    held.pop().release()
+    assert wait_until(lambda: (assoc := request(listener)[0]).is_established and (assoc.release() or True))
+
+    scan = idle_sockets(listener, 20)  # the same peer holds more than max_associations, idle
+    start = time.monotonic()
+    other, _ = request(listener, source="127.0.0.2")
+    assert other.is_established and other.send_c_echo().Status == 0x0000
+    assert time.monotonic() - start < 1
+    other.release()
+    for assoc in held:
+        assoc.release()
+    for raw in scan:
+        raw.close()

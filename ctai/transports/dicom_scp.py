@@ -14,7 +14,9 @@ storage SCP (PS3.4 B.4.1), which keeps instances only as long as it needs them.
 
 A connection that sends nothing for ``idle_timeout`` seconds, before or after its association
 request (PS3.8 9.1.5 ARTIM), is closed, so that idle sockets (a port scan, a health check) cannot
-hold all ``max_associations`` slots; ``stop`` aborts the open associations instead of waiting.
+hold all ``max_associations`` slots, and one peer address holds at most
+``max_associations_per_peer`` of them (``PeerLimitedAE``); ``stop`` aborts the open associations
+instead of waiting.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +44,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 
@@ -209,6 +213,33 @@ def readable_syntaxes() -> list[str]:
     return readable
 
 
+class PeerLimitedAE(AE):
+    """An AE whose acceptor also limits the associations open at once per peer (IP address).
+
+    pynetdicom rejects an association request with A-ASSOCIATE-RJ rejected-transient,
+    service-provider (presentation), local-limit-exceeded (PS3.8 9.3.4) when more than
+    ``maximum_associations`` are open; it reads that limit in the thread of the association being
+    negotiated. Read there, the limit is 0 for a peer over ``per_peer``, so only that peer is
+    rejected; and connections a peer holds beyond ``per_peer`` do not count against the others.
+    """
+
+    per_peer: int = 10
+
+    @property
+    def maximum_associations(self) -> int:
+        negotiating = threading.current_thread()
+        if not (isinstance(negotiating, Association) and negotiating.is_acceptor):
+            return self._maximum_associations
+        open_by_peer = Counter(assoc.requestor.address for assoc in self.active_associations if assoc.is_acceptor)
+        if open_by_peer[negotiating.requestor.address] > self.per_peer:
+            return 0
+        return self._maximum_associations + sum(max(0, n - self.per_peer) for n in open_by_peer.values())
+
+    @maximum_associations.setter
+    def maximum_associations(self, value: int) -> None:
+        AE.maximum_associations.fset(self, value)
+
+
 class DicomListener:
     """The Storage SCP as a ``ctai serve`` service (start/stop), configured by ``[listener]``.
 
@@ -224,6 +255,7 @@ class DicomListener:
         self.allowed_aets = [str(aet) for aet in settings["allowed_aets"]]
         self.idle_seconds = float(settings["idle_seconds"])
         self.max_associations = int(settings["max_associations"])
+        self.max_associations_per_peer = int(settings["max_associations_per_peer"])
         self.idle_timeout = float(settings["idle_timeout"])
         self.spool = Spool.from_config(config)
         self.disk = DiskGuard.from_config(config)
@@ -245,9 +277,10 @@ class DicomListener:
 
     def start(self) -> None:
         self.spool.discard_partial()
-        ae = AE(ae_title=self.ae_title)
+        ae = PeerLimitedAE(ae_title=self.ae_title)
         ae.require_calling_aet = self.allowed_aets
         ae.maximum_associations = self.max_associations
+        ae.per_peer = self.max_associations_per_peer
         ae.acse_timeout = self.idle_timeout  # also the ARTIM timer waiting for A-ASSOCIATE-RQ
         ae.network_timeout = self.idle_timeout
         syntaxes = readable_syntaxes()
