@@ -231,8 +231,8 @@ def _send(outbox: Outbox, message: Message, sender: Sender, now: float) -> str:
         if message.attempts + 1 >= outbox.max_attempts:
             return _die(outbox, message, f"{error} (attempt {message.attempts + 1} of {outbox.max_attempts})")
         delay = outbox.retry_later(message, error, now)
-        log.warning("outbox %s #%d (%s) not delivered (%s); retry in %g s", message.channel, message.id,
-                    message.key, error, delay)
+        log.warning("outbox %s #%d (%s) not delivered (%s); retry in %s s", message.channel, message.id,
+                    message.key, error, seconds(delay))
         return "retry"
     outbox.mark_delivered(message)
     return "delivered"
@@ -243,6 +243,11 @@ def _die(outbox: Outbox, message: Message, reason: str) -> str:
     log.error("outbox %s #%d (%s) is a dead letter: %s; see `ctai outbox`", message.channel, message.id,
               message.key, reason)
     return "dead"
+
+
+def seconds(delay: float) -> str:
+    """A delay for the log: one decimal below 10 s ("0.5"), whole seconds above ("300")."""
+    return f"{delay:.1f}" if delay < 10 else f"{delay:.0f}"
 
 
 def describe(exc: BaseException) -> str:

@@ -188,9 +188,10 @@ def _hints(config: Config) -> str:
 
 
 def setup_logging() -> None:
-    """Log lines with time and source on stderr; huey's and highdicom's per-job chatter left out."""
+    """Log lines with time and source on stderr; huey's, highdicom's and pynetdicom's per-job
+    chatter left out (ctai logs each association's outcome in its own words)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    for name in ("huey", "highdicom"):
+    for name in ("huey", "highdicom", "pynetdicom"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -8,6 +8,7 @@ coordinates is sent as Comprehensive SR (PS3.3 A.35.3 and A.35.13 differ only by
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
@@ -43,6 +44,28 @@ TRANSIENT_FAILURES = ((0xA700, 0xA7FF), (0x0213, 0x0213), (0x0110, 0x0110), (0x0
 REJECTED_PERMANENT = 0x01
 #: Fallback SOP classes a peer may accept instead of the dataset's own.
 FALLBACKS = {Comprehensive3DSRStorage: ComprehensiveSRStorage}
+
+
+class _ConnectFailures(logging.Filter):
+    """Why pynetdicom could not connect, per association (keyed by its DUL thread): pynetdicom
+    logs the socket error ("TCP Initialisation Error: [Errno 111] Connection refused") and
+    then aborts the association, without keeping the error."""
+
+    PREFIX = "TCP Initialisation Error: "
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reasons: dict[int | None, str] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(self.PREFIX):
+            self.reasons[record.thread] = re.sub(r"^\[Errno \d+\] ", "", message[len(self.PREFIX):])
+        return True
+
+
+_connect_failures = _ConnectFailures()
+logging.getLogger("pynetdicom.transport").addFilter(_connect_failures)
 
 
 @dataclass(frozen=True)
@@ -128,8 +151,11 @@ def _check(status: Dataset, ds: Dataset) -> None:
     raise Undeliverable(message)
 
 
-def _rejection(peer: Peer, assoc: Association, result: int | None) -> Exception:
+def _rejection(peer: Peer, assoc: Association, result: int | None, connected: bool) -> Exception:
     """Why ``assoc`` was not established, as the exception the outbox acts on."""
+    if not connected:  # pynetdicom calls this an abort; the peer never answered
+        reason = _connect_failures.reasons.pop(assoc.dul.ident, "no connection")
+        return TransientError(f"could not connect to {peer.ae_title} {peer.host}:{peer.port}: {reason}")
     if assoc.rejected_contexts and not assoc.accepted_contexts:
         refused = ", ".join(sorted(cx.abstract_syntax.name for cx in assoc.rejected_contexts))
         return Undeliverable(f"{peer.ae_title} does not accept {refused}")
@@ -149,14 +175,17 @@ def store(peer: Peer, datasets: Sequence[Dataset]) -> None:
     """
     ae = _application_entity(peer, datasets)
     rejected: list[int] = []
+    connected: list[bool] = []
 
     def on_acse(event: Event) -> None:
         if isinstance(event.primitive, A_ASSOCIATE) and event.primitive.result in (1, 2):
             rejected.append(event.primitive.result)
 
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=[(evt.EVT_ACSE_RECV, on_acse)])
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
+                         evt_handlers=[(evt.EVT_ACSE_RECV, on_acse),
+                                       (evt.EVT_CONN_OPEN, lambda event: connected.append(True))])
     if not assoc.is_established:
-        raise _rejection(peer, assoc, rejected[0] if rejected else None)
+        raise _rejection(peer, assoc, rejected[0] if rejected else None, bool(connected))
     try:
         for ds in datasets:
             sent = _negotiated(assoc, ds)
