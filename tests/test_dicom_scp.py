@@ -3,8 +3,11 @@ for what dcmtk will not send (corrupt data sets, a peer that drops mid-associati
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +31,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from ctai import hookimpl
+from ctai.config import to_toml
 from ctai.outbox import OutboxSender
 from ctai.pipeline import Pipeline
 from ctai.plugins import plugin_manager
@@ -421,3 +425,46 @@ def test_one_peer_cannot_take_every_association(listen):
         assoc.release()
     for raw in scan:
         raw.close()
+
+
+SERVE_LISTENER = """
+import sys
+from ctai import config
+from ctai.serve import run_services, setup_logging
+from ctai.transports.dicom_scp import DicomListener
+setup_logging()
+sys.exit(run_services([DicomListener(config.load(), enqueue=lambda job: None)]))
+"""
+
+
+def test_sigterm_stops_the_serving_listener_within_5_s_with_idle_connections_open(config, tmp_path):
+    """ctai serve's signal handling, with only the listener as service (no model to load)."""
+    port = free_port()
+    config["listener"].update(host="127.0.0.1", port=port)
+    (tmp_path / "ctai.toml").write_text(to_toml(config))
+    env = {**os.environ, "CTAI_CONFIG": str(tmp_path / "ctai.toml"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    serve = subprocess.Popen([sys.executable, "-c", SERVE_LISTENER], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: serve.poll() is not None or _listening(port), timeout=30)
+        opened = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(Verification)
+        established = ae.associate("127.0.0.1", port, ae_title="CTAI")
+        assert established.is_established
+        start = time.monotonic()
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(10) == 0
+        assert time.monotonic() - start < 5, serve.stderr.read()
+        for raw in opened:
+            raw.close()
+    finally:
+        serve.kill()
+        serve.wait()
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
