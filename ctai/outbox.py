@@ -30,7 +30,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,27 @@ log = logging.getLogger(__name__)
 
 #: Sends one message's payload to its destination; returns on the peer's positive answer.
 Sender = Callable[[Mapping[str, Any], bytes], None]
+#: What became of one payload: None if delivered, else the exception a ``Sender`` would raise.
+Outcome = BaseException | None
+
+
+@dataclass(frozen=True)
+class BatchSender:
+    """A sender that sends up to ``size`` payloads to one destination on one connection (e.g. one
+    DICOM association for many C-STOREs) instead of one connection each.
+
+    ``send_many`` returns the outcome of each payload it tried, in order; it may stop early (the
+    connection was lost): the payloads after those stay due. It raises when it could try none
+    (no connection). Called with one payload, it is a plain ``Sender``.
+    """
+
+    send_many: Callable[[Mapping[str, Any], Sequence[bytes]], list[Outcome]]
+    size: int
+
+    def __call__(self, destination: Mapping[str, Any], payload: bytes) -> None:
+        for outcome in self.send_many(destination, [payload]):
+            if outcome is not None:
+                raise outcome
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -198,6 +219,7 @@ class Outbox:
 def send_due(outbox: Outbox, channel: str, sender: Sender, now: float | None = None) -> int:
     """Send the due messages of ``channel``, each key in order; returns how many were delivered.
 
+    The due messages of one destination go out together when ``sender`` is a ``BatchSender``.
     After a destination fails, its other messages wait for the next call, so a peer that is
     down costs one connection attempt per call.
     """
@@ -207,35 +229,60 @@ def send_due(outbox: Outbox, channel: str, sender: Sender, now: float | None = N
     progress = True
     while progress:
         progress = False
-        for message in outbox.due(channel, now):
-            where = json.dumps(message.destination, sort_keys=True)
-            if where in failing:
-                continue
-            outcome = _send(outbox, message, sender, now)
-            if outcome == "retry":
-                failing.add(where)
-            else:
-                progress = True
-                delivered += outcome == "delivered"
+        for batch in _batches(outbox.due(channel, now), sender, failing):
+            for message, outcome in zip(batch, _attempt(sender, batch), strict=False):
+                result = _record(outbox, message, outcome, now)
+                if result == "retry":
+                    failing.add(_where(message))
+                else:
+                    progress = True
+                    delivered += result == "delivered"
     return delivered
 
 
-def _send(outbox: Outbox, message: Message, sender: Sender, now: float) -> str:
-    """Send one message and record the outcome: "delivered", "dead" or "retry"."""
+def _where(message: Message) -> str:
+    return json.dumps(message.destination, sort_keys=True)
+
+
+def _batches(due: list[Message], sender: Sender, failing: set[str]) -> Iterator[list[Message]]:
+    """``due`` in batches of one destination each (one message each unless ``sender`` is a
+    ``BatchSender``), skipping destinations that failed meanwhile."""
+    size = sender.size if isinstance(sender, BatchSender) else 1
+    by_destination: dict[str, list[Message]] = {}
+    for message in due:
+        by_destination.setdefault(_where(message), []).append(message)
+    for where, messages in by_destination.items():
+        for start in range(0, len(messages), size):
+            if where in failing:
+                break
+            yield messages[start:start + size]
+
+
+def _attempt(sender: Sender, batch: list[Message]) -> list[Outcome]:
+    """The outcome of each message of ``batch`` that was tried (the first one at least)."""
     try:
-        sender(message.destination, message.payload)
-    except Undeliverable as exc:
-        return _die(outbox, message, f"refused: {exc}")
-    except Exception as exc:  # noqa: BLE001 - any other failure is transient
-        error = describe(exc)
-        if message.attempts + 1 >= outbox.max_attempts:
-            return _die(outbox, message, f"{error} (attempt {message.attempts + 1} of {outbox.max_attempts})")
-        delay = outbox.retry_later(message, error, now)
-        log.warning("outbox %s #%d (%s) not delivered (%s); retry in %s s", message.channel, message.id,
-                    message.key, error, seconds(delay))
-        return "retry"
-    outbox.mark_delivered(message)
-    return "delivered"
+        if isinstance(sender, BatchSender):
+            return sender.send_many(batch[0].destination, [m.payload for m in batch])
+        sender(batch[0].destination, batch[0].payload)
+    except Exception as exc:  # noqa: BLE001 - classified in _record
+        return [exc]
+    return [None]
+
+
+def _record(outbox: Outbox, message: Message, outcome: Outcome, now: float) -> str:
+    """Record the outcome of one attempt: "delivered", "dead" or "retry"."""
+    if outcome is None:
+        outbox.mark_delivered(message)
+        return "delivered"
+    if isinstance(outcome, Undeliverable):
+        return _die(outbox, message, f"refused: {outcome}")
+    error = describe(outcome)  # any other failure is transient
+    if message.attempts + 1 >= outbox.max_attempts:
+        return _die(outbox, message, f"{error} (attempt {message.attempts + 1} of {outbox.max_attempts})")
+    delay = outbox.retry_later(message, error, now)
+    log.warning("outbox %s #%d (%s) not delivered (%s); retry in %s s", message.channel, message.id,
+                message.key, error, seconds(delay))
+    return "retry"
 
 
 def _die(outbox: Outbox, message: Message, reason: str) -> str:

@@ -1,5 +1,8 @@
 """C-STORE client (PS3.4 Annex B Storage Service Class, SCU role) for ctai's outputs.
 
+The outbox hands over the due objects of a peer together (``deliver``, a ``BatchSender``): they
+go on one association, up to MAX_PER_ASSOCIATION, each with its own outcome.
+
 The association proposes each dataset's SOP class; for Comprehensive 3D SR it also proposes
 Comprehensive SR, and when the peer accepts only the latter, a report without 3-D
 coordinates is sent as Comprehensive SR (PS3.3 A.35.3 and A.35.13 differ only by SCOORD3D).
@@ -29,7 +32,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from ctai import uids
 from ctai.errors import TransientError
-from ctai.outbox import Undeliverable
+from ctai.outbox import BatchSender, Undeliverable
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,9 @@ TRANSIENT_FAILURES = ((0xA700, 0xA7FF), (0x0213, 0x0213), (0x0110, 0x0110), (0x0
                       (0xFE00, 0xFE00))
 #: A-ASSOCIATE-RJ Result (PS3.8 9.3.4): 1 rejected-permanent, 2 rejected-transient.
 REJECTED_PERMANENT = 0x01
+#: C-STOREs per association: each object adds at most two presentation contexts (its SOP class
+#: in its transfer syntax, and a fallback), within the 128 an association may have (PS3.8 9.3.2.2).
+MAX_PER_ASSOCIATION = 64
 #: Fallback SOP classes a peer may accept instead of the dataset's own.
 FALLBACKS = {Comprehensive3DSRStorage: ComprehensiveSRStorage}
 
@@ -88,11 +94,14 @@ def _syntaxes(ds: Dataset) -> list[str]:
 
 
 def _application_entity(peer: Peer, datasets: Sequence[Dataset]) -> AE:
+    """An AE proposing a presentation context per SOP class (and fallback) and transfer syntax."""
     ae = AE(ae_title=peer.calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout
+    proposed = set()
     for ds in datasets:
         for sop_class in (ds.SOPClassUID, FALLBACKS.get(ds.SOPClassUID)):
-            if sop_class and sop_class not in {cx.abstract_syntax for cx in ae.requested_contexts}:
+            if sop_class and (sop_class, ds.file_meta.TransferSyntaxUID) not in proposed:
+                proposed.add((sop_class, ds.file_meta.TransferSyntaxUID))
                 ae.add_requested_context(sop_class, _syntaxes(ds))
     return ae
 
@@ -167,12 +176,8 @@ def _rejection(peer: Peer, assoc: Association, result: int | None, connected: bo
     return TransientError(f"{where} {'aborted' if assoc.is_aborted else 'unreachable'}")
 
 
-def store(peer: Peer, datasets: Sequence[Dataset]) -> None:
-    """Send ``datasets`` (each with file meta) on one association; returns when all were stored.
-
-    Raises ``TransientError`` when the peer is unreachable, rejects the association for now
-    or fails a C-STORE in a way that may pass; ``Undeliverable`` when it refuses for good.
-    """
+def _associate(peer: Peer, datasets: Sequence[Dataset]) -> Association:
+    """An association proposing what ``datasets`` need; raises as ``store`` says when there is none."""
     ae = _application_entity(peer, datasets)
     rejected: list[int] = []
     connected: list[bool] = []
@@ -186,15 +191,47 @@ def store(peer: Peer, datasets: Sequence[Dataset]) -> None:
                                        (evt.EVT_CONN_OPEN, lambda event: connected.append(True))])
     if not assoc.is_established:
         raise _rejection(peer, assoc, rejected[0] if rejected else None, bool(connected))
+    return assoc
+
+
+def store_each(peer: Peer, datasets: Sequence[Dataset]) -> list[Exception | None]:
+    """Send ``datasets`` (each with file meta) on one association; the outcome of each, in order:
+    None when stored, else ``Undeliverable`` (refused for good) or ``TransientError``. Stops
+    early when the association is lost (the rest were not tried).
+
+    Raises ``TransientError`` when the peer is unreachable or rejects the association for now,
+    ``Undeliverable`` when it rejects it for good.
+    """
+    assoc = _associate(peer, datasets)
+    outcomes: list[Exception | None] = []
     try:
         for ds in datasets:
-            sent = _negotiated(assoc, ds)
-            _check(assoc.send_c_store(sent), sent)
+            try:
+                sent = _negotiated(assoc, ds)
+                _check(assoc.send_c_store(sent), sent)
+                outcomes.append(None)
+            except Exception as exc:  # noqa: BLE001 - this object's outcome; the others go on
+                outcomes.append(exc)
+            if not assoc.is_established:
+                break
     finally:
         if assoc.is_established:
             assoc.release()
+    return outcomes
 
 
-def deliver(destination: Mapping[str, Any], payload: bytes) -> None:
-    """Outbox sender for the ``cstore`` channel: destination as in ``[cstore]``, payload a PS3.10 file."""
-    store(Peer.from_mapping(destination), [dcmread(BytesIO(payload))])
+def store(peer: Peer, datasets: Sequence[Dataset]) -> None:
+    """Send ``datasets`` on one association; returns when all were stored, else raises the first
+    failure (see ``store_each``)."""
+    for outcome in store_each(peer, datasets):
+        if outcome is not None:
+            raise outcome
+
+
+def _deliver_many(destination: Mapping[str, Any], payloads: Sequence[bytes]) -> list[Exception | None]:
+    return store_each(Peer.from_mapping(destination), [dcmread(BytesIO(payload)) for payload in payloads])
+
+
+#: Outbox sender for the ``cstore`` channel: destination as in ``[cstore]``, payloads PS3.10 files,
+#: up to MAX_PER_ASSOCIATION on one association.
+deliver = BatchSender(_deliver_many, MAX_PER_ASSOCIATION)
