@@ -3,7 +3,8 @@
 Each received instance is written to the spool (fsync, then atomic rename) before Success is
 answered, so an instance the sender was told is stored survives a crash or restart. Instances
 collect per series in ``incoming/<Series Instance UID>/``; once no instance of a series has
-arrived for ``idle_seconds``, the folder moves to ``batches/`` and becomes one queued job.
+arrived for ``idle_seconds``, the folder moves to ``batches/`` and becomes one queued job (at
+that moment: each series has its deadline, which the series thread waits for).
 
 Answers (PS3.4 B.2.3, PS3.7 C.4.2.1.4): an undecodable data set, one whose pixel data is cut short
 or does not decode (``ctai.inputs.dicom.check_decodable``), or one without valid UIDs gets
@@ -68,6 +69,8 @@ CANNOT_UNDERSTAND = 0xC000
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 #: Marks a batch whose job is on the queue.
 _QUEUED = ".queued"
+#: Seconds between attempts to queue a series when the queue fails.
+RETRY_SECONDS = 1.0
 #: Lossy transfer syntaxes, accepted last.
 LOSSY = {JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless, JPEG2000, HTJ2K}
 
@@ -263,6 +266,9 @@ class DicomListener:
         self._server = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: When each series in ``incoming/`` becomes idle (time.time()); guarded by ``_wake``.
+        self._idle_at: dict[str, float] = {}
+        self._wake = threading.Condition()
 
     @staticmethod
     def _default_enqueue(config: Config) -> Callable[[Job], None]:
@@ -290,6 +296,8 @@ class DicomListener:
         self._server = ae.start_server(self.address, block=False,
                                        evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
         self._stop.clear()
+        with self._wake:  # series received before a restart
+            self._idle_at = {p.name: p.stat().st_mtime + self.idle_seconds for p in self.spool.incoming.iterdir()}
         self._thread = threading.Thread(target=self._run, name="dicom-listener-series", daemon=True)
         self._thread.start()
         log.info("DICOM listener %s on %s:%d", self.ae_title, self.address[0], self.port)
@@ -306,6 +314,8 @@ class DicomListener:
                     assoc.dul.socket.close()
             self._server = None
         self._stop.set()
+        with self._wake:
+            self._wake.notify()
         if self._thread:
             self._thread.join()
             self._thread = None
@@ -340,15 +350,37 @@ class DicomListener:
         except OSError as exc:
             log.error("C-STORE from %s refused: cannot write the spool (%s)", peer, exc)
             return _status(OUT_OF_RESOURCES, "cannot write the instance to disk")
+        self._arrived(ds.SeriesInstanceUID)
         return _status(SUCCESS)
 
+    def _arrived(self, series_uid: str) -> None:
+        """Move the series' deadline; wake the series thread for a new series (an earlier deadline)."""
+        with self._wake:
+            new = series_uid not in self._idle_at
+            self._idle_at[series_uid] = time.time() + self.idle_seconds
+            if new:
+                self._wake.notify()
+
     def _run(self) -> None:
-        tick = max(0.1, min(1.0, self.idle_seconds / 2))
-        while not self._stop.wait(tick):
+        """Queue each series when its deadline comes (and what was left unqueued at start)."""
+        retry = True
+        while not self._stop.is_set():
+            with self._wake:
+                now = time.time()
+                due = [series for series, at in self._idle_at.items() if at <= now]
+                if not due and not retry:
+                    self._wake.wait(min(self._idle_at.values(), default=now + 3600) - now)
+                    continue
+                for series in due:
+                    del self._idle_at[series]
             try:
                 self.queue_idle_series()
-            except Exception:  # noqa: BLE001 - keep watching; the spool is intact, the next tick retries
+                retry = bool(self.spool.unqueued())
+            except Exception:  # noqa: BLE001 - keep watching; the spool is intact
                 log.exception("DICOM listener: cannot queue the received series; trying again")
+                retry = True
+            if retry:  # the queue failed: try again in a second
+                self._stop.wait(RETRY_SECONDS)
 
     def queue_idle_series(self, now: float | None = None) -> list[Job]:
         """Seal the idle series and queue every batch not queued yet (also those from before a restart)."""
