@@ -85,6 +85,28 @@ UPDATE outbox SET state = 'dead' WHERE state = 'failed';
 """
 
 
+class _Wakeup:
+    """Counts the messages put in this process, so that its senders wake for them at once
+    instead of at their next poll (another process's messages wait for the poll)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self.count = 0
+
+    def notify(self) -> None:
+        with self._changed:
+            self.count += 1
+            self._changed.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> None:
+        """Return when the count differs from ``seen``, or after ``timeout`` seconds."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.count != seen, timeout)
+
+
+_put = _Wakeup()
+
+
 class Undeliverable(Exception):
     """The peer refused this message for good (e.g. a SOP class it does not store)."""
 
@@ -142,7 +164,8 @@ class Outbox:
                 " (channel, key, destination, payload, dedup, created, next_attempt)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (channel, key, json.dumps(dict(destination)), payload, dedup, now, now))
-            return cursor.rowcount == 1
+        _put.notify()
+        return cursor.rowcount == 1
 
     def due(self, channel: str, now: float) -> list[Message]:
         """The oldest pending message of each key of ``channel`` whose retry time has come, oldest first."""
@@ -370,6 +393,7 @@ class OutboxSender:
 
     def stop(self) -> None:
         self._stop.set()
+        _put.notify()
         for thread in self._threads:
             thread.join()
         self._threads.clear()
@@ -378,11 +402,12 @@ class OutboxSender:
         while not self._stop.is_set():
             with sending_lock(self.config, channel) as locked:
                 while locked and not self._stop.is_set():
+                    seen = _put.count
                     try:
                         send_due(self.outbox, channel, sender)
                     except sqlite3.Error:
                         log.exception("outbox %s: database error; trying again", channel)
-                    self._stop.wait(self.poll_seconds)
+                    _put.wait(seen, self.poll_seconds)
             self._stop.wait(self.poll_seconds)
 
 
