@@ -64,6 +64,7 @@ class BatchSender:
             if outcome is not None:
                 raise outcome
 
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

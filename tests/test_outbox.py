@@ -195,6 +195,19 @@ def test_sender_threads_deliver_and_only_one_process_sends(config):
     assert sorted([first.received, second.received], key=len) == [[], [b"m%d" % n for n in range(5)]]
 
 
+def test_a_message_put_in_the_process_is_sent_at_once_not_at_the_next_poll(config):
+    config["outbox"]["poll_seconds"] = 3600
+    peer = Peer()
+    sender = OutboxSender(config, {"hl7": peer})
+    sender.start()
+    try:
+        time.sleep(0.5)  # the sender's first round has found nothing; its next poll is in an hour
+        Outbox.from_config(config).put("hl7", "p", HIS, b"m", dedup="m")
+        wait_until(lambda: peer.received == [b"m"], timeout=10)
+    finally:
+        sender.stop()
+
+
 def test_ctai_outbox_retry_all_and_its_exit_status(config, capsys):
     def ctai_outbox(*args: str) -> int:
         parsed = build_parser().parse_args(["outbox", *args])
