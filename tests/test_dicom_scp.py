@@ -116,11 +116,12 @@ def test_echoscu_is_answered(listen):
     assert run.returncode == 0, run.stderr
 
 
-def test_calling_ae_title_not_on_the_allow_list_is_refused(config, listen, series):
+def test_calling_ae_title_not_on_the_allow_list_is_refused(config, listen, series, caplog):
     listener = listen(allowed_aets=["MODALITY"])
     refused = listener.storescu(series[:1], calling="INTRUDER")
     assert refused.returncode != 0 and "Association Rejected" in refused.stderr
     assert "Calling AE Title Not Recognized" in refused.stderr
+    assert "association from INTRUDER at 127.0.0.1 rejected: calling AE title not allowed" in caplog.text
     assert spooled(config) == []
     assert listener.storescu(series[:1]).returncode == 0
 
@@ -405,13 +406,15 @@ def request(listener: Listener, source: str = "127.0.0.1"):
     return assoc, rejections
 
 
-def test_one_peer_cannot_take_every_association(listen):
+def test_one_peer_cannot_take_every_association(listen, caplog):
     listener = listen(max_associations=10, max_associations_per_peer=3)
     held = [request(listener)[0] for _ in range(3)]
     assert all(assoc.is_established for assoc in held)
     refused, answer = request(listener)
     # A-ASSOCIATE-RJ rejected-transient, service-provider (presentation), local-limit-exceeded (PS3.8 9.3.4)
     assert refused.is_rejected and answer == [(0x02, 0x03, 0x02)]
+    assert ("association from TESTSCU at 127.0.0.1 rejected: too many associations at once (at most 3 per peer,"
+            " 10 in all)") in caplog.text
     held.pop().release()
     assert wait_until(lambda: (assoc := request(listener)[0]).is_established and (assoc.release() or True))
 

@@ -294,7 +294,8 @@ class DicomListener:
             ae.add_supported_context(context.abstract_syntax, syntaxes)
         ae.add_supported_context(Verification)
         self._server = ae.start_server(self.address, block=False,
-                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store),
+                                                     (evt.EVT_REJECTED, self._on_rejected)])
         self._stop.clear()
         with self._wake:  # series received before a restart
             self._idle_at = {p.name: p.stat().st_mtime + self.idle_seconds for p in self.spool.incoming.iterdir()}
@@ -319,6 +320,17 @@ class DicomListener:
         if self._thread:
             self._thread.join()
             self._thread = None
+
+    def _on_rejected(self, event: Event) -> None:
+        """EVT_REJECTED: say why, as pynetdicom logs only that it rejected."""
+        requestor = event.assoc.requestor
+        if self.allowed_aets and requestor.ae_title not in self.allowed_aets:
+            why = "calling AE title not allowed ([listener] allowed_aets)"
+        else:
+            why = (f"too many associations at once (at most {self.max_associations_per_peer} per peer,"
+                   f" {self.max_associations} in all)")
+        log.warning("DICOM listener: association from %s at %s rejected: %s", requestor.ae_title,
+                    requestor.address, why)
 
     def _on_store(self, event: Event) -> Dataset:
         """EVT_C_STORE: spool the instance, then answer (PS3.4 B.2.3 statuses)."""
