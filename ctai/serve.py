@@ -2,7 +2,8 @@
 
 A service is an object with ``start()`` (returns once it runs) and ``stop()``; one with
 ``alive()`` is watched, and serve stops everything if it dies. Services start in the order of
-``services(config)`` and stop in reverse.
+``services(config)`` and stop in reverse. One with ``prepare()`` has it called before any
+service starts: slow set-up in the background (the worker loads the model while Orthanc starts).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import sysconfig
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -122,11 +124,20 @@ class WorkerService:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.worker = None
+        self._building: Future | None = None
 
-    def start(self) -> None:
+    def prepare(self) -> None:
+        """Build the worker (loading the model takes seconds) in a thread of its own."""
         from ctai.worker import Worker
 
-        self.worker = Worker(self.config)
+        pool = ThreadPoolExecutor(1, thread_name_prefix="worker-load")
+        self._building = pool.submit(Worker, self.config)
+        pool.shutdown(wait=False)
+
+    def start(self) -> None:
+        if self._building is None:
+            self.prepare()
+        self.worker = self._building.result()
         self.worker.start()
 
     def stop(self) -> None:
@@ -169,6 +180,8 @@ def run_services(running: list[Service]) -> int:
     status = 0
     try:
         for service in running:
+            getattr(service, "prepare", lambda: None)()
+        for service in running:
             if stopping.is_set():
                 break
             service.start()
@@ -200,9 +213,10 @@ def _hints(config: Config) -> str:
 
 
 def setup_logging() -> None:
-    """Log lines with time and source on stderr; huey's and highdicom's per-job chatter left out."""
+    """Log lines with time and source on stderr; huey's, highdicom's and pynetdicom's per-job
+    chatter left out (ctai logs each association's outcome in its own words)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    for name in ("huey", "highdicom"):
+    for name in ("huey", "highdicom", "pynetdicom"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
