@@ -9,8 +9,6 @@ outside PACS.
 
 from __future__ import annotations
 
-import datetime
-
 import highdicom as hd
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -208,7 +206,7 @@ def render_picture(result: Result) -> Image.Image:
         panel.gap(10)
         panel.heat_legend(HEATMAP_LEGEND)
     model = prediction.model
-    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    when = prediction.started.strftime("%Y-%m-%d %H:%M")
     notes = [f"Model {model.name} {model.version} ({model.manufacturer}), {when}"]
     if result.source.derivation:
         notes.append(f"Image: {result.source.derivation}")
@@ -231,7 +229,6 @@ def _source_reference(source: Dataset) -> Dataset:
 def build_sc(result: Result, series_number: int) -> hd.sc.SCImage:
     """The picture as an RGB Secondary Capture Image (PS3.3 A.8.1) in the source's study."""
     source = result.source.dataset
-    model = result.prediction.model
     picture = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=np.asarray(render_picture(result)),
@@ -241,7 +238,7 @@ def build_sc(result: Result, series_number: int) -> hd.sc.SCImage:
         # highdicom needs a value here; replaced below by the source's own (maybe empty).
         patient_orientation=("L", "F"),
         transfer_syntax_uid=ExplicitVRLittleEndian,
-        **common_attributes(source, model, "sc", series_number, SERIES_DESCRIPTION),
+        **common_attributes(source, result.prediction, "sc", series_number, SERIES_DESCRIPTION),
     )
     # The picture keeps the source's orientation; Type 2C, empty when unknown (PS3.3 C.7.6.1).
     picture.PatientOrientation = source.get("PatientOrientation", "")

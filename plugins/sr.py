@@ -11,9 +11,22 @@ algorithm (TID 4019), the class probability (NUM DCM "Probability", UCUM "1") an
 When the result picture carries a heat map, the predicted class's group says so in a TEXT
 "Comment" (DCM 121106).
 A group per class, because a group has one Finding: class CODE items named "Finding" inside
-one group would collide with it for readers such as highdicom. The AI also appears as
-Contributing Equipment, as IHE AI Results (AIR) asks. The document is COMPLETE, UNVERIFIED
-and PRELIMINARY: a decision-support result until a physician reviews it.
+one group would collide with it for readers such as highdicom. The document is COMPLETE,
+UNVERIFIED and PRELIMINARY: a decision-support result until a physician reviews it.
+
+IHE AI Results (AIR, Rev 1.1, 6.5.3.1 General Result Encoding Requirements), for this SR and
+the result picture (``ctai_plugins.sc``):
+
+- The algorithm is an item of the Contributing Equipment Sequence with Manufacturer,
+  Manufacturer's Model Name, Software Versions (the model version) and Device UID. AIR names
+  the purpose of reference "Processing Algorithm" with a placeholder code (99IHE) that never
+  became a DICOM code; the item uses the standard's (109102, DCM, "Processing Equipment") from
+  CID 7005, the only purposes highdicom accepts.
+- The Device UID is derived from manufacturer, model name and version (``ctai.uids.device_uid``):
+  the same for every image of one model, a new one whenever the model changes, as AIR asks. It
+  is also the Device Observer UID of the report's device observer (TID 1004).
+- Content Date and Time are when the analysis started (``Prediction.started``: the start of
+  its batch), not when the object was written (Instance Creation Date and Time).
 """
 
 from __future__ import annotations
@@ -25,7 +38,7 @@ from pydicom.sr.coding import Code
 
 from ctai import hookimpl, uids
 from ctai.config import Config
-from ctai.types import ModelInfo, Output, Result
+from ctai.types import ModelInfo, Output, Prediction, Result
 
 #: SNOMED CT finding of each class (ctai.types.CLASSES).
 FINDINGS: dict[str, Code] = {
@@ -47,21 +60,28 @@ _PATIENT_STUDY = (
 
 
 def processing_equipment(model: ModelInfo) -> hd.ContributingEquipment:
-    """The algorithm as Contributing Equipment (PS3.3 C.12.1, IHE AIR): DCM 109102."""
-    return hd.ContributingEquipment(
+    """The algorithm as Contributing Equipment (PS3.3 C.12.1, IHE AIR): DCM 109102, with the
+    model's Device UID."""
+    equipment = hd.ContributingEquipment(
         manufacturer=model.manufacturer,
         purpose_of_reference=codes.DCM.ProcessingEquipment,
         manufacturer_model_name=model.name,
         software_versions=model.version,
     )
+    equipment.DeviceUID = uids.device_uid(model)
+    return equipment
 
 
-def common_attributes(source: Dataset, model: ModelInfo, kind: str, series_number: int,
+def common_attributes(source: Dataset, prediction: Prediction, kind: str, series_number: int,
                       series_description: str) -> dict:
     """The keyword arguments every ctai output's highdicom constructor shares: its series and
-    instance (deterministic UIDs, ``ctai.uids``), the algorithm as the device that made it
-    (PS3.3 C.7.5.1 General Equipment) and as Contributing Equipment."""
+    instance (deterministic UIDs, ``ctai.uids``), the start of the analysis as its content date
+    and time, the algorithm as the device that made it (PS3.3 C.7.5.1 General Equipment) and as
+    Contributing Equipment."""
+    model = prediction.model
     return dict(
+        content_date=prediction.started.date(),
+        content_time=prediction.started.time(),
         series_instance_uid=uids.series_uid(source, model, kind),
         series_number=series_number,
         sop_instance_uid=uids.instance_uid(source, model, kind),
@@ -87,7 +107,7 @@ def algorithm(model: ModelInfo) -> hd.sr.AlgorithmIdentification:
 def observation_context(model: ModelInfo) -> hd.sr.ObservationContext:
     """TID 1001 with the algorithm as the device observer (TID 1004)."""
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=uids.derived_uid(model.manufacturer, model.name, model.version),
+        uid=uids.device_uid(model),
         name=f"{model.name} {model.version}",
         manufacturer_name=model.manufacturer,
         model_name=model.name,
@@ -166,7 +186,7 @@ def build_sr(result: Result, series_number: int, picture: bool = True) -> hd.sr.
         evidence=[_evidence(source)],
         content=report[0],
         is_complete=True,
-        **common_attributes(source, model, "sr", series_number, SERIES_DESCRIPTION),
+        **common_attributes(source, result.prediction, "sr", series_number, SERIES_DESCRIPTION),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime
 from pathlib import Path
 
 import highdicom as hd
@@ -179,3 +180,34 @@ def test_a_heat_map_changes_nothing_else_in_the_sr():
     clock = ("ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime",
              "ContributingEquipmentSequence")  # the last holds highdicom's ContributionDateTime
     assert [e for e in plain if e.keyword not in clock] == [e for e in drawn if e.keyword not in clock]
+
+
+def _algorithm_equipment(dataset: Dataset) -> Dataset:
+    (item,) = [item for item in dataset.ContributingEquipmentSequence
+               if item.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+               and item.Manufacturer == MODEL.manufacturer]
+    return item
+
+
+def test_ihe_air_device_uid_names_the_model_version():
+    result = make_result()
+    first = sr.build_sr(result, 9901)
+    equipment = _algorithm_equipment(first)
+    (observer,) = hd.sr.ComprehensiveSR.from_dataset(first).content.get_observer_contexts(
+        observer_type=codes.cid270.Device)
+    assert equipment.DeviceUID == observer.observer_identifying_attributes.uid
+    assert _algorithm_equipment(sr.build_sr(make_result(), 9901)).DeviceUID == equipment.DeviceUID
+    newer = dataclasses.replace(result.prediction, model=ModelInfo(MODEL.name, "2.0.0"))
+    other = _algorithm_equipment(sr.build_sr(dataclasses.replace(result, prediction=newer), 9901))
+    assert other.DeviceUID != equipment.DeviceUID
+    assert (other.ManufacturerModelName, other.SoftwareVersions) == (MODEL.name, "2.0.0")
+
+
+def test_ihe_air_content_date_and_time_are_when_the_analysis_started():
+    result = make_result()
+    started = datetime(2024, 3, 5, 7, 8, 9, 123456)
+    result.prediction = dataclasses.replace(result.prediction, started=started)
+    dataset = sr.build_sr(result, 9901)
+    assert (str(dataset.ContentDate), str(dataset.ContentTime)) == ("20240305", "070809.123456")
+    assert dataset.InstanceCreationDate != "20240305"  # the object itself is made now
+    assert errors(dataset) == []
