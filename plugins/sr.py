@@ -31,10 +31,20 @@ the result picture (``ctai_plugins.sc``):
 
 from __future__ import annotations
 
+import functools
+import pickle
+from collections.abc import Callable, Hashable
+from datetime import datetime
+from io import BytesIO
+
 import highdicom as hd
-from pydicom import Dataset
+from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map
+from pydicom import Dataset, dcmread
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.tag import BaseTag
+from pydicom.valuerep import DA, DS, DT, TM
 
 from ctai import hookimpl, uids
 from ctai.config import Config
@@ -168,8 +178,9 @@ def _evidence(source: Dataset) -> Dataset:
     return evidence
 
 
-def build_sr(result: Result, series_number: int, picture: bool = True) -> hd.sr.ComprehensiveSR:
-    """The Comprehensive SR (PS3.3 A.35.3) with the TID 1500 report of ``result``; ``picture``:
+def reference_sr(result: Result, series_number: int, picture: bool = True) -> hd.sr.ComprehensiveSR:
+    """The Comprehensive SR (PS3.3 A.35.3) with the TID 1500 report of ``result``, built and
+    validated by highdicom: ``build_sr`` makes the same object faster from a copy of one. ``picture``:
     a result picture is made too (the SC plugin is on), so a heat map on it can be mentioned.
 
     Patient and study come from the source (highdicom copies them from the evidence); the
@@ -188,6 +199,119 @@ def build_sr(result: Result, series_number: int, picture: bool = True) -> hd.sr.
         is_complete=True,
         **common_attributes(source, result.prediction, "sr", series_number, SERIES_DESCRIPTION),
     )
+
+
+def build_sr(result: Result, series_number: int, picture: bool = True) -> Dataset:
+    """``reference_sr(result, series_number, picture)``, with the InstanceCreation and highdicom's
+    ContributionDateTime of now: a copy of the one highdicom built for the first result of its
+    kind (``_kind``), with what differs from image to image filled in."""
+    source, prediction = result.source.dataset, result.prediction
+    sr = _copy_of(("sr", series_number, picture, *_kind(result)),
+                  lambda: reference_sr(result, series_number, picture))
+    fill_common(sr, source, prediction, "sr")
+    (study,) = sr.CurrentRequestedProcedureEvidenceSequence
+    study.StudyInstanceUID = source.StudyInstanceUID
+    (series,) = study.ReferencedSeriesSequence
+    series.SeriesInstanceUID = source.SeriesInstanceUID
+    (instance,) = series.ReferencedSOPSequence
+    instance.ReferencedSOPClassUID, instance.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
+    model = prediction.model
+    for label, group in zip(FINDINGS, sr.ContentSequence[-1].ContentSequence, strict=True):
+        comments = []
+        for item in group.ContentSequence:
+            if item.ValueType == "UIDREF":  # the tracking UID
+                item.UID = uids.derived_uid(source.SOPInstanceUID, model.name, model.version, "sr", label)
+            elif item.ValueType == "IMAGE":
+                (image,) = item.ReferencedSOPSequence
+                image.ReferencedSOPClassUID, image.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
+            elif item.ValueType == "NUM":
+                (value,) = item.MeasuredValueSequence
+                probability = float(prediction.probabilities[label])
+                value.NumericValue, value.FloatingPointValue = DS(probability, auto_format=True), probability
+            elif item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.Comment.value:
+                comments.append(item)
+        if result.source.derivation:
+            comments[0].TextValue = f"Classified image: {result.source.derivation}"
+    return sr
+
+
+def _kind(result: Result) -> tuple[Hashable, ...]:
+    """What decides the shape of an output besides its plugin's settings: the model, the predicted
+    class, whether there is a derivation and a heat map, the source's SOP class (which patient and
+    study attributes highdicom copies) and character set."""
+    source, prediction = result.source.dataset, result.prediction
+    return (prediction.model, prediction.label, bool(result.source.derivation), prediction.heatmap is not None,
+            source.SOPClassUID, str(source.get("SpecificCharacterSet")))
+
+
+#: Pickled objects highdicom built (``_copy_of``), by kind.
+_TEMPLATES: dict[Hashable, bytes] = {}
+
+
+def _copy_of(key: Hashable, build: Callable[[], Dataset]) -> Dataset:
+    """A fresh copy of the object ``build`` made for the first ``key``: highdicom builds and
+    validates each kind once; a copy is a pickle load (sub-millisecond), with every value still
+    in its encoded form (pydicom's raw elements), so writing it is quick too."""
+    if key not in _TEMPLATES:
+        buffer = BytesIO()
+        build().save_as(buffer, enforce_file_format=True)
+        encoded = dcmread(BytesIO(buffer.getvalue()))
+        dataset = Dataset(encoded)
+        dataset.file_meta = encoded.file_meta
+        _read_sequences(dataset)
+        _TEMPLATES[key] = pickle.dumps(dataset)
+    return pickle.loads(_TEMPLATES[key])
+
+
+def _read_sequences(dataset: Dataset) -> None:
+    """Decode every sequence of ``dataset``, at all depths, and no other element."""
+    for element in list(dataset.elements()):
+        if element.VR == "SQ":
+            for item in dataset[element.tag].value:
+                _read_sequences(item)
+
+
+#: Attributes highdicom's SOPClass sets from the source even when it lacks them, then empty (Type 2).
+_TYPE_2 = (*_PATIENT_STUDY, "ReferringPhysicianName")
+
+
+@functools.cache
+def _patient_study_tags(sop_class_uid: str) -> tuple[BaseTag, ...]:
+    """The attributes highdicom copies from a source of this SOP class: those at the root of its
+    IOD's Patient and Study modules (``SOPClass.copy_patient_and_study_information``), and ``_TYPE_2``."""
+    modules = get_iod_module_map()[get_sop_class_iod_map()[sop_class_uid]]
+    keywords = {str(item["keyword"]) for module in modules if module["ie"] in ("Patient", "Study")
+                for item in get_module_attribute_map()[module["key"]] if not item["path"]}
+    return tuple(sorted(BaseTag(tag_for_keyword(keyword)) for keyword in keywords.union(_TYPE_2)))
+
+
+def fill_common(output: Dataset, source: Dataset, prediction: Prediction, kind: str) -> None:
+    """Set what ``common_attributes`` and highdicom's SOPClass give every output and differs from
+    image to image, in a copy made for another image (``_copy_of``)."""
+    model = prediction.model
+    now = datetime.now()
+    output.file_meta.MediaStorageSOPInstanceUID = output.SOPInstanceUID = uids.instance_uid(source, model, kind)
+    output.StudyInstanceUID = source.StudyInstanceUID
+    output.SeriesInstanceUID = uids.series_uid(source, model, kind)
+    output.InstanceNumber = int(source.get("InstanceNumber") or 1)
+    output.InstanceCreationDate, output.InstanceCreationTime = DA(now.date()), TM(now.time())
+    output.ContentDate = DA(prediction.started.date())
+    output.ContentTime = TM(prediction.started.time())
+    for tag in _patient_study_tags(source.SOPClassUID):
+        if tag in source:
+            output.add(source[tag])  # shared, not copied, as highdicom does
+        elif keyword_for_tag(tag) in _TYPE_2:
+            output.add_new(tag, dictionary_VR(tag), None)
+        elif tag in output:
+            del output[tag]
+    equipment = [item for item in output.ContributingEquipmentSequence
+                 if item.PurposeOfReferenceCodeSequence[0].CodeValue != codes.DCM.AcquisitionEquipment.value]
+    equipment[-1].ContributionDateTime = DT(now)  # highdicom's own item
+    try:
+        equipment.insert(0, hd.ContributingEquipment.for_image_acquisition(source))
+    except (AttributeError, ValueError):  # not an image, or no manufacturer: highdicom leaves it out
+        pass
+    output.ContributingEquipmentSequence = equipment
 
 
 @hookimpl
