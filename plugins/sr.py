@@ -34,7 +34,9 @@ from __future__ import annotations
 import functools
 import pickle
 from collections.abc import Callable, Hashable
+from datetime import date as date_type
 from datetime import datetime
+from datetime import time as time_type
 from io import BytesIO
 
 import highdicom as hd
@@ -307,11 +309,32 @@ def fill_common(output: Dataset, source: Dataset, prediction: Prediction, kind: 
     equipment = [item for item in output.ContributingEquipmentSequence
                  if item.PurposeOfReferenceCodeSequence[0].CodeValue != codes.DCM.AcquisitionEquipment.value]
     equipment[-1].ContributionDateTime = DT(now)  # highdicom's own item
-    try:
-        equipment.insert(0, hd.ContributingEquipment.for_image_acquisition(source))
-    except (AttributeError, ValueError):  # not an image, or no manufacturer: highdicom leaves it out
-        pass
+    if source.get("Manufacturer"):
+        equipment.insert(0, _acquisition_equipment(source))
     output.ContributingEquipmentSequence = equipment
+
+
+def _acquisition_equipment(source: Dataset) -> hd.ContributingEquipment:
+    """The source's acquisition equipment, as highdicom's ``ContributingEquipment.for_image_acquisition``
+    gives it for a source with a manufacturer, without that method's IOD look-up (a millisecond;
+    the source is an image: it was classified)."""
+    when = source.get("AcquisitionDateTime")
+    day, moment = source.get("AcquisitionDate"), source.get("AcquisitionTime")
+    if when is None and isinstance(day, date_type) and isinstance(moment, time_type):
+        when = datetime.combine(day, moment)
+    return hd.ContributingEquipment(
+        manufacturer=source.Manufacturer,
+        purpose_of_reference=codes.DCM.AcquisitionEquipment,
+        manufacturer_model_name=source.get("ManufacturerModelName"),
+        software_versions=source.get("SoftwareVersions"),
+        device_serial_number=source.get("DeviceSerialNumber"),
+        institution_name=source.get("InstitutionName"),
+        institutional_department_name=source.get("InstitutionalDepartmentName"),
+        institution_address=source.get("InstitutionAddress"),
+        station_name=source.get("StationName"),
+        contribution_datetime=when,
+        contribution_description="Acquisition equipment of the source image(s)",
+    )
 
 
 @hookimpl

@@ -250,6 +250,10 @@ def test_fast_sr_is_byte_for_byte_the_highdicom_one(tmp_path):
                make_result(patient=PatientInfo(), heatmap=hot_cell_map(1, 1)), radiograph_result(),
                radiograph_result(PatientSex="M", SpecificCharacterSet="ISO_IR 192"), radiograph_result()]
     results[-1].source.dataset.Manufacturer = ""  # no acquisition equipment then
+    results.append(radiograph_result(InstitutionName="General", StationName="CR1", SoftwareVersions=["1", "2b"]))
+    acquired = results[-1].source.dataset
+    del acquired.AcquisitionDateTime
+    acquired.AcquisitionDate, acquired.AcquisitionTime = "20240102", "030405"
     started = iter(range(len(results) * 2))
     for index, result in enumerate(results):
         # a second image of the same kind: filled into the copy the first one left
