@@ -9,18 +9,22 @@ outside PACS.
 
 from __future__ import annotations
 
+import functools
+from datetime import datetime
+
 import highdicom as hd
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.valuerep import DA, TM
 
 from ctai import hookimpl
 from ctai.config import Config
 from ctai.model.preprocess import content_box
 from ctai.types import Output, Result
-from ctai_plugins.sr import FINDINGS, common_attributes
+from ctai_plugins.sr import FINDINGS, TYPE_2_TAGS, common_attributes, copy_of, fill_common, source_kind
 
 SERIES_DESCRIPTION = "ctai AI result (picture)"
 NOTICE = "Decision support only - must be reviewed by a physician."
@@ -52,18 +56,33 @@ HEAT_ALPHA = [round(level * HEAT_OPACITY) for level in range(256)]
 
 def _font(size: float) -> ImageFont.FreeTypeFont:
     """Pillow's built-in scalable font (Pillow >= 10.1 with FreeType): no font package needed."""
-    font = ImageFont.load_default(size=round(size))
+    return _font_of_size(round(size))
+
+
+@functools.lru_cache(maxsize=64)
+def _font_of_size(size: int) -> ImageFont.FreeTypeFont:
+    font = ImageFont.load_default(size=size)
     assert isinstance(font, ImageFont.FreeTypeFont), "Pillow was built without FreeType"
+    # The panel draws the same few texts over and over: keep their glyph masks, which depend only
+    # on the arguments (text, anchor, stroke, subpixel start).
+    font.getmask2 = functools.lru_cache(maxsize=512)(font.getmask2)  # type: ignore[method-assign]
     return font
 
 
 def _scaled_source(pixels: np.ndarray) -> Image.Image:
     """The display-ready source in 8 bits, resized to 512..1024 px high (and at most 1024 wide)."""
-    image = Image.fromarray(np.round(np.clip(pixels, 0.0, 1.0) * 255).astype(np.uint8), "L")
+    image = Image.fromarray(_bytes(pixels), "L")
     height = min(max(image.height, MIN_HEIGHT), MAX_HEIGHT)
     scale = min(height / image.height, MAX_HEIGHT / image.width)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     return image.resize(size, Image.Resampling.LANCZOS).convert("RGB")
+
+
+def _bytes(pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` in [0, 1] as 0..255, rounded half to even (``np.round``): one scratch array."""
+    scaled = np.multiply(pixels, 255, dtype=np.result_type(pixels, np.float32))
+    np.clip(scaled, 0, 255, out=scaled)
+    return np.rint(scaled, out=scaled).astype(np.uint8)
 
 
 def _paint_heat(image: Image.Image, heat: Image.Image, corner: tuple[int, int]) -> None:
@@ -83,7 +102,8 @@ def _draw_heatmap(source: Image.Image, pixels: np.ndarray, heatmap: np.ndarray) 
     _paint_heat(source, heat, box[:2])
 
 
-def _wrap(text: str, font: ImageFont.FreeTypeFont, width: float) -> list[str]:
+@functools.lru_cache(maxsize=256)
+def _wrap(text: str, font: ImageFont.FreeTypeFont, width: float) -> tuple[str, ...]:
     """``text`` broken into lines no wider than ``width`` (a longer single word stays whole)."""
     lines: list[str] = []
     for word in text.split():
@@ -91,7 +111,7 @@ def _wrap(text: str, font: ImageFont.FreeTypeFont, width: float) -> list[str]:
             lines[-1] = f"{lines[-1]} {word}"
         else:
             lines.append(word)
-    return lines
+    return tuple(lines)
 
 
 class _Panel:
@@ -226,12 +246,32 @@ def _source_reference(source: Dataset) -> Dataset:
     return item
 
 
-def build_sc(result: Result, series_number: int) -> hd.sc.SCImage:
-    """The picture as an RGB Secondary Capture Image (PS3.3 A.8.1) in the source's study."""
+def build_sc(result: Result, series_number: int) -> Dataset:
+    """``reference_sc`` of the result picture, with the InstanceCreation, DateOfSecondaryCapture
+    and highdicom's ContributionDateTime of now: a copy of the one highdicom built for the first
+    source of its kind (``ctai_plugins.sr.copy_of``), with what differs filled in."""
+    source, prediction = result.source.dataset, result.prediction
+    picture = render_picture(result)
+    sc = copy_of(("sc", series_number, *source_kind(source, prediction)),
+                 lambda: reference_sc(result, series_number, picture), drop=("PixelData",))
+    fill_common(sc, source, prediction, "sc", TYPE_2_TAGS)
+    now = datetime.now()
+    sc.DateOfSecondaryCapture, sc.TimeOfSecondaryCapture = DA(now.date()), TM(now.time())
+    sc.Rows, sc.Columns = picture.height, picture.width
+    sc.PixelData = picture.tobytes()  # RGB, interleaved: what highdicom encodes
+    sc.PatientOrientation = source.get("PatientOrientation", "")
+    (reference,) = sc.SourceImageSequence
+    reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
+    return sc
+
+
+def reference_sc(result: Result, series_number: int, picture: Image.Image) -> hd.sc.SCImage:
+    """``picture`` as an RGB Secondary Capture Image (PS3.3 A.8.1) in the source's study, built and
+    validated by highdicom: ``build_sc`` makes the same object faster from a copy of one."""
     source = result.source.dataset
     picture = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
-        pixel_array=np.asarray(render_picture(result)),
+        pixel_array=np.asarray(picture),
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",

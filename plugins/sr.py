@@ -206,11 +206,12 @@ def reference_sr(result: Result, series_number: int, picture: bool = True) -> hd
 def build_sr(result: Result, series_number: int, picture: bool = True) -> Dataset:
     """``reference_sr(result, series_number, picture)``, with the InstanceCreation and highdicom's
     ContributionDateTime of now: a copy of the one highdicom built for the first result of its
-    kind (``_kind``), with what differs from image to image filled in."""
+    kind (``copy_of``), with what differs from image to image filled in."""
     source, prediction = result.source.dataset, result.prediction
-    sr = _copy_of(("sr", series_number, picture, *_kind(result)),
-                  lambda: reference_sr(result, series_number, picture))
-    fill_common(sr, source, prediction, "sr")
+    sr = copy_of(("sr", series_number, picture, prediction.label, bool(result.source.derivation),
+                  prediction.heatmap is not None, *source_kind(source, prediction)),
+                 lambda: reference_sr(result, series_number, picture))
+    fill_common(sr, source, prediction, "sr", _patient_study_tags(source.SOPClassUID))
     (study,) = sr.CurrentRequestedProcedureEvidenceSequence
     study.StudyInstanceUID = source.StudyInstanceUID
     (series,) = study.ReferencedSeriesSequence
@@ -237,29 +238,29 @@ def build_sr(result: Result, series_number: int, picture: bool = True) -> Datase
     return sr
 
 
-def _kind(result: Result) -> tuple[Hashable, ...]:
-    """What decides the shape of an output besides its plugin's settings: the model, the predicted
-    class, whether there is a derivation and a heat map, the source's SOP class (which patient and
-    study attributes highdicom copies) and character set."""
-    source, prediction = result.source.dataset, result.prediction
-    return (prediction.model, prediction.label, bool(result.source.derivation), prediction.heatmap is not None,
-            source.SOPClassUID, str(source.get("SpecificCharacterSet")))
+def source_kind(source: Dataset, prediction: Prediction) -> tuple[Hashable, ...]:
+    """What of the source and prediction decides the shape of every output: the model, the
+    source's SOP class (which patient and study attributes highdicom copies) and character set."""
+    return prediction.model, source.SOPClassUID, str(source.get("SpecificCharacterSet"))
 
 
-#: Pickled objects highdicom built (``_copy_of``), by kind.
+#: Pickled objects highdicom built (``copy_of``), by kind.
 _TEMPLATES: dict[Hashable, bytes] = {}
 
 
-def _copy_of(key: Hashable, build: Callable[[], Dataset]) -> Dataset:
-    """A fresh copy of the object ``build`` made for the first ``key``: highdicom builds and
-    validates each kind once; a copy is a pickle load (sub-millisecond), with every value still
-    in its encoded form (pydicom's raw elements), so writing it is quick too."""
+def copy_of(key: Hashable, build: Callable[[], Dataset], drop: tuple[str, ...] = ()) -> Dataset:
+    """A fresh copy of the object ``build`` made for the first ``key`` (its kind), without the
+    attributes ``drop``: highdicom builds and validates each kind once; a copy is a pickle load
+    (sub-millisecond) with every value still in its encoded form (pydicom's raw elements), so
+    writing it is quick too. The caller sets what differs between objects of one kind."""
     if key not in _TEMPLATES:
         buffer = BytesIO()
         build().save_as(buffer, enforce_file_format=True)
         encoded = dcmread(BytesIO(buffer.getvalue()))
         dataset = Dataset(encoded)
         dataset.file_meta = encoded.file_meta
+        for keyword in drop:
+            delattr(dataset, keyword)
         _read_sequences(dataset)
         _TEMPLATES[key] = pickle.dumps(dataset)
     return pickle.loads(_TEMPLATES[key])
@@ -275,6 +276,7 @@ def _read_sequences(dataset: Dataset) -> None:
 
 #: Attributes highdicom's SOPClass sets from the source even when it lacks them, then empty (Type 2).
 _TYPE_2 = (*_PATIENT_STUDY, "ReferringPhysicianName")
+TYPE_2_TAGS = tuple(sorted(BaseTag(tag_for_keyword(keyword)) for keyword in _TYPE_2))
 
 
 @functools.cache
@@ -284,12 +286,14 @@ def _patient_study_tags(sop_class_uid: str) -> tuple[BaseTag, ...]:
     modules = get_iod_module_map()[get_sop_class_iod_map()[sop_class_uid]]
     keywords = {str(item["keyword"]) for module in modules if module["ie"] in ("Patient", "Study")
                 for item in get_module_attribute_map()[module["key"]] if not item["path"]}
-    return tuple(sorted(BaseTag(tag_for_keyword(keyword)) for keyword in keywords.union(_TYPE_2)))
+    return tuple(sorted({*(BaseTag(tag_for_keyword(keyword)) for keyword in keywords), *TYPE_2_TAGS}))
 
 
-def fill_common(output: Dataset, source: Dataset, prediction: Prediction, kind: str) -> None:
+def fill_common(output: Dataset, source: Dataset, prediction: Prediction, kind: str,
+                copied: tuple[BaseTag, ...]) -> None:
     """Set what ``common_attributes`` and highdicom's SOPClass give every output and differs from
-    image to image, in a copy made for another image (``_copy_of``)."""
+    image to image, in a copy made for another image (``copy_of``); ``copied``: the patient and
+    study attributes highdicom takes from the source (``TYPE_2_TAGS`` empty when missing)."""
     model = prediction.model
     now = datetime.now()
     output.file_meta.MediaStorageSOPInstanceUID = output.SOPInstanceUID = uids.instance_uid(source, model, kind)
@@ -299,7 +303,7 @@ def fill_common(output: Dataset, source: Dataset, prediction: Prediction, kind: 
     output.InstanceCreationDate, output.InstanceCreationTime = DA(now.date()), TM(now.time())
     output.ContentDate = DA(prediction.started.date())
     output.ContentTime = TM(prediction.started.time())
-    for tag in _patient_study_tags(source.SOPClassUID):
+    for tag in copied:
         if tag in source:
             output.add(source[tag])  # shared, not copied, as highdicom does
         elif keyword_for_tag(tag) in _TYPE_2:
