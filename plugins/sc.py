@@ -253,16 +253,22 @@ def build_sc(result: Result, series_number: int) -> Dataset:
     source, prediction = result.source.dataset, result.prediction
     picture = render_picture(result)
     sc = copy_of(("sc", series_number, *source_kind(source, prediction)),
-                 lambda: reference_sc(result, series_number, picture), drop=("PixelData",))
-    fill_common(sc, source, prediction, "sc", TYPE_2_TAGS)
+                 lambda: reference_sc(result, series_number, picture),
+                 functools.partial(_fill_sc, result=result, size=picture.size), drop=("PixelData",))
+    sc.PixelData = picture.tobytes()  # RGB, interleaved: what highdicom encodes
+    return sc
+
+
+def _fill_sc(sc: Dataset, result: Result, size: tuple[int, int]) -> None:
+    """Set what differs between the SCs of one kind, but the pixels, to ``result``'s."""
+    source = result.source.dataset
+    fill_common(sc, source, result.prediction, "sc", TYPE_2_TAGS)
     now = datetime.now()
     sc.DateOfSecondaryCapture, sc.TimeOfSecondaryCapture = DA(now.date()), TM(now.time())
-    sc.Rows, sc.Columns = picture.height, picture.width
-    sc.PixelData = picture.tobytes()  # RGB, interleaved: what highdicom encodes
+    sc.Columns, sc.Rows = size
     sc.PatientOrientation = source.get("PatientOrientation", "")
     (reference,) = sc.SourceImageSequence
     reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
-    return sc
 
 
 def reference_sc(result: Result, series_number: int, picture: Image.Image) -> hd.sc.SCImage:

@@ -208,9 +208,14 @@ def build_sr(result: Result, series_number: int, picture: bool = True) -> Datase
     ContributionDateTime of now: a copy of the one highdicom built for the first result of its
     kind (``copy_of``), with what differs from image to image filled in."""
     source, prediction = result.source.dataset, result.prediction
-    sr = copy_of(("sr", series_number, picture, prediction.label, bool(result.source.derivation),
-                  prediction.heatmap is not None, *source_kind(source, prediction)),
-                 lambda: reference_sr(result, series_number, picture))
+    return copy_of(("sr", series_number, picture, prediction.label, bool(result.source.derivation),
+                    prediction.heatmap is not None, *source_kind(source, prediction)),
+                   lambda: reference_sr(result, series_number, picture), functools.partial(_fill_sr, result=result))
+
+
+def _fill_sr(sr: Dataset, result: Result) -> None:
+    """Set what differs between the SRs of one kind to ``result``'s."""
+    source, prediction = result.source.dataset, result.prediction
     fill_common(sr, source, prediction, "sr", _patient_study_tags(source.SOPClassUID))
     (study,) = sr.CurrentRequestedProcedureEvidenceSequence
     study.StudyInstanceUID = source.StudyInstanceUID
@@ -235,7 +240,6 @@ def build_sr(result: Result, series_number: int, picture: bool = True) -> Datase
                 comments.append(item)
         if result.source.derivation:
             comments[0].TextValue = f"Classified image: {result.source.derivation}"
-    return sr
 
 
 def source_kind(source: Dataset, prediction: Prediction) -> tuple[Hashable, ...]:
@@ -248,11 +252,15 @@ def source_kind(source: Dataset, prediction: Prediction) -> tuple[Hashable, ...]
 _TEMPLATES: dict[Hashable, bytes] = {}
 
 
-def copy_of(key: Hashable, build: Callable[[], Dataset], drop: tuple[str, ...] = ()) -> Dataset:
-    """A fresh copy of the object ``build`` made for the first ``key`` (its kind), without the
-    attributes ``drop``: highdicom builds and validates each kind once; a copy is a pickle load
-    (sub-millisecond) with every value still in its encoded form (pydicom's raw elements), so
-    writing it is quick too. The caller sets what differs between objects of one kind."""
+def copy_of(key: Hashable, build: Callable[[], Dataset], fill: Callable[[Dataset], None],
+            drop: tuple[str, ...] = ()) -> Dataset:
+    """A copy of the object ``build`` made for the first ``key`` (its kind), without the attributes
+    ``drop``, filled by ``fill`` with what differs between objects of one kind.
+
+    highdicom builds and validates each kind once. Its object is kept encoded and read back
+    lazily: ``fill`` decodes the sequences it goes through, every other element stays in its
+    encoded form (pydicom's raw elements), which the writer copies as it is. A copy is a pickle
+    load of that (sub-millisecond)."""
     if key not in _TEMPLATES:
         buffer = BytesIO()
         build().save_as(buffer, enforce_file_format=True)
@@ -261,17 +269,11 @@ def copy_of(key: Hashable, build: Callable[[], Dataset], drop: tuple[str, ...] =
         dataset.file_meta = encoded.file_meta
         for keyword in drop:
             delattr(dataset, keyword)
-        _read_sequences(dataset)
+        fill(dataset)  # decodes what it touches, once
         _TEMPLATES[key] = pickle.dumps(dataset)
-    return pickle.loads(_TEMPLATES[key])
-
-
-def _read_sequences(dataset: Dataset) -> None:
-    """Decode every sequence of ``dataset``, at all depths, and no other element."""
-    for element in list(dataset.elements()):
-        if element.VR == "SQ":
-            for item in dataset[element.tag].value:
-                _read_sequences(item)
+    dataset = pickle.loads(_TEMPLATES[key])
+    fill(dataset)
+    return dataset
 
 
 #: Attributes highdicom's SOPClass sets from the source even when it lacks them, then empty (Type 2).
