@@ -255,7 +255,7 @@ def build_sc(result: Result, series_number: int) -> Dataset:
     sc = copy_of(("sc", series_number, *source_kind(source, prediction)),
                  lambda: reference_sc(result, series_number, picture),
                  functools.partial(_fill_sc, result=result, size=picture.size), drop=("PixelData",))
-    sc.PixelData = picture.tobytes()  # RGB, interleaved: what highdicom encodes
+    sc.add_new("PixelData", "OB", picture.tobytes())  # 8-bit RGB, interleaved: what highdicom encodes
     return sc
 
 

@@ -267,6 +267,7 @@ def copy_of(key: Hashable, build: Callable[[], Dataset], fill: Callable[[Dataset
         encoded = dcmread(BytesIO(buffer.getvalue()))
         dataset = Dataset(encoded)
         dataset.file_meta = encoded.file_meta
+        dataset.set_original_encoding(*encoded.original_encoding, encoded.original_character_set)
         for keyword in drop:
             delattr(dataset, keyword)
         fill(dataset)  # decodes what it touches, once
