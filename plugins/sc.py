@@ -102,6 +102,15 @@ def _draw_heatmap(source: Image.Image, pixels: np.ndarray, heatmap: np.ndarray) 
     _paint_heat(source, heat, box[:2])
 
 
+@functools.lru_cache(maxsize=16)
+def _legend_strip(width: int, height: int) -> Image.Image:
+    """The heat colours, cool (left) to hot, over mid-gray: the legend of the heat map."""
+    strip = Image.new("RGB", (width, height), (128, 128, 128))
+    ramp = np.tile(np.linspace(0, 255, width).round().astype(np.uint8), (height, 1))
+    _paint_heat(strip, Image.fromarray(ramp), (0, 0))
+    return strip
+
+
 @functools.lru_cache(maxsize=256)
 def _wrap(text: str, font: ImageFont.FreeTypeFont, width: float) -> tuple[str, ...]:
     """``text`` broken into lines no wider than ``width`` (a longer single word stays whole)."""
@@ -160,9 +169,7 @@ class _Panel:
     def heat_legend(self, text: str) -> None:
         """A strip of the heat colours, cool to hot, as they look over a mid-gray image; then ``text``."""
         height = self.px(12)
-        self.draw.rectangle((self.left, self.y, self.left + self.width - 1, self.y + height - 1), fill=(128, 128, 128))
-        ramp = np.tile(np.linspace(0, 255, self.width).round().astype(np.uint8), (height, 1))
-        _paint_heat(self.image, Image.fromarray(ramp), (self.left, self.y))
+        self.image.paste(_legend_strip(self.width, height), (self.left, self.y))
         self.y += height + self.px(6)
         self.text(text, 16, MUTED)
 
