@@ -48,9 +48,9 @@ HEAT_COLOURS = np.array([(0, 0, 4), (33, 12, 74), (87, 16, 110), (138, 34, 106),
                          (228, 90, 49), (249, 142, 9), (249, 203, 53), (252, 255, 164)], dtype=np.float32)
 #: Opacity of the hottest colour; cool regions stay clear, so the anatomy shows everywhere.
 HEAT_OPACITY = 0.55
-#: Colour (one table per channel) and opacity of heat 0..255, as lookup tables for ``Image.point``.
-HEAT_TABLES = [np.round(np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(HEAT_COLOURS)), channel))
-               .astype(int).tolist() for channel in HEAT_COLOURS.T]
+#: Colour of heat 0..255 as a palette (R, G, B of each level), and its opacity as a lookup table.
+HEAT_PALETTE = np.round(np.stack([np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(HEAT_COLOURS)), channel)
+                                  for channel in HEAT_COLOURS.T], axis=1)).astype(int).ravel().tolist()
 HEAT_ALPHA = [round(level * HEAT_OPACITY) for level in range(256)]
 
 
@@ -87,8 +87,9 @@ def _bytes(pixels: np.ndarray) -> np.ndarray:
 
 def _paint_heat(image: Image.Image, heat: Image.Image, corner: tuple[int, int]) -> None:
     """Lay the colours of ``heat`` (L) over ``image`` (RGB) from ``corner``, more opaque where hotter."""
-    colours = Image.merge("RGB", [heat.point(table) for table in HEAT_TABLES])
-    image.paste(colours, corner, heat.point(HEAT_ALPHA))
+    colours = heat.copy()
+    colours.putpalette(HEAT_PALETTE)
+    image.paste(colours.convert("RGB"), corner, heat.point(HEAT_ALPHA))
 
 
 def _draw_heatmap(source: Image.Image, pixels: np.ndarray, heatmap: np.ndarray) -> None:
