@@ -5,6 +5,10 @@ predicted class highlighted, the model, the time and the decision-support notice
 prediction has a heat map, it is laid translucently over the region of the image the network
 saw, and the panel carries its legend. The same picture (``render_picture``) serves pages
 outside PACS.
+
+As for the SR (``ctai_plugins.sr``), highdicom builds the first SC of each kind and the others
+are copies of it with what differs filled in, byte for byte what highdicom would build. Fonts,
+rendered texts and the heat-map legend are made once and reused.
 """
 
 from __future__ import annotations
