@@ -177,3 +177,12 @@ def test_fast_sc_is_byte_for_byte_the_highdicom_one():
             reference = sc.reference_sc(each, 9902, sc.render_picture(each))
             assert _encoded(fast) == _encoded(reference), index
     assert errors(fast) == []
+
+
+def test_a_radiograph_sized_source_stays_within_two_gray_levels_of_plain_lanczos():
+    with Image.open(sr_tests.IMAGE) as image:
+        large = image.convert("L").resize((2048, 2500), Image.Resampling.BICUBIC)
+    pixels = np.asarray(large, np.float32) / 255
+    scaled = np.asarray(sc._scaled_source(pixels), np.int16)
+    plain = np.asarray(large.resize((scaled.shape[1], scaled.shape[0]), Image.Resampling.LANCZOS), np.int16)
+    assert np.abs(scaled[..., 0] - plain).max() <= 2
