@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/outputs.py [--repeat 10] [--large] [--network]
 
 On the committed test radiographs (tests/data/images, 224 x 224, wrapped as ``ctai.inputs`` wraps
-pictures; ``--large``: also a 2500 x 2048 radiograph-sized source): building the SR and the SC
+pictures; ``--large``: also one enlarged to 2500 x 2048, a DX detector's size): building the SR and the SC
 (picture included), the SC with a heat map, and writing each as a file, the way ``ctai_plugins.sr``
 and ``ctai_plugins.sc`` do it (``build_*``: a copy of the object highdicom built for the first
 image of its kind, filled in) and with highdicom building every object (``reference_*``).
@@ -45,8 +45,9 @@ def results(large: bool) -> list[Result]:
         with Image.open(path) as image:
             dataset = wrap_image(image, PatientInfo(id=f"P{index}", name=f"Doe^{index}"), path.name)
             sources.append(SourceImage(str(path), dataset, np.asarray(image.convert("L"), np.float32) / 255))
-    if large:
-        pixels = np.clip(rng.normal(0.5, 0.15, (2500, 2048)), 0, 1).astype(np.float32)
+    if large:  # the first radiograph enlarged to a DX detector's size
+        with Image.open(sources[0].path) as image:
+            pixels = np.asarray(image.convert("L").resize((2048, 2500), Image.Resampling.BICUBIC), np.float32) / 255
         sources.append(dataclasses.replace(sources[0], path="large", pixels=pixels))
     return [Result(source, Prediction(dict(zip(CLASSES, rng.dirichlet(np.ones(3)).tolist(), strict=True)),
                                       MODEL, started=datetime.now())) for source in sources]
