@@ -53,9 +53,10 @@ def results(large: bool) -> list[Result]:
                                       MODEL, started=datetime.now())) for source in sources]
 
 
-def cpu_ms(fn: Callable[[], object]) -> tuple[float, object]:
+def cpu_ms(fn: Callable[..., object], *args: object) -> tuple[float, object]:
+    """CPU milliseconds of the calling thread for ``fn(*args)``, and its value."""
     t0 = time.thread_time()
-    value = fn()
+    value = fn(*args)
     return (time.thread_time() - t0) * 1000, value
 
 
@@ -65,6 +66,13 @@ def written(dataset: Dataset) -> bytes:
     return buffer.getvalue()
 
 
+def reference_sc(result: Result, series_number: int) -> Dataset:
+    return sc.reference_sc(result, series_number, sc.render_picture(result))
+
+
+WAYS = {"highdicom": (sr.reference_sr, reference_sc), "copy": (sr.build_sr, sc.build_sc)}
+
+
 def measure(results: list[Result], repeat: int) -> dict[str, list[float]]:
     """Milliseconds of each step for each image and repetition, the two ways interleaved."""
     times: dict[str, list[float]] = defaultdict(list)
@@ -72,18 +80,15 @@ def measure(results: list[Result], repeat: int) -> dict[str, list[float]]:
     for _ in range(repeat):
         for result in results:
             heated = dataclasses.replace(result, prediction=dataclasses.replace(result.prediction, heatmap=heat))
-            for way, make_sr, make_sc in (
-                    ("highdicom", lambda r: sr.reference_sr(r, 9901),
-                     lambda r: sc.reference_sc(r, 9902, sc.render_picture(r))),
-                    ("copy", lambda r: sr.build_sr(r, 9901), lambda r: sc.build_sc(r, 9902))):
-                ms, report = cpu_ms(lambda: make_sr(result))
+            for way, (make_sr, make_sc) in WAYS.items():
+                ms, report = cpu_ms(make_sr, result, 9901)
                 times[f"SR build, {way}"].append(ms)
-                ms, picture = cpu_ms(lambda: make_sc(result))
+                ms, picture = cpu_ms(make_sc, result, 9902)
                 times[f"SC build, {way}"].append(ms)
-                times[f"SC build with heat map, {way}"].append(cpu_ms(lambda: make_sc(heated))[0])
-                times[f"SR write, {way}"].append(cpu_ms(lambda: written(report))[0])
-                times[f"SC write, {way}"].append(cpu_ms(lambda: written(picture))[0])
-            times["SC picture alone (render_picture)"].append(cpu_ms(lambda: sc.render_picture(result))[0])
+                times[f"SC build with heat map, {way}"].append(cpu_ms(make_sc, heated, 9902)[0])
+                times[f"SR write, {way}"].append(cpu_ms(written, report)[0])
+                times[f"SC write, {way}"].append(cpu_ms(written, picture)[0])
+            times["SC picture alone (render_picture)"].append(cpu_ms(sc.render_picture, result)[0])
     return times
 
 
