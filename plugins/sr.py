@@ -24,7 +24,10 @@ the result picture (``ctai_plugins.sc``):
   CID 7005, the only purposes highdicom accepts.
 - The Device UID is derived from manufacturer, model name and version (``ctai.uids.device_uid``):
   the same for every image of one model, a new one whenever the model changes, as AIR asks. It
-  is also the Device Observer UID of the report's device observer (TID 1004).
+  is also the Device Observer UID of the report's device observer (TID 1004). Device UID in
+  the Contributing Equipment Sequence is in current editions of PS3.3 (C.12.1, as highdicom's
+  tables have it) but not in Debian's dicom3tools of 2022, whose dciodvfy warns about it
+  ("not present in standard DICOM IOD"): a warning, no error.
 - Content Date and Time are when the analysis started (``Prediction.started``: the start of
   its batch), not when the object was written (Instance Creation Date and Time).
 
