@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from datetime import datetime
 
 import numpy as np
 from PIL import Image
@@ -186,3 +187,11 @@ def test_a_radiograph_sized_source_stays_within_two_gray_levels_of_plain_lanczos
     scaled = np.asarray(sc._scaled_source(pixels), np.int16)
     plain = np.asarray(large.resize((scaled.shape[1], scaled.shape[0]), Image.Resampling.LANCZOS), np.int16)
     assert np.abs(scaled[..., 0] - plain).max() <= 2
+
+
+def test_ihe_air_details_as_in_the_sr():
+    result = make_result()
+    result.prediction = dataclasses.replace(result.prediction, started=datetime(2024, 3, 5, 7, 8, 9))
+    picture, report = sc.build_sc(result, 9902), sr.build_sr(result, 9901)
+    assert sr_tests._algorithm_equipment(picture).DeviceUID == sr_tests._algorithm_equipment(report).DeviceUID
+    assert (str(picture.ContentDate), str(picture.ContentTime)) == ("20240305", "070809")
