@@ -291,7 +291,7 @@ def reference_sc(result: Result, series_number: int, picture: Image.Image) -> hd
     """``picture`` as an RGB Secondary Capture Image (PS3.3 A.8.1) in the source's study, built and
     validated by highdicom: ``build_sc`` makes the same object faster from a copy of one."""
     source = result.source.dataset
-    picture = hd.sc.SCImage.from_ref_dataset(
+    capture = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=np.asarray(picture),
         photometric_interpretation="RGB",
@@ -303,10 +303,10 @@ def reference_sc(result: Result, series_number: int, picture: Image.Image) -> hd
         **common_attributes(source, result.prediction, "sc", series_number, SERIES_DESCRIPTION),
     )
     # The picture keeps the source's orientation; Type 2C, empty when unknown (PS3.3 C.7.6.1).
-    picture.PatientOrientation = source.get("PatientOrientation", "")
-    picture.BodyPartExamined = "CHEST"
-    picture.SourceImageSequence = [_source_reference(source)]
-    return picture
+    capture.PatientOrientation = source.get("PatientOrientation", "")
+    capture.BodyPartExamined = "CHEST"
+    capture.SourceImageSequence = [_source_reference(source)]
+    return capture
 
 
 @hookimpl
