@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -54,6 +55,8 @@ class Prediction:
     #: Where the model looked for the predicted class: its class-activation map, (h, w) in [0, 1],
     #: coarse, covering the model input; None when heat maps are off or the model has none.
     heatmap: np.ndarray | None = field(default=None, compare=False, repr=False)
+    #: When the analysis that made it started (local time): the outputs' Content Date and Time.
+    started: datetime = field(default_factory=datetime.now, compare=False, repr=False)
 
     @property
     def label(self) -> str:
