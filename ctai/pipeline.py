@@ -7,6 +7,7 @@ job_finished. Every step after loading is a pluggy hook (``ctai.hookspecs``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from itertools import islice
 
 import numpy as np
@@ -42,12 +43,13 @@ class Pipeline:
         predictions: list[Prediction] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
+            started = datetime.now()
             x = np.stack([self.pm.hook.ctai_preprocess(image=im, size=size, config=self.config) for im in chunk])
             probabilities, maps = self.scores(x.astype(np.float32))
             for i, probs in enumerate(probabilities):
                 heatmap = None if maps is None else maps[i, :, :, int(np.argmax(probs))]
                 predictions.append(Prediction(dict(zip(CLASSES, map(float, probs), strict=True)),
-                                              self.classifier.info, heatmap))
+                                              self.classifier.info, heatmap, started))
         return predictions
 
     def scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,16 @@ class SourceImage:
     pixels: np.ndarray
     #: Set when ``pixels`` is derived rather than one acquired image, e.g. a CT projection.
     derivation: str | None = None
+    #: When ``pixels`` was made from several instances (the slices of a CT projection): each of
+    #: them, its four UIDs only (study, series, SOP class and instance). Empty: ``dataset`` alone.
+    made_from: list[Dataset] = field(default_factory=list, repr=False)
+
+    @property
+    def cited(self) -> list[Dataset]:
+        """The instances outputs cite as their source images: ``dataset`` first, then the rest of
+        ``made_from``."""
+        own = self.dataset.SOPInstanceUID
+        return [self.dataset, *(ds for ds in self.made_from if ds.SOPInstanceUID != own)]
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,8 @@ class Prediction:
     #: Where the model looked for the predicted class: its class-activation map, (h, w) in [0, 1],
     #: coarse, covering the model input; None when heat maps are off or the model has none.
     heatmap: np.ndarray | None = field(default=None, compare=False, repr=False)
+    #: When the analysis that made it started (local time): the outputs' Content Date and Time.
+    started: datetime = field(default_factory=datetime.now, compare=False, repr=False)
 
     @property
     def label(self) -> str:

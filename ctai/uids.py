@@ -28,3 +28,8 @@ def instance_uid(source: Dataset, model: ModelInfo, kind: str) -> str:
 def series_uid(source: Dataset, model: ModelInfo, kind: str) -> str:
     """Series Instance UID of the ``kind`` outputs of one model in the source's study."""
     return derived_uid(source.StudyInstanceUID, model.name, model.version, kind)
+
+
+def device_uid(model: ModelInfo) -> str:
+    """Device UID of the algorithm: one per model name and version, so it changes with the model."""
+    return derived_uid(model.manufacturer, model.name, model.version)

@@ -115,6 +115,11 @@ class Worker:
             self._leases.join()
         self.classifier.close()
 
+    def alive(self) -> bool:
+        """Whether every consumer thread still runs."""
+        threads = [thread for consumer in self.consumers for _, thread in consumer.worker_threads]
+        return bool(threads) and all(thread.is_alive() for thread in threads)
+
     def _keep_leases(self) -> None:
         """Renew this process's leases, and queue again the jobs of leases that ran out."""
         while not self._stopping.wait(self.lease / 3):

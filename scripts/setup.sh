@@ -6,7 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(python3-venv orthanc orthanc-python dcmtk dicom3tools)
-[ "${1:-}" = "--test" ] && DEBIAN_PACKAGES+=(chromium zbar-tools iproute2 redis-server)  # iproute2: loopback in the Orthanc tests' namespace; redis-server: the shared-queue tests
+# Test-only: chromium, zbar-tools (pages, QR codes); iproute2 (loopback in the Orthanc tests' namespace);
+# fonts-wqy-microhei (Chinese in the pages' screenshots); orthanc-dicomweb, curl (STOW-RS test); openssl (a self-signed certificate);
+# redis-server (the shared-queue tests; production installs it on the machine that holds the queue)
+[ "${1:-}" = "--test" ] && DEBIAN_PACKAGES+=(chromium zbar-tools iproute2 fonts-wqy-microhei orthanc-dicomweb curl openssl redis-server)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

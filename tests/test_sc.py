@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+from datetime import datetime
 
 import numpy as np
 from PIL import Image
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from ctai.inputs.wrap import PatientInfo
 from ctai.types import ModelInfo, SourceImage
 from ctai_plugins import sc, sr
 from tests.dciodvfy import errors
-from tests.test_sr import MODEL, hot_cell_map, make_result
+from tests import test_sr as sr_tests
+from tests.test_sr import MODEL, hot_cell_map, make_result, radiograph_result
 
 
 def test_sc_is_a_valid_rgb_secondary_capture():
@@ -152,3 +155,43 @@ def test_a_flat_heat_map_draws_nothing_on_the_image():
     flat = np.asarray(sc.render_picture(make_result(heatmap=np.zeros((5, 5), np.float32))))
     width = _source_width(plain)
     assert np.array_equal(plain[:, :width], flat[:, :width])
+
+
+def _encoded(dataset) -> bytes:
+    dataset.DateOfSecondaryCapture, dataset.TimeOfSecondaryCapture = "20000101", "000000"
+    return sr_tests._encoded(dataset)
+
+
+def test_fast_sc_is_byte_for_byte_the_highdicom_one():
+    results = [make_result(), make_result(patient=PatientInfo(), heatmap=hot_cell_map(1, 1)),
+               radiograph_result(), radiograph_result(PatientOrientation=["L", "F"], SpecificCharacterSet="ISO_IR 100")]
+    for index, result in enumerate(results):
+        again = dataclasses.replace(result, source=dataclasses.replace(
+            result.source, dataset=copy.deepcopy(result.source.dataset), pixels=result.source.pixels[:, 7:]))
+        other = again.source.dataset
+        other.SOPInstanceUID, other.StudyInstanceUID = generate_uid(), generate_uid()
+        other.PatientID, other.PatientName, other.AccessionNumber = f"P{index}", f"Roe^{index}", None
+        if "PatientOrientation" in other:
+            del other.PatientOrientation
+        for each in (result, again):
+            fast = sc.build_sc(each, 9902)
+            reference = sc.reference_sc(each, 9902, sc.render_picture(each))
+            assert _encoded(fast) == _encoded(reference), index
+    assert errors(fast) == []
+
+
+def test_a_radiograph_sized_source_stays_within_two_gray_levels_of_plain_lanczos():
+    with Image.open(sr_tests.IMAGE) as image:
+        large = image.convert("L").resize((2048, 2500), Image.Resampling.BICUBIC)
+    pixels = np.asarray(large, np.float32) / 255
+    scaled = np.asarray(sc._scaled_source(pixels), np.int16)
+    plain = np.asarray(large.resize((scaled.shape[1], scaled.shape[0]), Image.Resampling.LANCZOS), np.int16)
+    assert np.abs(scaled[..., 0] - plain).max() <= 2
+
+
+def test_ihe_air_details_as_in_the_sr():
+    result = make_result()
+    result.prediction = dataclasses.replace(result.prediction, started=datetime(2024, 3, 5, 7, 8, 9))
+    picture, report = sc.build_sc(result, 9902), sr.build_sr(result, 9901)
+    assert sr_tests._algorithm_equipment(picture).DeviceUID == sr_tests._algorithm_equipment(report).DeviceUID
+    assert (str(picture.ContentDate), str(picture.ContentTime)) == ("20240305", "070809")

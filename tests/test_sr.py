@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+from datetime import datetime
+from io import BytesIO
 from pathlib import Path
 
 import highdicom as hd
@@ -11,6 +14,7 @@ import pytest
 from PIL import Image
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
 
 from ctai.inputs.wrap import PatientInfo, wrap_image
 from ctai.types import ModelInfo, Prediction, Result, SourceImage
@@ -40,10 +44,14 @@ def hot_cell_map(row: int, col: int, size: int = 5) -> np.ndarray:
     return heatmap
 
 
-def read_back(dataset: Dataset, tmp_path: Path) -> hd.sr.ComprehensiveSR:
+def _write(dataset: Dataset, tmp_path: Path) -> Path:
     path = tmp_path / "sr.dcm"
     dataset.save_as(path, enforce_file_format=True)
-    return hd.sr.srread(path)
+    return path
+
+
+def read_back(dataset: Dataset, tmp_path: Path) -> hd.sr.ComprehensiveSR:
+    return hd.sr.srread(_write(dataset, tmp_path))
 
 
 def test_sr_is_a_valid_comprehensive_sr():
@@ -179,3 +187,94 @@ def test_a_heat_map_changes_nothing_else_in_the_sr():
     clock = ("ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime",
              "ContributingEquipmentSequence")  # the last holds highdicom's ContributionDateTime
     assert [e for e in plain if e.keyword not in clock] == [e for e in drawn if e.keyword not in clock]
+
+
+def _algorithm_equipment(dataset: Dataset) -> Dataset:
+    (item,) = [item for item in dataset.ContributingEquipmentSequence
+               if item.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+               and item.Manufacturer == MODEL.manufacturer]
+    return item
+
+
+def test_ihe_air_device_uid_names_the_model_version():
+    result = make_result()
+    first = sr.build_sr(result, 9901)
+    equipment = _algorithm_equipment(first)
+    (observer,) = hd.sr.ComprehensiveSR.from_dataset(first).content.get_observer_contexts(
+        observer_type=codes.cid270.Device)
+    assert equipment.DeviceUID == observer.observer_identifying_attributes.uid
+    assert _algorithm_equipment(sr.build_sr(make_result(), 9901)).DeviceUID == equipment.DeviceUID
+    newer = dataclasses.replace(result.prediction, model=ModelInfo(MODEL.name, "2.0.0"))
+    other = _algorithm_equipment(sr.build_sr(dataclasses.replace(result, prediction=newer), 9901))
+    assert other.DeviceUID != equipment.DeviceUID
+    assert (other.ManufacturerModelName, other.SoftwareVersions) == (MODEL.name, "2.0.0")
+
+
+def test_ihe_air_content_date_and_time_are_when_the_analysis_started():
+    result = make_result()
+    started = datetime(2024, 3, 5, 7, 8, 9, 123456)
+    result.prediction = dataclasses.replace(result.prediction, started=started)
+    dataset = sr.build_sr(result, 9901)
+    assert (str(dataset.ContentDate), str(dataset.ContentTime)) == ("20240305", "070809.123456")
+    assert dataset.InstanceCreationDate != "20240305"  # the object itself is made now
+    assert errors(dataset) == []
+
+
+def radiograph_result(**attributes: object) -> Result:
+    """A Result for a CR instance of a committed radiograph, with acquisition equipment."""
+    from tests.dicomfactory import dataset, picture
+
+    pixels = picture()
+    source = dataset(pixels, SOPInstanceUID=generate_uid(), Manufacturer="ACME", ManufacturerModelName="CR 9",
+                     AcquisitionDateTime="20240102030405", PatientAge="044Y", StudyDescription="Chest",
+                     **attributes)
+    image = SourceImage("cr.dcm", source, pixels.astype(np.float32) / 255)
+    return Result(image, Prediction({"normal": 0.6, "bacterial": 0.3, "viral": 0.1}, MODEL))
+
+
+def _encoded(dataset: Dataset) -> bytes:
+    """``dataset`` as a file, with the clock's attributes (InstanceCreation, highdicom's
+    ContributionDateTime) set to one value."""
+    dataset.InstanceCreationDate, dataset.InstanceCreationTime = "20000101", "000000"
+    for item in dataset.ContributingEquipmentSequence:
+        if item.Manufacturer == "Highdicom open-source contributors":
+            item.ContributionDateTime = "20000101000000"
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_fast_sr_is_byte_for_byte_the_highdicom_one(tmp_path):
+    results = [make_result(), make_result({"normal": 0.2, "bacterial": 0.1, "viral": 0.7}),
+               make_result(derivation="frontal mean projection of CT series"),
+               make_result(patient=PatientInfo(), heatmap=hot_cell_map(1, 1)), radiograph_result(),
+               radiograph_result(PatientSex="M", SpecificCharacterSet="ISO_IR 192"), radiograph_result()]
+    results[-1].source.dataset.Manufacturer = ""  # no acquisition equipment then
+    results.append(radiograph_result(InstitutionName="General", StationName="CR1", SoftwareVersions=["1", "2b"]))
+    acquired = results[-1].source.dataset
+    del acquired.AcquisitionDateTime
+    acquired.AcquisitionDate, acquired.AcquisitionTime = "20240102", "030405"
+    started = iter(range(len(results) * 2))
+    for index, result in enumerate(results):
+        # a second image of the same kind: filled into the copy the first one left
+        again = dataclasses.replace(result, prediction=dataclasses.replace(
+            result.prediction, probabilities={**result.prediction.probabilities, "viral": 0.05 * index},
+            started=datetime(2024, 1, 1, 1, 1, next(started))))
+        derivation = result.source.derivation and f"{result.source.derivation}, again"
+        again.source = dataclasses.replace(result.source, dataset=copy.deepcopy(result.source.dataset),
+                                           derivation=derivation)
+        other = again.source.dataset
+        other.SOPInstanceUID, other.StudyInstanceUID = generate_uid(), generate_uid()
+        other.PatientID, other.PatientName, other.AccessionNumber = f"P{index}", f"Roe^{index}", None
+        for keyword, value in (("PatientBirthDate", "19700101"), ("PatientAge", "050Y")):
+            if keyword in other:
+                delattr(other, keyword)
+            else:
+                setattr(other, keyword, value)
+        for each in (result, again):
+            fast = sr.build_sr(each, 9901)
+            assert _encoded(fast) == _encoded(sr.reference_sr(each, 9901)), index
+            if each.prediction.heatmap is not None:  # without the SC plugin: no heat-map note
+                assert _encoded(sr.build_sr(each, 9901, False)) == _encoded(sr.reference_sr(each, 9901, False))
+    assert errors(fast) == []
+    assert hd.sr.srread(_write(fast, tmp_path)).content.get_image_measurement_groups()
