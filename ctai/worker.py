@@ -198,7 +198,8 @@ class Worker:
                 delay = float(self.config["worker"]["retry_delay"]) * 2 ** (attempt - 1)
                 log.warning("worker: %s: %s; try %d of %d in %.1f s", job.id, error, attempt + 1, tries,
                             delay)
-                redisdb.persistently(lambda: self.store.retrying(job, owner, str(error)), f"recording {job.id}")
+                reason = str(error)
+                redisdb.persistently(lambda: self.store.retrying(job, owner, reason), f"recording {job.id}")
                 raise RetryTask(delay=delay) from error
             summary = Summary("failed", error=f"gave up after {tries} tries: {error}")
         except Exception as error:
