@@ -2,9 +2,9 @@
 a real Orthanc with ctai's plugin, a private redis-server, in a private network namespace
 (re-executes itself under ``unshare -n``, like tests/test_several_machines.py).
 
-For each count of workers: radiographs are sent to Orthanc with no worker running (their jobs
-wait in Redis), then the workers start; throughput is the jobs over the time from the first
-claim to the last job done (worker start-up left out). Each worker has its own data dir, as on
+For each count of workers: radiographs are sent to Orthanc with no worker running, their jobs
+are held aside in Redis while the workers start (loading the model), then released at once;
+throughput is the jobs over the time from the first claim to the last job done. Each worker has its own data dir, as on
 its own machine. On one machine the workers share its cores: two cannot be twice as fast as
 one here; on two machines each brings its own.
 
@@ -43,17 +43,22 @@ def wait_status(store: JobStore, ids: list[str], statuses: tuple[str, ...], time
         time.sleep(0.1)
 
 
-def run(harness: Harness, root: Path, workers: int, count: int, tag: str) -> float:
+def run(harness: Harness, server: RedisServer, root: Path, workers: int, count: int, tag: str) -> float:
     """Images per second of ``workers`` worker processes over ``count`` queued radiographs."""
     names = image_names()
     answers = [harness.upload(radiograph(names[i % len(names)], f"{tag}{i}")) for i in range(count)]
     ids = [f"orthanc:{a['ParentSeries']}" for a in answers]
     store = JobStore(harness.config)
     wait_status(store, ids, ("pending",))
+    queue = server.client()
+    queue.rename("huey.redis.ctai", "held")  # while the workers start
     processes = [WorkerProcess(harness.config, root / f"{tag}-{n}") for n in range(workers)]
     for process in processes:
         process.launch()
     try:
+        for process in processes:
+            process.wait_started()
+        queue.rename("held", "huey.redis.ctai")
         wait_status(store, ids, ("done", "failed"))
     finally:
         for process in processes:
@@ -83,8 +88,8 @@ def main() -> None:
         harness.start_orthanc()
         try:
             print(f"{os.cpu_count()} CPU cores; Redis on a Unix socket; {args.threads} threads per worker")
-            one = run(harness, root, 1, args.radiographs, "ONE")
-            two = run(harness, root, 2, args.radiographs, "TWO")
+            one = run(harness, server, root, 1, args.radiographs, "ONE")
+            two = run(harness, server, root, 2, args.radiographs, "TWO")
             print(f"two worker processes / one: {two / one:.2f}x")
         finally:
             harness.close()
