@@ -66,8 +66,9 @@ def run(harness: Harness, server: RedisServer, root: Path, workers: int, count: 
     records = [store.get(i) for i in ids]
     failed = sum(r.status != "done" for r in records)
     span = max(r.finished for r in records) - min(r.started for r in records)
+    shares = "+".join(str(sum(p.done().values())) for p in processes)
     print(f"{workers} worker process(es): {count} radiographs in {span:.1f} s = {count / span:.1f}/s"
-          f"{f' ({failed} failed)' if failed else ''}", flush=True)
+          f" (jobs per process: {shares}){f', {failed} failed' if failed else ''}", flush=True)
     return count / span
 
 
