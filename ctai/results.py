@@ -81,9 +81,9 @@ class JobStore:
     (``RedisJobStore``, so that every machine sees every job).
 
     A worker ``claim``s a job before running it: atomically, and only if no other claim holds a
-    live lease on it; the claim's ``owner`` token ("host:pid:random") renews the lease while the
-    job runs, and ``finish`` or ``retrying`` gives it up. A lease that ran out (its worker died)
-    is ``expired``: any worker queues that job again.
+    live lease on it; the claim's ``owner`` token ("host:pid:worker:claim") renews the lease while the
+    job runs, and ``finish`` or ``retrying`` gives it up. A worker queues again the jobs whose
+    lease ran out (``leased``): their worker died.
     """
 
     def __new__(cls, config: Config) -> JobStore:
@@ -138,10 +138,6 @@ class JobStore:
     def leased(self) -> list[JobRecord]:
         """The jobs whose lease is held (running), live or expired."""
         raise NotImplementedError
-
-    def expired(self, now: float) -> list[JobRecord]:
-        """The jobs whose lease ran out before ``now``: their worker died or hangs."""
-        return [r for r in self.leased() if (r.lease or 0) < now]
 
     def get(self, job_id: str) -> JobRecord | None:
         raise NotImplementedError
