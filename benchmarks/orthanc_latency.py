@@ -21,11 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-if os.environ.get("CTAI_TEST_NETNS") != "1":
-    unshare = ["unshare", "-n"] if os.geteuid() == 0 else ["unshare", "-rn"]
-    os.environ["CTAI_TEST_NETNS"] = "1"
-    script = 'ip link set lo up && exec "$0" "$@"'
-    os.execvp(unshare[0], [*unshare, "sh", "-c", script, sys.executable, *sys.argv])
+from benchmarks.netns import enter_private_network  # noqa: E402
+
+enter_private_network()
 
 from ctai import jobs  # noqa: E402
 from ctai.results import JobStore  # noqa: E402
