@@ -69,9 +69,10 @@ def export_onnx(folder: Path, path: Path, maps: bool) -> None:
 
 class Network:
     """An ONNX file run by ``engine`` ("onnxruntime" or "openvino"): called on a float32 batch,
-    it returns the network's outputs. Safe to call from several threads."""
+    it returns the network's outputs. Safe to call from several threads. OpenVINO computes in
+    float32 unless ``float32`` is False (then its device default: bfloat16 where the CPU has it)."""
 
-    def __init__(self, path: Path, engine: str) -> None:
+    def __init__(self, path: Path, engine: str, float32: bool = True) -> None:
         self.engine = engine
         if engine == "onnxruntime":
             import onnxruntime
@@ -82,7 +83,8 @@ class Network:
         elif engine == "openvino":
             import openvino
 
-            self._compiled = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            hints = {"INFERENCE_PRECISION_HINT": "f32"} if float32 else {}
+            self._compiled = openvino.Core().compile_model(str(path), "CPU", hints)
             self._lock = threading.Lock()  # one infer request, whose output buffers the next call reuses
             self.outputs = len(self._compiled.outputs)
         else:
