@@ -36,5 +36,7 @@ def ctai_skip_reason(image: SourceImage, config: Config) -> str | None:
         # A derived image (a CT series' frontal projection) was never a picture of anything: its
         # series header says chest CT, and the gate has not learnt what projections look like.
         return None
-    gate = _gate(settings["gate_model"], backend_name(config["model"]["backend"]), config["data"]["dir"])
+    backend = backend_name(config["model"]["backend"])
+    # Keras needs no cache: one gate serves every data dir (and every test).
+    gate = _gate(settings["gate_model"], backend, "" if backend == "keras" else config["data"]["dir"])
     return gate.refusal(image.pixels, float(settings["gate_threshold"]))
