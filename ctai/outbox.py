@@ -1,12 +1,14 @@
-"""A persistent outbox for messages to other systems (HL7 ORU over MLLP, C-STORE to a PACS).
+"""A persistent outbox for messages to other systems (HL7 ORU over MLLP, C-STORE or STOW-RS to a PACS,
+FHIR to an EHR).
 
 Messages live in SQLite under the data folder until the peer acknowledged them, so a peer that
-is down for an hour, or a restart of ctai, loses nothing. Per key (a patient for HL7, a study
-for C-STORE) messages go out strictly in the order they were put; a key whose head message
+is down for an hour, or a restart of ctai, loses nothing. Per key (a patient for HL7 and FHIR,
+a study for C-STORE and STOW-RS) messages go out strictly in the order they were put; a key whose head message
 fails waits with exponential backoff while other keys go on. A message is marked delivered only
 after the peer's positive answer (HL7 AA / CA, C-STORE Success or Warning). A crash between
 that answer and the mark resends the message once more: receivers recognise it by its HL7
-message control ID (MSH-10) or its SOP Instance UID.
+message control ID (MSH-10) or its SOP Instance UID, and a FHIR server creates nothing twice
+from it (each entry of the Bundle is a conditional create).
 
 Each channel's sender classifies the peer's answer; the consequences live here:
 
@@ -30,7 +32,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,28 @@ log = logging.getLogger(__name__)
 
 #: Sends one message's payload to its destination; returns on the peer's positive answer.
 Sender = Callable[[Mapping[str, Any], bytes], None]
+#: What became of one payload: None if delivered, else the exception a ``Sender`` would raise.
+Outcome = BaseException | None
+
+
+@dataclass(frozen=True)
+class BatchSender:
+    """A sender that sends up to ``size`` payloads to one destination on one connection (e.g. one
+    DICOM association for many C-STOREs) instead of one connection each.
+
+    ``send_many`` returns the outcome of each payload it tried, in order; it may stop early (the
+    connection was lost): the payloads after those stay due. It raises when it could try none
+    (no connection). Called with one payload, it is a plain ``Sender``.
+    """
+
+    send_many: Callable[[Mapping[str, Any], Sequence[bytes]], list[Outcome]]
+    size: int
+
+    def __call__(self, destination: Mapping[str, Any], payload: bytes) -> None:
+        for outcome in self.send_many(destination, [payload]):
+            if outcome is not None:
+                raise outcome
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -62,6 +86,28 @@ CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (channel, key, id) WHERE sta
 -- Before dead letters had a name of their own they were 'failed'.
 UPDATE outbox SET state = 'dead' WHERE state = 'failed';
 """
+
+
+class _Wakeup:
+    """Counts the messages put in this process, so that its senders wake for them at once
+    instead of at their next poll (another process's messages wait for the poll)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self.count = 0
+
+    def notify(self) -> None:
+        with self._changed:
+            self.count += 1
+            self._changed.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> None:
+        """Return when the count differs from ``seen``, or after ``timeout`` seconds."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.count != seen, timeout)
+
+
+_put = _Wakeup()
 
 
 class Undeliverable(Exception):
@@ -121,7 +167,8 @@ class Outbox:
                 " (channel, key, destination, payload, dedup, created, next_attempt)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (channel, key, json.dumps(dict(destination)), payload, dedup, now, now))
-            return cursor.rowcount == 1
+        _put.notify()
+        return cursor.rowcount == 1
 
     def due(self, channel: str, now: float) -> list[Message]:
         """The oldest pending message of each key of ``channel`` whose retry time has come, oldest first."""
@@ -186,6 +233,12 @@ class Outbox:
                        " WHERE state = 'pending' AND (? IS NULL OR channel = ?)",
                        (channel, channel))
 
+    def counts(self) -> dict[tuple[str, str], int]:
+        """How many messages each (channel, state) has."""
+        with self._db() as db:
+            rows = db.execute("SELECT channel, state, COUNT(*) FROM outbox GROUP BY channel, state").fetchall()
+        return {(channel, state): count for channel, state, count in rows}
+
     def messages(self, state: str | None = None) -> list[Message]:
         """Messages in ``state`` (all if None), oldest first."""
         with self._db() as db:
@@ -198,6 +251,7 @@ class Outbox:
 def send_due(outbox: Outbox, channel: str, sender: Sender, now: float | None = None) -> int:
     """Send the due messages of ``channel``, each key in order; returns how many were delivered.
 
+    The due messages of one destination go out together when ``sender`` is a ``BatchSender``.
     After a destination fails, its other messages wait for the next call, so a peer that is
     down costs one connection attempt per call.
     """
@@ -207,35 +261,60 @@ def send_due(outbox: Outbox, channel: str, sender: Sender, now: float | None = N
     progress = True
     while progress:
         progress = False
-        for message in outbox.due(channel, now):
-            where = json.dumps(message.destination, sort_keys=True)
-            if where in failing:
-                continue
-            outcome = _send(outbox, message, sender, now)
-            if outcome == "retry":
-                failing.add(where)
-            else:
-                progress = True
-                delivered += outcome == "delivered"
+        for batch in _batches(outbox.due(channel, now), sender, failing):
+            for message, outcome in zip(batch, _attempt(sender, batch), strict=False):
+                result = _record(outbox, message, outcome, now)
+                if result == "retry":
+                    failing.add(_where(message))
+                else:
+                    progress = True
+                    delivered += result == "delivered"
     return delivered
 
 
-def _send(outbox: Outbox, message: Message, sender: Sender, now: float) -> str:
-    """Send one message and record the outcome: "delivered", "dead" or "retry"."""
+def _where(message: Message) -> str:
+    return json.dumps(message.destination, sort_keys=True)
+
+
+def _batches(due: list[Message], sender: Sender, failing: set[str]) -> Iterator[list[Message]]:
+    """``due`` in batches of one destination each (one message each unless ``sender`` is a
+    ``BatchSender``), skipping destinations that failed meanwhile."""
+    size = sender.size if isinstance(sender, BatchSender) else 1
+    by_destination: dict[str, list[Message]] = {}
+    for message in due:
+        by_destination.setdefault(_where(message), []).append(message)
+    for where, messages in by_destination.items():
+        for start in range(0, len(messages), size):
+            if where in failing:
+                break
+            yield messages[start:start + size]
+
+
+def _attempt(sender: Sender, batch: list[Message]) -> list[Outcome]:
+    """The outcome of each message of ``batch`` that was tried (the first one at least)."""
     try:
-        sender(message.destination, message.payload)
-    except Undeliverable as exc:
-        return _die(outbox, message, f"refused: {exc}")
-    except Exception as exc:  # noqa: BLE001 - any other failure is transient
-        error = describe(exc)
-        if message.attempts + 1 >= outbox.max_attempts:
-            return _die(outbox, message, f"{error} (attempt {message.attempts + 1} of {outbox.max_attempts})")
-        delay = outbox.retry_later(message, error, now)
-        log.warning("outbox %s #%d (%s) not delivered (%s); retry in %g s", message.channel, message.id,
-                    message.key, error, delay)
-        return "retry"
-    outbox.mark_delivered(message)
-    return "delivered"
+        if isinstance(sender, BatchSender):
+            return sender.send_many(batch[0].destination, [m.payload for m in batch])
+        sender(batch[0].destination, batch[0].payload)
+    except Exception as exc:  # noqa: BLE001 - classified in _record
+        return [exc]
+    return [None]
+
+
+def _record(outbox: Outbox, message: Message, outcome: Outcome, now: float) -> str:
+    """Record the outcome of one attempt: "delivered", "dead" or "retry"."""
+    if outcome is None:
+        outbox.mark_delivered(message)
+        return "delivered"
+    if isinstance(outcome, Undeliverable):
+        return _die(outbox, message, f"refused: {outcome}")
+    error = describe(outcome)  # any other failure is transient
+    if message.attempts + 1 >= outbox.max_attempts:
+        return _die(outbox, message, f"{error} (attempt {message.attempts + 1} of {outbox.max_attempts})")
+    delay = outbox.retry_later(message, error, now)
+    log.warning("outbox %s #%d (%s) not delivered (%s); retry in %s s", message.channel, message.id,
+                message.key, error, seconds(delay))
+    return "retry"
 
 
 def _die(outbox: Outbox, message: Message, reason: str) -> str:
@@ -245,17 +324,24 @@ def _die(outbox: Outbox, message: Message, reason: str) -> str:
     return "dead"
 
 
+def seconds(delay: float) -> str:
+    """A delay for the log: one decimal below 10 s ("0.5"), whole seconds above ("300")."""
+    return f"{delay:.1f}" if delay < 10 else f"{delay:.0f}"
+
+
 def describe(exc: BaseException) -> str:
     """The exception's class and message, e.g. "ConnectionRefusedError: [Errno 111] Connection refused"."""
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def default_senders() -> dict[str, Sender]:
-    """The built-in channels: ``hl7`` (MLLP) and ``cstore`` (DICOM C-STORE)."""
-    from ctai.transports import dicom_scu, mllp
+def default_senders(config: Config) -> dict[str, Sender]:
+    """The built-in channels: ``hl7`` (MLLP), ``cstore`` (DICOM C-STORE), ``fhir`` (FHIR REST)
+    and ``stow`` (DICOMweb STOW-RS)."""
+    from ctai.transports import dicom_scu, dicomweb, fhir, mllp
 
-    return {"hl7": mllp.deliver, "cstore": dicom_scu.deliver}
+    return {"hl7": mllp.deliver, "cstore": dicom_scu.deliver, "fhir": fhir.FhirClient.from_config(config).deliver,
+            "stow": dicomweb.StowClient.from_config(config).deliver}
 
 
 @contextmanager
@@ -283,7 +369,7 @@ def send_now(config: Config, senders: Mapping[str, Sender] | None = None) -> dic
     outbox = Outbox.from_config(config)
     outbox.retry_now()
     delivered: dict[str, int | None] = {}
-    for channel, sender in (senders or default_senders()).items():
+    for channel, sender in (senders or default_senders(config)).items():
         with sending_lock(config, channel) as locked:
             delivered[channel] = send_due(outbox, channel, sender) if locked else None
     return delivered
@@ -302,7 +388,7 @@ class OutboxSender:
         self.config = config
         self.outbox = Outbox.from_config(config)
         self.poll_seconds = float(config["outbox"]["poll_seconds"])
-        self.senders = dict(senders or default_senders())
+        self.senders = dict(senders or default_senders(config))
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -318,6 +404,7 @@ class OutboxSender:
 
     def stop(self) -> None:
         self._stop.set()
+        _put.notify()
         for thread in self._threads:
             thread.join()
         self._threads.clear()
@@ -326,11 +413,12 @@ class OutboxSender:
         while not self._stop.is_set():
             with sending_lock(self.config, channel) as locked:
                 while locked and not self._stop.is_set():
+                    seen = _put.count
                     try:
                         send_due(self.outbox, channel, sender)
                     except sqlite3.Error:
                         log.exception("outbox %s: database error; trying again", channel)
-                    self._stop.wait(self.poll_seconds)
+                    _put.wait(seen, self.poll_seconds)
             self._stop.wait(self.poll_seconds)
 
 

@@ -2,7 +2,8 @@
 
 A service is an object with ``start()`` (returns once it runs) and ``stop()``; one with
 ``alive()`` is watched, and serve stops everything if it dies. Services start in the order of
-``services(config)`` and stop in reverse.
+``services(config)`` and stop in reverse. One with ``prepare()`` has it called before any
+service starts: slow set-up in the background (the worker loads the model while Orthanc starts).
 """
 
 from __future__ import annotations
@@ -16,14 +17,17 @@ import subprocess
 import sysconfig
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
 from ctai.config import Config, data_dir, to_toml
 from ctai.errors import TransientError
+from ctai.monitoring import MetricsService
 from ctai.outbox import OutboxSender
 from ctai.transports.dicom_scp import DicomListener
 from ctai.transports.orthanc import OrthancClient, base_url, credentials, password_file
+from ctai.types import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -120,16 +124,32 @@ class WorkerService:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.worker = None
+        self._building: Future | None = None
 
-    def start(self) -> None:
+    def prepare(self) -> None:
+        """Build the worker (loading the model takes seconds) in a thread of its own."""
         from ctai.worker import Worker
 
-        self.worker = Worker(self.config)
+        pool = ThreadPoolExecutor(1, thread_name_prefix="worker-load")
+        self._building = pool.submit(Worker, self.config)
+        pool.shutdown(wait=False)
+
+    def start(self) -> None:
+        if self._building is None:
+            self.prepare()
+        self.worker = self._building.result()
         self.worker.start()
 
     def stop(self) -> None:
         if self.worker:
             self.worker.stop()
+
+    def alive(self) -> bool:
+        return self.worker is not None and self.worker.alive()
+
+    def model(self) -> ModelInfo | None:
+        """The classifier's name and version, once the worker has loaded it."""
+        return self.worker.classifier.info if self.worker else None
 
 
 def services(config: Config) -> list[Service]:
@@ -137,8 +157,11 @@ def services(config: Config) -> list[Service]:
     found: list[Service] = []
     if config["orthanc"]["run"]:
         found.append(OrthancService(config))
-    found.append(WorkerService(config))
+    worker = WorkerService(config)
+    found.append(worker)
     found.append(OutboxSender(config))
+    if config["metrics"]["enabled"]:
+        found.append(MetricsService(config, worker.alive, worker.model))
     if config["listener"]["enabled"]:
         found.append(DicomListener(config))
     if config["web"]["enabled"]:
@@ -156,6 +179,8 @@ def run_services(running: list[Service]) -> int:
     started: list[Service] = []
     status = 0
     try:
+        for service in running:
+            getattr(service, "prepare", lambda: None)()
         for service in running:
             if stopping.is_set():
                 break
@@ -188,9 +213,10 @@ def _hints(config: Config) -> str:
 
 
 def setup_logging() -> None:
-    """Log lines with time and source on stderr; huey's and highdicom's per-job chatter left out."""
+    """Log lines with time and source on stderr; huey's, highdicom's and pynetdicom's per-job
+    chatter left out (ctai logs each association's outcome in its own words)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    for name in ("huey", "highdicom"):
+    for name in ("huey", "highdicom", "pynetdicom"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -35,6 +35,16 @@ class SourceImage:
     pixels: np.ndarray
     #: Set when ``pixels`` is derived rather than one acquired image, e.g. a CT projection.
     derivation: str | None = None
+    #: When ``pixels`` was made from several instances (the slices of a CT projection): each of
+    #: them, its four UIDs only (study, series, SOP class and instance). Empty: ``dataset`` alone.
+    made_from: list[Dataset] = field(default_factory=list, repr=False)
+
+    @property
+    def cited(self) -> list[Dataset]:
+        """The instances outputs cite as their source images: ``dataset`` first, then the rest of
+        ``made_from``."""
+        own = self.dataset.SOPInstanceUID
+        return [self.dataset, *(ds for ds in self.made_from if ds.SOPInstanceUID != own)]
 
 
 @dataclass(frozen=True)

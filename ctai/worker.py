@@ -88,6 +88,11 @@ class Worker:
         self.consumer.stop(graceful=True)
         self.classifier.close()
 
+    def alive(self) -> bool:
+        """Whether every consumer thread still runs."""
+        threads = [thread for _, thread in self.consumer.worker_threads]
+        return bool(threads) and all(thread.is_alive() for thread in threads)
+
     def _requeue_abandoned(self) -> None:
         """Queue again the jobs that a dead worker process on this host left running."""
         host = self.owner.split(":")[0]

@@ -246,7 +246,7 @@ def build_sc(result: Result, series_number: int) -> hd.sc.SCImage:
     # The picture keeps the source's orientation; Type 2C, empty when unknown (PS3.3 C.7.6.1).
     picture.PatientOrientation = source.get("PatientOrientation", "")
     picture.BodyPartExamined = "CHEST"
-    picture.SourceImageSequence = [_source_reference(source)]
+    picture.SourceImageSequence = [_source_reference(ds) for ds in result.source.cited]
     return picture
 
 

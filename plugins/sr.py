@@ -114,7 +114,8 @@ def measurement_group(result: Result, label: str,
         ),
         finding_type=finding,
         algorithm_id=algorithm(model),
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
+        source_images=[hd.sr.SourceImageForMeasurementGroup(ds.SOPClassUID, ds.SOPInstanceUID)
+                       for ds in result.source.cited],
         measurements=[
             hd.sr.Measurement(
                 name=PROBABILITY,
@@ -163,7 +164,7 @@ def build_sr(result: Result, series_number: int, picture: bool = True) -> hd.sr.
         imaging_measurements=[measurement_group(result, label, picture) for label in FINDINGS],
     )
     return hd.sr.ComprehensiveSR(
-        evidence=[_evidence(source)],
+        evidence=[_evidence(source), *result.source.cited[1:]],
         content=report[0],
         is_complete=True,
         **common_attributes(source, model, "sr", series_number, SERIES_DESCRIPTION),

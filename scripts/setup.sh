@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(python3-venv orthanc orthanc-python dcmtk dicom3tools)
-[ "${1:-}" = "--test" ] && DEBIAN_PACKAGES+=(chromium zbar-tools iproute2)  # iproute2: loopback in the Orthanc tests' namespace
+# Test-only: chromium, zbar-tools (pages, QR codes); iproute2 (loopback in the Orthanc tests' namespace);
+# fonts-wqy-microhei (Chinese in the pages' screenshots); orthanc-dicomweb, curl (STOW-RS test); openssl (a self-signed certificate)
+[ "${1:-}" = "--test" ] && DEBIAN_PACKAGES+=(chromium zbar-tools iproute2 fonts-wqy-microhei orthanc-dicomweb curl openssl)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

@@ -132,17 +132,22 @@ def ack(message: str, code: str, text: str = "") -> str:
 class StoreSCP:
     """A pynetdicom Storage SCP on 127.0.0.1 that accepts only the given SOP classes and answers
     each C-STORE with ``statuses[SOP Instance UID]``, Success if not there (what it answers with
-    Success or Warning is received)."""
+    Success or Warning is received); ``associations`` counts the associations it accepted."""
 
     def __init__(self, *sop_classes: str) -> None:
         self.received: list[Dataset] = []
         self.statuses: dict[str, int] = {}
+        self.associations = 0
         ae = AE(ae_title="PACS")
         for sop_class in sop_classes:
             ae.add_supported_context(sop_class, ExplicitVRLittleEndian)
         self.server = ae.start_server(("127.0.0.1", 0), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self.on_store)])
+                                      evt_handlers=[(evt.EVT_C_STORE, self.on_store),
+                                                    (evt.EVT_ACCEPTED, self.on_accepted)])
         self.peer = dicom_scu.Peer("127.0.0.1", self.server.server_address[1], "PACS", timeout=10)
+
+    def on_accepted(self, event) -> None:
+        self.associations += 1
 
     def on_store(self, event) -> int:
         status = self.statuses.get(event.dataset.SOPInstanceUID, 0x0000)

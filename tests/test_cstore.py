@@ -142,6 +142,34 @@ def test_outbox_delivers_to_a_peer_once(config, classified, peer):
         o.dataset.SOPInstanceUID for o in classified.outputs)
 
 
+def test_the_objects_of_many_studies_share_one_association_per_round(config, classified, peer):
+    """20 studies' SR and SC: the SRs go on one association, then the SCs (each study in order);
+    a refused object is a dead letter while the others go on in the same association."""
+    config["cstore"].update(host="127.0.0.1", port=peer.peer.port, ae_title="PACS")
+    studies = [classified, *(copy_with_new_study(classified, number) for number in range(19))]
+    refused = sr_of(studies[7]).SOPInstanceUID
+    peer.statuses[refused] = 0xC000
+    for study in studies:
+        cstore.ctai_deliver(result=study, job=JOB, config=config)
+    outbox = Outbox.from_config(config)
+    assert send_due(outbox, "cstore", dicom_scu.deliver) == 39
+    assert peer.associations == 2 and len(peer.received) == 39
+    [dead] = outbox.messages("dead")
+    assert refused in dead.last_error and "0xC000" in dead.last_error
+
+
+def copy_with_new_study(classified: Result, number: int) -> Result:
+    """``classified``'s outputs as if of another study (new study and instance UIDs)."""
+    outputs = []
+    study = f"1.2.826.0.1.3680043.8.498.4242.{number}"
+    for output in classified.outputs:
+        ds = dcmread(BytesIO(to_bytes(output.dataset)))
+        ds.StudyInstanceUID = study
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{study}.{len(outputs) + 1}"
+        outputs.append(replace(output, dataset=ds))
+    return replace(classified, outputs=outputs)
+
+
 def with_outputs(classified: Result) -> Result:
     config = configuration.load(environ={})
     for outputs in plugin_manager(config).hook.ctai_make_outputs(result=classified, config=config):

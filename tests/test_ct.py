@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import random
 
+import highdicom as hd
 import numpy as np
 import pytest
 
 from ctai.errors import InputError
 from ctai.inputs import ct
+from ctai.types import CLASSES, ModelInfo, Prediction, Result
+from ctai_plugins import sc, sr
+from tests.dciodvfy import errors
 from tests.phantoms import coronal_series, ct_series
 
 
@@ -73,3 +77,21 @@ def test_too_few_slices_or_no_geometry_is_refused():
         del ds.ImagePositionPatient
     with pytest.raises(InputError, match="no axial"):
         ct.project(slices, "a")
+
+
+def test_sr_and_sc_of_a_projection_cite_every_slice(tmp_path):
+    slices = ct_series()
+    prediction = Prediction(dict(zip(CLASSES, (0.2, 0.3, 0.5), strict=True)), ModelInfo("test", "1"))
+    result = Result(ct.project(random.sample(slices, len(slices)), "series"), prediction)
+    every_slice = {ds.SOPInstanceUID for ds in slices}
+    report, picture = sr.build_sr(result, 9001), sc.build_sc(result, 9002)
+    assert errors(report) == [] and errors(picture) == []
+    [evidence] = report.CurrentRequestedProcedureEvidenceSequence
+    [series] = evidence.ReferencedSeriesSequence
+    assert {item.ReferencedSOPInstanceUID for item in series.ReferencedSOPSequence} == every_slice
+    report.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    groups = hd.sr.srread(tmp_path / "sr.dcm").content.get_image_measurement_groups()
+    assert len(groups) == len(CLASSES)
+    for group in groups:
+        assert {image.referenced_sop_instance_uid for image in group.source_images} == every_slice
+    assert {item.ReferencedSOPInstanceUID for item in picture.SourceImageSequence} == every_slice

@@ -3,8 +3,11 @@ for what dcmtk will not send (corrupt data sets, a peer that drops mid-associati
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +31,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from ctai import hookimpl
+from ctai.config import to_toml
 from ctai.outbox import OutboxSender
 from ctai.pipeline import Pipeline
 from ctai.plugins import plugin_manager
@@ -112,11 +116,12 @@ def test_echoscu_is_answered(listen):
     assert run.returncode == 0, run.stderr
 
 
-def test_calling_ae_title_not_on_the_allow_list_is_refused(config, listen, series):
+def test_calling_ae_title_not_on_the_allow_list_is_refused(config, listen, series, caplog):
     listener = listen(allowed_aets=["MODALITY"])
     refused = listener.storescu(series[:1], calling="INTRUDER")
     assert refused.returncode != 0 and "Association Rejected" in refused.stderr
     assert "Calling AE Title Not Recognized" in refused.stderr
+    assert "association from INTRUDER at 127.0.0.1 rejected: calling AE title not allowed" in caplog.text
     assert spooled(config) == []
     assert listener.storescu(series[:1]).returncode == 0
 
@@ -311,7 +316,7 @@ def idle_sockets(listener: Listener, count: int) -> list[socket.socket]:
 
 
 def test_idle_sockets_cannot_lock_the_listener(listen):
-    listener = listen(idle_timeout=2.0)
+    listener = listen(idle_timeout=2.0, max_associations_per_peer=100)  # the total limit only
     opened = idle_sockets(listener, 10)
     assert echo(listener)  # 10 idle connections no longer fill the limit
     for raw in opened:
@@ -388,3 +393,81 @@ def test_with_the_disk_nearly_full_the_listener_refuses_new_images_and_logs_it_o
     filler.unlink()
     assert listener.storescu(series[:1]).returncode == 0 and spooled(config)
     assert "back above the floor" in caplog.text
+
+
+def request(listener: Listener, source: str = "127.0.0.1"):
+    """An association for C-ECHO from ``source`` (another loopback address is another peer)."""
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(Verification)
+    rejections = []
+    assoc = ae.associate("127.0.0.1", listener.server.port, ae_title="CTAI", bind_address=(source, 0),
+                         evt_handlers=[(pynetdicom.evt.EVT_ACSE_RECV, lambda event: rejections.append(
+                             (event.primitive.result, event.primitive.result_source, event.primitive.diagnostic)))])
+    return assoc, rejections
+
+
+def test_one_peer_cannot_take_every_association(listen, caplog):
+    listener = listen(max_associations=10, max_associations_per_peer=3)
+    held = [request(listener)[0] for _ in range(3)]
+    assert all(assoc.is_established for assoc in held)
+    refused, answer = request(listener)
+    # A-ASSOCIATE-RJ rejected-transient, service-provider (presentation), local-limit-exceeded (PS3.8 9.3.4)
+    assert refused.is_rejected and answer == [(0x02, 0x03, 0x02)]
+    assert ("association from TESTSCU at 127.0.0.1 rejected: too many associations at once (at most 3 per peer,"
+            " 10 in all)") in caplog.text
+    held.pop().release()
+    assert wait_until(lambda: (assoc := request(listener)[0]).is_established and (assoc.release() or True))
+
+    scan = idle_sockets(listener, 20)  # the same peer holds more than max_associations, idle
+    start = time.monotonic()
+    other, _ = request(listener, source="127.0.0.2")
+    assert other.is_established and other.send_c_echo().Status == 0x0000
+    assert time.monotonic() - start < 1
+    other.release()
+    for assoc in held:
+        assoc.release()
+    for raw in scan:
+        raw.close()
+
+
+SERVE_LISTENER = """
+import sys
+from ctai import config
+from ctai.serve import run_services, setup_logging
+from ctai.transports.dicom_scp import DicomListener
+setup_logging()
+sys.exit(run_services([DicomListener(config.load(), enqueue=lambda job: None)]))
+"""
+
+
+def test_sigterm_stops_the_serving_listener_within_5_s_with_idle_connections_open(config, tmp_path):
+    """ctai serve's signal handling, with only the listener as service (no model to load)."""
+    port = free_port()
+    config["listener"].update(host="127.0.0.1", port=port)
+    (tmp_path / "ctai.toml").write_text(to_toml(config))
+    env = {**os.environ, "CTAI_CONFIG": str(tmp_path / "ctai.toml"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    serve = subprocess.Popen([sys.executable, "-c", SERVE_LISTENER], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: serve.poll() is not None or _listening(port), timeout=30)
+        opened = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(Verification)
+        established = ae.associate("127.0.0.1", port, ae_title="CTAI")
+        assert established.is_established
+        start = time.monotonic()
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(10) == 0
+        assert time.monotonic() - start < 5, serve.stderr.read()
+        for raw in opened:
+            raw.close()
+    finally:
+        serve.kill()
+        serve.wait()
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True

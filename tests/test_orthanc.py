@@ -15,19 +15,21 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
 
 from ctai import cli, jobs
 from ctai import config as configuration
+from ctai.outbox import Outbox
 from ctai.results import JobStore
 from ctai.transports.orthanc import OUTPUTS_METADATA, STATUS_METADATA
 from ctai_plugins.chest import OWN_OUTPUT
 from ctai_plugins.orthanc import series_job, series_skip_reason
 from tests.dciodvfy import errors as dciodvfy_errors
+from tests.dicomfactory import dcmtk, pixel_data_cut, save
 from tests.orthanc_harness import IN_NAMESPACE, Harness, fast_config, model_missing, run_in_namespace
-from tests.peers import wait_until
+from tests.peers import free_port, wait_until
 from tests.phantoms import ct_series, image_names, radiograph
 
 
@@ -194,6 +196,34 @@ else:
         assert failed.attempts == 1 and failed.error
         assert status_metadata(worker, answer["ParentSeries"])["status"] == "failed"
         assert worker.outputs(answer["ParentStudy"]) == {}
+
+    def test_truncated_native_and_jpeg_pixel_data_fail_with_the_reason_and_nothing_is_sent(worker, tmp_path):
+        """Cut by a sender, well-formed otherwise: Orthanc stores them; the job fails, no SR, SC or
+        ORU (the ORUs wait in the outbox, the HIS being down), while an intact series goes through."""
+        hl7 = worker.config["hl7"]
+        saved = dict(hl7)
+        hl7.update(host="127.0.0.1", port=free_port())
+        try:
+            native = radiograph("IM-0115-0001.jpeg", "CUTNATIVE")
+            jpeg = dcmtk("dcmcjpeg", save(radiograph("IM-0133-0001.jpeg", "CUTJPEG"), tmp_path / "j.dcm"),
+                         tmp_path / "jpeg.dcm", "+eb")  # JPEG Baseline
+            intact = radiograph("IM-0115-0001.jpeg", "INTACT1")
+            worker.storescu(dcmread(pixel_data_cut(save(native, tmp_path / "n.dcm"), tmp_path / "n-cut.dcm")))
+            cut = pixel_data_cut(jpeg, tmp_path / "j-cut.dcm")
+            cut = worker.client.upload(cut.read_bytes())
+            good = worker.upload(intact)
+            native_series = wait_until(lambda: worker.series_id(native), 10)
+            for series_id, reason in [(native_series, "pixel data truncated: "),
+                                      (cut["ParentSeries"], "pixel data truncated: the JPEG Baseline")]:
+                failed = record(worker, series_id, "failed")
+                assert reason in failed.error and failed.attempts == 1
+                assert worker.outputs(worker.client.series(series_id)["ParentStudy"]) == {}
+            record(worker, good["ParentSeries"], "done")
+            assert {m: len(v) for m, v in worker.outputs(good["ParentStudy"]).items()} == {"OT": 1, "SR": 1}
+            oru_patients = {m.key for m in Outbox.from_config(worker.config).messages() if m.channel == "hl7"}
+            assert "/INTACT1" in oru_patients and not {"/CUTJPEG", "/CUTNATIVE"} & oru_patients
+        finally:
+            hl7.update(saved)
 
     def _text_sr(patient_id: str) -> Dataset:
         ds = Dataset()

@@ -12,8 +12,10 @@ import pytest
 
 from ctai.cli import build_parser
 from ctai.errors import TransientError
+from ctai.inputs.dicom import to_bytes
 from ctai.outbox import Outbox, OutboxSender, Undeliverable, send_due
-from tests.peers import fast_outbox, wait_until
+from ctai.transports import dicom_scu, mllp
+from tests.peers import fast_outbox, free_port, result, wait_until
 
 T = time.time() + 86_400  # a clock far enough ahead that every message queued by the tests is due
 HIS = {"host": "his", "port": 1}
@@ -193,6 +195,19 @@ def test_sender_threads_deliver_and_only_one_process_sends(config):
     assert sorted([first.received, second.received], key=len) == [[], [b"m%d" % n for n in range(5)]]
 
 
+def test_a_message_put_in_the_process_is_sent_at_once_not_at_the_next_poll(config):
+    config["outbox"]["poll_seconds"] = 3600
+    peer = Peer()
+    sender = OutboxSender(config, {"hl7": peer})
+    sender.start()
+    try:
+        time.sleep(0.5)  # the sender's first round has found nothing; its next poll is in an hour
+        Outbox.from_config(config).put("hl7", "p", HIS, b"m", dedup="m")
+        wait_until(lambda: peer.received == [b"m"], timeout=10)
+    finally:
+        sender.stop()
+
+
 def test_ctai_outbox_retry_all_and_its_exit_status(config, capsys):
     def ctai_outbox(*args: str) -> int:
         parsed = build_parser().parse_args(["outbox", *args])
@@ -228,3 +243,21 @@ def test_retention_removes_only_finished_messages(tmp_path):
     assert outbox.purge(days=1) == 0  # finished just now
     assert outbox.purge(days=1, now=time.time() + 2 * 86400) == 2
     assert [m.id for m in outbox.messages()] == [pending.id]
+
+
+def test_the_log_names_a_refused_connection_and_its_backoff(tmp_path, caplog):
+    """Real senders to ports nothing listens on: the log says what happened, not 'aborted'."""
+    outbox = Outbox(tmp_path / "outbox.sqlite3", initial_backoff=0.5, max_backoff=60)
+    his, pacs = free_port(), free_port()
+    outbox.put("hl7", "patient", {"host": "127.0.0.1", "port": his, "ack_timeout": 5}, b"MSH|^~\\&|", "oru")
+    outbox.put("cstore", "study", {"host": "127.0.0.1", "port": pacs, "ae_title": "PACS", "calling_ae_title": "CTAI",
+                                   "timeout": 5}, to_bytes(result().source.dataset), "image")
+    send_due(outbox, "hl7", mllp.deliver)
+    send_due(outbox, "cstore", dicom_scu.deliver)
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("ctai")]
+    assert ours == [
+        "outbox hl7 #1 (patient) not delivered (ConnectionRefusedError: [Errno 111] Connection refused);"
+        " retry in 0.5 s",
+        f"outbox cstore #2 (study) not delivered (TransientError: could not connect to PACS 127.0.0.1:{pacs}:"
+        " Connection refused); retry in 0.5 s"]
+    assert all("abort" not in r.getMessage().lower() for r in caplog.records)

@@ -8,7 +8,7 @@ import pytest
 from ctai.cli import main
 from ctai.plugins import describe, plugin_manager
 
-BUILT_IN = {"chest", "tensorflow", "sr", "sc", "folder"}
+BUILT_IN = {"chest", "tensorflow", "sr", "sc", "folder", "fhir", "stow", "metrics"}
 
 THIRD_PARTY_MODULE = '''
 from ctai import hookimpl

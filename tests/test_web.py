@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import io
+import json
 import logging
 import re
 import sqlite3
@@ -19,11 +21,12 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from ctai import hookimpl
-from ctai.model.gate import NOT_A_CHEST, PHONE_ADVICE
+from ctai.model.gate import NOT_A_CHEST
 from ctai.plugins import plugin_manager
 from ctai.results import JobStore
 from ctai.types import CLASSES, Job, ModelInfo
 from ctai.web.app import RedactTokens, create_app
+from ctai.web.i18n import translations
 from ctai.web.messages import NOTICE, PHONE, for_phone
 from ctai.web.sessions import Store
 from ctai.worker import Worker
@@ -61,7 +64,7 @@ def login(client: TestClient) -> str:
     """Log in as staff; the CSRF token of the login."""
     csrf = csrf_of(client.get("/staff").text)
     response = client.post("/staff/login", data={"token": STAFF_TOKEN, "csrf": csrf})
-    assert response.status_code == 200 and "New phone upload" in response.text
+    assert response.status_code == 200 and 'action="/staff/sessions"' in response.text
     return csrf_of(response.text)
 
 
@@ -220,6 +223,54 @@ def test_phone_page_explains_before_any_result(client, web_config):
     assert "Result:" not in page + (Path(__file__).parents[1] / "ctai/web/static/upload.js").read_text()
 
 
+def test_language_follows_the_browser_and_the_switch(client):
+    zh = translations("zh-CN").gettext
+    page = client.get("/staff", headers={"Accept-Language": "fr-CH, zh;q=0.8, en;q=0.5"}).text
+    assert '<html lang="zh-CN">' in page and zh("Staff login") in page and 'href="?lang=en"' in page
+    page = client.get("/staff", headers={"Accept-Language": "en-GB,en;q=0.9,zh-CN;q=0.8"}).text
+    assert '<html lang="en">' in page and "Staff login" in page and 'href="?lang=zh-CN"' in page
+    assert '<html lang="en">' in client.get("/staff").text  # no header: English
+
+    switched = client.get("/staff?lang=zh-CN", headers={"Accept-Language": "en"})
+    assert '<html lang="zh-CN">' in switched.text and client.cookies["ctai_lang"] == "zh-CN"
+    link = new_session(client)  # the cookie keeps the choice, whatever the browser says
+    page = client.get(link, headers={"Accept-Language": "en"}).text
+    for text in ("Upload a chest X-ray", "Take a photo", NOTICE, "How to take the photo"):
+        assert zh(text) in page and zh(text) != text
+    strings = json.loads(html.unescape(re.search(r'data-strings="([^"]+)"', page).group(1)))  # for upload.js
+    assert strings["estimate"] == zh("AI estimate: {label}") and strings["labels"]["viral"] == zh("Viral pneumonia")
+    refusal = client.post(f"{link}/files", content=b"%PDF-1.7", headers={"Accept-Language": "en"}).json()
+    assert refusal["error"] == zh(PHONE["not_supported"])
+    assert '<html lang="en">' in client.get(f"{link}?lang=en").text
+
+
+def test_every_sentence_has_its_chinese_translation():
+    """The catalog holds every message of the sources, translated (pybabel extract; docs/translations.md)."""
+    from babel.messages.extract import extract_from_dir
+    from babel.messages.mofile import read_mo
+    from babel.messages.pofile import read_po
+
+    root = Path(__file__).parents[1]
+    method_map = [("ctai/web/**.py", "python"), ("ctai/web/templates/**.html", "jinja2")]
+    sources = {message[2] for message in extract_from_dir(
+        root, method_map, {"ctai/web/templates/**.html": {"trimmed": "true"}}, keywords={"N_": None, "_": None,
+                                                                                     "gettext": None,
+                                                                                     "ngettext": (1, 2)})}
+    folder = root / "ctai/web/locale/zh_CN/LC_MESSAGES"
+    with (folder / "messages.po").open("rb") as f:
+        catalog = read_po(f)
+    with (folder / "messages.mo").open("rb") as f:
+        compiled = read_mo(f)
+    assert {m.id for m in catalog if m.id} == sources
+    for message in catalog:
+        if message.id:
+            assert message.string and all(message.string) and not message.fuzzy, message.id
+            fields = set(re.findall(r"{\w+}|%\(\w+\)s", str(message.id)))
+            assert all(set(re.findall(r"{\w+}|%\(\w+\)s", text)) == fields
+                       for text in ([message.string] if isinstance(message.string, str) else message.string))
+            assert compiled[message.id].string in (message.string, list(message.string))  # pybabel compile was run
+
+
 def test_heic_photo_is_accepted(client, web_config, jobs):
     buffer = io.BytesIO()
     Image.open(RADIOGRAPH).convert("RGB").save(buffer, format="HEIF", quality=90)
@@ -270,12 +321,29 @@ def test_reload_shows_every_upload_and_what_is_left(client, web_config, jobs, mo
 
     client.post(f"{link}/files", content=radiograph_bytes())
     page = client.get(link).text
-    assert "limit of 3 files" in page and page.count("disabled") == 2  # both buttons
+    assert "(limit: 3)" in page and page.count("disabled") == 2  # both buttons
     later = time.time() + 16 * 60  # the link expired; its results stay for result_minutes
     monkeypatch.setattr(time, "time", lambda: later)
     state = client.get(f"{link}/files").json()
     assert not state["open"] and "expired" in state["closed"] and len(state["uploads"]) == 3
     assert client.get(f"{link}/files/{first}").json()["status"] == "done"
+
+
+def test_a_data_dir_of_before_ended_sessions_is_upgraded(web_config):
+    root = Path(web_config["data"]["dir"]) / "web"
+    root.mkdir(parents=True)
+    with sqlite3.connect(root / "web.sqlite3") as db:
+        db.executescript(SCHEMA_WITHOUT_ENDED)
+    store = Store(web_config)
+    session, _ = store.create_session(PATIENT_ID, PATIENT_NAME, "", 60, 1, 1000)
+    assert store.end_session(session.id) and store.session(session.id).ended
+
+
+SCHEMA_WITHOUT_ENDED = """CREATE TABLE sessions (
+    id TEXT PRIMARY KEY, token_hash TEXT UNIQUE NOT NULL,
+    patient_id TEXT NOT NULL, patient_name TEXT NOT NULL, accession TEXT NOT NULL,
+    created REAL NOT NULL, expires REAL NOT NULL, max_files INTEGER NOT NULL, max_bytes INTEGER NOT NULL,
+    files INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0);"""
 
 
 def test_finished_sessions_are_purged(client, web_config, jobs, monkeypatch):
@@ -307,7 +375,31 @@ def test_staff_can_end_an_upload_link_at_once(client, jobs):
     assert client.post(end, data={"csrf": "forged"}).status_code == 403
     assert client.post(end, data={"csrf": csrf}).status_code == 200
     refused = client.post(f"{link}/files", content=radiograph_bytes())
-    assert refused.status_code == 410 and refused.json()["error"] == PHONE["expired"] and not jobs
+    assert refused.status_code == 410 and refused.json()["error"] == PHONE["ended"] and not jobs
+    assert PHONE["ended"] in client.get(link).text
+
+
+def test_the_qr_page_follows_its_link(client, web_config, jobs):
+    """The QR page's live part (fetched every 2 s): what the link takes, and its uploads with results."""
+    csrf = login(client)
+    page = client.post("/staff/sessions", data={"patient_id": PATIENT_ID, "patient_name": PATIENT_NAME,
+                                                "accession": "ACC-77", "csrf": csrf}).text
+    live = re.search(r'data-live="(/staff/sessions/[0-9a-f]+/live)"', page).group(1)
+    link = re.search(r'href="http://127\.0\.0\.1:8043(/u/[^"]+)"', page).group(1)
+    assert "No picture sent yet." in page and "0 of 3 files sent" in page and "ACC-77" in page
+    for _ in range(3):
+        client.post(f"{link}/files", content=radiograph_bytes())
+    Store(web_config).finish_upload(jobs[0].options["upload"], "bacterial", FAKE_PROBABILITIES)
+    Store(web_config).finish_upload(jobs[1].options["upload"], error=PHONE["damaged"])
+    part = client.get(live).text
+    assert "used up: all 3 files were sent" in part and 'data-final="false"' in part  # one still pending
+    assert part.count("<tr class=") == 3 and "Bacterial pneumonia" in part and PHONE["damaged"] in part
+    Store(web_config).finish_upload(jobs[2].options["upload"], "normal", FAKE_PROBABILITIES)
+    client.post(re.search(r'action="(/staff/sessions/[0-9a-f]+/end)"', page).group(1), data={"csrf": csrf})
+    part = client.get(live).text
+    assert "was ended at" in part and 'data-final="true"' in part
+    client.cookies.clear()
+    assert client.get(live).status_code == 401
 
 
 def test_file_limit(client, web_config, jobs):
@@ -315,7 +407,7 @@ def test_file_limit(client, web_config, jobs):
     for _ in range(3):
         assert client.post(f"{link}/files", content=radiograph_bytes()).status_code == 201
     response = client.post(f"{link}/files", content=radiograph_bytes())
-    assert response.status_code == 403 and "limit of 3 files" in response.json()["error"]
+    assert response.status_code == 403 and response.json()["error"] == PHONE["file_limit"].format(files=3)
     assert len(stored_files(web_config)) == 3 and len(jobs) == 3
 
 
@@ -495,7 +587,10 @@ def test_a_photo_of_something_else_gets_plain_advice(web_config, queued_client):
     upload_id = queued_client.post(f"{link}/files", content=page.getvalue()).json()["id"]
     wait_until(lambda: queued_client.get(f"{link}/files/{upload_id}").json()["status"] != "pending")
     status = queued_client.get(f"{link}/files/{upload_id}").json()
-    assert status["status"] == "failed" and status["error"] == PHONE_ADVICE
+    assert status["status"] == "failed" and status["error"] == PHONE["not_a_chest"]
+    chinese = queued_client.get(f"{link}/files/{upload_id}", headers={"Accept-Language": "zh-CN"}).json()
+    assert chinese["error"] == translations("zh-CN").gettext(PHONE["not_a_chest"]) != PHONE["not_a_chest"]
+    assert "胸部 X 光片" in chinese["error"]
     wait_until(lambda: JobStore(web_config).get(f"upload-{upload_id}").status != "running")
     assert NOT_A_CHEST in JobStore(web_config).get(f"upload-{upload_id}").error  # the staff see why
     assert NOT_A_CHEST in queued_client.get("/staff").text

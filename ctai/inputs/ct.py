@@ -53,7 +53,16 @@ def project(datasets: list[Dataset], path: str) -> SourceImage:
     pixels = _normalize(_square(*_orient(image, kept)))
     middle = stack[len(stack) // 2]
     return SourceImage(path=path, dataset=middle, pixels=pixels,
-                       derivation=f"frontal mean projection of CT series ({len(stack)} slices)")
+                       derivation=f"frontal mean projection of CT series ({len(stack)} slices)",
+                       made_from=[_reference(ds) for ds in stack])
+
+
+def _reference(ds: Dataset) -> Dataset:
+    """The UIDs that cite ``ds`` (without its pixels, which need not stay in memory)."""
+    reference = Dataset()
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID"):
+        setattr(reference, keyword, ds[keyword].value)
+    return reference
 
 
 def _usable(ds: Dataset) -> bool:

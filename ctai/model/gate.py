@@ -21,9 +21,6 @@ from ctai.model.storage import load_network
 
 #: Every refusal by the gate starts with this.
 NOT_A_CHEST = "not a frontal chest radiograph"
-#: What the phone page says instead of the technical reason.
-PHONE_ADVICE = ("This does not look like a chest X-ray. Photograph the whole chest film or screen, "
-                "straight on and filling the frame, or send the original image.")
 #: Images whose values span less than this of the display range are blank.
 FLAT_RANGE = 0.02
 #: Longer sides more than this many times the shorter one are strips, not radiographs.

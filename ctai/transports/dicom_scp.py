@@ -3,7 +3,8 @@
 Each received instance is written to the spool (fsync, then atomic rename) before Success is
 answered, so an instance the sender was told is stored survives a crash or restart. Instances
 collect per series in ``incoming/<Series Instance UID>/``; once no instance of a series has
-arrived for ``idle_seconds``, the folder moves to ``batches/`` and becomes one queued job.
+arrived for ``idle_seconds``, the folder moves to ``batches/`` and becomes one queued job (at
+that moment: each series has its deadline, which the series thread waits for).
 
 Answers (PS3.4 B.2.3, PS3.7 C.4.2.1.4): an undecodable data set, one whose pixel data is cut short
 or does not decode (``ctai.inputs.dicom.check_decodable``), or one without valid UIDs gets
@@ -14,7 +15,9 @@ storage SCP (PS3.4 B.4.1), which keeps instances only as long as it needs them.
 
 A connection that sends nothing for ``idle_timeout`` seconds, before or after its association
 request (PS3.8 9.1.5 ARTIM), is closed, so that idle sockets (a port scan, a health check) cannot
-hold all ``max_associations`` slots; ``stop`` aborts the open associations instead of waiting.
+hold all ``max_associations`` slots, and one peer address holds at most
+``max_associations_per_peer`` of them (``PeerLimitedAE``); ``stop`` aborts the open associations
+instead of waiting.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +45,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 
@@ -64,6 +69,8 @@ CANNOT_UNDERSTAND = 0xC000
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 #: Marks a batch whose job is on the queue.
 _QUEUED = ".queued"
+#: Seconds between attempts to queue a series when the queue fails.
+RETRY_SECONDS = 1.0
 #: Lossy transfer syntaxes, accepted last.
 LOSSY = {JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless, JPEG2000, HTJ2K}
 
@@ -209,6 +216,33 @@ def readable_syntaxes() -> list[str]:
     return readable
 
 
+class PeerLimitedAE(AE):
+    """An AE whose acceptor also limits the associations open at once per peer (IP address).
+
+    pynetdicom rejects an association request with A-ASSOCIATE-RJ rejected-transient,
+    service-provider (presentation), local-limit-exceeded (PS3.8 9.3.4) when more than
+    ``maximum_associations`` are open; it reads that limit in the thread of the association being
+    negotiated. Read there, the limit is 0 for a peer over ``per_peer``, so only that peer is
+    rejected; and connections a peer holds beyond ``per_peer`` do not count against the others.
+    """
+
+    per_peer: int = 10
+
+    @property
+    def maximum_associations(self) -> int:
+        negotiating = threading.current_thread()
+        if not (isinstance(negotiating, Association) and negotiating.is_acceptor):
+            return self._maximum_associations
+        open_by_peer = Counter(assoc.requestor.address for assoc in self.active_associations if assoc.is_acceptor)
+        if open_by_peer[negotiating.requestor.address] > self.per_peer:
+            return 0
+        return self._maximum_associations + sum(max(0, n - self.per_peer) for n in open_by_peer.values())
+
+    @maximum_associations.setter
+    def maximum_associations(self, value: int) -> None:
+        AE.maximum_associations.fset(self, value)
+
+
 class DicomListener:
     """The Storage SCP as a ``ctai serve`` service (start/stop), configured by ``[listener]``.
 
@@ -224,6 +258,7 @@ class DicomListener:
         self.allowed_aets = [str(aet) for aet in settings["allowed_aets"]]
         self.idle_seconds = float(settings["idle_seconds"])
         self.max_associations = int(settings["max_associations"])
+        self.max_associations_per_peer = int(settings["max_associations_per_peer"])
         self.idle_timeout = float(settings["idle_timeout"])
         self.spool = Spool.from_config(config)
         self.disk = DiskGuard.from_config(config)
@@ -231,6 +266,9 @@ class DicomListener:
         self._server = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: When each series in ``incoming/`` becomes idle (time.time()); guarded by ``_wake``.
+        self._idle_at: dict[str, float] = {}
+        self._wake = threading.Condition()
 
     @staticmethod
     def _default_enqueue(config: Config) -> Callable[[Job], None]:
@@ -245,9 +283,10 @@ class DicomListener:
 
     def start(self) -> None:
         self.spool.discard_partial()
-        ae = AE(ae_title=self.ae_title)
+        ae = PeerLimitedAE(ae_title=self.ae_title)
         ae.require_calling_aet = self.allowed_aets
         ae.maximum_associations = self.max_associations
+        ae.per_peer = self.max_associations_per_peer
         ae.acse_timeout = self.idle_timeout  # also the ARTIM timer waiting for A-ASSOCIATE-RQ
         ae.network_timeout = self.idle_timeout
         syntaxes = readable_syntaxes()
@@ -255,8 +294,11 @@ class DicomListener:
             ae.add_supported_context(context.abstract_syntax, syntaxes)
         ae.add_supported_context(Verification)
         self._server = ae.start_server(self.address, block=False,
-                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store),
+                                                     (evt.EVT_REJECTED, self._on_rejected)])
         self._stop.clear()
+        with self._wake:  # series received before a restart
+            self._idle_at = {p.name: p.stat().st_mtime + self.idle_seconds for p in self.spool.incoming.iterdir()}
         self._thread = threading.Thread(target=self._run, name="dicom-listener-series", daemon=True)
         self._thread.start()
         log.info("DICOM listener %s on %s:%d", self.ae_title, self.address[0], self.port)
@@ -273,9 +315,22 @@ class DicomListener:
                     assoc.dul.socket.close()
             self._server = None
         self._stop.set()
+        with self._wake:
+            self._wake.notify()
         if self._thread:
             self._thread.join()
             self._thread = None
+
+    def _on_rejected(self, event: Event) -> None:
+        """EVT_REJECTED: say why, as pynetdicom logs only that it rejected."""
+        requestor = event.assoc.requestor
+        if self.allowed_aets and requestor.ae_title not in self.allowed_aets:
+            why = "calling AE title not allowed ([listener] allowed_aets)"
+        else:
+            why = (f"too many associations at once (at most {self.max_associations_per_peer} per peer,"
+                   f" {self.max_associations} in all)")
+        log.warning("DICOM listener: association from %s at %s rejected: %s", requestor.ae_title,
+                    requestor.address, why)
 
     def _on_store(self, event: Event) -> Dataset:
         """EVT_C_STORE: spool the instance, then answer (PS3.4 B.2.3 statuses)."""
@@ -307,15 +362,37 @@ class DicomListener:
         except OSError as exc:
             log.error("C-STORE from %s refused: cannot write the spool (%s)", peer, exc)
             return _status(OUT_OF_RESOURCES, "cannot write the instance to disk")
+        self._arrived(ds.SeriesInstanceUID)
         return _status(SUCCESS)
 
+    def _arrived(self, series_uid: str) -> None:
+        """Move the series' deadline; wake the series thread for a new series (an earlier deadline)."""
+        with self._wake:
+            new = series_uid not in self._idle_at
+            self._idle_at[series_uid] = time.time() + self.idle_seconds
+            if new:
+                self._wake.notify()
+
     def _run(self) -> None:
-        tick = max(0.1, min(1.0, self.idle_seconds / 2))
-        while not self._stop.wait(tick):
+        """Queue each series when its deadline comes (and what was left unqueued at start)."""
+        retry = True
+        while not self._stop.is_set():
+            with self._wake:
+                now = time.time()
+                due = [series for series, at in self._idle_at.items() if at <= now]
+                if not due and not retry:
+                    self._wake.wait(min(self._idle_at.values(), default=now + 3600) - now)
+                    continue
+                for series in due:
+                    del self._idle_at[series]
             try:
                 self.queue_idle_series()
-            except Exception:  # noqa: BLE001 - keep watching; the spool is intact, the next tick retries
+                retry = bool(self.spool.unqueued())
+            except Exception:  # noqa: BLE001 - keep watching; the spool is intact
                 log.exception("DICOM listener: cannot queue the received series; trying again")
+                retry = True
+            if retry:  # the queue failed: try again in a second
+                self._stop.wait(RETRY_SECONDS)
 
     def queue_idle_series(self, now: float | None = None) -> list[Job]:
         """Seal the idle series and queue every batch not queued yet (also those from before a restart)."""

@@ -1,5 +1,8 @@
 """C-STORE client (PS3.4 Annex B Storage Service Class, SCU role) for ctai's outputs.
 
+The outbox hands over the due objects of a peer together (``deliver``, a ``BatchSender``): they
+go on one association, up to MAX_PER_ASSOCIATION, each with its own outcome.
+
 The association proposes each dataset's SOP class; for Comprehensive 3D SR it also proposes
 Comprehensive SR, and when the peer accepts only the latter, a report without 3-D
 coordinates is sent as Comprehensive SR (PS3.3 A.35.3 and A.35.13 differ only by SCOORD3D).
@@ -8,6 +11,7 @@ coordinates is sent as Comprehensive SR (PS3.3 A.35.3 and A.35.13 differ only by
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
@@ -28,7 +32,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from ctai import uids
 from ctai.errors import TransientError
-from ctai.outbox import Undeliverable
+from ctai.outbox import BatchSender, Undeliverable
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +45,33 @@ TRANSIENT_FAILURES = ((0xA700, 0xA7FF), (0x0213, 0x0213), (0x0110, 0x0110), (0x0
                       (0xFE00, 0xFE00))
 #: A-ASSOCIATE-RJ Result (PS3.8 9.3.4): 1 rejected-permanent, 2 rejected-transient.
 REJECTED_PERMANENT = 0x01
+#: C-STOREs per association: each object adds at most two presentation contexts (its SOP class
+#: in its transfer syntax, and a fallback), within the 128 an association may have (PS3.8 9.3.2.2).
+MAX_PER_ASSOCIATION = 64
 #: Fallback SOP classes a peer may accept instead of the dataset's own.
 FALLBACKS = {Comprehensive3DSRStorage: ComprehensiveSRStorage}
+
+
+class _ConnectFailures(logging.Filter):
+    """Why pynetdicom could not connect, per association (keyed by its DUL thread): pynetdicom
+    logs the socket error ("TCP Initialisation Error: [Errno 111] Connection refused") and
+    then aborts the association, without keeping the error."""
+
+    PREFIX = "TCP Initialisation Error: "
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reasons: dict[int | None, str] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(self.PREFIX):
+            self.reasons[record.thread] = re.sub(r"^\[Errno \d+\] ", "", message[len(self.PREFIX):])
+        return True
+
+
+_connect_failures = _ConnectFailures()
+logging.getLogger("pynetdicom.transport").addFilter(_connect_failures)
 
 
 @dataclass(frozen=True)
@@ -65,11 +94,14 @@ def _syntaxes(ds: Dataset) -> list[str]:
 
 
 def _application_entity(peer: Peer, datasets: Sequence[Dataset]) -> AE:
+    """An AE proposing a presentation context per SOP class (and fallback) and transfer syntax."""
     ae = AE(ae_title=peer.calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout
+    proposed = set()
     for ds in datasets:
         for sop_class in (ds.SOPClassUID, FALLBACKS.get(ds.SOPClassUID)):
-            if sop_class and sop_class not in {cx.abstract_syntax for cx in ae.requested_contexts}:
+            if sop_class and (sop_class, ds.file_meta.TransferSyntaxUID) not in proposed:
+                proposed.add((sop_class, ds.file_meta.TransferSyntaxUID))
                 ae.add_requested_context(sop_class, _syntaxes(ds))
     return ae
 
@@ -128,8 +160,11 @@ def _check(status: Dataset, ds: Dataset) -> None:
     raise Undeliverable(message)
 
 
-def _rejection(peer: Peer, assoc: Association, result: int | None) -> Exception:
+def _rejection(peer: Peer, assoc: Association, result: int | None, connected: bool) -> Exception:
     """Why ``assoc`` was not established, as the exception the outbox acts on."""
+    if not connected:  # pynetdicom calls this an abort; the peer never answered
+        reason = _connect_failures.reasons.pop(assoc.dul.ident, "no connection")
+        return TransientError(f"could not connect to {peer.ae_title} {peer.host}:{peer.port}: {reason}")
     if assoc.rejected_contexts and not assoc.accepted_contexts:
         refused = ", ".join(sorted(cx.abstract_syntax.name for cx in assoc.rejected_contexts))
         return Undeliverable(f"{peer.ae_title} does not accept {refused}")
@@ -141,31 +176,62 @@ def _rejection(peer: Peer, assoc: Association, result: int | None) -> Exception:
     return TransientError(f"{where} {'aborted' if assoc.is_aborted else 'unreachable'}")
 
 
-def store(peer: Peer, datasets: Sequence[Dataset]) -> None:
-    """Send ``datasets`` (each with file meta) on one association; returns when all were stored.
-
-    Raises ``TransientError`` when the peer is unreachable, rejects the association for now
-    or fails a C-STORE in a way that may pass; ``Undeliverable`` when it refuses for good.
-    """
+def _associate(peer: Peer, datasets: Sequence[Dataset]) -> Association:
+    """An association proposing what ``datasets`` need; raises as ``store`` says when there is none."""
     ae = _application_entity(peer, datasets)
     rejected: list[int] = []
+    connected: list[bool] = []
 
     def on_acse(event: Event) -> None:
         if isinstance(event.primitive, A_ASSOCIATE) and event.primitive.result in (1, 2):
             rejected.append(event.primitive.result)
 
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=[(evt.EVT_ACSE_RECV, on_acse)])
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
+                         evt_handlers=[(evt.EVT_ACSE_RECV, on_acse),
+                                       (evt.EVT_CONN_OPEN, lambda event: connected.append(True))])
     if not assoc.is_established:
-        raise _rejection(peer, assoc, rejected[0] if rejected else None)
+        raise _rejection(peer, assoc, rejected[0] if rejected else None, bool(connected))
+    return assoc
+
+
+def store_each(peer: Peer, datasets: Sequence[Dataset]) -> list[Exception | None]:
+    """Send ``datasets`` (each with file meta) on one association; the outcome of each, in order:
+    None when stored, else ``Undeliverable`` (refused for good) or ``TransientError``. Stops
+    early when the association is lost (the rest were not tried).
+
+    Raises ``TransientError`` when the peer is unreachable or rejects the association for now,
+    ``Undeliverable`` when it rejects it for good.
+    """
+    assoc = _associate(peer, datasets)
+    outcomes: list[Exception | None] = []
     try:
         for ds in datasets:
-            sent = _negotiated(assoc, ds)
-            _check(assoc.send_c_store(sent), sent)
+            try:
+                sent = _negotiated(assoc, ds)
+                _check(assoc.send_c_store(sent), sent)
+                outcomes.append(None)
+            except Exception as exc:  # noqa: BLE001 - this object's outcome; the others go on
+                outcomes.append(exc)
+            if not assoc.is_established:
+                break
     finally:
         if assoc.is_established:
             assoc.release()
+    return outcomes
 
 
-def deliver(destination: Mapping[str, Any], payload: bytes) -> None:
-    """Outbox sender for the ``cstore`` channel: destination as in ``[cstore]``, payload a PS3.10 file."""
-    store(Peer.from_mapping(destination), [dcmread(BytesIO(payload))])
+def store(peer: Peer, datasets: Sequence[Dataset]) -> None:
+    """Send ``datasets`` on one association; returns when all were stored, else raises the first
+    failure (see ``store_each``)."""
+    for outcome in store_each(peer, datasets):
+        if outcome is not None:
+            raise outcome
+
+
+def _deliver_many(destination: Mapping[str, Any], payloads: Sequence[bytes]) -> list[Exception | None]:
+    return store_each(Peer.from_mapping(destination), [dcmread(BytesIO(payload)) for payload in payloads])
+
+
+#: Outbox sender for the ``cstore`` channel: destination as in ``[cstore]``, payloads PS3.10 files,
+#: up to MAX_PER_ASSOCIATION on one association.
+deliver = BatchSender(_deliver_many, MAX_PER_ASSOCIATION)

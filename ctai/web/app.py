@@ -32,7 +32,8 @@ from fastapi.templating import Jinja2Templates
 from ctai.config import Config
 from ctai.disk import DiskGuard
 from ctai.types import Job
-from ctai.web.messages import LABELS, NOTICE
+from ctai.web import i18n
+from ctai.web.messages import LABELS, NOTICE, STATUS
 from ctai.web.sessions import Store, token_hash
 
 log = logging.getLogger("ctai.web")
@@ -51,12 +52,19 @@ SECURITY_HEADERS = {
 
 
 class WebError(Exception):
-    """A refusal shown to the user as a page with ``message``."""
+    """A refusal shown to the user as a page with ``message``: a message id of the catalog
+    (``N_()``), translated for the reader with its ``{fields}`` filled in (str fields translated too)."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, status: int, message: str, **fields: object) -> None:
+        super().__init__(message.format(**fields))
         self.status = status
         self.message = message
+        self.fields = fields
+
+    def text(self, request: Request) -> str:
+        t = i18n.texts(request)
+        return t.gettext(self.message).format(
+            **{k: t.gettext(v) if isinstance(v, str) else v for k, v in self.fields.items()})
 
 
 class ApiError(WebError):
@@ -119,7 +127,8 @@ class Web:
         return self.public_url.startswith("https://")
 
     def page(self, request: Request, name: str, status: int = 200, **context: object) -> Response:
-        return self.templates.TemplateResponse(request, name, context, status_code=status)
+        return self.templates.TemplateResponse(request, name, {"lang": i18n.language(request), **context},
+                                               status_code=status)
 
 
 def web(request: Request) -> Web:
@@ -153,11 +162,11 @@ def staff_secret(config: Config, store: Store) -> str:
 
 def _templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(resources.files("ctai.web").joinpath("templates")))
+    i18n.install(templates.env)
     templates.env.filters["clock"] = lambda t: datetime.fromtimestamp(t).strftime("%H:%M")
     templates.env.filters["when"] = lambda t: datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M")
-    templates.env.filters["label"] = lambda name: LABELS.get(name, name)
-    templates.env.globals.update(notice=NOTICE, labels=LABELS)
     templates.env.filters["percent"] = lambda p: f"{100 * p:.1f}%"
+    templates.env.globals.update(NOTICE=NOTICE, LABELS=LABELS, STATUS=STATUS)
     return templates
 
 
@@ -176,9 +185,13 @@ def create_app(config: Config, submit: Submit | None = None) -> FastAPI:
     app.add_exception_handler(WebError, _refusal)
 
     @app.middleware("http")
-    async def security_headers(request: Request, call_next: Callable) -> Response:
+    async def headers(request: Request, call_next: Callable) -> Response:
         response = await call_next(request)
         response.headers.update(SECURITY_HEADERS)
+        response.headers["Vary"] = "Accept-Language, Cookie"
+        if lang := i18n.chosen(request.query_params.get("lang")):  # the page's language switch
+            response.set_cookie(i18n.COOKIE, lang, max_age=365 * 86400, samesite="lax",
+                                secure=app.state.web.secure_cookies)
         return response
 
     return app
@@ -187,8 +200,8 @@ def create_app(config: Config, submit: Submit | None = None) -> FastAPI:
 async def _refusal(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, WebError)
     if isinstance(exc, ApiError):
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
-    return request.app.state.web.page(request, "message.html", exc.status, message=exc.message)
+        return JSONResponse({"error": exc.text(request)}, status_code=exc.status)
+    return request.app.state.web.page(request, "message.html", exc.status, message=exc.text(request))
 
 
 class RedactTokens(logging.Filter):

@@ -28,12 +28,14 @@ PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 
 
 class Rejected(Exception):
-    """An upload that is not kept, with the HTTP status and a message for the person uploading."""
+    """An upload that is not kept, with the HTTP status and a message for the person uploading
+    (a sentence of ``PHONE`` and its fields)."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, status: int, message: str, **fields: object) -> None:
+        super().__init__(message.format(**fields))
         self.status = status
         self.message = message
+        self.fields = fields
 
 
 def sniff(head: bytes) -> str | None:

@@ -1,39 +1,48 @@
-"""What the phone page says when something goes wrong: one table of plain sentences.
+"""What the pages say about results and failures: one table of plain sentences.
 
 Technical reasons (library errors, the input gate's scores) never reach a page: they are
 logged and recorded for the staff, and ``for_phone`` turns them into a sentence of this table.
+The sentences are English message ids, translated where they are shown (``ctai.web.i18n``);
+an upload's stored error is one of them, so each reader sees it in their own language.
 """
 
 from __future__ import annotations
 
-from ctai.model.gate import NOT_A_CHEST, PHONE_ADVICE
+from ctai.model.gate import NOT_A_CHEST
+from ctai.web.i18n import N_
 
 #: The classes' names as people read them.
-LABELS = {"normal": "Normal", "bacterial": "Bacterial pneumonia", "viral": "Viral pneumonia"}
+LABELS = {"normal": N_("Normal"), "bacterial": N_("Bacterial pneumonia"), "viral": N_("Viral pneumonia")}
+
+#: A job's or an upload's status as the staff page shows it.
+STATUS = {"pending": N_("Waiting"), "running": N_("Analysing"), "done": N_("Done"),
+          "failed": N_("Failed"), "skipped": N_("Skipped")}
 
 #: Shown with every AI result, and on the phone page before any.
-NOTICE = "Decision support only: this is an AI estimate, not a diagnosis. A physician will review it."
+NOTICE = N_("Decision support only: this is an AI estimate, not a diagnosis. A physician will review it.")
 
 PHONE = {
-    "invalid": "This upload link is not valid.",
-    "expired": "This upload link has expired. Ask the staff for a new QR code.",
-    "results_gone": "The results of this upload link are no longer available.",
-    "no_such_upload": "No such upload in this session.",
-    "picture_not_ready": "The result picture is not ready.",
-    "file_limit": "This upload link has reached its limit of {files}.",
-    "too_large": "The file is too large: this upload link takes at most {mb} MB more.",
-    "not_supported": "This file is not a JPEG, PNG, HEIC or DICOM image.",
-    "too_many_pixels": "This picture is too large to process. Send a photo taken with the phone's camera.",
-    "too_small": "This picture is too small. Photograph the whole film or screen so that it fills the frame.",
-    "damaged": "This picture cannot be read: it may be damaged or incomplete. Take the photo again.",
-    "dicom_unreadable": "This DICOM file cannot be read.",
-    "dicom_no_image": "This DICOM file holds no image.",
-    "dicom_too_large": "This DICOM image is too large to process.",
-    "wrong_patient": "This DICOM file belongs to another patient than the one of this upload session.",
-    "not_a_chest": PHONE_ADVICE,
-    "not_kept": "The uploaded file is no longer kept. Ask the staff for a new QR code.",
-    "failed": "The image could not be processed. Please ask the staff.",
-    "disk_full": "The hospital's system cannot take pictures right now. Please ask the staff.",
+    "invalid": N_("This upload link is not valid."),
+    "expired": N_("This upload link has expired. Ask the staff for a new QR code."),
+    "ended": N_("The staff have ended this upload link: it takes no more files."),
+    "results_gone": N_("The results of this upload link are no longer available."),
+    "no_such_upload": N_("No such upload in this session."),
+    "picture_not_ready": N_("The result picture is not ready."),
+    "file_limit": N_("This upload link takes no more files (limit: {files})."),
+    "too_large": N_("The file is too large: this upload link takes at most {mb} MB more."),
+    "not_supported": N_("This file is not a JPEG, PNG, HEIC or DICOM image."),
+    "too_many_pixels": N_("This picture is too large to process. Send a photo taken with the phone's camera."),
+    "too_small": N_("This picture is too small. Photograph the whole film or screen so that it fills the frame."),
+    "damaged": N_("This picture cannot be read: it may be damaged or incomplete. Take the photo again."),
+    "dicom_unreadable": N_("This DICOM file cannot be read."),
+    "dicom_no_image": N_("This DICOM file holds no image."),
+    "dicom_too_large": N_("This DICOM image is too large to process."),
+    "wrong_patient": N_("This DICOM file belongs to another patient than the one of this upload session."),
+    "not_a_chest": N_("This does not look like a chest X-ray. Photograph the whole chest film or screen, "
+                      "straight on and filling the frame, or send the original image."),
+    "not_kept": N_("The uploaded file is no longer kept. Ask the staff for a new QR code."),
+    "failed": N_("The image could not be processed. Please ask the staff."),
+    "disk_full": N_("The hospital's system cannot take pictures right now. Please ask the staff."),
 }
 
 #: Technical reasons, recognised by a part of their text, and the sentence the phone shows instead.

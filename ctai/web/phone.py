@@ -20,7 +20,8 @@ from starlette.concurrency import run_in_threadpool
 from ctai.types import Job
 from ctai.web.app import ApiError, Web, WebError, WebState
 from ctai.web.files import Rejected, clean_path, prepare
-from ctai.web.messages import PHONE
+from ctai.web.i18n import texts
+from ctai.web.messages import LABELS, PHONE
 from ctai.web.sessions import LimitExceeded, Session, Upload
 
 log = logging.getLogger("ctai.web")
@@ -39,38 +40,44 @@ def _session(w: Web, token: str, error: type[WebError], grace_s: float = 0.0) ->
     if session is None:
         raise error(404, PHONE["invalid"])
     if time.time() >= session.expires + grace_s:
-        raise error(410, PHONE["results_gone"] if grace_s else PHONE["expired"])
+        raise error(410, PHONE["results_gone"] if grace_s else _closed(session))
     return session
 
 
-def _too_large(room: int) -> str:
-    return PHONE["too_large"].format(mb=math.floor(room / MB * 10) / 10)
+def _closed(session: Session) -> str:
+    """Why a session past its expiry takes no more files."""
+    return PHONE["ended"] if session.ended else PHONE["expired"]
+
+
+def _too_large(room: int) -> dict:
+    """The fields of PHONE["too_large"]."""
+    return {"mb": math.floor(room / MB * 10) / 10}
 
 
 def _no_room(session: Session, size: int = 0) -> ApiError | None:
     """Why ``session`` cannot take a file of ``size`` bytes, or None if it can."""
     if time.time() >= session.expires:
-        return ApiError(410, PHONE["expired"])
+        return ApiError(410, _closed(session))
     if session.files >= session.max_files:
-        return ApiError(403, PHONE["file_limit"].format(files=_plural(session.max_files, "file")))
+        return ApiError(403, PHONE["file_limit"], files=session.max_files)
     if size > session.max_bytes - session.bytes:
-        return ApiError(413, _too_large(session.max_bytes - session.bytes))
+        return ApiError(413, PHONE["too_large"], **_too_large(session.max_bytes - session.bytes))
     return None
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def _state(w: Web, session: Session) -> dict:
+def _state(w: Web, session: Session, request: Request) -> dict:
     """What the page says about its link: ``limits`` while it takes files, else why not (``closed``)."""
+    t = texts(request)
     until = datetime.fromtimestamp(session.expires + _grace_s(w)).strftime("%H:%M")
     if error := _no_room(session, 1):
-        closed = f"{error.message} The results below stay here until {until}."
+        closed = t.gettext("{refusal} The results below stay here until {time}.").format(
+            refusal=error.text(request), time=until)
         return {"open": False, "limits": None, "closed": closed}
     minutes = max(1, math.ceil((session.expires - time.time()) / 60))
-    limits = (f"This link works for {_plural(minutes, 'more minute')} "
-              f"and up to {_plural(session.max_files - session.files, 'more file')}.")
+    files = session.max_files - session.files
+    limits = t.gettext("This link works for {minutes} and up to {files}.").format(
+        minutes=t.ngettext("{n} more minute", "{n} more minutes", minutes).format(n=minutes),
+        files=t.ngettext("{n} more file", "{n} more files", files).format(n=files))
     return {"open": True, "limits": limits, "closed": None}
 
 
@@ -86,7 +93,7 @@ async def _receive(request: Request, dest: Path, limit: int) -> int:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise Rejected(413, _too_large(limit))
+                raise Rejected(413, PHONE["too_large"], **_too_large(limit))
             f.write(chunk)
     return size
 
@@ -96,10 +103,11 @@ def _store(w: Web, session: Session, staged: Path, size: int) -> Upload:
     return w.store.add_upload(session, kind, keep, size)
 
 
-def _describe(w: Web, upload: Upload) -> dict:
-    """An upload as the phone page shows it."""
+def _describe(w: Web, upload: Upload, request: Request) -> dict:
+    """An upload as the phone page shows it (its error, a sentence of PHONE, in the reader's language)."""
     return {"id": upload.id, "status": upload.status, "label": upload.label,
-            "probabilities": upload.probabilities, "error": upload.error,
+            "probabilities": upload.probabilities,
+            "error": texts(request).gettext(upload.error) if upload.error else None,
             "created": datetime.fromtimestamp(upload.created).strftime("%H:%M"),
             "picture": w.store.picture_path(upload).exists()}
 
@@ -107,14 +115,17 @@ def _describe(w: Web, upload: Upload) -> dict:
 @router.get("/u/{token}")
 def upload_page(request: Request, token: str, w: WebState) -> Response:
     session = _session(w, token, WebError, _grace_s(w))
-    return w.page(request, "phone.html", **_state(w, session), result_minutes=w.settings["result_minutes"])
+    labels = {name: texts(request).gettext(label) for name, label in LABELS.items()}
+    return w.page(request, "phone.html", **_state(w, session, request), labels=labels,
+                  result_minutes=w.settings["result_minutes"])
 
 
 @router.get("/u/{token}/files")
-def session_state(token: str, w: WebState) -> dict:
+def session_state(request: Request, token: str, w: WebState) -> dict:
     """The link's state and all its uploads, oldest first (the page builds itself from this)."""
     session = _session(w, token, ApiError, _grace_s(w))
-    return {**_state(w, session), "uploads": [_describe(w, u) for u in w.store.session_uploads(session.id)]}
+    uploads = w.store.session_uploads(session.id)
+    return {**_state(w, session, request), "uploads": [_describe(w, u, request) for u in uploads]}
 
 
 @router.post("/u/{token}/files", status_code=201)
@@ -129,9 +140,10 @@ async def upload_file(request: Request, token: str, w: WebState) -> dict:
         size = await _receive(request, staged, session.max_bytes - session.bytes)
         upload = await run_in_threadpool(_store, w, session, staged, size)
     except Rejected as exc:
-        raise _refused(session, ApiError(exc.status, exc.message)) from exc
+        raise _refused(session, ApiError(exc.status, exc.message, **exc.fields)) from exc
     except LimitExceeded as exc:
-        error = _no_room(w.store.session(session.id) or session, size) or ApiError(410, PHONE["expired"])
+        session = w.store.session(session.id) or session
+        error = _no_room(session, size) or ApiError(410, _closed(session))
         raise _refused(session, error) from exc
     finally:
         for path in (staged, clean_path(staged)):
@@ -150,8 +162,8 @@ def _upload(w: Web, token: str, upload_id: str) -> Upload:
 
 
 @router.get("/u/{token}/files/{upload_id}")
-def upload_status(token: str, upload_id: str, w: WebState) -> dict:
-    return _describe(w, _upload(w, token, upload_id))
+def upload_status(request: Request, token: str, upload_id: str, w: WebState) -> dict:
+    return _describe(w, _upload(w, token, upload_id), request)
 
 
 @router.get("/u/{token}/files/{upload_id}/picture")

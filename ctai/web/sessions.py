@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY, token_hash TEXT UNIQUE NOT NULL,
     patient_id TEXT NOT NULL, patient_name TEXT NOT NULL, accession TEXT NOT NULL,
     created REAL NOT NULL, expires REAL NOT NULL, max_files INTEGER NOT NULL, max_bytes INTEGER NOT NULL,
-    files INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0);
+    files INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0, ended REAL);
 CREATE TABLE IF NOT EXISTS uploads (
     id TEXT PRIMARY KEY, session_id TEXT NOT NULL REFERENCES sessions(id), kind TEXT NOT NULL,
     size INTEGER NOT NULL, created REAL NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
@@ -58,6 +58,7 @@ class Session:
     max_bytes: int
     files: int
     bytes: int
+    ended: float | None = None  # when staff ended it (its expiry then too)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ class Store:
         self.path = self.root / "web.sqlite3"
         with self._connect() as db:
             db.executescript(SCHEMA)
+            if "ended" not in {row["name"] for row in db.execute("PRAGMA table_info(sessions)")}:
+                db.execute("ALTER TABLE sessions ADD COLUMN ended REAL")  # a data dir of ctai 0.x
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -123,9 +126,10 @@ class Store:
     def end_session(self, session_id: str) -> bool:
         """Expire a session now (staff ended it): its link takes no more files; its results stay
         visible for the usual time after."""
+        now = time.time()
         with self._connect() as db:
-            return db.execute("UPDATE sessions SET expires = MIN(expires, ?) WHERE id = ?",
-                              (time.time(), session_id)).rowcount == 1
+            return db.execute("UPDATE sessions SET ended = CASE WHEN expires > ? THEN ? ELSE ended END, "
+                              "expires = MIN(expires, ?) WHERE id = ?", (now, now, now, session_id)).rowcount == 1
 
     def session_for_token(self, token: str) -> Session | None:
         with self._connect() as db:
@@ -197,13 +201,14 @@ class Store:
         """The latest uploads, newest first, each with its session (for the staff page)."""
         with self._connect() as db:
             rows = db.execute("SELECT u.*, s.patient_id, s.patient_name, s.accession, "
-                              "s.created AS s_created, s.expires, s.max_files, s.max_bytes, s.files, s.bytes "
+                              "s.created AS s_created, s.expires, s.max_files, s.max_bytes, s.files, s.bytes, s.ended "
                               "FROM uploads u "
                               "JOIN sessions s ON s.id = u.session_id ORDER BY u.created DESC LIMIT ?",
                               (limit,)).fetchall()
         return [(_upload(row), Session(row["session_id"], row["patient_id"], row["patient_name"],
                                        row["accession"], row["s_created"], row["expires"], row["max_files"],
-                                       row["max_bytes"], row["files"], row["bytes"])) for row in rows]
+                                       row["max_bytes"], row["files"], row["bytes"], row["ended"]))
+                for row in rows]
 
     def purge(self, before: float) -> None:
         """Delete sessions that expired before ``before`` and have no job pending, files included."""
@@ -240,7 +245,7 @@ class Store:
 
 def _session(row: sqlite3.Row) -> Session:
     return Session(row["id"], row["patient_id"], row["patient_name"], row["accession"], row["created"],
-                   row["expires"], row["max_files"], row["max_bytes"], row["files"], row["bytes"])
+                   row["expires"], row["max_files"], row["max_bytes"], row["files"], row["bytes"], row["ended"])
 
 
 def _upload(row: sqlite3.Row) -> Upload:

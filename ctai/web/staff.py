@@ -22,7 +22,8 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from ctai.results import JobStore
 from ctai.web.app import Web, WebError, WebState
-from ctai.web.sessions import token_hash
+from ctai.web.i18n import N_, texts
+from ctai.web.sessions import Session, Upload, token_hash
 
 log = logging.getLogger("ctai.web")
 router = APIRouter()
@@ -30,9 +31,11 @@ router = APIRouter()
 STAFF_COOKIE = "ctai_staff"
 LOGIN_COOKIE = "ctai_login"
 RECENT_JOBS = 30
-EXPIRED_FORM = "This form has expired. Reload the page and try again."
+EXPIRED_FORM = N_("This form has expired. Reload the page and try again.")
+LOG_IN_FIRST = N_("Please log in first.")
+NO_SESSION = N_("No such upload session.")
 #: DICOM limits: Patient ID (LO) and Patient's Name (PN group) 64 characters, Accession Number (SH) 16.
-MAX_LENGTH = {"patient ID": 64, "patient name": 64, "accession number": 16}
+MAX_LENGTH = {N_("patient ID"): 64, N_("patient name"): 64, N_("accession number"): 16}
 
 Field = Annotated[str, Form()]
 
@@ -50,7 +53,7 @@ def _login_csrf(request: Request, w: Web) -> str | None:
 def _require_login(request: Request, w: Web, csrf: str) -> None:
     expected = _login_csrf(request, w)
     if expected is None:
-        raise WebError(401, "Please log in first.")
+        raise WebError(401, LOG_IN_FIRST)
     if not _same(csrf, expected):
         raise WebError(403, EXPIRED_FORM)
 
@@ -69,11 +72,11 @@ def _patient_field(value: str, name: str, required: bool = True) -> str:
     """A form value fit for a DICOM attribute, or a WebError saying what is wrong with it."""
     value = value.strip()
     if required and not value:
-        raise WebError(422, f"Please enter the {name}.")
+        raise WebError(422, N_("Please enter the {field}."), field=name)
     if len(value) > MAX_LENGTH[name]:
-        raise WebError(422, f"The {name} is longer than {MAX_LENGTH[name]} characters.")
+        raise WebError(422, N_("The {field} is longer than {n} characters."), field=name, n=MAX_LENGTH[name])
     if "\\" in value or any(unicodedata.category(c).startswith("C") for c in value):
-        raise WebError(422, f"The {name} contains characters that are not allowed.")
+        raise WebError(422, N_("The {field} contains characters that are not allowed."), field=name)
     return value
 
 
@@ -89,11 +92,11 @@ def root() -> Response:
     return RedirectResponse("/staff", status_code=303)
 
 
-def _uploads(w: Web) -> list[dict]:
-    """Recent phone uploads, each with its session, its job (why it failed, for the staff) and picture."""
+def _uploads(w: Web, uploads: list[tuple[Upload, Session]]) -> list[dict]:
+    """Phone uploads, each with its session, its job (why it failed, for the staff) and picture."""
     jobs = JobStore(w.config)
     return [{"upload": upload, "session": session, "job": jobs.get(f"upload-{upload.id}"),
-             "picture": w.store.picture_path(upload).exists()} for upload, session in w.store.recent_uploads()]
+             "picture": w.store.picture_path(upload).exists()} for upload, session in uploads]
 
 
 @router.get("/staff")
@@ -102,17 +105,18 @@ def dashboard(request: Request, w: WebState) -> Response:
     if csrf is None:
         return _login_page(request, w)
     jobs = [job for job in JobStore(w.config).latest(RECENT_JOBS) if job.source != "upload"]  # listed above
-    return w.page(request, "staff.html", csrf=csrf, uploads=_uploads(w), jobs=jobs)
+    return w.page(request, "staff.html", csrf=csrf, uploads=_uploads(w, w.store.recent_uploads()),
+                  jobs=jobs)
 
 
 @router.get("/staff/uploads/{upload_id}/picture")
 def upload_picture(request: Request, upload_id: str, w: WebState) -> Response:
     if _login_csrf(request, w) is None:
-        raise WebError(401, "Please log in first.")
+        raise WebError(401, LOG_IN_FIRST)
     upload = w.store.upload(upload_id)
     path = w.store.picture_path(upload) if upload else None
     if path is None or not path.exists():
-        raise WebError(404, "There is no result picture for this upload.")
+        raise WebError(404, N_("There is no result picture for this upload."))
     return FileResponse(path, media_type="image/png")
 
 
@@ -122,12 +126,13 @@ def login(request: Request, w: WebState, token: Field = "", csrf: Field = "") ->
         raise WebError(403, EXPIRED_FORM)
     client = request.client.host if request.client else ""
     if wait_s := w.login_failures.wait_s(client):  # even the right token waits: no guessing at speed
-        return _login_page(request, w, 429, f"Too many wrong tokens. Try again in {wait_s} seconds.",
-                           {"Retry-After": str(wait_s)})
+        wait = texts(request).ngettext("Too many wrong tokens. Try again in {n} second.",
+                                       "Too many wrong tokens. Try again in {n} seconds.", wait_s)
+        return _login_page(request, w, 429, wait.format(n=wait_s), {"Retry-After": str(wait_s)})
     if not hmac.compare_digest(token_hash(token), w.staff_secret_hash):
         log.warning("staff login refused: wrong token")
         w.login_failures.failed(client)
-        return _login_page(request, w, 401, "Wrong staff token.")
+        return _login_page(request, w, 401, texts(request).gettext("Wrong staff token."))
     ttl_s = float(w.settings["staff_login_minutes"]) * 60
     cookie, _ = w.store.create_staff_login(ttl_s)
     response = RedirectResponse("/staff", status_code=303)
@@ -150,9 +155,37 @@ def logout(request: Request, w: WebState, csrf: Field = "") -> Response:
 def end_session(request: Request, session_id: str, w: WebState, csrf: Field = "") -> Response:
     _require_login(request, w, csrf)
     if not w.store.end_session(session_id):
-        raise WebError(404, "No such upload session.")
+        raise WebError(404, NO_SESSION)
     log.info("upload session %s ended by staff", session_id)
-    return w.page(request, "message.html", message="The upload link is ended: it takes no more files.")
+    return w.page(request, "message.html",
+                  message=texts(request).gettext("The upload link is ended: it takes no more files."))
+
+
+def _link_state(request: Request, session: Session) -> str:
+    """What the staff read about an upload link: open (until when, files left) or why it is closed."""
+    t, until = texts(request), time.strftime("%H:%M", time.localtime(session.expires))
+    if session.ended:
+        return t.gettext("This upload link was ended at {time}: it takes no more files.").format(time=until)
+    if time.time() >= session.expires:
+        return t.gettext("This upload link expired at {time}: it takes no more files.").format(time=until)
+    if session.files >= session.max_files:
+        return t.gettext("This upload link is used up: all {n} files were sent.").format(n=session.max_files)
+    return t.gettext("Open until {time}: {used} of {n} files sent.").format(
+        time=until, used=session.files, n=session.max_files)
+
+
+@router.get("/staff/sessions/{session_id}/live")
+def session_live(request: Request, session_id: str, w: WebState) -> Response:
+    """The session page's live part (its link's state and uploads), which the page fetches every 2 s."""
+    if _login_csrf(request, w) is None:
+        raise WebError(401, LOG_IN_FIRST)
+    session = w.store.session(session_id)
+    if session is None:
+        raise WebError(404, NO_SESSION)
+    uploads = _uploads(w, [(upload, session) for upload in reversed(w.store.session_uploads(session_id))])
+    final = time.time() >= session.expires and all(row["upload"].status != "pending" for row in uploads)
+    return w.page(request, "session_live.html", session=session, uploads=uploads, final=final,
+                  state=_link_state(request, session))
 
 
 @router.post("/staff/sessions")
@@ -169,4 +202,5 @@ def create_session(request: Request, w: WebState, patient_id: Field = "", patien
                                             int(settings["max_files"]), int(settings["max_bytes"]))
     log.info("upload session %s started", session.id)
     url = f"{w.public_url}/u/{token}"
-    return w.page(request, "session.html", session=session, url=url, qr=qr_data_uri(url), csrf=csrf)
+    return w.page(request, "session.html", session=session, url=url, qr=qr_data_uri(url), csrf=csrf,
+                  state=_link_state(request, session), uploads=[], final=False)

@@ -1,5 +1,6 @@
 // Phone page: show the link's uploads from the server (so a reload loses nothing), send each
-// chosen file (raw body, progress shown), then poll for its result.
+// chosen file (raw body, progress shown), then poll for its result. Its sentences come from the
+// page (data-strings, translated there), with {fields} filled in by fill().
 "use strict";
 
 (() => {
@@ -9,7 +10,9 @@
   const limits = document.getElementById("limits");
   const closed = document.getElementById("closed");
   const buttons = document.querySelectorAll("button[data-input]");
-  const names = JSON.parse(list.dataset.labels);
+  const strings = JSON.parse(list.dataset.strings);
+  const names = strings.labels;
+  const fill = (text, fields) => text.replace(/\{(\w+)\}/g, (whole, key) => (key in fields ? fields[key] : whole));
   const shown = new Set();
   let queue = Promise.resolve();
   let sending = 0; // while a file is on its way, its upload may be listed before its card knows its id
@@ -31,13 +34,14 @@
   function fail(view, message) {
     view.node.classList.add("failed");
     view.progress.hidden = true;
-    view.state.textContent = message || "Something went wrong.";
+    view.state.textContent = message || strings.failed;
   }
 
   function show(upload, view) {
     view.progress.hidden = true;
-    view.state.textContent = `AI estimate: ${names[upload.label] || upload.label}`;
+    view.state.textContent = fill(strings.estimate, { label: names[upload.label] || upload.label });
     if (upload.picture) {
+      view.picture.alt = fill(strings.picture, { name: view.node.querySelector(".name").textContent });
       view.picture.addEventListener("load", () => { view.picture.hidden = false; });
       view.picture.src = `${base}/files/${upload.id}/picture`;
     }
@@ -56,7 +60,7 @@
     if (upload.status === "done") show(upload, view);
     else if (upload.status === "failed") fail(view, upload.error);
     else {
-      view.state.textContent = "Uploaded. Analysing…";
+      view.state.textContent = strings.analysing;
       poll(upload.id, view);
     }
   }
@@ -83,7 +87,7 @@
     const body = await response.json().catch(() => ({}));
     if (!response.ok) {
       body.open = false;
-      body.closed = body.error || "This upload link cannot be used.";
+      body.closed = body.error || strings.unusable;
     }
     limits.textContent = body.limits || "";
     limits.hidden = !body.open;
@@ -93,7 +97,7 @@
     (body.uploads || []).forEach((upload, index) => {
       if (sending || shown.has(upload.id)) return;
       shown.add(upload.id);
-      const view = item(`Picture ${index + 1}, sent at ${upload.created}`);
+      const view = item(fill(strings.sent, { n: index + 1, time: upload.created }));
       view.progress.value = 100;
       settle(upload, view);
     });
@@ -118,12 +122,12 @@
           view.progress.value = 100;
           settle(body, view);
         } else {
-          fail(view, body.error || `The upload failed (HTTP ${xhr.status}).`);
+          fail(view, body.error || fill(strings.http, { status: xhr.status }));
         }
         resolve();
       });
       xhr.addEventListener("error", () => {
-        fail(view, "The upload did not get through. Check the connection and try again.");
+        fail(view, strings.offline);
         resolve();
       });
       xhr.send(file);
