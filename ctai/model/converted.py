@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctai.model.backend import CHUNK, CalibratedClassifier
+from ctai.model.backend import CHUNK, CalibratedClassifier, with_class_maps
 from ctai.model.storage import load_network, network_file
 
 #: The ``[model] backend`` names.
@@ -59,8 +59,6 @@ def converted_network(folder: Path, cache: Path, maps: bool) -> Path:
 
 def export_onnx(folder: Path, path: Path, maps: bool) -> None:
     """Write the network of ``folder`` to ``path`` as ONNX (imports TensorFlow)."""
-    from ctai.model.backend import with_class_maps
-
     model = load_network(folder)
     model = (with_class_maps(model) if maps else None) or model
     model.predict_on_batch(np.zeros((1, *model.input.shape[1:]), dtype=np.float32))  # export needs a built graph
