@@ -7,8 +7,8 @@ The validation split is training's (``training.data.load``: patients split with 
 For each backend: how many labels equal Keras's, the largest probability difference |Δp| and
 heat-map difference, then per batch size the best of ``--repeat`` timings (wall clock and CPU) of
 the calibrated ``predict`` and its speed relative to Keras, the backends taking turns.
-``backend = "auto"`` (``ctai.model.converted.AUTO``) should be the fastest that keeps every label and |Δp| <= 0.005. OpenVINO's bfloat16 default
-(not offered as a backend) is measured for comparison.
+``backend = "auto"`` (``ctai.model.converted.AUTO``) should be the fastest that keeps every label
+and |Δp| <= 0.005. OpenVINO's bfloat16 default (not offered as a backend) is measured for comparison.
 """
 
 from __future__ import annotations
