@@ -78,8 +78,9 @@ def ctai_preprocess(image: SourceImage, size: int, config: Config) -> np.ndarray
 def ctai_classifier(config: Config) -> Classifier | None:
     """Provide the classifier backend.
 
-    Called once when the pipeline starts. The first non-None answer wins; the built-in
-    default loads the shipped TensorFlow model.
+    Called once when the pipeline starts. The first non-None answer wins; the built-in ones
+    run the shipped model on ``[model] backend``: ONNX Runtime or OpenVINO (``plugins/onnx.py``),
+    else Keras (``plugins/tensorflow.py``).
     """
 
 

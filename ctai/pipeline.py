@@ -6,7 +6,11 @@ job_finished. Every step after loading is a pluggy hook (``ctai.hookspecs``).
 
 from __future__ import annotations
 
+import os
+import queue
+import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from itertools import islice
 
@@ -19,6 +23,8 @@ from ctai.plugins import plugin_manager
 from ctai.types import CLASSES, Failure, Job, Prediction, Result, SourceImage
 
 Outcome = Result | Failure
+#: Batches read and preprocessed ahead of the one the network runs.
+AHEAD = 2
 
 
 class Pipeline:
@@ -26,6 +32,8 @@ class Pipeline:
         self.config = config
         self.pm = pm or plugin_manager(config)
         self._classifier: Classifier | None = None
+        # Selects and preprocesses a batch's images in parallel (Pillow and numpy release the GIL).
+        self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="ctai-prepare")
 
     @property
     def classifier(self) -> Classifier:
@@ -38,19 +46,26 @@ class Pipeline:
 
     def classify(self, images: list[SourceImage]) -> list[Prediction]:
         """Predictions for images, in the classifier's batches."""
-        size = self.classifier.input_size
         batch_size = int(self.config["model"]["batch_size"])
         predictions: list[Prediction] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            started = datetime.now()
-            x = np.stack([self.pm.hook.ctai_preprocess(image=im, size=size, config=self.config) for im in chunk])
-            probabilities, maps = self.scores(x.astype(np.float32))
-            for i, probs in enumerate(probabilities):
-                heatmap = None if maps is None else maps[i, :, :, int(np.argmax(probs))]
-                predictions.append(Prediction(dict(zip(CLASSES, map(float, probs), strict=True)),
-                                              self.classifier.info, heatmap, started))
+            predictions.extend(self._predictions(self._model_inputs(chunk)))
         return predictions
+
+    def _model_inputs(self, images: list[SourceImage]) -> np.ndarray:
+        size = self.classifier.input_size
+        inputs = self._pool.map(lambda im: self.pm.hook.ctai_preprocess(image=im, size=size, config=self.config),
+                                images)
+        return np.stack(list(inputs)).astype(np.float32)
+
+    def _predictions(self, x: np.ndarray) -> list[Prediction]:
+        """The predictions of a batch of model inputs, stamped with when the network started on it."""
+        started = datetime.now()
+        probabilities, maps = self.scores(x)
+        return [Prediction(dict(zip(CLASSES, map(float, probs), strict=True)), self.classifier.info,
+                           None if maps is None else maps[i, :, :, int(np.argmax(probs))], started)
+                for i, probs in enumerate(probabilities)]
 
     def scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities of model inputs, and their heat maps when ``[outputs] heatmap`` is on and
@@ -85,15 +100,23 @@ class Pipeline:
         return list(self.process(job, sources))
 
     def _classified(self, sources: Iterable[SourceImage | Failure]) -> Iterator[Outcome]:
-        """Outcomes in the order of the sources, classified a batch at a time."""
+        """Outcomes in the order of the sources, classified a batch at a time. The next batches
+        are read, selected and preprocessed (``_prepared``) in another thread while the network
+        runs this one and its outputs are made."""
+        for outcomes, x in _ahead(self._prepared(sources), AHEAD):
+            predictions = iter(self._predictions(x) if x is not None else ())
+            for outcome in outcomes:
+                yield Result(outcome, next(predictions)) if isinstance(outcome, SourceImage) else outcome
+
+    def _prepared(self, sources: Iterable[SourceImage | Failure]
+                  ) -> Iterator[tuple[list[Outcome | SourceImage], np.ndarray | None]]:
+        """Per batch of sources: each selected image or why not, and the selected ones' model inputs."""
         batch_size = int(self.config["model"]["batch_size"])
         iterator = iter(sources)
         while chunk := list(islice(iterator, batch_size)):
-            outcomes: list[Outcome | SourceImage] = [self._selected(source) for source in chunk]
+            outcomes = list(self._pool.map(self._selected, chunk))
             kept = [o for o in outcomes if isinstance(o, SourceImage)]
-            predictions = iter(self.classify(kept)) if kept else iter(())
-            for outcome in outcomes:
-                yield Result(outcome, next(predictions)) if isinstance(outcome, SourceImage) else outcome
+            yield outcomes, self._model_inputs(kept) if kept else None
 
     def _selected(self, source: SourceImage | Failure) -> SourceImage | Failure:
         """The source itself if it is to be classified, else why not."""
@@ -107,3 +130,43 @@ class Pipeline:
             for outputs in self.pm.hook.ctai_make_outputs(result=result, config=self.config):
                 result.outputs.extend(outputs or [])
         self.pm.hook.ctai_deliver(result=result, job=job, config=self.config)
+
+
+def _ahead(items: Iterator, depth: int) -> Iterator:
+    """``items``, produced by another thread up to ``depth`` ahead of the consumer. An exception
+    there is raised here, in order; closing this generator stops the producer."""
+    done = object()
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple) -> bool:
+        """Wait for room, unless the consumer has gone."""
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as error:  # handed to the consumer, raised there
+            put((done, error))
+
+    thread = threading.Thread(target=produce, name="ctai-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()

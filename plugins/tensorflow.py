@@ -1,4 +1,5 @@
-"""Built-in classifier backend: the shipped TensorFlow/Keras model, and the default preprocessing."""
+"""Built-in classifier backend: the shipped model run by TensorFlow/Keras, the reference (and what
+answers when ``plugins/onnx.py`` does not), and the default preprocessing."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,10 @@ import pytest
 from ctai import config as configuration
 from ctai.model.backend import shipped_model_dir
 from ctai.model.storage import has_network
+
+# The suite runs the Keras reference backend: converting the shipped network for the faster
+# backends takes a minute per data dir (tests/test_converted.py checks them on a small network).
+os.environ.setdefault("CTAI_MODEL__BACKEND", "keras")
 
 DATA = Path(__file__).parent / "data"
 IMAGES = DATA / "images"
@@ -34,6 +39,7 @@ def config(tmp_path: Path) -> configuration.Config:
     """The embedded defaults, with state in a fresh folder and no environment overrides."""
     cfg = configuration.load(environ={})
     cfg["data"]["dir"] = str(tmp_path / "ctai-data")
+    cfg["model"]["backend"] = "keras"
     return cfg
 
 
@@ -42,4 +48,4 @@ def pipeline():
     """One pipeline (and one loaded model) for the whole session."""
     from ctai.pipeline import Pipeline
 
-    return Pipeline(configuration.load(environ={}))
+    return Pipeline(configuration.load(environ={"CTAI_MODEL__BACKEND": "keras"}))

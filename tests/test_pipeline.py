@@ -1,5 +1,7 @@
 """The pipeline's order of steps and its batching, with a stand-in classifier plugin."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -108,3 +110,38 @@ def test_a_failing_delivery_fails_the_job_and_says_so(recorder):
     with pytest.raises(OSError):
         pipeline.run(Job(id="j", source="test"), sources(1))
     assert rec.events[-1] == "failed disk full"
+
+
+def test_the_next_batch_is_read_while_the_network_runs(recorder):
+    pipeline, rec = recorder
+    images, fifth_read, seen_while_running = sources(8), threading.Event(), []
+
+    def reading():
+        for i, image in enumerate(images):
+            if i == 4:
+                fifth_read.set()
+            yield image
+
+    predict = rec.classifier.predict
+
+    def slow_predict(batch):
+        seen_while_running.append(fifth_read.wait(timeout=10))
+        return predict(batch)
+
+    rec.classifier.predict = slow_predict
+    outcomes = pipeline.run(Job(id="j", source="test"), reading())
+    assert seen_while_running[0] is True  # batch 2's first image was read during batch 1
+    assert [o.source.path for o in outcomes] == [image.path for image in images]
+
+
+def test_an_error_while_reading_ahead_fails_the_job_after_the_batches_before_it(recorder):
+    pipeline, rec = recorder
+
+    def reading():
+        yield from sources(4)
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        pipeline.run(Job(id="j", source="test"), reading())
+    assert rec.classifier.batches == [4]
+    assert rec.events[-1] == "failed disk gone"

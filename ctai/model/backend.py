@@ -23,17 +23,18 @@ def shipped_model_dir() -> Path:
     return Path(str(resources.files("ctai.model").joinpath("artifact")))
 
 
-class KerasClassifier:
-    """Loads the network (``ctai.model.storage``) and ``model.json`` (name, version, input size,
-    calibration)."""
+class CalibratedClassifier:
+    """Reads ``model.json`` (name, version, input size, calibration) and turns a backend's raw
+    network outputs into calibrated probabilities and heat maps. A backend subclass provides
+    ``logits`` and, when ``has_maps``, ``logits_and_maps``."""
+
+    #: Whether the network also gives class-activation maps (``logits_and_maps``).
+    has_maps: bool = False
 
     def __init__(self, folder: Path) -> None:
         meta = json.loads((folder / "model.json").read_text())
         if tuple(meta["classes"]) != CLASSES:
             raise ValueError(f"{folder}: model classes {meta['classes']} are not {list(CLASSES)}")
-        self.model = load_network(folder)
-        #: The same network with a second output, its class-activation maps; None if it has none.
-        self.cam_model = with_class_maps(self.model)
         self.info = ModelInfo(meta["name"], meta["version"], meta.get("manufacturer", "ctai"))
         self.input_size = int(meta["input_size"])
         self.temperature = float(meta["temperature"])
@@ -41,22 +42,18 @@ class KerasClassifier:
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw network outputs, before calibration."""
-        # predict_on_batch runs a compiled graph: 7x faster than an eager call for one image.
-        return np.concatenate([np.asarray(self.model.predict_on_batch(batch[i:i + CHUNK]), dtype=np.float64)
-                               for i in range(0, len(batch), CHUNK)])
+        raise NotImplementedError
 
     def logits_and_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw network outputs and, from the same forward pass, the raw class-activation maps
-        (n, h, w, classes), whose spatial mean is the logits. Needs ``cam_model``."""
-        chunks = [self.cam_model.predict_on_batch(batch[i:i + CHUNK]) for i in range(0, len(batch), CHUNK)]
-        return (np.concatenate([np.asarray(logits, dtype=np.float64) for logits, _ in chunks]),
-                np.concatenate([np.asarray(maps, dtype=np.float32) for _, maps in chunks]))
+        (n, h, w, classes), whose spatial mean is the logits."""
+        raise NotImplementedError
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return self._calibrated(self.logits(batch))
 
     def predict_with_heatmaps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.cam_model is None:
+        if not self.has_maps:
             return self.predict(batch), None
         logits, maps = self.logits_and_maps(batch)
         return self._calibrated(logits), unit_range(maps)
@@ -66,6 +63,27 @@ class KerasClassifier:
         logits -= logits.max(axis=1, keepdims=True)
         e = np.exp(logits)
         return e / e.sum(axis=1, keepdims=True)
+
+
+class KerasClassifier(CalibratedClassifier):
+    """The network as Keras runs it (``ctai.model.storage``): the reference backend."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.model = load_network(folder)
+        #: The same network with a second output, its class-activation maps; None if it has none.
+        self.cam_model = with_class_maps(self.model)
+        self.has_maps = self.cam_model is not None
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        # predict_on_batch runs a compiled graph: 7x faster than an eager call for one image.
+        return np.concatenate([np.asarray(self.model.predict_on_batch(batch[i:i + CHUNK]), dtype=np.float64)
+                               for i in range(0, len(batch), CHUNK)])
+
+    def logits_and_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        chunks = [self.cam_model.predict_on_batch(batch[i:i + CHUNK]) for i in range(0, len(batch), CHUNK)]
+        return (np.concatenate([np.asarray(logits, dtype=np.float64) for logits, _ in chunks]),
+                np.concatenate([np.asarray(maps, dtype=np.float32) for _, maps in chunks]))
 
 
 def with_class_maps(model):

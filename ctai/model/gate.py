@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ctai.model.converted import Network, converted_network
 from ctai.model.preprocess import to_model_input
 from ctai.model.storage import load_network
 
@@ -44,18 +45,25 @@ def rule_refusal(image: np.ndarray) -> str | None:
 
 
 class ChestGate:
-    """Loads the network (``ctai.model.storage``) and ``model.json`` (version, input size) from ``folder``."""
+    """Loads the network and ``model.json`` (version, input size) from ``folder``, to run on
+    ``backend`` (``ctai.model.converted.BACKENDS``; a converted one is cached in ``cache``)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, backend: str = "keras", cache: Path | None = None) -> None:
         meta = json.loads((folder / "model.json").read_text())
-        self.model = load_network(folder)
+        if backend == "keras":
+            self._network = load_network(folder).predict_on_batch
+        else:
+            if cache is None:
+                raise ValueError(f"the {backend} backend needs a cache folder for its converted network")
+            network = Network(converted_network(folder, cache, maps=False), backend)
+            self._network = lambda x: network(x)[0]
         self.version = str(meta["version"])
         self.input_size = int(meta["input_size"])
 
     def scores(self, images: list[np.ndarray]) -> np.ndarray:
         """p(frontal chest radiograph) of each display-ready image."""
         x = np.stack([to_model_input(image, self.input_size) for image in images])
-        logits = np.asarray(self.model.predict_on_batch(x), dtype=np.float64)
+        logits = np.asarray(self._network(x), dtype=np.float64)
         logits -= logits.max(axis=1, keepdims=True)
         e = np.exp(logits)
         return e[:, 1] / e.sum(axis=1)

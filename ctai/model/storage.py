@@ -16,13 +16,19 @@ def has_network(folder: Path) -> bool:
     return (folder / KERAS_FILE).exists() or (folder / FLOAT16_FILE).exists()
 
 
+def network_file(folder: Path) -> Path:
+    """The file that holds the network of ``folder`` (``load_network`` reads it)."""
+    return folder / KERAS_FILE if (folder / KERAS_FILE).exists() else folder / FLOAT16_FILE
+
+
 def load_network(folder: Path):
     """The Keras model stored in ``folder``, in float32."""
     import keras
 
-    if (folder / KERAS_FILE).exists():
-        return keras.saving.load_model(folder / KERAS_FILE, compile=False)
-    with np.load(folder / FLOAT16_FILE) as stored:
+    path = network_file(folder)
+    if path.name == KERAS_FILE:
+        return keras.saving.load_model(path, compile=False)
+    with np.load(path) as stored:
         model = keras.models.model_from_json(str(stored["architecture"]))
         model.set_weights([stored[k].astype(np.float32) for k in sorted(stored.files) if k.startswith("w")])
     return model

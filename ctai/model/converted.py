@@ -1,0 +1,116 @@
+"""Faster CPU backends: the Keras network converted to ONNX, run by ONNX Runtime or OpenVINO.
+
+The network is converted once, on first load (``keras.Model.export(format="onnx")``, which
+needs TensorFlow and tf2onnx but no network access), and cached under the data dir keyed by
+the hash of the network file: later start-ups read the ONNX file without importing
+TensorFlow. OpenVINO reads the same ONNX file and runs it in float32 (its bfloat16 default
+moves probabilities too far: docs/model-card.md, "Backends").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ctai.model.backend import CHUNK, CalibratedClassifier, with_class_maps
+from ctai.model.storage import load_network, network_file
+
+#: The ``[model] backend`` names.
+BACKENDS = ("keras", "onnxruntime", "openvino")
+#: What ``backend = "auto"`` means: the fastest that kept every validation label and moved no
+#: probability more than 0.005 (benchmarks/backends.py; docs/model-card.md, "Backends").
+AUTO = "onnxruntime"
+#: Part of the cache key: raise it when the conversion changes.
+CONVERSION = 1
+
+
+def backend_name(configured: str) -> str:
+    """The backend that ``[model] backend`` names ("auto" resolved)."""
+    name = AUTO if configured == "auto" else configured
+    if name not in BACKENDS:
+        raise ValueError(f"[model] backend must be auto or one of {', '.join(BACKENDS)}, not {configured!r}")
+    return name
+
+
+def cache_dir(data: str) -> Path:
+    """Where converted networks are kept under the data dir ``[data] dir``."""
+    return Path(data).expanduser() / "converted-models"
+
+
+def converted_network(folder: Path, cache: Path, maps: bool) -> Path:
+    """The ONNX file of the network stored in ``folder`` (with its class-activation maps as a
+    second output when ``maps`` and the network has them), converted now if not cached yet."""
+    digest = hashlib.sha256(network_file(folder).read_bytes()).hexdigest()[:24]
+    path = cache / f"{digest}-{'maps' if maps else 'logits'}-v{CONVERSION}.onnx"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.part")
+        try:
+            export_onnx(folder, partial, maps)
+            partial.replace(path)  # atomic: another process never reads half a file
+        finally:
+            partial.unlink(missing_ok=True)
+    return path
+
+
+def export_onnx(folder: Path, path: Path, maps: bool) -> None:
+    """Write the network of ``folder`` to ``path`` as ONNX (imports TensorFlow)."""
+    model = load_network(folder)
+    model = (with_class_maps(model) if maps else None) or model
+    model.predict_on_batch(np.zeros((1, *model.input.shape[1:]), dtype=np.float32))  # export needs a built graph
+    model.export(str(path), format="onnx", verbose=False)
+
+
+class Network:
+    """An ONNX file run by ``engine`` ("onnxruntime" or "openvino"): called on a float32 batch,
+    it returns the network's outputs. Safe to call from several threads. OpenVINO computes in
+    float32 unless ``float32`` is False (then its device default: bfloat16 where the CPU has it)."""
+
+    def __init__(self, path: Path, engine: str, float32: bool = True) -> None:
+        self.engine = engine
+        if engine == "onnxruntime":
+            import onnxruntime
+
+            self._session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self._input = self._session.get_inputs()[0].name
+            self.outputs = len(self._session.get_outputs())
+        elif engine == "openvino":
+            import openvino
+
+            hints = {"INFERENCE_PRECISION_HINT": "f32"} if float32 else {}
+            self._compiled = openvino.Core().compile_model(str(path), "CPU", hints)
+            self._lock = threading.Lock()  # one infer request, whose output buffers the next call reuses
+            self.outputs = len(self._compiled.outputs)
+        else:
+            raise ValueError(f"no such engine: {engine}")
+
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if self.engine == "onnxruntime":
+            return self._session.run(None, {self._input: batch})
+        with self._lock:
+            results = self._compiled(batch)
+            return [np.array(results[output]) for output in self._compiled.outputs]
+
+
+class ConvertedClassifier(CalibratedClassifier):
+    """The classifier of ``folder`` run by ONNX Runtime or OpenVINO (``engine``), its ONNX
+    file cached in ``cache``."""
+
+    def __init__(self, folder: Path, engine: str, cache: Path) -> None:
+        super().__init__(folder)
+        self.network = Network(converted_network(folder, cache, maps=True), engine)
+        self.has_maps = self.network.outputs == 2
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.asarray(self.network(batch[i:i + CHUNK])[0], dtype=np.float64)
+                               for i in range(0, len(batch), CHUNK)])
+
+    def logits_and_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        chunks = [self.network(batch[i:i + CHUNK]) for i in range(0, len(batch), CHUNK)]
+        return (np.concatenate([np.asarray(logits, dtype=np.float64) for logits, _ in chunks]),
+                np.concatenate([np.asarray(maps, dtype=np.float32) for _, maps in chunks]))

@@ -1,0 +1,107 @@
+"""The faster backends (``ctai.model.converted``): a network converted to ONNX once, cached, run
+by ONNX Runtime or OpenVINO with Keras's probabilities and heat maps, and loaded again without
+TensorFlow. A small untrained ResNet stands in for the shipped ensemble (whose conversion takes
+a minute: benchmarks/backends.py compares that one on the validation split)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ctai.model.backend import KerasClassifier
+from ctai.model.converted import ConvertedClassifier, backend_name, converted_network
+from ctai.model.gate import ChestGate, shipped_gate_dir
+from ctai.types import CLASSES
+from tests.conftest import IMAGES
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    import keras
+
+    from training.resnet import build_resnet
+
+    keras.utils.set_random_seed(3)
+    folder = tmp_path_factory.mktemp("converted") / "model"
+    folder.mkdir()
+    build_resnet(18, 4, SIZE, dropout=0.0).save(folder / "model.keras")
+    meta = {"name": "tiny", "version": "0", "classes": list(CLASSES), "input_size": SIZE,
+            "temperature": 0.05, "bias": [0.0, 0.3, -0.2]}  # a low temperature magnifies any difference
+    (folder / "model.json").write_text(json.dumps(meta))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cache(model, tmp_path_factory) -> Path:
+    cache = tmp_path_factory.mktemp("cache")
+    converted_network(model, cache, maps=True)
+    return cache
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_a_converted_network_gives_keras_probabilities_and_heat_maps(model, cache, engine):
+    x = np.random.default_rng(0).standard_normal((5, SIZE, SIZE, 1)).astype(np.float32)
+    reference, converted = KerasClassifier(model), ConvertedClassifier(model, engine, cache)
+    assert converted.has_maps
+    p_ref, maps_ref = reference.predict_with_heatmaps(x)
+    p, maps = converted.predict_with_heatmaps(x)
+    np.testing.assert_allclose(p, p_ref, atol=1e-4)
+    np.testing.assert_allclose(maps, maps_ref, atol=1e-3)
+    np.testing.assert_allclose(converted.predict(x), p, atol=1e-6)
+
+
+def test_the_conversion_is_cached_by_the_network_file(model, cache):
+    before = sorted(cache.iterdir())
+    assert converted_network(model, cache, maps=True) in before
+    assert sorted(cache.iterdir()) == before  # not converted again, no partial files left
+
+
+def test_the_gate_scores_alike_on_a_converted_backend(cache):
+    images = [np.random.default_rng(1).random((200, 180)), np.linspace(0, 1, 150 * 150).reshape(150, 150)]
+    keras_gate, fast_gate = ChestGate(shipped_gate_dir()), ChestGate(shipped_gate_dir(), "onnxruntime", cache)
+    np.testing.assert_allclose(fast_gate.scores(images), keras_gate.scores(images), atol=1e-4)
+
+
+# `ctai classify` with TensorFlow and Keras made unimportable: the cached networks must do.
+CLASSIFY_WITHOUT_TENSORFLOW = """
+import sys
+sys.modules["tensorflow"] = sys.modules["keras"] = None
+from ctai.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_with_its_conversions_cached_the_service_starts_without_tensorflow(model, cache, tmp_path):
+    data = tmp_path / "data"
+    (data / "converted-models").parent.mkdir()
+    (data / "converted-models").symlink_to(cache)
+    converted_network(shipped_gate_dir(), cache, maps=False)  # the gate's, as its first use converts it
+    image = sorted(IMAGES.glob("*.jpeg"))[0]
+    env = {"CTAI_MODEL__BACKEND": "onnxruntime", "CTAI_MODEL__PATH": str(model), "CTAI_DATA__DIR": str(data)}
+    run = subprocess.run([sys.executable, "-c", CLASSIFY_WITHOUT_TENSORFLOW, "classify", "--json", str(image)],
+                         env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    row = json.loads(run.stdout)
+    expected = KerasClassifier(model).predict(_model_input(image)[None])[0]
+    np.testing.assert_allclose([row["probabilities"][c] for c in CLASSES], expected, atol=1e-4)
+
+
+def _model_input(path: Path) -> np.ndarray:
+    from ctai.inputs.images import read_gray
+    from ctai.model.preprocess import to_model_input
+
+    return to_model_input(read_gray(path), SIZE)
+
+
+def test_an_unknown_backend_is_a_clear_error():
+    assert backend_name("auto") in ("keras", "onnxruntime", "openvino")
+    with pytest.raises(ValueError, match="backend must be auto or one of"):
+        backend_name("tensorrt")
