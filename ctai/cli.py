@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from ctai import config as configuration
 from ctai.types import CLASSES, Failure, Job, Result, SourceImage
+
+if TYPE_CHECKING:
+    from ctai.results import JobRecord
 
 
 def _inputs(paths: list[Path], patient) -> Iterator[SourceImage | Failure]:
@@ -102,6 +106,77 @@ def cmd_plugins(args: argparse.Namespace, config: configuration.Config) -> int:
     return 0
 
 
+def cmd_outbox(args: argparse.Namespace, config: configuration.Config) -> int:
+    """``ctai outbox [--send]``, ``ctai outbox retry ID|--all``, ``ctai outbox drop ID``.
+
+    Lists the messages not delivered yet, pending and dead letters; exits 1 if there are any.
+    """
+    from ctai.outbox import Outbox, send_now
+
+    outbox = Outbox.from_config(config)
+    if args.action == "retry":
+        print(f"{outbox.revive(None if args.all else args.id)} dead letter(s) pending again")
+    elif args.action == "drop":
+        if not outbox.drop(args.id):
+            print(f"ctai: no pending message or dead letter #{args.id}", file=sys.stderr)
+            return 2
+        print(f"#{args.id} dropped")
+    if args.send:
+        for channel, delivered in send_now(config).items():
+            print(f"{channel}: " + ("being sent by another ctai process" if delivered is None
+                                    else f"{delivered} delivered now"))
+    waiting = outbox.messages("pending") + outbox.messages("dead")
+    for m in waiting:
+        print(f"#{m.id} {m.channel} {m.state} {m.key} attempts={m.attempts} {m.last_error or ''}".rstrip())
+    return 1 if waiting else 0
+
+
+def cmd_jobs(args: argparse.Namespace, config: configuration.Config) -> int:
+    from ctai.errors import TransientError
+    from ctai.results import JobStore
+
+    try:
+        records = JobStore(config).latest(args.limit, args.status)
+    except (TransientError, RuntimeError) as exc:  # Redis down, full or refusing the password
+        print(f"ctai jobs: {exc}", file=sys.stderr)
+        return 1
+    for record in records:
+        print(json.dumps(record.as_dict()) if args.json else _job_line(record))
+    return 0
+
+
+def _job_line(record: JobRecord) -> str:
+    """One line of ``ctai jobs``."""
+    when = record.finished or record.started or record.enqueued
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if when else "-"
+    probs = "  ".join(f"{c} {record.probabilities[c]:6.1%}" for c in CLASSES) if record.probabilities else ""
+    seconds = f"{record.seconds:.1f} s" if record.seconds is not None else ""
+    line = f"{stamp}  {record.id:<50} {record.status:<8} {record.label or '':<9} {probs} {seconds}"
+    return line.rstrip() + (f"  {record.error}" if record.error else "")
+
+
+def cmd_serve(args: argparse.Namespace, config: configuration.Config) -> int:
+    from ctai import serve
+
+    return serve.serve(config)
+
+
+def cmd_worker(args: argparse.Namespace, config: configuration.Config) -> int:
+    from ctai import serve
+
+    serve.setup_logging()
+    return serve.run_services(serve.worker_services(config))
+
+
+def cmd_web(args: argparse.Namespace, config: configuration.Config) -> int:
+    """``ctai web``: the web app alone, in the foreground; uploads are classified by ``ctai worker``."""
+    from ctai import serve
+    from ctai.web.app import WebService
+
+    serve.setup_logging()
+    return serve.run_services([WebService(config)])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctai", description="AI chest-image classification for PACS and HIS.")
     parser.add_argument("--config", type=Path, help="TOML configuration file (default: $CTAI_CONFIG)")
@@ -135,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("outbox", help="messages to the PACS and HIS not delivered yet, pending or dead"
                             " letters (exit 1 if any)")
     p.add_argument("--send", action="store_true", help="send every pending message now, ignoring backoff")
-    p.set_defaults(func=_command("ctai.outbox:cmd_outbox"))
+    p.set_defaults(func=cmd_outbox)
     actions = p.add_subparsers(dest="action")
     retry = actions.add_parser("retry", help="make a dead letter (or --all) pending again")
     which = retry.add_mutually_exclusive_group(required=True)
@@ -145,28 +220,20 @@ def build_parser() -> argparse.ArgumentParser:
     drop.add_argument("id", type=int)
 
     p = commands.add_parser("web", help="run the phone-upload web app ([web] in the configuration)")
-    p.set_defaults(func=_command("ctai.web.app:cmd_web"))
+    p.set_defaults(func=cmd_web)
 
     p = commands.add_parser("serve", help="run Orthanc with ctai's plugin, the worker and the other services")
-    p.set_defaults(func=_command("ctai.serve:cmd_serve"))
+    p.set_defaults(func=cmd_serve)
 
     p = commands.add_parser("worker", help="run queued jobs (Orthanc series, listener, uploads)")
-    p.set_defaults(func=_command("ctai.worker:cmd_worker"))
+    p.set_defaults(func=cmd_worker)
 
     p = commands.add_parser("jobs", help="list jobs: status, label, probabilities, time, error")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--status", choices=["pending", "running", "done", "failed", "skipped"])
     p.add_argument("--json", action="store_true", help="one JSON object per line per job")
-    p.set_defaults(func=_command("ctai.results:cmd_jobs"))
+    p.set_defaults(func=cmd_jobs)
     return parser
-
-
-def _command(target: str):
-    """A subcommand implemented in another module ("module:function"), imported when it runs."""
-    def run(args: argparse.Namespace, config: configuration.Config) -> int:
-        module, name = target.split(":")
-        return getattr(importlib.import_module(module), name)(args, config)
-    return run
 
 
 def main(argv: list[str] | None = None) -> int:

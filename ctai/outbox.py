@@ -24,12 +24,10 @@ for a person: ``ctai outbox retry`` makes it pending again, ``ctai outbox drop``
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import json
 import logging
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -420,26 +418,3 @@ class OutboxSender:
                         log.exception("outbox %s: database error; trying again", channel)
                     _put.wait(seen, self.poll_seconds)
             self._stop.wait(self.poll_seconds)
-
-
-def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
-    """``ctai outbox [--send]``, ``ctai outbox retry ID|--all``, ``ctai outbox drop ID``.
-
-    Lists the messages not delivered yet, pending and dead letters; exits 1 if there are any.
-    """
-    outbox = Outbox.from_config(config)
-    if args.action == "retry":
-        print(f"{outbox.revive(None if args.all else args.id)} dead letter(s) pending again")
-    elif args.action == "drop":
-        if not outbox.drop(args.id):
-            print(f"ctai: no pending message or dead letter #{args.id}", file=sys.stderr)
-            return 2
-        print(f"#{args.id} dropped")
-    if args.send:
-        for channel, delivered in send_now(config).items():
-            print(f"{channel}: " + ("being sent by another ctai process" if delivered is None
-                                    else f"{delivered} delivered now"))
-    waiting = outbox.messages("pending") + outbox.messages("dead")
-    for m in waiting:
-        print(f"#{m.id} {m.channel} {m.state} {m.key} attempts={m.attempts} {m.last_error or ''}".rstrip())
-    return 1 if waiting else 0

@@ -7,10 +7,8 @@ listener, the web app); ``ctai jobs`` reads it. Status: pending, running, done, 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +16,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ctai.config import Config, data_dir
-from ctai.errors import TransientError
 from ctai.types import CLASSES, Failure, Job, Result
 
 PENDING, RUNNING, DONE, FAILED, SKIPPED = "pending", "running", "done", "failed", "skipped"
@@ -359,24 +356,3 @@ class RedisJobStore(JobStore):
             seconds=floats["seconds"], error=h.get("error"), enqueued=floats["enqueued"],
             started=floats["started"], finished=floats["finished"], attempts=int(h.get("attempts", 0)),
             owner=h.get("owner"), options=json.loads(h.get("options", "{}")), lease=floats["lease"])
-
-
-def format_record(record: JobRecord) -> str:
-    """One line of ``ctai jobs``."""
-    when = record.finished or record.started or record.enqueued
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if when else "-"
-    probs = "  ".join(f"{c} {record.probabilities[c]:6.1%}" for c in CLASSES) if record.probabilities else ""
-    seconds = f"{record.seconds:.1f} s" if record.seconds is not None else ""
-    line = f"{stamp}  {record.id:<50} {record.status:<8} {record.label or '':<9} {probs} {seconds}"
-    return line.rstrip() + (f"  {record.error}" if record.error else "")
-
-
-def cmd_jobs(args: argparse.Namespace, config: Config) -> int:
-    try:
-        records = JobStore(config).latest(args.limit, args.status)
-    except (TransientError, RuntimeError) as exc:  # Redis down, full or refusing the password
-        print(f"ctai jobs: {exc}", file=sys.stderr)
-        return 1
-    for record in records:
-        print(json.dumps(record.as_dict()) if args.json else format_record(record))
-    return 0

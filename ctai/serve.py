@@ -8,7 +8,6 @@ service starts: slow set-up in the background (the worker loads the model while 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -220,7 +219,18 @@ def setup_logging() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+def worker_services(config: Config) -> list[Service]:
+    """What ``ctai worker`` runs on an extra machine: the worker, the outbox sender (the outbox
+    holds what this machine's jobs must deliver, so this machine sends it) and the metrics."""
+    worker = WorkerService(config)
+    found: list[Service] = [worker, OutboxSender(config)]
+    if config["metrics"]["enabled"]:
+        found.append(MetricsService(config, worker.alive, worker.model))
+    return found
+
+
+def serve(config: Config) -> int:
+    """``ctai serve``: every configured service, until SIGINT or SIGTERM."""
     setup_logging()
     log.info("serve: state in %s", data_dir(config).resolve())
     if config["orthanc"]["run"]:

@@ -16,7 +16,6 @@ so no two workers run a job at once.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import socket
@@ -233,12 +232,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def cmd_worker(args: argparse.Namespace, config: Config) -> int:
-    from ctai.outbox import OutboxSender
-    from ctai.serve import WorkerService, run_services, setup_logging
-
-    setup_logging()
-    # The outbox holds what this machine's jobs must deliver (C-STORE, HL7): this machine sends it.
-    return run_services([WorkerService(config), OutboxSender(config)])

@@ -144,6 +144,7 @@ class WorkerProcess:
         self.config = json.loads(json.dumps(config))
         self.config["data"]["dir"] = str(folder)
         self.config["orthanc"]["run"] = False
+        self.config["metrics"]["enabled"] = False  # several on one machine would share the port
         folder.mkdir(parents=True, exist_ok=True)
         self.config_path = folder / "ctai.toml"
         self.config_path.write_text(to_toml(self.config))

@@ -8,7 +8,6 @@ job, and the ``upload`` plugin records its result for the phone.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
@@ -222,14 +221,6 @@ def _server(config: Config, app: FastAPI) -> uvicorn.Server:
     settings = config["web"]
     return uvicorn.Server(uvicorn.Config(app, host=settings["host"], port=int(settings["port"]),
                                          server_header=False))
-
-
-def cmd_web(args: argparse.Namespace, config: Config) -> int:
-    """``ctai web``: the web app alone, in the foreground; uploads are classified by ``ctai worker``."""
-    from ctai.serve import run_services, setup_logging
-
-    setup_logging()
-    return run_services([WebService(config)])
 
 
 class WebService:
