@@ -255,3 +255,18 @@ def test_a_phone_upload_that_cannot_be_queued_is_answered_with_a_plain_sentence(
         assert response.status_code == 503 and response.json()["error"] == PHONE["queue_down"]
     [(upload, _)] = Store(config).recent_uploads()
     assert (upload.status, upload.error) == ("failed", PHONE["queue_down"])  # not left pending for ever
+
+
+def test_the_staff_dashboard_says_when_the_job_records_cannot_be_read(config, server):
+    from fastapi.testclient import TestClient
+
+    from ctai.web.app import create_app
+    from tests.test_web import STAFF_TOKEN, login
+
+    config["web"]["staff_token"] = STAFF_TOKEN
+    config["queue"].update(backend="redis", url=server.url, wait_seconds=0.5)
+    with TestClient(create_app(config)) as client:
+        login(client)
+        server.stop()
+        page = client.get("/staff")
+        assert page.status_code == 200 and "database does not answer" in page.text

@@ -20,6 +20,7 @@ import qrcode
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
+from ctai.errors import TransientError
 from ctai.results import JobStore
 from ctai.web.app import Web, WebError, WebState
 from ctai.web.i18n import N_, texts
@@ -92,10 +93,21 @@ def root() -> Response:
     return RedirectResponse("/staff", status_code=303)
 
 
-def _uploads(w: Web, uploads: list[tuple[Upload, Session]]) -> list[dict]:
+def _jobs(w: Web) -> JobStore | None:
+    """The job records, or None while their store (a shared Redis) does not answer: the pages
+    then show the uploads without their jobs, and say why."""
+    try:
+        store = JobStore(w.config)
+        store.latest(1)
+        return store
+    except (TransientError, RuntimeError) as exc:
+        log.warning("web: the job records cannot be read: %s", exc)
+        return None
+
+
+def _uploads(w: Web, uploads: list[tuple[Upload, Session]], jobs: JobStore | None) -> list[dict]:
     """Phone uploads, each with its session, its job (why it failed, for the staff) and picture."""
-    jobs = JobStore(w.config)
-    return [{"upload": upload, "session": session, "job": jobs.get(f"upload-{upload.id}"),
+    return [{"upload": upload, "session": session, "job": jobs.get(f"upload-{upload.id}") if jobs else None,
              "picture": w.store.picture_path(upload).exists()} for upload, session in uploads]
 
 
@@ -104,9 +116,10 @@ def dashboard(request: Request, w: WebState) -> Response:
     csrf = _login_csrf(request, w)
     if csrf is None:
         return _login_page(request, w)
-    jobs = [job for job in JobStore(w.config).latest(RECENT_JOBS) if job.source != "upload"]  # listed above
-    return w.page(request, "staff.html", csrf=csrf, uploads=_uploads(w, w.store.recent_uploads()),
-                  jobs=jobs)
+    store = _jobs(w)
+    jobs = [job for job in store.latest(RECENT_JOBS) if job.source != "upload"] if store else []  # uploads above
+    return w.page(request, "staff.html", csrf=csrf, uploads=_uploads(w, w.store.recent_uploads(), store),
+                  jobs=jobs, jobs_unreadable=store is None)
 
 
 @router.get("/staff/uploads/{upload_id}/picture")
@@ -182,7 +195,7 @@ def session_live(request: Request, session_id: str, w: WebState) -> Response:
     session = w.store.session(session_id)
     if session is None:
         raise WebError(404, NO_SESSION)
-    uploads = _uploads(w, [(upload, session) for upload in reversed(w.store.session_uploads(session_id))])
+    uploads = _uploads(w, [(upload, session) for upload in reversed(w.store.session_uploads(session_id))], _jobs(w))
     final = time.time() >= session.expires and all(row["upload"].status != "pending" for row in uploads)
     return w.page(request, "session_live.html", session=session, uploads=uploads, final=final,
                   state=_link_state(request, session))
