@@ -262,7 +262,7 @@ def test_used_up_expired_and_gone_links_say_so(served, browser, lang):
 
 @pytest.mark.parametrize("lang", LANGUAGES)
 def test_staff_pages_in_both_languages(served, browser, lang):
-    JobStore(served.config).finish(Job("1.2.3.4", "listener"), Summary("failed", error="cannot read"), 1.0)
+    JobStore(served.config).finish(Job("1.2.3.4", "listener"), "test", Summary("failed", error="cannot read"), 1.0)
     page = staff_page(browser, lang)
     page.goto(f"{served.base}/staff")
     expect(page.locator("html")).to_have_attribute("lang", lang)
@@ -326,8 +326,8 @@ def test_keyboard_alone_uploads(served, browser):
 @pytest.mark.parametrize("width", [360, 412])
 def test_no_page_is_wider_than_the_phone(served, browser, width):
     long_job = Job("1.2.840.113619.2.55.3.604688119.969.1234567890.123", "listener")  # a series UID
-    JobStore(served.config).finish(long_job, Summary("failed", error=f"cannot read {'/very/long/path' * 8}"),
-                                   1.0)
+    JobStore(served.config).finish(long_job, "test",
+                                   Summary("failed", error=f"cannot read {'/very/long/path' * 8}"), 1.0)
     page = phone_page(browser, viewport={"width": width, "height": 800})
     # against the width set: a mobile browser widens innerWidth to fit content that overflows
     overflow = f"document.documentElement.scrollWidth - {width}"
