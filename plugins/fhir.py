@@ -11,8 +11,9 @@ finding (DCM 121071 Finding = the SNOMED CT code of the predicted class, a quali
 evaluation), made by the algorithm as a ``Device`` (TID 4019: name, version, manufacturer).
 Patient, order and study are logical references by identifier (Patient ID and issuer, the
 Accession Number as the ServiceRequest's ACSN identifier in ``basedOn``, the Study Instance UID
-in ``imagingStudy`` and the Observations' ``partOf``), since the EHR holds those resources. Every entry is a conditional create on a deterministic identifier,
-so a resend of the same Bundle creates nothing twice.
+in ``imagingStudy`` and the Observations' ``partOf``), since the EHR holds those resources.
+Every entry is a conditional create on a deterministic identifier, so a resend of the same
+Bundle creates nothing twice.
 """
 
 from __future__ import annotations

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 from pydicom import Dataset, dcmread
-from pynetdicom import AE
 from pydicom.uid import (
     Comprehensive3DSRStorage,
     ComprehensiveSRStorage,
     SecondaryCaptureImageStorage,
 )
+from pynetdicom import AE
 
 from ctai import config as configuration
 from ctai.cli import build_parser

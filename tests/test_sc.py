@@ -13,8 +13,8 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from ctai.inputs.wrap import PatientInfo
 from ctai.types import ModelInfo, SourceImage
 from ctai_plugins import sc, sr
-from tests.dciodvfy import errors
 from tests import test_sr as sr_tests
+from tests.dciodvfy import errors
 from tests.test_sr import MODEL, hot_cell_map, make_result, radiograph_result
 
 

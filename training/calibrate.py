@@ -65,7 +65,8 @@ def main(argv=None) -> None:
     from training import data
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, required=True, help="model folder (model.json, and model.keras or model.f16.npz)")
+    p.add_argument("--model", type=Path, required=True,
+                   help="model folder (model.json, and model.keras or model.f16.npz)")
     p.add_argument("--data", type=Path, required=True, help="folder with NORMAL/ and PNEUMONIA/")
     data.add_split_arguments(p)
     add_arguments(p)

@@ -20,16 +20,15 @@ import numpy as np
 from ctai import metrics
 from ctai.model.backend import members
 from ctai.model.storage import load_network
-from training import data
-from training import calibrate
+from training import calibrate, data
 from training.calibrate import calibrated, fit, softmax
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--members", type=Path, nargs="+", required=True,
-                   help="model folders (model.json, and model.keras or model.f16.npz) written by training.train (or by this "
-                        "command: an ensemble's members join one by one)")
+                   help="model folders (model.json, and model.keras or model.f16.npz) written by training.train "
+                        "(or by this command: an ensemble's members join one by one)")
     p.add_argument("--data", type=Path, required=True, help="folder with NORMAL/ and PNEUMONIA/")
     p.add_argument("--out", type=Path, required=True, help="where to write model.keras and model.json")
     p.add_argument("--work", type=Path, default=Path("training-work-ensemble"), help="validation predictions")
