@@ -75,7 +75,10 @@ class Network:
         if engine == "onnxruntime":
             import onnxruntime
 
-            self._session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            # A GPU when the installed ONNX Runtime has one (the onnxruntime-gpu wheel), else the CPU.
+            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                         if p in onnxruntime.get_available_providers()]
+            self._session = onnxruntime.InferenceSession(str(path), providers=providers)
             self._input = self._session.get_inputs()[0].name
             self.outputs = len(self._session.get_outputs())
         elif engine == "openvino":
