@@ -7,3 +7,9 @@ class InputError(Exception):
 
 class TransientError(Exception):
     """A failure that may go away by itself (a peer down, HTTP 5xx): the job is retried later."""
+
+
+class Undeliverable(Exception):
+    """The peer refused a message for good (e.g. a SOP class it does not store): the outbox
+    keeps it as a dead letter instead of retrying it. Any other exception a sender raises is
+    transient."""

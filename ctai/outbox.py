@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ctai.config import Config, data_dir
+from ctai.errors import Undeliverable
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +107,6 @@ class _Wakeup:
 
 
 _put = _Wakeup()
-
-
-class Undeliverable(Exception):
-    """The peer refused this message for good (e.g. a SOP class it does not store)."""
 
 
 @dataclass(frozen=True)

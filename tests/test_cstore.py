@@ -22,9 +22,9 @@ from pynetdicom import AE
 
 from ctai import config as configuration
 from ctai.cli import build_parser
-from ctai.errors import TransientError
+from ctai.errors import TransientError, Undeliverable
 from ctai.inputs.dicom import to_bytes
-from ctai.outbox import Outbox, Undeliverable, send_due
+from ctai.outbox import Outbox, send_due
 from ctai.plugins import plugin_manager
 from ctai.transports import dicom_scu
 from ctai.types import Job, Result

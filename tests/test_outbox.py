@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from ctai.cli import build_parser
-from ctai.errors import TransientError
+from ctai.errors import TransientError, Undeliverable
 from ctai.inputs.dicom import to_bytes
-from ctai.outbox import Outbox, OutboxSender, Undeliverable, send_due
+from ctai.outbox import Outbox, OutboxSender, send_due
 from ctai.transports import dicom_scu, mllp
 from tests.peers import fast_outbox, free_port, result, wait_until
 

@@ -31,8 +31,8 @@ from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from ctai import uids
-from ctai.errors import TransientError
-from ctai.outbox import BatchSender, Undeliverable
+from ctai.errors import TransientError, Undeliverable
+from ctai.outbox import BatchSender
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom import Dataset, dcmread
 
 from ctai.config import Config
-from ctai.errors import TransientError
-from ctai.outbox import Undeliverable
+from ctai.errors import TransientError, Undeliverable
 from ctai.transports import http
 from ctai.transports.dicom_scu import TRANSIENT_FAILURES
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ctai.config import Config
-from ctai.outbox import Undeliverable
+from ctai.errors import Undeliverable
 from ctai.transports import http
 
 MEDIA_TYPE = "application/fhir+json"

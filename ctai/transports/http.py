@@ -26,8 +26,7 @@ from typing import Any
 
 import requests
 
-from ctai.errors import TransientError
-from ctai.outbox import Undeliverable
+from ctai.errors import TransientError, Undeliverable
 
 #: 4xx answers that mean "not now" rather than "not this message".
 TRANSIENT_STATUSES = frozenset({408, 425, 429})

@@ -19,8 +19,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ctai.errors import TransientError
-from ctai.outbox import Undeliverable
+from ctai.errors import TransientError, Undeliverable
 
 START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\x0d"
