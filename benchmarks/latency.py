@@ -143,10 +143,19 @@ def report_orthanc_lone(harness: Harness) -> None:
           f"({', '.join(f'{r:.2f}' for r in runs)})")
 
 
+def cpu_seconds(harness: Harness) -> tuple[float, float]:
+    """CPU seconds used so far by this process (the worker) and by Orthanc."""
+    fields = Path(f"/proc/{harness.orthanc.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    orthanc = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    own = os.times()
+    return own.user + own.system, orthanc
+
+
 def report_orthanc_burst(harness: Harness, count: int) -> None:
     """Each series' last instance stored -> its job done (its SR and SC already stored in Orthanc)."""
     names = image_names()
     received: dict[str, float] = {}
+    cpu = cpu_seconds(harness)
     for number in range(count):
         answer = harness.upload(radiograph(names[number % len(names)], f"BURST{number}"))
         received[answer["ParentSeries"]] = time.time()
@@ -156,6 +165,7 @@ def report_orthanc_burst(harness: Harness, count: int) -> None:
         return all((r := store.get(f"orthanc:{s}")) and r.status == "done" for s in received)
 
     wait_for(all_done, timeout=600)
+    ctai_cpu, orthanc_cpu = (after - before for after, before in zip(cpu_seconds(harness), cpu, strict=True))
     records = {s: store.get(f"orthanc:{s}") for s in received}
     latencies = sorted(r.finished - received[s] for s, r in records.items())
     stable = statistics.median(r.enqueued - received[s] for s, r in records.items())
@@ -164,7 +174,7 @@ def report_orthanc_burst(harness: Harness, count: int) -> None:
     print(f"Orthanc, burst of {count} radiographs (REST uploads, {max(received.values()) - min(received.values()):.1f} s"
           f" to send): last instance stored -> SR stored (job done) median {statistics.median(latencies):.2f} s, "
           f"max {latencies[-1]:.2f} s; medians of its parts: to queued (StableAge, callback) {stable:.2f} s, "
-          f"in the queue {queued:.2f} s, the job {job:.2f} s")
+          f"in the queue {queued:.2f} s, the job {job:.2f} s; CPU time: ctai {ctai_cpu:.1f} s, Orthanc {orthanc_cpu:.1f} s")
 
 
 CONVERT = """
@@ -204,8 +214,7 @@ def main() -> None:
         config["orthanc"]["stable_age"] = args.stable_age
         defaults = configuration.defaults()
         config["worker"]["poll_interval"] = defaults["worker"]["poll_interval"]
-        # tests.conftest (imported with the test peers) makes the test suite's default Keras.
-        config["model"]["backend"] = args.backend or defaults["model"]["backend"]
+        config["model"]["backend"] = args.backend or config["model"]["backend"]
         if backend_name(config["model"]["backend"]) != "keras":
             convert_once(cache_dir(config["data"]["dir"]), args.converted)
         harness = Harness(config)
