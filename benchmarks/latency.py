@@ -171,10 +171,11 @@ def report_orthanc_burst(harness: Harness, count: int) -> None:
     stable = statistics.median(r.enqueued - received[s] for s, r in records.items())
     queued = statistics.median(r.started - r.enqueued for r in records.values())
     job = statistics.median(r.finished - r.started for r in records.values())
-    print(f"Orthanc, burst of {count} radiographs (REST uploads, {max(received.values()) - min(received.values()):.1f} s"
-          f" to send): last instance stored -> SR stored (job done) median {statistics.median(latencies):.2f} s, "
+    sending = max(received.values()) - min(received.values())
+    print(f"Orthanc, burst of {count} radiographs (REST uploads, {sending:.1f} s to send): last instance stored -> SR stored (job done) median {statistics.median(latencies):.2f} s, "
           f"max {latencies[-1]:.2f} s; medians of its parts: to queued (StableAge, callback) {stable:.2f} s, "
-          f"in the queue {queued:.2f} s, the job {job:.2f} s; CPU time: ctai {ctai_cpu:.1f} s, Orthanc {orthanc_cpu:.1f} s")
+          f"in the queue {queued:.2f} s, the job {job:.2f} s; CPU time: ctai {ctai_cpu:.1f} s, "
+          f"Orthanc {orthanc_cpu:.1f} s")
 
 
 CONVERT = """
