@@ -172,7 +172,8 @@ def report_orthanc_burst(harness: Harness, count: int) -> None:
     queued = statistics.median(r.started - r.enqueued for r in records.values())
     job = statistics.median(r.finished - r.started for r in records.values())
     sending = max(received.values()) - min(received.values())
-    print(f"Orthanc, burst of {count} radiographs (REST uploads, {sending:.1f} s to send): last instance stored -> SR stored (job done) median {statistics.median(latencies):.2f} s, "
+    print(f"Orthanc, burst of {count} radiographs (REST uploads, {sending:.1f} s to send): "
+          f"last instance stored -> SR stored (job done) median {statistics.median(latencies):.2f} s, "
           f"max {latencies[-1]:.2f} s; medians of its parts: to queued (StableAge, callback) {stable:.2f} s, "
           f"in the queue {queued:.2f} s, the job {job:.2f} s; CPU time: ctai {ctai_cpu:.1f} s, "
           f"Orthanc {orthanc_cpu:.1f} s")
