@@ -75,7 +75,11 @@ class Network:
         if engine == "onnxruntime":
             import onnxruntime
 
-            self._session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            options = onnxruntime.SessionOptions()
+            # Threads that spin between calls take the cores from the rest of the job (the gate's
+            # network, the SR and SC, Orthanc): they wait idle instead.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self._session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             self._input = self._session.get_inputs()[0].name
             self.outputs = len(self._session.get_outputs())
         elif engine == "openvino":
