@@ -5,13 +5,14 @@ benchmarks/orthanc_latency.py) with a real Orthanc, the DICOM listener, a pynetd
 SCP as the PACS and hl7apy's MLLP server as the HIS. Prints:
 
 - serve start-up: how long after Orthanc answered the worker is ready (the model loads while
-  Orthanc starts);
+  Orthanc starts), on the default backend with its networks already converted (the one-time
+  conversion of a first start is done before, in a process of its own, and shown apart);
 - listener: last instance answered -> ORU received by the HIS, and -> SR received by the PACS
   (median over --series one-radiograph series sent one after another, idle_seconds 2);
 - Orthanc: last instance stored -> SR stored in Orthanc for a lone radiograph (median of 3),
   and for each of a burst of --burst radiographs sent at once (median, max), with StableAge.
 
-    .venv/bin/python benchmarks/latency.py [--series 5] [--burst 30] [--stable-age 2]
+    .venv/bin/python benchmarks/latency.py [--series 5] [--burst 30] [--stable-age 2] [--backend B] [--converted DIR]
 
 Timings on a shared or busy machine are noisy: compare the medians, and rerun.
 """
@@ -20,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +40,7 @@ from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage  # 
 from pynetdicom import AE  # noqa: E402
 
 from ctai import config as configuration  # noqa: E402
+from ctai.model.converted import backend_name, cache_dir  # noqa: E402
 from ctai.outbox import OutboxSender  # noqa: E402
 from ctai.results import JobStore  # noqa: E402
 from ctai.serve import WorkerService  # noqa: E402
@@ -72,12 +76,12 @@ class TimedHIS(HIS):
         return super().answer(message)
 
 
-def wait_for(condition, timeout: float = 120) -> None:
+def wait_for(condition, timeout: float = 120, interval: float = 0.01) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(str(condition))
-        time.sleep(0.01)
+        time.sleep(interval)
 
 
 def send_series(port: int, patient_id: str, name: str) -> float:
@@ -139,10 +143,19 @@ def report_orthanc_lone(harness: Harness) -> None:
           f"({', '.join(f'{r:.2f}' for r in runs)})")
 
 
+def cpu_seconds(harness: Harness) -> tuple[float, float]:
+    """CPU seconds used so far by this process (the worker) and by Orthanc."""
+    fields = Path(f"/proc/{harness.orthanc.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    orthanc = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    own = os.times()
+    return own.user + own.system, orthanc
+
+
 def report_orthanc_burst(harness: Harness, count: int) -> None:
     """Each series' last instance stored -> its job done (its SR and SC already stored in Orthanc)."""
     names = image_names()
     received: dict[str, float] = {}
+    cpu = cpu_seconds(harness)
     for number in range(count):
         answer = harness.upload(radiograph(names[number % len(names)], f"BURST{number}"))
         received[answer["ParentSeries"]] = time.time()
@@ -151,16 +164,43 @@ def report_orthanc_burst(harness: Harness, count: int) -> None:
     def all_done() -> bool:
         return all((r := store.get(f"orthanc:{s}")) and r.status == "done" for s in received)
 
-    wait_for(all_done, timeout=600)
+    wait_for(all_done, timeout=600, interval=0.2)  # the records time the jobs: looking less often is fair
+    ctai_cpu, orthanc_cpu = (after - before for after, before in zip(cpu_seconds(harness), cpu, strict=True))
     records = {s: store.get(f"orthanc:{s}") for s in received}
     latencies = sorted(r.finished - received[s] for s, r in records.items())
     stable = statistics.median(r.enqueued - received[s] for s, r in records.items())
     queued = statistics.median(r.started - r.enqueued for r in records.values())
     job = statistics.median(r.finished - r.started for r in records.values())
-    print(f"Orthanc, burst of {count} radiographs (REST uploads, {max(received.values()) - min(received.values()):.1f} s"
-          f" to send): last instance stored -> SR stored (job done) median {statistics.median(latencies):.2f} s, "
+    sending = max(received.values()) - min(received.values())
+    print(f"Orthanc, burst of {count} radiographs (REST uploads, {sending:.1f} s to send): "
+          f"last instance stored -> SR stored (job done) median {statistics.median(latencies):.2f} s, "
           f"max {latencies[-1]:.2f} s; medians of its parts: to queued (StableAge, callback) {stable:.2f} s, "
-          f"in the queue {queued:.2f} s, the job {job:.2f} s")
+          f"in the queue {queued:.2f} s, the job {job:.2f} s; CPU time: ctai {ctai_cpu:.1f} s, "
+          f"Orthanc {orthanc_cpu:.1f} s")
+
+
+CONVERT = """
+import sys
+from pathlib import Path
+from ctai.model.backend import shipped_model_dir
+from ctai.model.converted import converted_network
+from ctai.model.gate import shipped_gate_dir
+converted_network(shipped_model_dir(), Path(sys.argv[1]), maps=True)
+converted_network(shipped_gate_dir(), Path(sys.argv[1]), maps=False)
+"""
+
+
+def convert_once(cache: Path, keep: Path | None) -> None:
+    """The classifier's and the gate's networks converted into ``cache`` (a first start's
+    one-time cost, kept in ``keep`` for the next run when given), in a process of its own so that
+    this one never imports TensorFlow."""
+    if keep:
+        shutil.copytree(keep, cache, dirs_exist_ok=True)
+    began = time.monotonic()
+    subprocess.run([sys.executable, "-c", CONVERT, str(cache)], check=True, capture_output=True)
+    print(f"one-time conversion of the networks (a first start; cached after): {time.monotonic() - began:.1f} s")
+    if keep:
+        shutil.copytree(cache, keep, dirs_exist_ok=True)
 
 
 def main() -> None:
@@ -168,11 +208,17 @@ def main() -> None:
     parser.add_argument("--series", type=int, default=5, help="listener series, one after another")
     parser.add_argument("--burst", type=int, default=30, help="radiographs sent to Orthanc at once")
     parser.add_argument("--stable-age", type=int, default=2, help="Orthanc StableAge in seconds")
+    parser.add_argument("--backend", help="[model] backend (default: the product's default)")
+    parser.add_argument("--converted", type=Path, help="a folder keeping the converted networks between runs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         config = fast_config(Path(folder) / "ctai-data")
         config["orthanc"]["stable_age"] = args.stable_age
-        config["worker"]["poll_interval"] = configuration.defaults()["worker"]["poll_interval"]
+        defaults = configuration.defaults()
+        config["worker"]["poll_interval"] = defaults["worker"]["poll_interval"]
+        config["model"]["backend"] = args.backend or config["model"]["backend"]
+        if backend_name(config["model"]["backend"]) != "keras":
+            convert_once(cache_dir(config["data"]["dir"]), args.converted)
         harness = Harness(config)
         worker = WorkerService(config)
         began = time.monotonic()
@@ -183,7 +229,8 @@ def main() -> None:
         ready = time.monotonic()
         harness.worker = worker.worker
         try:
-            print(f"{os.cpu_count()} CPU cores; StableAge {args.stable_age} s; worker poll "
+            print(f"{os.cpu_count()} CPU cores; backend {config['model']['backend']} "
+                  f"({type(worker.worker.classifier.inner).__name__}); StableAge {args.stable_age} s; worker poll "
                   f"{config['worker']['poll_interval']} s; outbox poll {config['outbox']['poll_seconds']} s")
             print(f"start-up: Orthanc answered after {answered - began:.2f} s; worker ready "
                   f"{ready - answered:.2f} s after that ({ready - began:.2f} s in all)")

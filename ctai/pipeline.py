@@ -77,14 +77,16 @@ class Pipeline:
     def process(self, job: Job, sources: Iterable[SourceImage | Failure]) -> Iterator[Outcome]:
         """Classify, make outputs and deliver each source, yielding outcomes as they finish.
 
-        Inputs that could not be loaded arrive as ``Failure`` and pass straight through.
+        Inputs that could not be loaded arrive as ``Failure`` and pass straight through. The
+        network classifies the next batch in another thread while this one's outputs are made.
         Once all are done, ``ctai_job_finished`` is called; if a step raises,
         ``ctai_job_failed`` is, and the error propagates to the job's runner.
         """
         results: list[Result] = []
         failures: list[Failure] = []
         try:
-            for outcome in self._classified(sources):
+            batch_size = int(self.config["model"]["batch_size"])
+            for outcome in _ahead(self._classified(sources), batch_size):
                 if isinstance(outcome, Result):
                     self._finish(outcome, job)
                     results.append(outcome)

@@ -75,10 +75,14 @@ class Network:
         if engine == "onnxruntime":
             import onnxruntime
 
+            options = onnxruntime.SessionOptions()
+            # Threads that spin between calls take the cores from the rest of the job (the gate's
+            # network, the SR and SC, Orthanc): they wait idle instead.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             # A GPU when the installed ONNX Runtime has one (the onnxruntime-gpu wheel), else the CPU.
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                          if p in onnxruntime.get_available_providers()]
-            self._session = onnxruntime.InferenceSession(str(path), providers=providers)
+            self._session = onnxruntime.InferenceSession(str(path), options, providers=providers)
             self._input = self._session.get_inputs()[0].name
             self.outputs = len(self._session.get_outputs())
         elif engine == "openvino":
