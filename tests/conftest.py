@@ -12,7 +12,6 @@ from ctai import config as configuration
 from ctai.model.backend import shipped_model_dir
 from ctai.model.storage import has_network
 
-
 DATA = Path(__file__).parent / "data"
 IMAGES = DATA / "images"
 
