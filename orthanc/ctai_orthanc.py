@@ -1,12 +1,16 @@
 """Run by Orthanc's Python plugin ("PythonScript"): hands each new stable series to ctai.
 
-On STABLE_SERIES it decides from the series' main DICOM tags whether the series is for ctai
-and queues a job, or records why not: a few milliseconds, never the model, which runs in
-``ctai worker``. When Orthanc starts, a background thread queues the series that changed in
-the last [orthanc] catch_up_hours and that ctai has not seen since (left unstable when Orthanc
+When a series has had no new instance for [orthanc] stable_age seconds, it decides from the
+series' main DICOM tags whether the series is for ctai and queues a job, or records why not: a
+few milliseconds, never the model, which runs in ``ctai worker``. A timer per series, reset by
+each NEW_INSTANCE, says when: Orthanc's own STABLE_SERIES comes up to a second later (its clock
+steps in whole seconds), and then queues only a series that ctai has not decided on since its
+last instance. When Orthanc starts, a background thread queues the series that changed in the
+last [orthanc] catch_up_hours and that ctai has not seen since (left unstable when Orthanc
 stopped, say). A series that cannot be queued because the queue is unreachable or full (Redis
-down) is tried again every few seconds until it is. Environment, set by ``ctai serve``: CTAI_SITE_PACKAGES (the virtual
-environment's site-packages, imported from here), CTAI_CONFIG (ctai's configuration file).
+down) is tried again every few seconds until it is. Environment, set by ``ctai serve``:
+CTAI_SITE_PACKAGES (the virtual environment's site-packages, imported from here), CTAI_CONFIG
+(ctai's configuration file).
 """
 
 import json
@@ -38,6 +42,10 @@ RETRY_SECONDS = 5.0
 # Series whose job could not be queued for a passing reason (Redis down or full), to try again.
 unqueued: set[str] = set()
 unqueued_lock = threading.Lock()
+
+# Series receiving instances, and when each counts as stable (time.monotonic()).
+stable_at: dict[str, float] = {}
+stable_changed = threading.Condition()
 
 
 def consider(series_id):
@@ -103,12 +111,49 @@ def retry_unqueued():
                 break
 
 
+def instance_arrived(instance_id):
+    """Start (or restart) the stability timer of the instance's series."""
+    series_id = json.loads(orthanc.RestApiGet(f"/instances/{instance_id}"))["ParentSeries"]
+    with stable_changed:
+        stable_at[series_id] = time.monotonic() + float(CONFIG["orthanc"]["stable_age"])
+        stable_changed.notify()
+
+
+def queue_stable_series():
+    """Consider each series as soon as its stability timer ends."""
+    while True:
+        with stable_changed:
+            now = time.monotonic()
+            due = [s for s, at in stable_at.items() if at <= now]
+            for series_id in due:
+                del stable_at[series_id]
+            if not due:
+                stable_changed.wait(min(stable_at.values(), default=now + 60) - now)
+                continue
+        for series_id in due:
+            consider_or_keep(series_id)
+
+
+def seen_since_last_instance(series_id):
+    """Whether ctai recorded a decision on the series after its last instance arrived."""
+    updated = json.loads(orthanc.RestApiGet(f"/series/{series_id}"))["LastUpdate"]
+    metadata = json.loads(orthanc.RestApiGet(f"/series/{series_id}/metadata?expand"))
+    status = json.loads(metadata.get(STATUS_METADATA) or "null")
+    return status is not None and status["time"] >= updated
+
+
 def on_change(change_type, level, resource_id):
-    if change_type == orthanc.ChangeType.STABLE_SERIES:
-        consider_or_keep(resource_id)
+    if change_type == orthanc.ChangeType.NEW_INSTANCE:
+        instance_arrived(resource_id)
+    elif change_type == orthanc.ChangeType.STABLE_SERIES:
+        with stable_changed:
+            waiting = resource_id in stable_at
+        if not waiting and not seen_since_last_instance(resource_id):
+            consider_or_keep(resource_id)
     elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
         threading.Thread(target=catch_up, name="ctai-catch-up", daemon=True).start()
         threading.Thread(target=retry_unqueued, name="ctai-retry", daemon=True).start()
 
 
+threading.Thread(target=queue_stable_series, name="ctai-stable", daemon=True).start()
 orthanc.RegisterOnChangeCallback(on_change)

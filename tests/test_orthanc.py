@@ -129,6 +129,16 @@ else:
         study_id = worker.client.series(series_id)["ParentStudy"]
         assert {m: len(v) for m, v in worker.outputs(study_id).items()} == {"OT": 1, "SR": 1}
 
+    def test_a_series_is_queued_by_its_own_timer_and_runs_once(worker):
+        """ctai's timer queues the series stable_age after its last instance; Orthanc's later
+        STABLE_SERIES does not queue it again."""
+        ds = radiograph("IM-0133-0001.jpeg", "ONCE1")
+        answer = worker.upload(ds)
+        first = record(worker, answer["ParentSeries"], "done")
+        time.sleep(worker.config["orthanc"]["stable_age"] + 2.5)  # Orthanc's STABLE_SERIES has come
+        again = JobStore(worker.config).get(first.id)
+        assert (again.status, again.started) == ("done", first.started)
+
     def test_sending_again_does_not_duplicate_outputs(worker):
         ds = radiograph("IM-0115-0001.jpeg", "AGAIN1")
         answer = worker.upload(ds)
