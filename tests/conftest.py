@@ -51,3 +51,27 @@ def pipeline():
     from ctai.pipeline import Pipeline
 
     return Pipeline(configuration.load(environ={"CTAI_MODEL__BACKEND": "keras"}))
+
+
+@pytest.fixture
+def make_worker(config):
+    """Start workers on ``config`` (or the configuration given) with a FakeSource (or the source
+    given); all stopped at the end."""
+    from ctai.plugins import plugin_manager
+    from ctai.worker import Worker
+    from tests.test_jobs import FakeSource
+
+    started: list[Worker] = []
+
+    def make(on: dict | None = None, source: FakeSource | None = None) -> tuple[Worker, FakeSource]:
+        source = source or FakeSource()
+        pm = plugin_manager(on or config)
+        pm.register(source)
+        worker = Worker(on or config, pm)
+        worker.start()
+        started.append(worker)
+        return worker, source
+
+    yield make
+    for worker in started:
+        worker.stop()

@@ -16,10 +16,8 @@ from pydicom import Dataset
 from ctai import cli, hookimpl, jobs
 from ctai.errors import TransientError
 from ctai.model.batching import BatchingClassifier
-from ctai.plugins import plugin_manager
 from ctai.results import JobStore, Summary
 from ctai.types import CLASSES, Job, ModelInfo, SourceImage
-from ctai.worker import Worker
 from tests.dicomfactory import picture
 from tests.peers import wait_until
 
@@ -72,25 +70,6 @@ def config(config):
     config["plugins"]["disabled"] = ["sr", "sc", "folder", "cstore", "hl7", "orthanc", "upload", "listener"]
     config["worker"].update(threads=4, batch_wait_ms=100, retry_delay=0.1, poll_interval=0.05)
     return config
-
-
-@pytest.fixture
-def make_worker(config):
-    """Start workers with a FakeSource; all stopped at the end."""
-    started: list[Worker] = []
-
-    def make(source: FakeSource | None = None) -> tuple[Worker, FakeSource]:
-        source = source or FakeSource()
-        pm = plugin_manager(config)
-        pm.register(source)
-        worker = Worker(config, pm)
-        worker.start()
-        started.append(worker)
-        return worker, source
-
-    yield make
-    for worker in started:
-        worker.stop()
 
 
 def wait_for(config, job_id: str, status: str, timeout: float = 20):

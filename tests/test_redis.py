@@ -50,24 +50,6 @@ def two(config, server, tmp_path):
     return machine(config, tmp_path / "a", server.url), machine(config, tmp_path / "b", server.url)
 
 
-@pytest.fixture
-def make_worker():
-    started: list[Worker] = []
-
-    def make(config, source: FakeSource | None = None) -> tuple[Worker, FakeSource]:
-        source = source or FakeSource()
-        pm = plugin_manager(config)
-        pm.register(source)
-        worker = Worker(config, pm)
-        worker.start()
-        started.append(worker)
-        return worker, source
-
-    yield make
-    for worker in started:
-        worker.stop()
-
-
 def ctai_jobs(config, monkeypatch) -> tuple[int, str, str]:
     """``ctai jobs --json`` with ``config``'s data dir and queue; (exit status, stdout, stderr)."""
     monkeypatch.setenv("CTAI_DATA__DIR", config["data"]["dir"])
