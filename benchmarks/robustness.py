@@ -56,9 +56,12 @@ def aggregate(rows: list[dict[str, float | None]]) -> tuple[dict, dict]:
 
 
 def evaluate(classifiers: list[KerasClassifier], images: list[np.ndarray], labels: np.ndarray,
-             suite: list[shifts.Shift]) -> list[list[dict]]:
-    """For each shift, each classifier's summary: ``result[shift][model]``."""
-    results = []
+             suite: list[shifts.Shift], networks: dict[str, object] | None = None
+             ) -> tuple[list[list[dict]], dict[str, np.ndarray]]:
+    """For each shift, each classifier's summary: ``result[shift][model]``; and the raw logits
+    of each of ``networks`` (name -> Keras model, same input size as the first classifier)
+    under every shift: ``logits[name][shift]``."""
+    results, logits = [], {name: [] for name in networks or {}}
     for shift in suite:
         inputs: dict[int, np.ndarray] = {}
         row = []
@@ -68,7 +71,20 @@ def evaluate(classifiers: list[KerasClassifier], images: list[np.ndarray], label
                 inputs[size] = np.stack([to_model_input(shift.apply(image), size) for image in images])
             row.append(summary(metrics.compute(labels, classifier.predict(inputs[size]))))
         results.append(row)
-    return results
+        for name, network in (networks or {}).items():
+            logits[name].append(network.predict(inputs[classifiers[0].input_size], batch_size=256, verbose=0))
+    return results, {name: np.stack(rows).astype(np.float32) for name, rows in logits.items()}
+
+
+def member_networks(folders: list[Path]) -> dict[str, object]:
+    """Every member network of every model folder, named ``<folder>#<index>``."""
+    import keras
+
+    from ctai.model.backend import members
+    from ctai.model.storage import load_network
+
+    return {f"{str(folder).strip('/').replace('/', '.')}#{i}": keras.Model(n.input, n.output)
+            for folder in folders for i, n in enumerate(members(load_network(folder)))}
 
 
 def _fmt(value: float | None) -> str:
@@ -100,6 +116,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--held-out-source", metavar="GLOB", help="images the model was trained without")
     p.add_argument("--all", action="store_true", help="every image under --data, no split")
     p.add_argument("--json", type=Path, help="also write every number here")
+    p.add_argument("--member-logits", type=Path, metavar="NPZ",
+                   help="also save each member network's raw logits under every shift (benchmarks/ensembles.py)")
     return p.parse_args(argv)
 
 
@@ -110,8 +128,12 @@ def main(argv=None) -> None:
     samples, held_out = samples_for(args)
     t0 = time.perf_counter()
     suite = shifts.suite()
-    results = evaluate(classifiers, [read_gray(s.path) for s in samples],
-                       np.array([s.label for s in samples]), suite)
+    labels = np.array([s.label for s in samples])
+    networks = member_networks(folders) if args.member_logits else None
+    results, logits = evaluate(classifiers, [read_gray(s.path) for s in samples], labels, suite, networks)
+    if args.member_logits:
+        np.savez_compressed(args.member_logits, labels=labels, shifts=np.array([f"{s.name} {s.strength}" for s in suite]),
+                            **logits)
     out: dict = {"images": len(samples), "shifts": [[s.name, s.strength] for s in suite], "models": []}
     for i, (folder, classifier) in enumerate(zip(folders, classifiers, strict=True)):
         rows = [r[i] for r in results]
@@ -123,7 +145,7 @@ def main(argv=None) -> None:
     if held_out:
         images = [read_gray(s.path) for s in held_out]
         labels = np.array([s.label for s in held_out])
-        unseen = evaluate(classifiers, images, labels, suite[:1])[0]
+        unseen = evaluate(classifiers, images, labels, suite[:1])[0][0]
         print(f"leave-source-out: {len(held_out)} images matching {args.held_out_source}, never trained on")
         for folder, row in zip(folders, unseen, strict=True):
             print(f"  {str(folder):<40}" + "".join(f"{c} {_fmt(row[c]).strip()}  " for c in ("acc", "spec")))

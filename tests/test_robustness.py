@@ -37,21 +37,24 @@ def test_shifts_change_the_image_and_none_does_not(image):
         assert changed == (shift.name != "none"), shift
 
 
-@pytest.mark.parametrize("recipe", [augment.Recipe(), augment.Recipe((0.35, 1.0), True)])
+@pytest.mark.parametrize("recipe", [augment.Recipe(), augment.Recipe((0.35, 1.0), True),
+                                    augment.Recipe((0.25, 1.0), True, (0.6, 1.67), mixup=0.2)])
 def test_augmentation_is_deterministic_under_a_seed(recipe):
     raw = data.load_raw([Sample(p, 0, p.stem) for p in sorted(IMAGES.glob("*.jpeg"))])
-    labels = np.arange(len(raw))
+    labels = np.arange(len(raw)) % 3
 
-    def batch(seed: int, epoch: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        batches = augment.Batches(raw, labels, 4, 64, recipe, seed)
+    def batch(seed: int, epoch: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        batches = augment.Batches(raw, labels, 4, 64, recipe, seed, class_weight=np.array([1.0, 2.0, 3.0]))
         for _ in range(epoch):
             batches.on_epoch_end()
         return batches[1]
 
-    x, y = batch(5)
+    x, targets, weights = batch(5)
     assert x.shape == (4, 64, 64, 1) and x.dtype == np.float32 and np.isfinite(x).all()
-    np.testing.assert_array_equal(x, batch(5)[0])
-    np.testing.assert_array_equal(y, batch(5)[1])
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-6)
+    assert weights.min() >= 1.0 and weights.max() <= 3.0
+    for expected, got in zip(batch(5), (x, targets, weights), strict=True):
+        np.testing.assert_array_equal(expected, got)
     assert not np.array_equal(x, batch(6)[0])
     assert not np.array_equal(x, batch(5, epoch=1)[0])
 
@@ -75,7 +78,8 @@ def test_held_out_source_is_in_neither_split(tmp_path: Path):
 def test_benchmark_smoke_run(tmp_path: Path):
     out = tmp_path / "shift.json"
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "robustness.py"), "--data",
-                          str(kermany_layout(tmp_path / "data")), "--all", "--json", str(out)],
+                          str(kermany_layout(tmp_path / "data")), "--all", "--json", str(out),
+                          "--member-logits", str(tmp_path / "logits.npz")],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "worst case" in run.stdout and "mean" in run.stdout
@@ -84,6 +88,15 @@ def test_benchmark_smoke_run(tmp_path: Path):
     (model,) = report["models"]
     assert len(model["rows"]) == len(shifts.suite())
     assert 0.0 <= model["worst"]["spec"] <= model["mean"]["spec"] <= 1.0
+
+    # Candidate ensembles scored from the members' saved logits.
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ensembles.py"), "--logits",
+                          str(tmp_path / "logits.npz"), "--candidate", "all=*", "--json", str(tmp_path / "c.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    rebuilt = json.loads((tmp_path / "c.json").read_text())["candidates"]["all"]
+    assert len(rebuilt["members"]) >= 1 and len(rebuilt["rows"]) == len(shifts.suite())
+    assert 0.0 <= rebuilt["worst"]["spec"] <= rebuilt["mean"]["spec"] <= 1.0
 
     from training.model_card import shift_figure
 

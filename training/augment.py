@@ -20,11 +20,15 @@ from training import shifts
 @dataclass(frozen=True)
 class Recipe:
     """``crop_scale``: area range of random resized crops (Szegedy et al. 2015), or None for
-    the small shift and zoom of models up to 1.3.0. ``intensity``: random gamma, contrast,
-    brightness, blur or sharpening, noise and JPEG compression before preprocessing."""
+    the small shift and zoom of models up to 1.3.0; ``aspect``: their range of width / height.
+    ``intensity``: random gamma, contrast, brightness, blur or sharpening, noise and JPEG
+    compression before preprocessing. ``mixup``: the alpha of mixup (Zhang et al. 2018,
+    "mixup: Beyond Empirical Risk Minimization"), 0 for none."""
 
     crop_scale: tuple[float, float] | None = None
     intensity: bool = False
+    aspect: tuple[float, float] = (3 / 4, 4 / 3)
+    mixup: float = 0.0
 
 
 def _geometry(image: np.ndarray, rng: np.random.Generator, recipe: Recipe) -> np.ndarray:
@@ -34,7 +38,7 @@ def _geometry(image: np.ndarray, rng: np.random.Generator, recipe: Recipe) -> np
         top, left = rng.uniform(0, 1 - side, size=2)
         return shifts.crop(image, top, left, side, side)
     area = rng.uniform(*recipe.crop_scale)
-    ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+    ratio = math.exp(rng.uniform(*np.log(recipe.aspect)))
     height, width = min(math.sqrt(area / ratio), 1.0), min(math.sqrt(area * ratio), 1.0)
     return shifts.crop(image, rng.uniform(0, 1 - height), rng.uniform(0, 1 - width), height, width)
 
@@ -61,15 +65,20 @@ def augment(image: np.ndarray, rng: np.random.Generator, recipe: Recipe) -> np.n
 
 
 class Batches(keras.utils.PyDataset):
-    """Shuffled, augmented, preprocessed training batches; batch ``i`` of epoch ``e`` depends
-    only on ``(seed, e, i)``."""
+    """Shuffled, augmented, preprocessed training batches ``(x, one-hot targets, sample
+    weights)``, the weights from ``class_weight`` (equal if None); batch ``i`` of epoch ``e``
+    depends only on ``(seed, e, i)``."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, size: int,
-                 recipe: Recipe, seed: int, workers: int = 1) -> None:
+                 recipe: Recipe, seed: int, workers: int = 1, class_weight: np.ndarray | None = None) -> None:
         # Threads: NumPy and Pillow release the GIL for the heavy work, and no process forks
         # under a backend (JAX) that is multithreaded itself.
         super().__init__(workers=workers, use_multiprocessing=False)
         self.images, self.labels = images, labels
+        classes = int(labels.max()) + 1
+        self.targets = np.eye(classes, dtype=np.float32)[labels]
+        weights = np.ones(classes) if class_weight is None else np.asarray(class_weight)
+        self.weights = weights[labels].astype(np.float32)
         self.batch_size, self.size, self.recipe, self.seed = batch_size, size, recipe, seed
         self.epoch = 0
         self.order = np.random.default_rng([seed, 0]).permutation(len(labels))
@@ -77,14 +86,21 @@ class Batches(keras.utils.PyDataset):
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
         x = np.stack([to_model_input(augment(self.images[i].astype(np.float32) / 255.0, rng, self.recipe),
                                      self.size) for i in rows])
         # After standardisation: a little gain and offset, as up to 1.3.0.
         x = x * rng.uniform(0.8, 1.2, (len(rows), 1, 1, 1)) + rng.uniform(-0.2, 0.2, (len(rows), 1, 1, 1))
-        return x.astype(np.float32), self.labels[rows]
+        targets, weights = self.targets[rows], self.weights[rows]
+        if self.recipe.mixup:
+            lam = rng.beta(self.recipe.mixup, self.recipe.mixup, (len(rows), 1)).astype(np.float32)
+            pair = rng.permutation(len(rows))
+            x = lam[:, :, None, None] * x + (1 - lam[:, :, None, None]) * x[pair]
+            targets = lam * targets + (1 - lam) * targets[pair]
+            weights = lam[:, 0] * weights + (1 - lam[:, 0]) * weights[pair]
+        return x.astype(np.float32), targets, weights
 
     def on_epoch_end(self) -> None:
         self.epoch += 1

@@ -91,6 +91,15 @@ def zoom(image: np.ndarray, fraction: float) -> np.ndarray:
     return crop(image, margin, margin, fraction, fraction)
 
 
+def stretch(image: np.ndarray, factor: float, axis: int) -> np.ndarray:
+    """Stretched by ``factor`` along ``axis`` (0: height, 1: width), keeping the centre: an
+    original of another aspect ratio resized to a square, as exports and this data set do."""
+    margin = (1.0 - 1.0 / factor) / 2
+    if axis == 0:
+        return crop(image, margin, 0.0, 1.0 / factor, 1.0)
+    return crop(image, 0.0, margin, 1.0, 1.0 / factor)
+
+
 def border(image: np.ndarray, fraction: float, value: float = 0.0) -> np.ndarray:
     """The image shrunk inside a uniform border of ``fraction`` of each side: wider framing,
     a scanned film's frame, or a screenshot's margin."""
@@ -172,6 +181,7 @@ def suite() -> list[Shift]:
         *(_shift("jpeg", f"q{q}", jpeg, q) for q in (30, 60)),
         *(_shift("downscale", f"x{f}", rescale, f) for f in (0.5, 0.3)),
         *(_shift("zoom-in", f"{f:.0%}", zoom, f) for f in (0.9, 0.8)),
+        *(_shift("stretch", f"{name} x1.25", stretch, 1.25, axis) for axis, name in enumerate(("height", "width"))),
         *(_shift("border", f"{f:.0%} black", border, f) for f in (0.05, 0.1)),
         _shift("border", "8% white", border, 0.08, 1.0),
         *(_shift("rotate", f"{d} deg", rotate, d) for d in (-7, 7)),

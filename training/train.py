@@ -40,6 +40,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="random resized crops over this range of image area (default: small shift and zoom)")
     p.add_argument("--intensity", action="store_true",
                    help="random gamma, contrast, brightness, blur/sharpening, noise and JPEG")
+    p.add_argument("--aspect", type=float, nargs=2, default=(3 / 4, 4 / 3), metavar=("MIN", "MAX"),
+                   help="width/height range of the random resized crops")
+    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="mixup's alpha (0: none)")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--held-out-source", metavar="GLOB",
                    help="leave out the images matching this glob under --data (leave-source-out check)")
     p.add_argument("--name", default="ctai-resnet")
@@ -114,17 +118,18 @@ def main(argv=None) -> None:
     print(f"loaded and preprocessed in {time.time() - t0:.0f} s", flush=True)
 
     counts = np.bincount(y_train, minlength=len(CLASSES))
-    class_weight = {i: float(len(y_train) / (len(CLASSES) * max(c, 1))) for i, c in enumerate(counts)}
-    recipe = Recipe(tuple(args.crop_scale) if args.crop_scale else None, args.intensity)
-    train_ds = Batches(raw_train, y_train, args.batch, args.size, recipe, args.seed, args.workers)
+    class_weight = len(y_train) / (len(CLASSES) * np.maximum(counts, 1))
+    recipe = Recipe(tuple(args.crop_scale) if args.crop_scale else None, args.intensity, tuple(args.aspect),
+                    args.mixup)
+    train_ds = Batches(raw_train, y_train, args.batch, args.size, recipe, args.seed, args.workers, class_weight)
 
     model = build_resnet(args.depth, args.width, args.size, len(CLASSES))
     steps = args.epochs * int(np.ceil(len(y_train) / args.batch))
     schedule = keras.optimizers.schedules.CosineDecay(0.0, steps, warmup_target=args.lr,
                                                       warmup_steps=min(steps // 10, 500))
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=args.label_smoothing),
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     callbacks = [
         ValidationMetrics(x_val, y_val),
         keras.callbacks.BackupAndRestore(str(args.work / "backup")),
@@ -135,8 +140,8 @@ def main(argv=None) -> None:
     if args.time_limit:
         callbacks.append(TimeLimit(args.time_limit))
     t0 = time.time()
-    history = model.fit(train_ds, validation_data=(x_val, y_val), epochs=args.epochs,
-                        class_weight=class_weight, callbacks=callbacks,
+    history = model.fit(train_ds, validation_data=(x_val, np.eye(len(CLASSES))[y_val]), epochs=args.epochs,
+                        callbacks=callbacks,
                         verbose=1 if sys.stdout.isatty() else 2)  # a progress bar on a terminal
     train_seconds = time.time() - t0
 
