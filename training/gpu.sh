@@ -31,6 +31,7 @@ declare -A runs=(
   [ls41]="--seed 41 --label-smoothing 0.1" [mx41]="--seed 41 --mixup 0.2"
   [ar41]="--seed 41 --crop-scale 0.25 1 --aspect 0.6 1.67" [ar42]="--seed 42 --crop-scale 0.25 1 --aspect 0.6 1.67"
 )
+[ -n "${RUNS:-}" ] && eval "runs=($RUNS)"  # another set of runs, written like the one above
 t0=$(date +%s)
 for run in "${!runs[@]}"; do
   # shellcheck disable=SC2086  # the run's options are words
