@@ -28,7 +28,7 @@ from ctai.dataset import Sample, scan
 from ctai.inputs.images import read_gray
 from ctai.model.backend import KerasClassifier, shipped_model_dir
 from ctai.model.preprocess import to_model_input
-from training import data, shifts
+from training import augment, data, shifts
 
 COLUMNS = ("acc", "bal_acc", "sens", "spec", "auc_pn", "auc_bv", "logloss", "ece")
 LOWER_IS_BETTER = {"logloss", "ece"}
@@ -56,11 +56,13 @@ def aggregate(rows: list[dict[str, float | None]]) -> tuple[dict, dict]:
 
 
 def evaluate(classifiers: list[KerasClassifier], images: list[np.ndarray], labels: np.ndarray,
-             suite: list[shifts.Shift], networks: dict[str, object] | None = None
+             suite: list[shifts.Shift], networks: dict[str, object] | None = None, equalize: bool = False
              ) -> tuple[list[list[dict]], dict[str, np.ndarray]]:
     """For each shift, each classifier's summary: ``result[shift][model]``; and the raw logits
     of each of ``networks`` (name -> Keras model, same input size as the first classifier)
-    under every shift: ``logits[name][shift]``."""
+    under every shift: ``logits[name][shift]``. ``equalize``: for models trained with
+    ``--equalize``, the shifted image is histogram-equalised before preprocessing."""
+    finish = augment.equalize if equalize else (lambda image: image)
     results, logits = [], {name: [] for name in networks or {}}
     for shift in suite:
         inputs: dict[int, np.ndarray] = {}
@@ -68,7 +70,7 @@ def evaluate(classifiers: list[KerasClassifier], images: list[np.ndarray], label
         for classifier in classifiers:
             size = classifier.input_size
             if size not in inputs:
-                inputs[size] = np.stack([to_model_input(shift.apply(image), size) for image in images])
+                inputs[size] = np.stack([to_model_input(finish(shift.apply(image)), size) for image in images])
             row.append(summary(metrics.compute(labels, classifier.predict(inputs[size]))))
         results.append(row)
         for name, network in (networks or {}).items():
@@ -116,6 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--held-out-source", metavar="GLOB", help="images the model was trained without")
     p.add_argument("--all", action="store_true", help="every image under --data, no split")
     p.add_argument("--json", type=Path, help="also write every number here")
+    p.add_argument("--equalize", action="store_true", help="for models trained with training.train --equalize")
     p.add_argument("--member-logits", type=Path, metavar="NPZ",
                    help="also save each member network's raw logits under every shift (benchmarks/ensembles.py)")
     return p.parse_args(argv)
@@ -130,10 +133,11 @@ def main(argv=None) -> None:
     suite = shifts.suite()
     labels = np.array([s.label for s in samples])
     networks = member_networks(folders) if args.member_logits else None
-    results, logits = evaluate(classifiers, [read_gray(s.path) for s in samples], labels, suite, networks)
+    results, logits = evaluate(classifiers, [read_gray(s.path) for s in samples], labels, suite, networks,
+                               args.equalize)
     if args.member_logits:
-        np.savez_compressed(args.member_logits, labels=labels, shifts=np.array([f"{s.name} {s.strength}" for s in suite]),
-                            **logits)
+        names = np.array([f"{s.name} {s.strength}" for s in suite])
+        np.savez_compressed(args.member_logits, labels=labels, shifts=names, **logits)
     out: dict = {"images": len(samples), "shifts": [[s.name, s.strength] for s in suite], "models": []}
     for i, (folder, classifier) in enumerate(zip(folders, classifiers, strict=True)):
         rows = [r[i] for r in results]
@@ -145,7 +149,7 @@ def main(argv=None) -> None:
     if held_out:
         images = [read_gray(s.path) for s in held_out]
         labels = np.array([s.label for s in held_out])
-        unseen = evaluate(classifiers, images, labels, suite[:1])[0][0]
+        unseen = evaluate(classifiers, images, labels, suite[:1], equalize=args.equalize)[0][0]
         print(f"leave-source-out: {len(held_out)} images matching {args.held_out_source}, never trained on")
         for folder, row in zip(folders, unseen, strict=True):
             print(f"  {str(folder):<40}" + "".join(f"{c} {_fmt(row[c]).strip()}  " for c in ("acc", "spec")))

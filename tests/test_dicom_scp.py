@@ -330,6 +330,7 @@ def test_idle_sockets_cannot_lock_the_listener(listen):
 
 
 def test_stop_returns_at_once_with_idle_connections_open(listen):
+    before = set(threading.enumerate())  # earlier tests' idle pools are not the listener's
     listener = listen()
     opened = idle_sockets(listener, 3)
     established = association(listener, SecondaryCaptureImageStorage)
@@ -337,8 +338,12 @@ def test_stop_returns_at_once_with_idle_connections_open(listen):
     listener.server.stop()
     assert not established.is_established
     # The process can exit once the association threads (not daemons) have ended.
-    wait_until(lambda: not [t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()])
-    assert time.monotonic() - start < 5
+    def others() -> list[str]:
+        return [t.name for t in set(threading.enumerate()) - before if not t.daemon]
+
+    while others() and time.monotonic() - start < 5:
+        time.sleep(0.05)
+    assert not others(), others()
     for raw in opened:
         raw.close()
 

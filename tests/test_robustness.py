@@ -66,6 +66,14 @@ def test_augmented_images_stay_in_range(image):
         assert out.shape == image.shape and out.min() >= 0.0 and out.max() <= 1.0
 
 
+def test_equalisation_removes_an_exposure_change(image):
+    flat = augment.equalize(image)
+    assert flat.shape == image.shape and flat.min() >= 0.0 and flat.max() <= 1.0
+    # A monotone change of exposure keeps the order of the pixel values, so the equalised image
+    # is the same up to the 8-bit quantisation of the two.
+    assert np.abs(augment.equalize(shifts.gamma(image, 0.6)) - flat).mean() < 0.02
+
+
 def test_held_out_source_is_in_neither_split(tmp_path: Path):
     root = kermany_layout(tmp_path)
     train, val, held_out = data.load(root, 0.4, 1, "NORMAL/IM-*")

@@ -23,12 +23,14 @@ class Recipe:
     the small shift and zoom of models up to 1.3.0; ``aspect``: their range of width / height.
     ``intensity``: random gamma, contrast, brightness, blur or sharpening, noise and JPEG
     compression before preprocessing. ``mixup``: the alpha of mixup (Zhang et al. 2018,
-    "mixup: Beyond Empirical Risk Minimization"), 0 for none."""
+    "mixup: Beyond Empirical Risk Minimization"), 0 for none. ``equalize``: histogram
+    equalisation (``equalize``) after augmentation; a model trained so needs it at inference."""
 
     crop_scale: tuple[float, float] | None = None
     intensity: bool = False
     aspect: tuple[float, float] = (3 / 4, 4 / 3)
     mixup: float = 0.0
+    equalize: bool = False
 
 
 def _geometry(image: np.ndarray, rng: np.random.Generator, recipe: Recipe) -> np.ndarray:
@@ -58,10 +60,19 @@ def _intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return image
 
 
+def equalize(image: np.ndarray) -> np.ndarray:
+    """Histogram equalisation of a display-ready image: every exposure and contrast maps to the
+    same flat histogram (a candidate preprocessing against exposure shortcuts; not shipped)."""
+    levels = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+    cdf = np.cumsum(np.bincount(levels.ravel(), minlength=256)).astype(np.float32)
+    return cdf[levels] / cdf[-1]
+
+
 def augment(image: np.ndarray, rng: np.random.Generator, recipe: Recipe) -> np.ndarray:
     """One random variant of a display-ready image, same shape, values in [0, 1]."""
     image = _geometry(image, rng, recipe)
-    return _intensity(image, rng) if recipe.intensity else image
+    image = _intensity(image, rng) if recipe.intensity else image
+    return equalize(image) if recipe.equalize else image
 
 
 class Batches(keras.utils.PyDataset):

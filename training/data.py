@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +26,12 @@ def split_by_patient(samples: Sequence[Sample], val_fraction: float, seed: int
     return train, val
 
 
-def load_arrays(samples: Sequence[Sample], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Model inputs and labels, through the same preprocessing the service uses."""
-    x = np.stack([to_model_input(read_gray(s.path), size) for s in samples])
+def load_arrays(samples: Sequence[Sample], size: int, transform: Callable[[np.ndarray], np.ndarray] | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Model inputs and labels, through the same preprocessing the service uses (after
+    ``transform`` of the display-ready image, if given)."""
+    transform = transform or (lambda image: image)
+    x = np.stack([to_model_input(transform(read_gray(s.path)), size) for s in samples])
     y = np.array([s.label for s in samples], dtype=np.int64)
     return x, y
 

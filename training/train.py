@@ -44,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="width/height range of the random resized crops")
     p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="mixup's alpha (0: none)")
     p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--equalize", action="store_true",
+                   help="histogram-equalise every image before preprocessing (benchmark with --equalize too)")
     p.add_argument("--held-out-source", metavar="GLOB",
                    help="leave out the images matching this glob under --data (leave-source-out check)")
     p.add_argument("--name", default="ctai-resnet")
@@ -99,7 +101,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     import keras
 
-    from training.augment import Batches, Recipe
+    from training.augment import Batches, Recipe, equalize
     from training.resnet import build_resnet
 
     if report.gpus():
@@ -114,13 +116,13 @@ def main(argv=None) -> None:
           f"{len({s.patient for s in train_s})} / {len({s.patient for s in val_s})} patients", flush=True)
     t0 = time.time()
     raw_train, y_train = data.load_raw(train_s), np.array([s.label for s in train_s], dtype=np.int64)
-    x_val, y_val = data.load_arrays(val_s, args.size)
+    x_val, y_val = data.load_arrays(val_s, args.size, equalize if args.equalize else None)
     print(f"loaded and preprocessed in {time.time() - t0:.0f} s", flush=True)
 
     counts = np.bincount(y_train, minlength=len(CLASSES))
     class_weight = len(y_train) / (len(CLASSES) * np.maximum(counts, 1))
     recipe = Recipe(tuple(args.crop_scale) if args.crop_scale else None, args.intensity, tuple(args.aspect),
-                    args.mixup)
+                    args.mixup, args.equalize)
     train_ds = Batches(raw_train, y_train, args.batch, args.size, recipe, args.seed, args.workers, class_weight)
 
     model = build_resnet(args.depth, args.width, args.size, len(CLASSES))
