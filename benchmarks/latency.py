@@ -10,9 +10,12 @@ SCP as the PACS and hl7apy's MLLP server as the HIS. Prints:
 - listener: last instance answered -> ORU received by the HIS, and -> SR received by the PACS
   (median over --series one-radiograph series sent one after another, idle_seconds 2);
 - Orthanc: last instance stored -> SR stored in Orthanc for a lone radiograph (median of 3),
-  and for each of a burst of --burst radiographs sent at once (median, max), with StableAge.
+  and for each of a burst of --burst radiographs sent at once (median, max), with StableAge;
+- phone: a JPEG photo posted to an upload link -> its result picture received, through the web
+  app and the same worker (median over --uploads, one after another, as a phone polls).
 
-    .venv/bin/python benchmarks/latency.py [--series 5] [--burst 30] [--stable-age 2] [--backend B] [--converted DIR]
+    .venv/bin/python benchmarks/latency.py [--series 5] [--burst 30] [--uploads 5] [--stable-age 2]
+        [--backend B] [--converted DIR]
 
 Timings on a shared or busy machine are noisy: compare the medians, and rerun.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -45,6 +49,7 @@ from ctai.outbox import OutboxSender  # noqa: E402
 from ctai.results import JobStore  # noqa: E402
 from ctai.serve import WorkerService  # noqa: E402
 from ctai.transports.dicom_scp import DicomListener  # noqa: E402
+from tests.conftest import IMAGES  # noqa: E402
 from tests.orthanc_harness import Harness, fast_config  # noqa: E402
 from tests.peers import HIS, StoreSCP, free_port  # noqa: E402
 from tests.phantoms import image_names, radiograph  # noqa: E402
@@ -95,6 +100,40 @@ def send_series(port: int, patient_id: str, name: str) -> float:
     assoc.release()
     assert status.Status == 0, status
     return answered
+
+
+def report_phone(config: configuration.Config, uploads: int) -> None:
+    """Log in as staff, start an upload link, then post photos one after another and poll each
+    one's status as the phone page does (every 0.1 s here) until its result picture arrives."""
+    import httpx
+
+    from ctai.web.app import WebService
+
+    config["web"].update(staff_token="benchmark", host="127.0.0.1", port=free_port())
+    service = WebService(config)
+    service.start()
+    photo = (IMAGES / "IM-0115-0001.jpeg").read_bytes()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{config['web']['port']}") as client:
+            csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/staff").text).group(1)
+            page = client.post("/staff/login", data={"token": "benchmark", "csrf": csrf}).text
+            csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+            page = client.post("/staff/sessions", data={"patient_id": "PHONE", "patient_name": "",
+                                                        "accession": "", "csrf": csrf}).text
+            link = re.search(r'href="[^"]*?(/u/[^"]+)"', page).group(1)
+            times = []
+            for number in range(uploads + 1):  # the first one warms up
+                began = time.monotonic()
+                upload = client.post(f"{link}/files", content=photo).json()["id"]
+                while client.get(f"{link}/files/{upload}").json()["status"] == "pending":
+                    time.sleep(0.1)
+                assert client.get(f"{link}/files/{upload}/picture").status_code == 200
+                if number:
+                    times.append(time.monotonic() - began)
+        print(f"phone: photo posted -> result picture received median {statistics.median(times):.2f} s "
+              f"(each: {', '.join(f'{t:.2f}' for t in times)})")
+    finally:
+        service.stop()
 
 
 def report_listener(config: configuration.Config, series: int) -> None:
@@ -207,6 +246,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=5, help="listener series, one after another")
     parser.add_argument("--burst", type=int, default=30, help="radiographs sent to Orthanc at once")
+    parser.add_argument("--uploads", type=int, default=5, help="phone photos, one after another")
     parser.add_argument("--stable-age", type=int, default=2, help="Orthanc StableAge in seconds")
     parser.add_argument("--backend", help="[model] backend (default: the product's default)")
     parser.add_argument("--converted", type=Path, help="a folder keeping the converted networks between runs")
@@ -237,6 +277,7 @@ def main() -> None:
             report_listener(config, args.series)
             report_orthanc_lone(harness)
             report_orthanc_burst(harness, args.burst)
+            report_phone(config, args.uploads)
         finally:
             harness.close()
 
