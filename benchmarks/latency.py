@@ -109,16 +109,16 @@ def report_phone(config: configuration.Config, uploads: int) -> None:
 
     from ctai.web.app import WebService
 
-    config["web"].update(staff_token="benchmark", host="127.0.0.1", port=free_port())
+    config["web"].update(staff_token="benchmark-staff-token", host="127.0.0.1", port=free_port())
     service = WebService(config)
     service.start()
     photo = (IMAGES / "IM-0115-0001.jpeg").read_bytes()
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{config['web']['port']}") as client:
+        with httpx.Client(base_url=f"http://127.0.0.1:{config['web']['port']}", follow_redirects=True) as client:
             csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/staff").text).group(1)
-            page = client.post("/staff/login", data={"token": "benchmark", "csrf": csrf}).text
+            page = client.post("/staff/login", data={"token": "benchmark-staff-token", "csrf": csrf}).text
             csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
-            page = client.post("/staff/sessions", data={"patient_id": "PHONE", "patient_name": "",
+            page = client.post("/staff/sessions", data={"patient_id": "PHONE", "patient_name": "Bench^Phone",
                                                         "accession": "", "csrf": csrf}).text
             link = re.search(r'href="[^"]*?(/u/[^"]+)"', page).group(1)
             times = []
