@@ -86,9 +86,8 @@ class Batches(keras.utils.PyDataset):
         # under a backend (JAX) that is multithreaded itself.
         super().__init__(workers=workers, use_multiprocessing=False)
         self.images, self.labels = images, labels
-        classes = int(labels.max()) + 1
-        self.targets = np.eye(classes, dtype=np.float32)[labels]
-        weights = np.ones(classes) if class_weight is None else np.asarray(class_weight)
+        weights = np.ones(int(labels.max()) + 1) if class_weight is None else np.asarray(class_weight)
+        self.targets = np.eye(len(weights), dtype=np.float32)[labels]
         self.weights = weights[labels].astype(np.float32)
         self.batch_size, self.size, self.recipe, self.seed = batch_size, size, recipe, seed
         self.epoch = 0

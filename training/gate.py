@@ -122,16 +122,17 @@ def main(argv=None) -> None:
     held_out = _non_chest("held-out", max(args.per_category // 5, 20), val_raw)
     print(f"corpora built in {time.time() - t0:.0f} s", flush=True)
 
-    batches = Batches(x, y, 64, args.size, Recipe((0.35, 1.0), intensity=True), args.seed, args.workers)
+    counts = np.bincount(y, minlength=2)
+    batches = Batches(x, y, 64, args.size, Recipe((0.35, 1.0), intensity=True), args.seed, args.workers,
+                      class_weight=len(y) / (2 * counts))
     model = build_resnet(18, args.width, args.size, 2)
     steps = args.epochs * len(batches)
     schedule = keras.optimizers.schedules.CosineDecay(0.0, steps, warmup_target=2e-3, warmup_steps=steps // 10)
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    counts = np.bincount(y, minlength=2)
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     t0 = time.time()
-    model.fit(batches, epochs=args.epochs, verbose=2,
-              class_weight={i: float(len(y) / (2 * c)) for i, c in enumerate(counts)})
+    model.fit(batches, epochs=args.epochs, verbose=2)
     train_seconds = time.time() - t0
 
     args.out.mkdir(parents=True, exist_ok=True)
