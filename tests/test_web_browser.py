@@ -128,6 +128,7 @@ def start_session(staff, base: str) -> str:
     staff.fill("input[name=patient_name]", "DOE^JOHN")
     staff.fill("input[name=accession]", "ACC-0815")
     staff.click("form[action='/staff/sessions'] button")
+    staff.wait_for_load_state()  # the style sheet too: before it, the QR code has its natural width
     return staff.get_attribute("#upload-link", "href")
 
 
