@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
 # Fill the git-ignored .gpu/ folder that training/gpu.sh needs on the lent GPU machine, which
-# has JAX but no TensorFlow, no Keras and no network: the training images, the wheels ctai's
-# training path imports that the machine lacks, and the shipped model's architecture (its
-# speed is measured there; its weights stay here to keep the transfer under 64 MiB).
+# has JAX but no TensorFlow, no Keras and no network: the training images and the wheels ctai's
+# training path imports that the machine lacks.
 #
 #     bash scripts/gpu-prepare.sh ../shared/data/chest_xray/train
 #
-# Then, for the device call only, move ctai/model/artifact/model.keras aside (46 MB), carry
-# .gpu, and run `bash training/gpu.sh`.
+# Then, for the device call only, move ctai/model/artifact/model.f16.npz aside (36 MB; the
+# transfer limit is 64 MiB), carry .gpu, and run `bash training/gpu.sh`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:?usage: gpu-prepare.sh DATA_FOLDER}
-rm -rf .gpu && mkdir -p .gpu/whl .gpu/shipped
+rm -rf .gpu && mkdir -p .gpu/whl
 cp -r "$data" .gpu/data
 for spec in keras==3.15.1 namex==0.1.0 optree==0.20.0 pydicom==3.0.2 highdicom==0.28.2 pylibjpeg==2.1.0 \
             pylibjpeg-libjpeg==2.5.0 pylibjpeg-openjpeg==2.6.0 pylibjpeg-rle==2.2.0 pyjpegls==1.5.1; do
@@ -19,12 +18,4 @@ for spec in keras==3.15.1 namex==0.1.0 optree==0.20.0 pydicom==3.0.2 highdicom==
     --platform manylinux_2_31_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu/whl "$spec"
 done
-.venv/bin/python - <<'PY'
-import keras
-from ctai.model.backend import shipped_model_dir
-folder = shipped_model_dir()
-open(".gpu/shipped/architecture.json", "w").write(
-    keras.saving.load_model(folder / "model.keras", compile=False).to_json())
-open(".gpu/shipped/model.json", "w").write((folder / "model.json").read_text())
-PY
 du -sh .gpu
