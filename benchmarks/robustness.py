@@ -4,13 +4,16 @@ changes (``training.shifts.suite``), then the worst case and the mean over the s
     .venv/bin/python benchmarks/robustness.py --data ../shared/data/chest_xray/train
     .venv/bin/python benchmarks/robustness.py --data ... --model A --model B --json shift.json
     .venv/bin/python benchmarks/robustness.py --data ... --model M --held-out-source 'NORMAL/IM-*'
+    .venv/bin/python benchmarks/robustness.py --data ... --model M --member-logits m.npz
 
 ``--model`` (repeatable; default the shipped model) is a model folder (``model.keras`` or ``model.f16.npz``) and
 ``model.json``. The split options are training's, so the benchmark sees exactly the patients
 training kept out. ``--held-out-source`` is the leave-source-out check: for a model trained
 with the same option, the images matching the glob were never seen, and a separate line gives
 the metrics on them alone. ``--all`` uses every image under ``--data`` (a smoke run on a few
-images). Prints numbers, asserts nothing.
+images). ``--member-logits`` also saves every member network's raw logits under every shift, for
+``benchmarks/ensembles.py`` to score ensembles that were never built; ``--equalize`` is for
+models trained with ``training.train --equalize``. Prints numbers, asserts nothing.
 """
 
 from __future__ import annotations
