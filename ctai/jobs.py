@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from huey import Huey, SqliteHuey
 from huey.api import TaskWrapper
 
 from ctai.config import Config, data_dir
+from ctai.held import HoldingHuey, RedisHoldingStorage, SqliteHoldingStorage
 from ctai.results import JobStore
 from ctai.types import Job
 
@@ -32,17 +32,17 @@ _lock = threading.Lock()
 _producers: dict[tuple[str, str], TaskWrapper] = {}
 
 
-def make_queue(config: Config, host: str | None = None) -> Huey:
+def make_queue(config: Config, host: str | None = None, taker: str | None = None) -> HoldingHuey:
     """A huey instance on the configured backend ([queue] backend, url): the shared queue, or
-    with Redis the queue of ``host``'s own jobs (SQLite is one machine's: one queue)."""
+    with Redis the queue of ``host``'s own jobs (SQLite is one machine's: one queue). ``taker``:
+    the worker that takes messages from it (``ctai.held``); producers leave it out."""
     backend = config["queue"]["backend"]
     if backend == "sqlite":
-        return SqliteHuey("ctai", filename=str(data_dir(config) / "queue.sqlite3"), results=False)
+        return HoldingHuey("ctai", results=False, storage_class=SqliteHoldingStorage, taker=taker,
+                           filename=str(data_dir(config) / "queue.sqlite3"))
     if backend == "redis":
-        from huey import RedisHuey
-
-        return RedisHuey(f"ctai.{host}" if host else "ctai", url=config["queue"]["url"], results=False,
-                         clean_name=False)
+        return HoldingHuey(f"ctai.{host}" if host else "ctai", results=False, storage_class=RedisHoldingStorage,
+                           taker=taker, url=config["queue"]["url"], clean_name=False)
     raise ValueError(f"[queue] backend must be 'sqlite' or 'redis', not {backend!r}")
 
 
@@ -58,7 +58,7 @@ def job_of(message: dict[str, Any]) -> Job:
     return Job(message["id"], message["source"], dict(message["options"]))
 
 
-def task(huey: Huey, handler: Callable[[dict[str, Any]], None]) -> TaskWrapper:
+def task(huey: HoldingHuey, handler: Callable[[dict[str, Any]], None]) -> TaskWrapper:
     """Register ``handler`` as the job task (retries are the worker's: ``RetryTask``)."""
 
     def run_job(message: dict[str, Any]) -> None:  # huey names tasks by module: this one, for all

@@ -11,7 +11,9 @@ lease_seconds that a thread renews every third of it while the job runs. A taken
 gone from the queue, so a job whose worker died lives on only in its record: every worker
 looks for leases that ran out (or whose process on this host is gone) and queues those jobs
 again, whichever machine ran them. A claim never succeeds while another one's lease is live,
-so no two workers run a job at once.
+so no two workers run a job at once. Between taking a message and claiming its job, the queue
+holds the message for this worker (``ctai.held``): the leases' thread renews that heartbeat too,
+and gives back the messages of workers found dead, as it does their leases.
 """
 
 from __future__ import annotations
@@ -80,13 +82,14 @@ class Worker:
         self._redis_up_since: float | None = None  # monotonic; None while the store is unreachable
         self._leases = threading.Thread(target=self._keep_leases, name="worker-leases", daemon=True)
         redis = config["queue"]["backend"] == "redis"
-        queues = [jobs.make_queue(config)] + ([jobs.make_queue(config, jobs.this_host())] if redis else [])
+        hosts = [None, jobs.this_host()] if redis else [None]
+        self.queues = [jobs.make_queue(config, host, taker=self.owner) for host in hosts]
         threads = int(config["worker"]["threads"])
         poll = float(config["worker"]["poll_interval"])
         # Redis wakes a waiting thread at once: the delay is the backoff after an error (Redis down).
         backoff, max_delay = (2.0, 10.0) if redis else (1.0, poll)
         self.consumers = []
-        for huey in queues:
+        for huey in self.queues:
             jobs.task(huey, self._run)
             self.consumers.append(_Consumer(huey, workers=threads, periodic=False, initial_delay=poll,
                                             backoff=backoff, max_delay=max_delay, shutdown_timeout=60))
@@ -98,7 +101,11 @@ class Worker:
         size = self.classifier.input_size
         self.pipeline.scores(np.zeros((1, size, size, 1), np.float32))  # the first call builds the graph
         self._redis_up_since = time.monotonic()
-        self._requeue_abandoned()
+        try:
+            self._beat()
+            self._requeue_abandoned()
+        except TransientError as exc:  # Redis full: nothing can be taken either; the thread tries again
+            log.error("worker: %s", exc)
         self._leases.start()
         for consumer in self.consumers:
             consumer.start()
@@ -131,6 +138,7 @@ class Worker:
                         log.warning("worker: lost the lease of %s (renewed too late)", job_id)
                         with self._held_lock:
                             self._held.pop(job_id, None)
+                self._beat()
                 self._requeue_abandoned()
                 self._redis_up_since = self._redis_up_since or time.monotonic()
             except TransientError as exc:  # Redis down: leases run out, the jobs go on running
@@ -139,14 +147,23 @@ class Worker:
             except Exception:  # noqa: BLE001 - keep renewing; the next round tries again
                 log.exception("worker: renewing leases failed")
 
+    def _beat(self) -> None:
+        for huey in self.queues:
+            huey.storage.beat(time.time() + self.lease)
+
     def _requeue_abandoned(self) -> None:
-        """Queue again the jobs whose lease ran out, or whose worker process on this host is gone.
+        """Queue again the jobs whose lease ran out, or whose worker process on this host is gone,
+        and the messages that dead workers took but had not claimed.
 
         Leases count as run out only once this worker has reached the store for a whole lease:
         after an outage (Redis restarting), every live worker has had time to renew its own.
         """
         up = self._redis_up_since
         now = time.time() if up is not None and time.monotonic() - up >= self.lease else 0.0
+        for huey in self.queues:
+            for taker, until in huey.storage.takers().items():
+                if self._abandoned(taker, until, now) and (count := huey.storage.give_back(taker)):
+                    log.warning("worker: %d message(s) taken by %s, gone, queued again", count, taker)
         for record in self.store.leased():
             if not self._abandoned(record.owner or "", record.lease or 0, now):
                 continue
@@ -158,9 +175,9 @@ class Worker:
             self.store.release(record.id, reaper)
 
     def _abandoned(self, owner: str, lease: float, now: float) -> bool:
-        """Whether the claim ``owner`` ("host:pid:worker:claim") is dead: its lease ran out, or its
-        process on this host is gone."""
-        if owner.startswith(f"{self.owner}:"):
+        """Whether the claim or taker ``owner`` ("host:pid:worker[:claim]") is dead: its lease (or
+        heartbeat) ran out, or its process on this host is gone."""
+        if owner == self.owner or owner.startswith(f"{self.owner}:"):
             return False
         host, pid = (owner.split(":") + ["", ""])[:2]
         gone = pid != str(os.getpid()) and not _alive(int(pid) if pid.isdigit() else 0)

@@ -153,6 +153,20 @@ def test_jobs_left_running_by_a_dead_worker_are_queued_again(config, make_worker
     assert store.get("elsewhere").status == "running"
 
 
+def test_messages_taken_by_a_dead_worker_before_its_claim_are_queued_again(config, make_worker):
+    dead = jobs.make_queue(config, taker=f"{socket.gethostname()}:{2 ** 22 + 12345}:a")  # no such process
+    dead.storage.beat(time.time() + 60)
+    for name in ("taken", "waiting"):
+        jobs.enqueue(config, Job(name, "test", {"images": 1}))
+    assert dead.storage.dequeue() is not None  # killed here: the message held, its job unclaimed
+    assert jobs.make_queue(config).pending_count() == 1
+    worker, source = make_worker()
+    wait_for(config, "taken", "done")
+    wait_for(config, "waiting", "done")
+    assert dead.storage.takers().keys() == {worker.owner}  # the dead one is forgotten
+    assert source.loads == {"taken": 1, "waiting": 1}
+
+
 def test_a_claim_is_exclusive_while_its_lease_lives(config):
     exercise_claims(JobStore(config))
 

@@ -103,6 +103,18 @@ def test_a_job_of_a_worker_that_died_elsewhere_is_run_once_its_lease_ran_out(two
     assert source.loads["orphan"] == 1
 
 
+def test_a_message_taken_elsewhere_by_a_worker_that_died_before_its_claim_runs_once(two, make_worker, server):
+    a, b = two
+    dead = jobs.make_queue(a, taker="dead-host:7:x")
+    dead.storage.beat(time.time() + 1.0)  # its heartbeat runs out in a second
+    jobs.enqueue(a, Job("taken", "test", {"images": 1}))
+    assert dead.storage.dequeue() is not None
+    assert server.client().llen("huey.redis.ctai") == 0
+    _, source = make_worker(b)
+    wait_until(lambda: JobStore(a).get("taken").status == "done", 20)
+    assert source.loads == {"taken": 1} and server.client().llen("huey.held.ctai.dead-host:7:x") == 0
+
+
 def test_redis_unreachable_at_start_is_a_clear_error_after_retries(config, tmp_path, monkeypatch):
     down = machine(config, tmp_path / "a", f"unix://{tmp_path}/nothing.sock?db=0")
     pm = plugin_manager(down)
@@ -159,9 +171,9 @@ def test_a_full_redis_drops_nothing(two, make_worker, server):
     with pytest.raises(RedisUnavailable, match=r"is full \(maxmemory reached\), nothing was written"):
         jobs.enqueue(a, Job("while-full", "test", {"images": 1}))
     assert JobStore(a).get("while-full") is None
-    _, source = make_worker(a)  # takes "before" from the queue, cannot record its claim: holds it
+    _, source = make_worker(a)  # cannot take "before" while full (LMOVE writes): it stays queued
     time.sleep(1.0)
-    assert source.loads["before"] == 0 and server.client().llen("huey.redis.ctai") == 0
+    assert source.loads["before"] == 0 and server.client().llen("huey.redis.ctai") == 1
     server.client().config_set("maxmemory", 0)
     wait_until(lambda: JobStore(a).get("before").status == "done", 30)
     assert source.loads["before"] == 1
