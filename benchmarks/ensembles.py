@@ -7,7 +7,9 @@ gets the benchmark's columns per shift, the worst case and the mean.
     .venv/bin/python benchmarks/ensembles.py --logits a.npz b.npz \\
         --candidate 'old=*artifact#0,*artifact#1' --candidate 'new=gpu.m4?*'
 
-A candidate is ``NAME=GLOB[,GLOB...]`` over the member names (``--list`` prints them). Prints
+A candidate is ``NAME=GLOB[,GLOB...]`` over the member names (``--list`` prints them). A
+two-stage candidate, ``NAME=GLOBS:BV_GLOBS``, takes p(normal) from the first members and splits
+the rest between bacterial and viral as the second members' (calibrated) average does. Prints
 numbers, asserts nothing.
 """
 
@@ -42,11 +44,21 @@ def load(paths: list[Path]) -> tuple[np.ndarray, list[str], dict[str, np.ndarray
     return labels, names, logits
 
 
-def score(labels: np.ndarray, logits: np.ndarray, priors: np.ndarray | None) -> list[dict]:
-    """The benchmark's columns per shift for averaged ``logits``, calibrated on shift 0."""
+def probabilities(labels: np.ndarray, logits: np.ndarray, priors: np.ndarray | None) -> np.ndarray:
+    """``[shift, image, class]`` probabilities of averaged ``logits``, calibrated on shift 0."""
     temperature, bias = fit(logits[0].astype(np.float64), labels, priors)
-    return [summary(metrics.compute(labels, calibrated(shifted.astype(np.float64), temperature, np.array(bias))))
-            for shifted in logits]
+    return np.stack([calibrated(shifted.astype(np.float64), temperature, np.array(bias)) for shifted in logits])
+
+
+def two_stage(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """p(normal) of ``first``; the rest split between bacterial and viral as in ``second``."""
+    normal = first[..., 0]
+    bacterial = second[..., 1] / (second[..., 1] + second[..., 2])
+    return np.stack([normal, (1 - normal) * bacterial, (1 - normal) * (1 - bacterial)], axis=-1)
+
+
+def members(logits: dict[str, np.ndarray], globs: str) -> list[str]:
+    return [k for k in logits if any(fnmatch.fnmatch(k, g) for g in globs.split(","))]
 
 
 def main(argv=None) -> None:
@@ -66,11 +78,13 @@ def main(argv=None) -> None:
     out = {}
     for spec in args.candidate:
         name, _, globs = spec.partition("=")
-        keys = [k for k in logits if any(fnmatch.fnmatch(k, g) for g in globs.split(","))]
-        if not keys:
+        priors = np.array(args.priors) if args.priors else None
+        stages = [members(logits, part) for part in globs.split(":")]
+        if not all(stages):
             raise SystemExit(f"{name}: no member matches {globs}")
-        rows = score(labels, np.mean([logits[k] for k in keys], axis=0),
-                     np.array(args.priors) if args.priors else None)
+        p = [probabilities(labels, np.mean([logits[k] for k in keys], axis=0), priors) for keys in stages]
+        rows = [summary(metrics.compute(labels, shifted)) for shifted in (two_stage(*p) if len(p) == 2 else p[0])]
+        keys = sorted(set().union(*stages))
         worst, mean = aggregate(rows[1:])
         at = shift_names[1 + int(np.argmin([r["spec"] for r in rows[1:]]))]
         values = (rows[0]["acc"], rows[0]["auc_bv"], rows[0]["sens"], rows[0]["spec"], rows[0]["logloss"],

@@ -99,12 +99,17 @@ def test_benchmark_smoke_run(tmp_path: Path):
 
     # Candidate ensembles scored from the members' saved logits.
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ensembles.py"), "--logits",
-                          str(tmp_path / "logits.npz"), "--candidate", "all=*", "--json", str(tmp_path / "c.json")],
+                          str(tmp_path / "logits.npz"), "--candidate", "all=*", "--candidate", "twice=*:*",
+                          "--json", str(tmp_path / "c.json")],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    rebuilt = json.loads((tmp_path / "c.json").read_text())["candidates"]["all"]
+    candidates = json.loads((tmp_path / "c.json").read_text())["candidates"]
+    rebuilt = candidates["all"]
     assert len(rebuilt["members"]) >= 1 and len(rebuilt["rows"]) == len(shifts.suite())
     assert 0.0 <= rebuilt["worst"]["spec"] <= rebuilt["mean"]["spec"] <= 1.0
+    # Two stages from the same members: the same probabilities.
+    for twice, once in zip(candidates["twice"]["rows"], rebuilt["rows"], strict=True):
+        assert twice == pytest.approx(once, rel=1e-6, abs=1e-9, nan_ok=True)
 
     from training.model_card import shift_figure
 
