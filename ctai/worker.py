@@ -7,13 +7,12 @@ doubling from retry_delay; huey keeps the retry durably in its schedule); any ot
 fails the job once, its reason recorded.
 
 A worker claims each job before running it (``JobStore.claim``): a lease of [worker]
-lease_seconds that a thread renews every third of it while the job runs. A taken message is
-gone from the queue, so a job whose worker died lives on only in its record: every worker
-looks for leases that ran out (or whose process on this host is gone) and queues those jobs
-again, whichever machine ran them. A claim never succeeds while another one's lease is live,
-so no two workers run a job at once. Between taking a message and claiming its job, the queue
-holds the message for this worker (``ctai.held``): the leases' thread renews that heartbeat too,
-and gives back the messages of workers found dead, as it does their leases.
+lease_seconds that a thread renews every third of it while the job runs. Every worker looks
+for leases that ran out (or whose process on this host is gone) and queues those jobs again,
+whichever machine ran them. A claim never succeeds while another one's lease is live, so no
+two workers run a job at once. Until its task has run, the queue holds a taken message for the
+worker that took it (``ctai.held``), under a heartbeat that the same thread renews; messages
+held by dead workers are queued again the same way.
 """
 
 from __future__ import annotations
