@@ -38,7 +38,7 @@ class HoldingHuey(Huey):
             self.storage.let_go()
 
 
-# KEYS: schedule, queue. ARGV: now. Due messages go to the queue's taking end, as huey's own.
+# KEYS: schedule, queue. ARGV: now. Due messages join the queue as huey queues them (LPUSH).
 _MOVE_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 for _, data in ipairs(due) do redis.call('LPUSH', KEYS[2], data) end
