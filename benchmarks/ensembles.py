@@ -8,8 +8,9 @@ gets the benchmark's columns per shift, the worst case and the mean.
         --candidate 'old=*artifact#0,*artifact#1' --candidate 'new=gpu.m4?*'
 
 A candidate is ``NAME=GLOB[,GLOB...]`` over the member names (``--list`` prints them). A
-two-stage candidate, ``NAME=GLOBS:BV_GLOBS``, takes p(normal) from the first members and splits
-the rest between bacterial and viral as the second members' (calibrated) average does. Prints
+two-stage candidate, ``NAME=GLOBS:BV_GLOBS``, takes p(normal) from the first members' mean and
+splits the rest between bacterial and viral as the second members' mean does, before one
+calibration (``ctai.model.heads``; ``training.ensemble --split-members`` builds it). Prints
 numbers, asserts nothing.
 """
 
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from robustness import aggregate, summary  # noqa: E402
 
 from ctai import metrics  # noqa: E402
+from ctai.model.heads import two_stage_logits  # noqa: E402
 from training.calibrate import calibrated, fit  # noqa: E402
 
 
@@ -45,16 +47,9 @@ def load(paths: list[Path]) -> tuple[np.ndarray, list[str], dict[str, np.ndarray
 
 
 def probabilities(labels: np.ndarray, logits: np.ndarray, priors: np.ndarray | None) -> np.ndarray:
-    """``[shift, image, class]`` probabilities of averaged ``logits``, calibrated on shift 0."""
-    temperature, bias = fit(logits[0].astype(np.float64), labels, priors)
-    return np.stack([calibrated(shifted.astype(np.float64), temperature, np.array(bias)) for shifted in logits])
-
-
-def two_stage(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """p(normal) of ``first``; the rest split between bacterial and viral as in ``second``."""
-    normal = first[..., 0]
-    bacterial = second[..., 1] / (second[..., 1] + second[..., 2])
-    return np.stack([normal, (1 - normal) * bacterial, (1 - normal) * (1 - bacterial)], axis=-1)
+    """``[shift, image, class]`` probabilities of an ensemble's ``logits``, calibrated on shift 0."""
+    temperature, bias = fit(logits[0], labels, priors)
+    return np.stack([calibrated(shifted, temperature, np.array(bias)) for shifted in logits])
 
 
 def members(logits: dict[str, np.ndarray], globs: str) -> list[str]:
@@ -82,8 +77,9 @@ def main(argv=None) -> None:
         stages = [members(logits, part) for part in globs.split(":")]
         if not all(stages):
             raise SystemExit(f"{name}: no member matches {globs}")
-        p = [probabilities(labels, np.mean([logits[k] for k in keys], axis=0), priors) for keys in stages]
-        rows = [summary(metrics.compute(labels, shifted)) for shifted in (two_stage(*p) if len(p) == 2 else p[0])]
+        means = [np.mean([logits[k] for k in keys], axis=0).astype(np.float64) for keys in stages]
+        combined = np.asarray(two_stage_logits(*means)) if len(means) == 2 else means[0]
+        rows = [summary(metrics.compute(labels, shifted)) for shifted in probabilities(labels, combined, priors)]
         keys = sorted(set().union(*stages))
         worst, mean = aggregate(rows[1:])
         at = shift_names[1 + int(np.argmin([r["spec"] for r in rows[1:]]))]

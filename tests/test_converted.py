@@ -23,20 +23,24 @@ from tests.conftest import IMAGES
 SIZE = 64
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
+def tiny_model(folder: Path, seed: int, network=None) -> Path:
+    """A model folder holding ``network``, by default a small untrained ResNet."""
     import keras
 
     from training.resnet import build_resnet
 
-    keras.utils.set_random_seed(3)
-    folder = tmp_path_factory.mktemp("converted") / "model"
+    keras.utils.set_random_seed(seed)
     folder.mkdir()
-    build_resnet(18, 4, SIZE, dropout=0.0).save(folder / "model.keras")
+    (network or build_resnet(18, 4, SIZE, dropout=0.0)).save(folder / "model.keras")
     meta = {"name": "tiny", "version": "0", "classes": list(CLASSES), "input_size": SIZE,
             "temperature": 0.05, "bias": [0.0, 0.3, -0.2]}  # a low temperature magnifies any difference
     (folder / "model.json").write_text(json.dumps(meta))
     return folder
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("converted") / "model", seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +60,18 @@ def test_a_converted_network_gives_keras_probabilities_and_heat_maps(model, cach
     np.testing.assert_allclose(p, p_ref, atol=1e-4)
     np.testing.assert_allclose(maps, maps_ref, atol=1e-3)
     np.testing.assert_allclose(converted.predict(x), p, atol=1e-6)
+
+
+def test_a_two_stage_ensemble_converts_with_its_head(model, tmp_path):
+    from training.ensemble import combine
+
+    ensemble, _ = combine([model], [model, tiny_model(tmp_path / "other", seed=4)])
+    folder = tiny_model(tmp_path / "two-stage", seed=0, network=ensemble)
+    x = np.random.default_rng(1).standard_normal((4, SIZE, SIZE, 1)).astype(np.float32)
+    p_ref, maps_ref = KerasClassifier(folder).predict_with_heatmaps(x)
+    p, maps = ConvertedClassifier(folder, "onnxruntime", tmp_path / "cache").predict_with_heatmaps(x)
+    np.testing.assert_allclose(p, p_ref, atol=1e-4)
+    np.testing.assert_allclose(maps, maps_ref, atol=1e-3)
 
 
 def test_the_conversion_is_cached_by_the_network_file(model, cache):

@@ -1,5 +1,6 @@
 """Training: the patient-level split, and a tiny real run that exports a loadable model."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from ctai.inputs.images import read_gray
 from ctai.model.backend import KerasClassifier
 from ctai.model.preprocess import to_model_input
 from tests.conftest import IMAGES, kermany_layout
+from training.calibrate import softmax
 from training.data import split_by_patient
 
 
@@ -78,6 +80,31 @@ def test_ensemble_averages_the_members_logits(tiny_members, tmp_path: Path):
     expected = np.mean([KerasClassifier(m).logits(x) for m in tiny_members], axis=0)
     np.testing.assert_allclose(ensemble.logits(x), expected, atol=1e-5)
     assert abs(ensemble.predict(x).sum() - 1) < 1e-6
+
+
+def test_a_two_stage_ensemble_takes_normal_from_its_members_and_the_split_from_the_split_members(
+        tiny_members, tmp_path: Path):
+    from training.ensemble import main
+    from training.half import convert
+
+    first, second = tiny_members
+    out = tmp_path / "two-stage"
+    main(["--members", str(first), "--split-members", str(first), str(second), "--out", str(out),
+          "--data", str(kermany_layout(tmp_path / "data")), "--work", str(tmp_path / "work"),
+          "--val-fraction", "0.4", "--version", "9.9.9"])
+    ensemble = KerasClassifier(out)
+    assert "two stages over 2 x" in json.loads((out / "model.json").read_text())["architecture"]
+    x = np.concatenate([one_image(64), np.random.default_rng(0).standard_normal((3, 64, 64, 1))]).astype(np.float32)
+    p = softmax(ensemble.logits(x))
+    normal = softmax(KerasClassifier(first).logits(x))
+    split = softmax(np.mean([KerasClassifier(m).logits(x) for m in tiny_members], axis=0))
+    np.testing.assert_allclose(p[:, 0], normal[:, 0], atol=1e-5)
+    np.testing.assert_allclose(p[:, 1] / p[:, 2], split[:, 1] / split[:, 2], rtol=1e-4)
+    probabilities, maps = ensemble.predict_with_heatmaps(x)
+    np.testing.assert_allclose(probabilities, ensemble.predict(x), atol=1e-6)
+    assert maps.shape[0] == len(x)
+    convert(out, "float16")  # the head survives the float16 storage's architecture JSON
+    np.testing.assert_allclose(KerasClassifier(out).predict(x), probabilities, atol=1e-2)
 
 
 def test_calibration_moves_to_the_given_priors():

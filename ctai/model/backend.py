@@ -93,7 +93,8 @@ def with_class_maps(model):
 
     The dense layer applied at every position of the last features, instead of to their average,
     gives maps whose spatial mean is exactly the logits. An ensemble (``training/ensemble.py``)
-    averages its members' logits, so its maps are the mean of its members' maps.
+    combines its members' logits with its layer ``logits`` (``ctai.model.heads``), and its maps
+    are the mean of its members' maps (for a mean of logits, again their spatial mean).
     """
     import keras
 
@@ -104,16 +105,16 @@ def with_class_maps(model):
     outputs = [head(image) for head in heads]
     if len(outputs) == 1:
         return keras.Model(image, outputs[0])
-    logits = keras.layers.Average()([logits for logits, _ in outputs])
+    logits = model.get_layer("logits")([logits for logits, _ in outputs])
     maps = keras.layers.Average()([maps for _, maps in outputs])
     return keras.Model(image, [logits, maps])
 
 
 def members(model) -> list:
-    """An ensemble's member networks (layers ``member0``, ``member1``, ...; ``training.ensemble``),
-    else the model itself."""
+    """An ensemble's member networks in order (layers ``member0``, ``member1``, ...;
+    ``training.ensemble``), else the model itself."""
     members = [layer for layer in model.layers if layer.name.startswith("member") and hasattr(layer, "layers")]
-    return members or [model]
+    return sorted(members, key=lambda layer: int(layer.name.removeprefix("member"))) or [model]
 
 
 def _class_map_head(network):

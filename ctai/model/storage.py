@@ -25,6 +25,8 @@ def load_network(folder: Path):
     """The Keras model stored in ``folder``, in float32."""
     import keras
 
+    import ctai.model.heads  # noqa: F401  (registers the layers that combine an ensemble's members)
+
     path = network_file(folder)
     if path.name == KERAS_FILE:
         return keras.saving.load_model(path, compile=False)
