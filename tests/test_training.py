@@ -151,3 +151,9 @@ def test_float16_packing_keeps_the_outputs(tiny_members, tmp_path: Path):
     x = one_image(64)
     np.testing.assert_allclose(KerasClassifier(tmp_path / "half").predict(x),
                                KerasClassifier(tiny_members[0]).predict(x), atol=1e-2)
+
+
+def test_the_shipped_model_fits_its_50_mb_budget():
+    from ctai.model.backend import shipped_model_dir
+
+    assert sum(f.stat().st_size for f in shipped_model_dir().iterdir()) <= 50_000_000
