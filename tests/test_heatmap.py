@@ -87,13 +87,13 @@ def test_the_peak_falls_on_the_patch(classifier):
 def test_maps_average_to_the_logits_also_for_an_ensemble(patch_model, classifier, tmp_path):
     import keras
 
-    from training.ensemble import average
+    from training.ensemble import combine
     from training.resnet import build_resnet
 
     keras.utils.set_random_seed(2)
     untrained = save_model(build_resnet(18, 4, SIZE), tmp_path / "untrained")
     (tmp_path / "untrained" / "model.json").write_text((patch_model / "model.json").read_text())
-    ensemble, _ = average([patch_model, untrained])
+    ensemble, _ = combine([patch_model, untrained])
     both = KerasClassifier(save_model(ensemble, tmp_path / "ensemble"))
     x = np.stack([synthetic(np.random.default_rng(i), i % 3)[0] for i in range(3)])
 

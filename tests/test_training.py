@@ -105,6 +105,9 @@ def test_a_two_stage_ensemble_takes_normal_from_its_members_and_the_split_from_t
     assert maps.shape[0] == len(x)
     convert(out, "float16")  # the head survives the float16 storage's architecture JSON
     np.testing.assert_allclose(KerasClassifier(out).predict(x), probabilities, atol=1e-2)
+    with pytest.raises(ValueError, match="two stages"):  # its members would lose their roles
+        main(["--members", str(out), str(second), "--out", str(tmp_path / "more"), "--data", str(tmp_path / "data"),
+              "--work", str(tmp_path / "work"), "--val-fraction", "0.4", "--version", "9.9.9"])
 
 
 def test_calibration_moves_to_the_given_priors():

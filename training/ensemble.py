@@ -57,7 +57,7 @@ def combine(folders: list[Path], split: list[Path] | None = None):
         raise ValueError(f"members have different input sizes {sorted(sizes)}")
     size = sizes.pop()
     inputs = keras.Input((size, size, 1), name="image")
-    networks = {folder: members(load_network(folder)) for folder in unique}
+    networks = {folder: members(_flat(load_network(folder), folder)) for folder in unique}
     indices, outputs = {}, []
     for folder, nets in networks.items():
         indices[folder] = list(range(len(outputs), len(outputs) + len(nets)))
@@ -69,6 +69,13 @@ def combine(folders: list[Path], split: list[Path] | None = None):
     else:
         head = keras.layers.Average(name="logits")
     return keras.Model(inputs, head(outputs), name=f"ensemble{len(outputs)}_{size}px"), metas[0]
+
+
+def _flat(network, folder: Path):
+    """``network``, if its members can join another ensemble one by one (not two stages)."""
+    if any(isinstance(layer, TwoStage) for layer in network.layers):
+        raise ValueError(f"{folder} has two stages: name its member folders instead")
+    return network
 
 
 def architecture(model, first: dict) -> str:
