@@ -100,9 +100,14 @@ def test_a_two_stage_ensemble_takes_normal_from_its_members_and_the_split_from_t
     split = softmax(np.mean([KerasClassifier(m).logits(x) for m in tiny_members], axis=0))
     np.testing.assert_allclose(p[:, 0], normal[:, 0], atol=1e-5)
     np.testing.assert_allclose(p[:, 1] / p[:, 2], split[:, 1] / split[:, 2], rtol=1e-4)
-    probabilities, maps = ensemble.predict_with_heatmaps(x)
+    probabilities, _ = ensemble.predict_with_heatmaps(x)
     np.testing.assert_allclose(probabilities, ensemble.predict(x), atol=1e-6)
-    assert maps.shape[0] == len(x)
+    # Each class's heat map comes from the members that decide that class.
+    logits, maps = ensemble.logits_and_maps(x)
+    member_maps = [KerasClassifier(m).logits_and_maps(x)[1] for m in tiny_members]
+    np.testing.assert_allclose(maps[..., 0], member_maps[0][..., 0], atol=1e-4)
+    np.testing.assert_allclose(maps[..., 1:], np.mean(member_maps, axis=0)[..., 1:], atol=1e-4)
+    np.testing.assert_allclose(maps[..., 0].mean(axis=(1, 2)), logits[:, 0], atol=1e-4)
     convert(out, "float16")  # the head survives the float16 storage's architecture JSON
     np.testing.assert_allclose(KerasClassifier(out).predict(x), probabilities, atol=1e-2)
     with pytest.raises(ValueError, match="two stages"):  # its members would lose their roles

@@ -93,10 +93,13 @@ def with_class_maps(model):
 
     The dense layer applied at every position of the last features, instead of to their average,
     gives maps whose spatial mean is exactly the logits. An ensemble (``training/ensemble.py``)
-    combines its members' logits with its layer ``logits`` (``ctai.model.heads``), and its maps
-    are the mean of its members' maps (for a mean of logits, again their spatial mean).
+    combines its members' logits with its layer ``logits`` (``ctai.model.heads``): a mean of
+    logits has the mean of its members' maps; two stages take each class's map from the members
+    that decide that class.
     """
     import keras
+
+    from ctai.model.heads import TwoStage
 
     heads = [_class_map_head(member) for member in members(model)]
     if not heads or None in heads:
@@ -105,8 +108,10 @@ def with_class_maps(model):
     outputs = [head(image) for head in heads]
     if len(outputs) == 1:
         return keras.Model(image, outputs[0])
-    logits = model.get_layer("logits")([logits for logits, _ in outputs])
-    maps = keras.layers.Average()([maps for _, maps in outputs])
+    combine = model.get_layer("logits")
+    logits = combine([logits for logits, _ in outputs])
+    maps = [maps for _, maps in outputs]
+    maps = combine.maps(maps) if isinstance(combine, TwoStage) else keras.layers.Average()(maps)
     return keras.Model(image, [logits, maps])
 
 

@@ -25,7 +25,7 @@ BACKENDS = ("keras", "onnxruntime", "openvino")
 #: probability more than 0.005 (benchmarks/backends.py; docs/model-card.md, "Backends").
 AUTO = "onnxruntime"
 #: Part of the cache key: raise it when the conversion changes.
-CONVERSION = 1
+CONVERSION = 2
 
 
 def backend_name(configured: str) -> str:

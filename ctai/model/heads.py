@@ -38,6 +38,15 @@ class TwoStage(keras.layers.Layer):
 
         return two_stage_logits(mean(self.normal), mean(self.split))
 
+    def maps(self, members):
+        """Class-activation maps ``[n, h, w, class]`` of the two stages from the members' maps:
+        normal's from the members that decide p(normal) (exact: its spatial mean is normal's
+        logit), bacterial's and viral's from the members that split them."""
+        def mean(indices: list[int]):
+            return ops.mean(ops.stack([members[i] for i in indices]), axis=0)
+
+        return ops.concatenate([mean(self.normal)[..., :1], mean(self.split)[..., 1:]], axis=-1)
+
     def compute_output_shape(self, input_shape):
         return input_shape[0]
 
