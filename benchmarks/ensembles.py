@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from robustness import aggregate, summary  # noqa: E402
+from robustness import aggregate  # noqa: E402
 
 from ctai import metrics  # noqa: E402
 from ctai.model.heads import two_stage_logits  # noqa: E402
@@ -79,7 +79,8 @@ def main(argv=None) -> None:
             raise SystemExit(f"{name}: no member matches {globs}")
         means = [np.mean([logits[k] for k in keys], axis=0).astype(np.float64) for keys in stages]
         combined = np.asarray(two_stage_logits(*means)) if len(means) == 2 else means[0]
-        rows = [summary(metrics.compute(labels, shifted)) for shifted in probabilities(labels, combined, priors)]
+        shifted = probabilities(labels, combined, priors)
+        rows = [metrics.summary(metrics.compute(labels, probs)) for probs in shifted]
         keys = sorted(set().union(*stages))
         worst, mean = aggregate(rows[1:])
         at = shift_names[1 + int(np.argmin([r["spec"] for r in rows[1:]]))]

@@ -33,16 +33,8 @@ from ctai.model.backend import KerasClassifier, shipped_model_dir
 from ctai.model.preprocess import to_model_input
 from training import augment, data, shifts
 
-COLUMNS = ("acc", "bal_acc", "sens", "spec", "auc_pn", "auc_bv", "logloss", "ece")
+COLUMNS = ("acc", "bal_acc", "sens", "spec", "auc_pn", "auc_bv", "logloss", "ece")  # ctai.metrics.summary
 LOWER_IS_BETTER = {"logloss", "ece"}
-
-
-def summary(report: dict) -> dict[str, float | None]:
-    """The benchmark's columns from a ``ctai.metrics.compute`` report."""
-    pn, bv = report["pneumonia_vs_normal"], report["bacterial_vs_viral"]
-    return {"acc": report["accuracy"], "bal_acc": report["balanced_accuracy"],
-            "sens": pn["sensitivity"], "spec": pn["specificity"], "auc_pn": pn["roc_auc"],
-            "auc_bv": bv["roc_auc"], "logloss": report["log_loss"], "ece": report["expected_calibration_error"]}
 
 
 def aggregate(rows: list[dict[str, float | None]]) -> tuple[dict, dict]:
@@ -74,7 +66,7 @@ def evaluate(classifiers: list[KerasClassifier], images: list[np.ndarray], label
             size = classifier.input_size
             if size not in inputs:
                 inputs[size] = np.stack([to_model_input(finish(shift.apply(image)), size) for image in images])
-            row.append(summary(metrics.compute(labels, classifier.predict(inputs[size]))))
+            row.append(metrics.summary(metrics.compute(labels, classifier.predict(inputs[size]))))
         results.append(row)
         for name, network in (networks or {}).items():
             logits[name].append(network.predict(inputs[classifiers[0].input_size], batch_size=256, verbose=0))

@@ -67,23 +67,26 @@ def cmd_evaluate(args: argparse.Namespace, config: configuration.Config) -> int:
     from ctai.pipeline import Pipeline
 
     samples = scan(args.folder)
-    label_of = {str(s.path): s.label for s in samples}
+    by_path = {str(s.path): s for s in samples}
     sources = _inputs([s.path for s in samples], PatientInfo())
-    y, probs = [], []
+    y, probs, patients = [], [], []
     job = Job(id="evaluate", source="cli", options={"send": False, "outputs": False})
     for outcome in Pipeline(config).process(job, sources):
         if isinstance(outcome, Failure):
             print(f"{outcome.path}: error: {outcome.reason}", file=sys.stderr)
             continue
-        if outcome.source.path not in label_of:  # a CT series, projected from several files
+        if outcome.source.path not in by_path:  # a CT series, projected from several files
             print(f"{outcome.source.path}: error: a CT series has no label of its own", file=sys.stderr)
             continue
-        y.append(label_of[outcome.source.path])
+        sample = by_path[outcome.source.path]
+        y.append(sample.label)
+        patients.append(sample.patient)
         probs.append([outcome.prediction.probabilities[c] for c in CLASSES])
     if not y:
         print("no image could be classified", file=sys.stderr)
         return 1
     report = metrics.compute(np.array(y), np.array(probs))
+    report["intervals"] = metrics.intervals(np.array(y), np.array(probs), patients)
     report["failed"] = len(samples) - len(y)
     print(json.dumps(report, indent=2) if args.json else metrics.format_report(report))
     return 0

@@ -78,6 +78,33 @@ def compute(y_true: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
     }
 
 
+def summary(report: dict[str, Any]) -> dict[str, float | None]:
+    """The headline numbers of a ``compute`` report, flat: 3-class and balanced accuracy,
+    sensitivity and specificity for pneumonia, both ROC AUCs, log-loss and ECE."""
+    pn, bv = report["pneumonia_vs_normal"], report["bacterial_vs_viral"]
+    return {"acc": report["accuracy"], "bal_acc": report["balanced_accuracy"],
+            "sens": pn["sensitivity"], "spec": pn["specificity"], "auc_pn": pn["roc_auc"],
+            "auc_bv": bv["roc_auc"], "logloss": report["log_loss"], "ece": report["expected_calibration_error"]}
+
+
+def intervals(y_true: np.ndarray, probs: np.ndarray, patients: list[str], rounds: int = 1000,
+              level: float = 0.95, seed: int = 0) -> dict[str, list[float] | None]:
+    """Percentile bootstrap intervals (Efron and Tibshirani 1993) of the ``summary`` numbers,
+    resampling whole patients: images of one patient are not independent, so resampling images
+    would make the intervals too narrow."""
+    y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
+    by_patient = [np.flatnonzero(np.asarray(patients) == p) for p in dict.fromkeys(patients)]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(rounds):
+        picked = np.concatenate([by_patient[k] for k in rng.integers(len(by_patient), size=len(by_patient))])
+        rows.append(summary(compute(y_true[picked], probs[picked])))
+    tail = (1 - level) / 2 * 100
+    return {key: None if any(r[key] is None for r in rows)
+            else [float(v) for v in np.percentile([r[key] for r in rows], [tail, 100 - tail])]
+            for key in rows[0]}
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -107,6 +134,12 @@ def format_report(report: dict[str, Any]) -> str:
         f"log-loss {_fmt(report['log_loss'])}  Brier score {_fmt(report['brier_score'])}  "
         f"expected calibration error {_fmt(report['expected_calibration_error'])}",
     ]
+    if report.get("intervals"):
+        names = {"acc": "3-class accuracy", "sens": "sensitivity", "spec": "specificity", "auc_pn": "pneumonia AUC",
+                 "auc_bv": "bacterial-vs-viral AUC", "logloss": "log-loss"}
+        lines += ["", "95 % intervals (bootstrap over patients):"]
+        lines += [f"  {name:<24}{_fmt(report['intervals'][key][0])} to {_fmt(report['intervals'][key][1])}"
+                  for key, name in names.items() if report["intervals"][key] is not None]
     if report.get("failed"):
         lines.append(f"not classified      {report['failed']}")
     return "\n".join(lines)

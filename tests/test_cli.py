@@ -129,10 +129,11 @@ def test_evaluate_prints_every_metric(capsys, tmp_path: Path):
     report = json.loads(capsys.readouterr().out)
     assert report["n"] == 9
     for key in ("accuracy", "balanced_accuracy", "confusion_matrix", "per_class", "pneumonia_vs_normal",
-                "bacterial_vs_viral", "expected_calibration_error"):
+                "bacterial_vs_viral", "expected_calibration_error", "intervals"):
         assert key in report
     assert main(["evaluate", str(folder)]) == 0
-    assert "balanced accuracy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "balanced accuracy" in out and "95 % intervals (bootstrap over patients)" in out
 
 
 def test_stdout_holds_only_json_lines(tmp_path: Path):

@@ -85,6 +85,7 @@ def main(argv=None) -> None:
     if args.predictions:
         np.savez(args.predictions, y=y, probs=probs)
     report = metrics.compute(y, probs)
+    report["intervals"] = metrics.intervals(y, probs, [s.patient for s in val])
     print(json.dumps({"temperature": temperature, "bias": bias, "validation": report}, indent=2))
 
 
