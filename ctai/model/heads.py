@@ -33,22 +33,20 @@ class TwoStage(keras.layers.Layer):
         self.normal, self.split = list(normal), list(split)
 
     def call(self, members):
-        def mean(indices: list[int]):
-            return ops.mean(ops.stack([members[i] for i in indices]), axis=0)
-
-        return two_stage_logits(mean(self.normal), mean(self.split))
+        return two_stage_logits(_mean(members, self.normal), _mean(members, self.split))
 
     def maps(self, members):
         """Class-activation maps ``[n, h, w, class]`` of the two stages from the members' maps:
         normal's from the members that decide p(normal) (exact: its spatial mean is normal's
         logit), bacterial's and viral's from the members that split them."""
-        def mean(indices: list[int]):
-            return ops.mean(ops.stack([members[i] for i in indices]), axis=0)
-
-        return ops.concatenate([mean(self.normal)[..., :1], mean(self.split)[..., 1:]], axis=-1)
+        return ops.concatenate([_mean(members, self.normal)[..., :1], _mean(members, self.split)[..., 1:]], axis=-1)
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]
 
     def get_config(self) -> dict:
         return {**super().get_config(), "normal": self.normal, "split": self.split}
+
+
+def _mean(tensors: list, indices: list[int]):
+    return ops.mean(ops.stack([tensors[i] for i in indices]), axis=0)
