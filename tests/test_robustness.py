@@ -38,7 +38,8 @@ def test_shifts_change_the_image_and_none_does_not(image):
 
 
 @pytest.mark.parametrize("recipe", [augment.Recipe(), augment.Recipe((0.35, 1.0), True),
-                                    augment.Recipe((0.25, 1.0), True, (0.6, 1.67), mixup=0.2)])
+                                    augment.Recipe((0.25, 1.0), True, (0.6, 1.67), mixup=0.2),
+                                    augment.Recipe((0.35, 1.0), True, corners=True)])
 def test_augmentation_is_deterministic_under_a_seed(recipe):
     raw = data.load_raw([Sample(p, 0, p.stem) for p in sorted(IMAGES.glob("*.jpeg"))])
     labels = np.arange(len(raw)) % 3
@@ -64,6 +65,15 @@ def test_augmented_images_stay_in_range(image):
     for _ in range(20):
         out = augment.augment(image, rng, augment.Recipe((0.35, 1.0), True))
         assert out.shape == image.shape and out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_corners_recipe_keeps_the_black_corners_of_a_tilt(image):
+    def black_corner_pixels(corners: bool) -> int:
+        rng = np.random.default_rng(1)
+        outs = [augment.augment(image, rng, augment.Recipe((0.35, 1.0), corners=corners)) for _ in range(10)]
+        return sum(int((out[:8, :8] == 0).sum() + (out[-8:, -8:] == 0).sum()) for out in outs)
+
+    assert black_corner_pixels(True) > 2 * black_corner_pixels(False)
 
 
 def test_equalisation_removes_an_exposure_change(image):

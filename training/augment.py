@@ -24,17 +24,26 @@ class Recipe:
     ``intensity``: random gamma, contrast, brightness, blur or sharpening, noise and JPEG
     compression before preprocessing. ``mixup``: the alpha of mixup (Zhang et al. 2018,
     "mixup: Beyond Empirical Risk Minimization"), 0 for none. ``equalize``: histogram
-    equalisation (``equalize``) after augmentation; a model trained so needs it at inference."""
+    equalisation (``equalize``) after augmentation; a model trained so needs it at inference.
+    ``corners``: rotate after the crop, not before, so that every tilted variant keeps the black
+    corners a turned detector leaves (the crop would otherwise cut most of them away)."""
 
     crop_scale: tuple[float, float] | None = None
     intensity: bool = False
     aspect: tuple[float, float] = (3 / 4, 4 / 3)
     mixup: float = 0.0
     equalize: bool = False
+    corners: bool = False
 
 
 def _geometry(image: np.ndarray, rng: np.random.Generator, recipe: Recipe) -> np.ndarray:
-    image = shifts.rotate(image, rng.uniform(-10, 10))
+    degrees = rng.uniform(-10, 10)
+    if recipe.corners:
+        return shifts.rotate(_crop(image, rng, recipe), degrees)
+    return _crop(shifts.rotate(image, degrees), rng, recipe)
+
+
+def _crop(image: np.ndarray, rng: np.random.Generator, recipe: Recipe) -> np.ndarray:
     if recipe.crop_scale is None:
         side = rng.uniform(0.88, 1.0)
         top, left = rng.uniform(0, 1 - side, size=2)

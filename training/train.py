@@ -46,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--equalize", action="store_true",
                    help="histogram-equalise every image before preprocessing (benchmark with --equalize too)")
+    p.add_argument("--corners", action="store_true",
+                   help="rotate after the crop, so that tilted variants keep their black corners")
     p.add_argument("--held-out-source", metavar="GLOB",
                    help="leave out the images matching this glob under --data (leave-source-out check)")
     p.add_argument("--name", default="ctai-resnet")
@@ -122,7 +124,7 @@ def main(argv=None) -> None:
     counts = np.bincount(y_train, minlength=len(CLASSES))
     class_weight = len(y_train) / (len(CLASSES) * np.maximum(counts, 1))
     recipe = Recipe(tuple(args.crop_scale) if args.crop_scale else None, args.intensity, tuple(args.aspect),
-                    args.mixup, args.equalize)
+                    args.mixup, args.equalize, args.corners)
     train_ds = Batches(raw_train, y_train, args.batch, args.size, recipe, args.seed, args.workers, class_weight)
 
     model = build_resnet(args.depth, args.width, args.size, len(CLASSES))
