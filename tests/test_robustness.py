@@ -39,7 +39,8 @@ def test_shifts_change_the_image_and_none_does_not(image):
 
 @pytest.mark.parametrize("recipe", [augment.Recipe(), augment.Recipe((0.35, 1.0), True),
                                     augment.Recipe((0.25, 1.0), True, (0.6, 1.67), mixup=0.2),
-                                    augment.Recipe((0.35, 1.0), True, corners=True)])
+                                    augment.Recipe((0.35, 1.0), True, corners=True),
+                                    augment.Recipe((0.35, 1.0), True, corners=True, field=True)])
 def test_augmentation_is_deterministic_under_a_seed(recipe):
     raw = data.load_raw([Sample(p, 0, p.stem) for p in sorted(IMAGES.glob("*.jpeg"))])
     labels = np.arange(len(raw)) % 3
@@ -74,6 +75,14 @@ def test_corners_recipe_keeps_the_black_corners_of_a_tilt(image):
         return sum(int((out[:8, :8] == 0).sum() + (out[-8:, -8:] == 0).sum()) for out in outs)
 
     assert black_corner_pixels(True) > 2 * black_corner_pixels(False)
+
+
+def test_field_brightens_the_middle_against_the_edges(image):
+    out = shifts.field(image, 0.3, 0.3)
+    assert out.shape == image.shape and out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
+    middle, edge = (slice(96, 128), slice(96, 128)), (slice(0, 32), slice(0, 32))
+    assert out[middle].mean() / image[middle].mean() > 1.2 > 1.1 > out[edge].mean() / image[edge].mean()
+    assert shifts.field(image, -0.3, 0.3)[middle].mean() < 0.75 * image[middle].mean()
 
 
 def test_equalisation_removes_an_exposure_change(image):

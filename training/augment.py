@@ -26,7 +26,9 @@ class Recipe:
     "mixup: Beyond Empirical Risk Minimization"), 0 for none. ``equalize``: histogram
     equalisation (``equalize``) after augmentation; a model trained so needs it at inference.
     ``corners``: rotate after the crop, not before, so that every tilted variant keeps the black
-    corners a turned detector leaves (the crop would otherwise cut most of them away)."""
+    corners a turned detector leaves (the crop would otherwise cut most of them away).
+    ``field``: a random smooth gain (``shifts.field``) on half the images, so that the middle of
+    the film being brighter than its edges (a bigger child, more scatter) is not read as disease."""
 
     crop_scale: tuple[float, float] | None = None
     intensity: bool = False
@@ -34,6 +36,7 @@ class Recipe:
     mixup: float = 0.0
     equalize: bool = False
     corners: bool = False
+    field: bool = False
 
 
 def _geometry(image: np.ndarray, rng: np.random.Generator, recipe: Recipe) -> np.ndarray:
@@ -69,6 +72,12 @@ def _intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return image
 
 
+def _field(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if rng.random() < 0.5:
+        return image
+    return shifts.field(image, rng.uniform(-0.3, 0.3), rng.uniform(0.25, 0.5), tuple(rng.uniform(0.35, 0.65, 2)))
+
+
 def equalize(image: np.ndarray) -> np.ndarray:
     """Histogram equalisation of a display-ready image: every exposure and contrast maps to the
     same flat histogram (a candidate preprocessing against exposure shortcuts; not shipped)."""
@@ -81,6 +90,7 @@ def augment(image: np.ndarray, rng: np.random.Generator, recipe: Recipe) -> np.n
     """One random variant of a display-ready image, same shape, values in [0, 1]."""
     image = _geometry(image, rng, recipe)
     image = _intensity(image, rng) if recipe.intensity else image
+    image = _field(image, rng) if recipe.field else image
     return equalize(image) if recipe.equalize else image
 
 

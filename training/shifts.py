@@ -47,6 +47,16 @@ def brightness(image: np.ndarray, delta: float) -> np.ndarray:
     return np.clip(image + delta, 0.0, 1.0)
 
 
+def field(image: np.ndarray, gain: float, sigma: float, centre: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
+    """A smooth gain that peaks at ``centre`` (fractions of height and width) and fades with a
+    Gaussian of ``sigma`` (a fraction of the side): ``gain`` > 0 brightens the middle of the
+    film against its edges, as a thicker patient or more scatter does; < 0 darkens it."""
+    height, width = image.shape
+    y, x = np.ogrid[:height, :width]
+    bump = np.exp(-((y / height - centre[0]) ** 2 + (x / width - centre[1]) ** 2) / (2 * sigma ** 2))
+    return np.clip(image * (1.0 + gain * bump), 0.0, 1.0).astype(np.float32)
+
+
 def blur(image: np.ndarray, radius: float) -> np.ndarray:
     """Gaussian blur of ``radius`` pixels (at the image's own size): a softer detector or film."""
     return _from_pil(_to_pil(image).filter(ImageFilter.GaussianBlur(radius)))

@@ -48,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="histogram-equalise every image before preprocessing (benchmark with --equalize too)")
     p.add_argument("--corners", action="store_true",
                    help="rotate after the crop, so that tilted variants keep their black corners")
+    p.add_argument("--field", action="store_true",
+                   help="a random smooth gain brightens or darkens the middle of half the images")
     p.add_argument("--held-out-source", metavar="GLOB",
                    help="leave out the images matching this glob under --data (leave-source-out check)")
     p.add_argument("--name", default="ctai-resnet")
@@ -124,7 +126,7 @@ def main(argv=None) -> None:
     counts = np.bincount(y_train, minlength=len(CLASSES))
     class_weight = len(y_train) / (len(CLASSES) * np.maximum(counts, 1))
     recipe = Recipe(tuple(args.crop_scale) if args.crop_scale else None, args.intensity, tuple(args.aspect),
-                    args.mixup, args.equalize, args.corners)
+                    args.mixup, args.equalize, args.corners, args.field)
     train_ds = Batches(raw_train, y_train, args.batch, args.size, recipe, args.seed, args.workers, class_weight)
 
     model = build_resnet(args.depth, args.width, args.size, len(CLASSES))
