@@ -27,8 +27,9 @@ class Recipe:
     equalisation (``equalize``) after augmentation; a model trained so needs it at inference.
     ``corners``: rotate after the crop, not before, so that every tilted variant keeps the black
     corners a turned detector leaves (the crop would otherwise cut most of them away).
-    ``field``: a random smooth gain (``shifts.field``) on half the images, so that the middle of
-    the film being brighter than its edges (a bigger child, more scatter) is not read as disease."""
+    ``field``: a random smooth gain (``shifts.field``) on half the images, a candidate against
+    reading a middle brighter than the edges (a bigger child, more scatter) as disease; not
+    shipped (the model card's leave-source-out check)."""
 
     crop_scale: tuple[float, float] | None = None
     intensity: bool = False
