@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from robustness import aggregate  # noqa: E402
 
-from ctai import metrics  # noqa: E402
+from ctai import evaluation  # noqa: E402
 from ctai.model.heads import two_stage_logits  # noqa: E402
 from training.calibrate import calibrated, fit  # noqa: E402
 
@@ -80,7 +80,7 @@ def main(argv=None) -> None:
         means = [np.mean([logits[k] for k in keys], axis=0).astype(np.float64) for keys in stages]
         combined = np.asarray(two_stage_logits(*means)) if len(means) == 2 else means[0]
         shifted = probabilities(labels, combined, priors)
-        rows = [metrics.summary(metrics.compute(labels, probs)) for probs in shifted]
+        rows = [evaluation.summary(evaluation.compute(labels, probs)) for probs in shifted]
         keys = sorted(set().union(*stages))
         worst, mean = aggregate(rows[1:])
         at = shift_names[1 + int(np.argmin([r["spec"] for r in rows[1:]]))]

@@ -20,8 +20,8 @@ from inference import best_time  # benchmarks/inference.py
 from pydicom import Dataset
 
 from ctai.model.preprocess import to_model_input
+from ctai.outputs.picture import render_picture
 from ctai.types import CLASSES, ModelInfo, Prediction, Result, SourceImage
-from ctai_plugins.sc import render_picture
 
 
 def radiograph() -> np.ndarray:

@@ -26,8 +26,8 @@ from benchmarks.netns import enter_private_network  # noqa: E402
 enter_private_network()
 
 from ctai import jobs  # noqa: E402
+from ctai.orthanc.series import series_job, series_skip_reason  # noqa: E402
 from ctai.results import JobStore  # noqa: E402
-from ctai_plugins.orthanc import series_job, series_skip_reason  # noqa: E402
 from tests.orthanc_harness import Harness, fast_config  # noqa: E402
 from tests.phantoms import ct_series, image_names, radiograph  # noqa: E402
 

@@ -4,8 +4,8 @@
 
 On the committed test radiographs (tests/data/images, 224 x 224, wrapped as ``ctai.inputs`` wraps
 pictures; ``--large``: also one enlarged to 2500 x 2048, a DX detector's size): building the SR and the SC
-(picture included), the SC with a heat map, and writing each as a file, the way ``ctai_plugins.sr``
-and ``ctai_plugins.sc`` do it (``build_*``: a copy of the object highdicom built for the first
+(picture included), the SC with a heat map, and writing each as a file, the way ``ctai.outputs.sr``
+and ``ctai.outputs.sc`` do it (``build_*``: a copy of the object highdicom built for the first
 image of its kind, filled in) and with highdicom building every object (``reference_*``).
 The two ways are measured alternately, image after image, and each figure is the median CPU time
 of the calling thread (``time.thread_time``), which other processes on the machine disturb less
@@ -30,8 +30,9 @@ from PIL import Image
 from pydicom import Dataset
 
 from ctai.inputs.wrap import PatientInfo, wrap_image
+from ctai.outputs import sc, sr
+from ctai.outputs.picture import render_picture
 from ctai.types import CLASSES, ModelInfo, Prediction, Result, SourceImage
-from ctai_plugins import sc, sr
 
 IMAGES = Path(__file__).resolve().parent.parent / "tests" / "data" / "images"
 MODEL = ModelInfo("ctai-resnet", "1.0.0")
@@ -67,7 +68,7 @@ def written(dataset: Dataset) -> bytes:
 
 
 def reference_sc(result: Result, series_number: int) -> Dataset:
-    return sc.reference_sc(result, series_number, sc.render_picture(result))
+    return sc.reference_sc(result, series_number, render_picture(result))
 
 
 WAYS = {"highdicom": (sr.reference_sr, reference_sc), "copy": (sr.build_sr, sc.build_sc)}
@@ -88,7 +89,7 @@ def measure(results: list[Result], repeat: int) -> dict[str, list[float]]:
                 times[f"SC build with heat map, {way}"].append(cpu_ms(make_sc, heated, 9902)[0])
                 times[f"SR write, {way}"].append(cpu_ms(written, report)[0])
                 times[f"SC write, {way}"].append(cpu_ms(written, picture)[0])
-            times["SC picture alone (render_picture)"].append(cpu_ms(sc.render_picture, result)[0])
+            times["SC picture alone (render_picture)"].append(cpu_ms(render_picture, result)[0])
     return times
 
 

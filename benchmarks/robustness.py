@@ -26,14 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ctai import metrics
-from ctai.dataset import Sample, scan
+from ctai import evaluation
 from ctai.inputs.images import read_gray
+from ctai.labelled_folder import Sample, scan
 from ctai.model.backend import KerasClassifier, shipped_model_dir
 from ctai.model.preprocess import to_model_input
 from training import augment, data, shifts
 
-COLUMNS = ("acc", "bal_acc", "sens", "spec", "auc_pn", "auc_bv", "logloss", "ece")  # ctai.metrics.summary
+COLUMNS = ("acc", "bal_acc", "sens", "spec", "auc_pn", "auc_bv", "logloss", "ece")  # ctai.evaluation.summary
 LOWER_IS_BETTER = {"logloss", "ece"}
 
 
@@ -66,7 +66,7 @@ def evaluate(classifiers: list[KerasClassifier], images: list[np.ndarray], label
             size = classifier.input_size
             if size not in inputs:
                 inputs[size] = np.stack([to_model_input(finish(shift.apply(image)), size) for image in images])
-            row.append(metrics.summary(metrics.compute(labels, classifier.predict(inputs[size]))))
+            row.append(evaluation.summary(evaluation.compute(labels, classifier.predict(inputs[size]))))
         results.append(row)
         for name, network in (networks or {}).items():
             logits[name].append(network.predict(inputs[classifiers[0].input_size], batch_size=256, verbose=0))

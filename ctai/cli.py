@@ -61,9 +61,9 @@ def cmd_classify(args: argparse.Namespace, config: configuration.Config) -> int:
 def cmd_evaluate(args: argparse.Namespace, config: configuration.Config) -> int:
     import numpy as np
 
-    from ctai import metrics
-    from ctai.dataset import scan
+    from ctai import evaluation
     from ctai.inputs.wrap import PatientInfo
+    from ctai.labelled_folder import scan
     from ctai.pipeline import Pipeline
 
     samples = scan(args.folder)
@@ -85,10 +85,10 @@ def cmd_evaluate(args: argparse.Namespace, config: configuration.Config) -> int:
     if not y:
         print("no image could be classified", file=sys.stderr)
         return 1
-    report = metrics.compute(np.array(y), np.array(probs))
-    report["intervals"] = metrics.intervals(np.array(y), np.array(probs), patients)
+    report = evaluation.compute(np.array(y), np.array(probs))
+    report["intervals"] = evaluation.intervals(np.array(y), np.array(probs), patients)
     report["failed"] = len(samples) - len(y)
-    print(json.dumps(report, indent=2) if args.json else metrics.format_report(report))
+    print(json.dumps(report, indent=2) if args.json else evaluation.format_report(report))
     return 0
 
 

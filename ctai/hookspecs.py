@@ -4,7 +4,8 @@ The pipeline (``ctai.pipeline``) is the only caller. A plugin is a module or obj
 functions named like these and decorated with ``ctai.hookimpl``; it registers through the
 ``ctai`` entry-point group (``[project.entry-points.ctai]`` in its ``pyproject.toml``).
 Order of calls for each job: load_job (queued jobs only) -> skip_reason -> preprocess ->
-classify (classifier) -> make_outputs -> deliver -> job_finished (or job_failed).
+classify (classifier) -> make_outputs -> deliver -> job_finished (or job_failed). Apart from
+jobs, ``ctai_outbox_senders`` gives the outbox (``ctai.outbox``) the senders of its channels.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pluggy
 from ctai.config import Config
 
 if TYPE_CHECKING:
-    from ctai.types import Failure, Job, ModelInfo, Output, Result, SourceImage
+    from ctai.types import Failure, Job, ModelInfo, Output, Result, Sender, SourceImage
 
 hookspec = pluggy.HookspecMarker("ctai")
 
@@ -79,18 +80,19 @@ def ctai_classifier(config: Config) -> Classifier | None:
     """Provide the classifier backend.
 
     Called once when the pipeline starts. The first non-None answer wins; the built-in ones
-    run the shipped model on ``[model] backend``: ONNX Runtime or OpenVINO (``plugins/onnx.py``),
-    else Keras (``plugins/tensorflow.py``).
+    run the shipped model on ``[model] backend``: ONNX Runtime or OpenVINO (``ctai.builtin.onnx``),
+    else Keras (``ctai.builtin.tensorflow``).
     """
 
 
 @hookspec
-def ctai_make_outputs(result: Result, config: Config) -> list[Output] | None:
+def ctai_make_outputs(result: Result, job: Job, config: Config) -> list[Output] | None:
     """Turn a classification result into output objects (DICOM SR, Secondary Capture, ...).
 
-    Called by the pipeline once per classified image, unless the job makes no outputs
+    Called by the pipeline once per classified image of ``job``, unless the job makes no outputs
     (``Job.makes_outputs``: nothing would write or send them). Return the objects this plugin
-    makes; the pipeline collects them from every plugin into ``result.outputs``.
+    makes; the pipeline collects them from every plugin into ``result.outputs``. The objects are
+    built by ``ctai.outputs``.
     """
 
 
@@ -120,4 +122,16 @@ def ctai_job_failed(job: Job, error: BaseException, config: Config) -> None:
 
     Called by whoever runs the job (the worker, the CLI) when the pipeline raised. Returns
     nothing.
+    """
+
+
+@hookspec
+def ctai_outbox_senders(config: Config) -> dict[str, Sender] | None:
+    """Provide the senders of the outbox channels this plugin delivers on.
+
+    Called once by whoever sends the outbox (``ctai serve``, ``ctai worker``, ``ctai outbox
+    --send``) before it starts. Return ``{channel: sender}`` for the channels whose messages this
+    plugin puts in the outbox (``Outbox.put``); a sender returns on the peer's positive answer
+    and raises ``ctai.errors.Undeliverable`` for a final refusal, anything else to be retried
+    (``ctai.types.Sender``, ``BatchSender``). A channel has one sender.
     """

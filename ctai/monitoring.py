@@ -30,8 +30,8 @@ from ctai.types import ModelInfo
 log = logging.getLogger(__name__)
 disable_created_metrics()  # no *_created series: they double every counter's lines for little use
 
-#: Outbox channels always reported, 0 when empty (``ctai.outbox.default_senders``).
-CHANNELS = ("hl7", "cstore", "fhir", "stow")
+#: Outbox channels always reported, 0 when empty: the built-in plugins' (``ctai_outbox_senders``).
+CHANNELS = ("hl7", "cstore", "fhir", "stow", "orthanc")
 
 JOBS = Counter("ctai_jobs", "Jobs run by this process, by source and outcome (done, skipped, failed; "
                "retry: a transient failure, tried again)", ["source", "status"], registry=None)
@@ -121,7 +121,7 @@ def queue_alive(config: Config) -> bool:
 
 def orthanc_alive(config: Config, timeout: float = 3.0) -> bool:
     """Orthanc's REST API answers /system."""
-    from ctai.transports.orthanc import OrthancClient, base_url, credentials
+    from ctai.orthanc.client import OrthancClient, base_url, credentials
 
     try:
         OrthancClient(base_url(config), credentials(config), timeout).system()

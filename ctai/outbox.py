@@ -30,7 +30,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,33 +38,10 @@ from typing import Any
 
 from ctai.config import Config, data_dir
 from ctai.errors import Undeliverable
+from ctai.plugins import outbox_senders, plugin_manager
+from ctai.types import BatchSender, Outcome, Sender
 
 log = logging.getLogger(__name__)
-
-#: Sends one message's payload to its destination; returns on the peer's positive answer.
-Sender = Callable[[Mapping[str, Any], bytes], None]
-#: What became of one payload: None if delivered, else the exception a ``Sender`` would raise.
-Outcome = BaseException | None
-
-
-@dataclass(frozen=True)
-class BatchSender:
-    """A sender that sends up to ``size`` payloads to one destination on one connection (e.g. one
-    DICOM association for many C-STOREs) instead of one connection each.
-
-    ``send_many`` returns the outcome of each payload it tried, in order; it may stop early (the
-    connection was lost): the payloads after those stay due. It raises when it could try none
-    (no connection). Called with one payload, it is a plain ``Sender``.
-    """
-
-    send_many: Callable[[Mapping[str, Any], Sequence[bytes]], list[Outcome]]
-    size: int
-
-    def __call__(self, destination: Mapping[str, Any], payload: bytes) -> None:
-        for outcome in self.send_many(destination, [payload]):
-            if outcome is not None:
-                raise outcome
-
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -330,13 +307,9 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def default_senders(config: Config) -> dict[str, Sender]:
-    """The built-in channels: ``hl7`` (MLLP), ``cstore`` (DICOM C-STORE), ``fhir`` (FHIR REST)
-    and ``stow`` (DICOMweb STOW-RS)."""
-    from ctai.transports import dicom_scu, dicomweb, fhir, mllp
-
-    return {"hl7": mllp.deliver, "cstore": dicom_scu.deliver, "fhir": fhir.FhirClient.from_config(config).deliver,
-            "stow": dicomweb.StowClient.from_config(config).deliver}
+def senders_of(config: Config) -> dict[str, Sender]:
+    """Every channel's sender, as the plugins that deliver on them register it (``ctai_outbox_senders``)."""
+    return outbox_senders(plugin_manager(config), config)
 
 
 @contextmanager
@@ -364,7 +337,7 @@ def send_now(config: Config, senders: Mapping[str, Sender] | None = None) -> dic
     outbox = Outbox.from_config(config)
     outbox.retry_now()
     delivered: dict[str, int | None] = {}
-    for channel, sender in (senders or default_senders(config)).items():
+    for channel, sender in (senders or senders_of(config)).items():
         with sending_lock(config, channel) as locked:
             delivered[channel] = send_due(outbox, channel, sender) if locked else None
     return delivered
@@ -383,7 +356,7 @@ class OutboxSender:
         self.config = config
         self.outbox = Outbox.from_config(config)
         self.poll_seconds = float(config["outbox"]["poll_seconds"])
-        self.senders = dict(senders or default_senders(config))
+        self.senders = dict(senders or senders_of(config))
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 

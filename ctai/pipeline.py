@@ -129,7 +129,7 @@ class Pipeline:
 
     def _finish(self, result: Result, job: Job) -> None:
         if job.makes_outputs:
-            for outputs in self.pm.hook.ctai_make_outputs(result=result, config=self.config):
+            for outputs in self.pm.hook.ctai_make_outputs(result=result, job=job, config=self.config):
                 result.outputs.extend(outputs or [])
         self.pm.hook.ctai_deliver(result=result, job=job, config=self.config)
 

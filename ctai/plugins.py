@@ -6,6 +6,7 @@ import pluggy
 
 from ctai import hookspecs
 from ctai.config import Config
+from ctai.types import Sender
 
 ENTRY_POINT_GROUP = "ctai"
 
@@ -30,3 +31,15 @@ def describe(pm: pluggy.PluginManager) -> list[dict[str, object]]:
         hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
         rows.append({"name": name, "module": getattr(plugin, "__name__", repr(plugin)), "hooks": hooks})
     return rows
+
+
+def outbox_senders(pm: pluggy.PluginManager, config: Config) -> dict[str, Sender]:
+    """Every outbox channel's sender, from the plugins' ``ctai_outbox_senders``; a channel that two
+    plugins claim is a ``ValueError``."""
+    senders: dict[str, Sender] = {}
+    for provided in pm.hook.ctai_outbox_senders(config=config):
+        for channel, sender in (provided or {}).items():
+            if channel in senders:
+                raise ValueError(f"two plugins send the outbox channel {channel!r}")
+            senders[channel] = sender
+    return senders

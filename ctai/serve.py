@@ -8,30 +8,22 @@ service starts: slow set-up in the background (the worker loads the model while 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import signal
-import subprocess
-import sysconfig
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Protocol
 
-from ctai.config import Config, data_dir, to_toml
-from ctai.errors import TransientError
+from ctai.config import Config, data_dir
 from ctai.monitoring import MetricsService
+from ctai.orthanc.client import base_url, credentials, password_file
+from ctai.orthanc.service import OrthancService
 from ctai.outbox import OutboxSender
 from ctai.transports.dicom_scp import DicomListener
-from ctai.transports.orthanc import OrthancClient, base_url, credentials, password_file
 from ctai.types import ModelInfo
 
 log = logging.getLogger(__name__)
 
-#: orthanc/ in the source tree: the configuration template and the script Orthanc runs.
-ORTHANC_DIR = Path(__file__).resolve().parents[1] / "orthanc"
 
 
 class Service(Protocol):
@@ -42,77 +34,6 @@ class Service(Protocol):
     def stop(self) -> None: ...
 
 
-class OrthancService:
-    """Orthanc with ctai's plugin, its configuration, storage and log under <data dir>/orthanc."""
-
-    name = "orthanc"
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.folder = data_dir(config) / "orthanc"
-        self.log_path = self.folder / "orthanc.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def write_config(self) -> Path:
-        """Orthanc's configuration folder: the template with [orthanc] settings filled in."""
-        settings = self.config["orthanc"]
-        user, password = credentials(self.config)
-        storage = self.folder / "storage"
-        orthanc = json.loads((ORTHANC_DIR / "orthanc.json").read_text())
-        orthanc.update(
-            HttpPort=int(settings["http_port"]), DicomPort=int(settings["dicom_port"]),
-            DicomAet=settings["aet"],
-            StorageDirectory=str(storage), IndexDirectory=str(storage), StableAge=int(settings["stable_age"]),
-            RemoteAccessAllowed=bool(settings["remote_access"]), RegisteredUsers={user: password},
-            PythonScript=str(ORTHANC_DIR / "ctai_orthanc.py"),
-        )
-        folder = self.folder / "config"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "orthanc.json").write_text(json.dumps(orthanc, indent=2))
-        (self.folder / "ctai.toml").write_text(to_toml(self.config))
-        return folder
-
-    def start(self, timeout: float = 60) -> None:
-        folder = self.write_config()
-        env = dict(os.environ, CTAI_SITE_PACKAGES=sysconfig.get_paths()["purelib"],
-                   CTAI_CONFIG=str(self.folder / "ctai.toml"))
-        with open(self.log_path, "ab") as out:
-            # setpriv: Orthanc gets SIGTERM if this process dies, so that none is left behind.
-            self.process = subprocess.Popen(
-                ["setpriv", "--pdeathsig", "TERM", "Orthanc", str(folder)],
-                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        client = OrthancClient.from_config(self.config)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with {self.process.returncode}: {self._log_tail()}")
-            try:
-                client.system()
-                return
-            except TransientError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    tail = self._log_tail()
-                    raise RuntimeError(f"Orthanc did not answer within {timeout:.0f} s: {tail}") from None
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        """SIGTERM, and wait (Orthanc takes a few seconds to close its index)."""
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def _log_tail(self) -> str:
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        errors = [line for line in lines if line.startswith("E")]
-        return (errors or lines or ["(no log)"])[-1]
 
 
 class WorkerService:

@@ -1,13 +1,18 @@
-"""Types shared by the pipeline, its plugins and the transports."""
+"""Types shared by the pipeline, its plugins and the transports; ``Sender`` and ``BatchSender`` are
+what the outbox (``ctai.outbox``) expects of a transport."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydicom import Dataset
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 #: Output classes, in the order of the model's outputs.
 CLASSES: tuple[str, ...] = ("normal", "bacterial", "viral")
@@ -76,6 +81,8 @@ class Result:
     source: SourceImage
     prediction: Prediction
     outputs: list[Output] = field(default_factory=list)
+    #: The result picture once drawn (``ctai.outputs.picture``), for every output that shows it.
+    picture: Image.Image | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -109,3 +116,28 @@ class Job:
         """Whether SR, SC and other output objects are built: not when nothing will write or
         send them (option ``outputs`` false, e.g. ``ctai classify --json`` alone)."""
         return bool(self.options.get("outputs", True))
+
+
+#: Sends one message's payload to its destination; returns on the peer's positive answer.
+Sender = Callable[[Mapping[str, Any], bytes], None]
+#: What became of one payload: None if delivered, else the exception a ``Sender`` would raise.
+Outcome = BaseException | None
+
+
+@dataclass(frozen=True)
+class BatchSender:
+    """A sender that sends up to ``size`` payloads to one destination on one connection (e.g. one
+    DICOM association for many C-STOREs) instead of one connection each.
+
+    ``send_many`` returns the outcome of each payload it tried, in order; it may stop early (the
+    connection was lost): the payloads after those stay due. It raises when it could try none
+    (no connection). Called with one payload, it is a plain ``Sender``.
+    """
+
+    send_many: Callable[[Mapping[str, Any], Sequence[bytes]], list[Outcome]]
+    size: int
+
+    def __call__(self, destination: Mapping[str, Any], payload: bytes) -> None:
+        for outcome in self.send_many(destination, [payload]):
+            if outcome is not None:
+                raise outcome

@@ -25,15 +25,10 @@ import orthanc  # noqa: E402  (Orthanc's embedded module)
 from ctai import config as configuration  # noqa: E402
 from ctai import jobs  # noqa: E402
 from ctai.errors import TransientError  # noqa: E402
+from ctai.inputs.selection import OWN_OUTPUT  # noqa: E402
+from ctai.orthanc.client import STATUS_METADATA  # noqa: E402
+from ctai.orthanc.series import series_job, series_skip_reason, status_now, status_value  # noqa: E402
 from ctai.results import PENDING, SKIPPED, JobStore, Summary  # noqa: E402
-from ctai.transports.orthanc import STATUS_METADATA  # noqa: E402
-from ctai_plugins.chest import OWN_OUTPUT  # noqa: E402
-from ctai_plugins.orthanc import (  # noqa: E402
-    series_job,
-    series_skip_reason,
-    status_now,
-    status_value,
-)
 
 CONFIG = configuration.load()
 STARTED = status_now()

@@ -31,11 +31,12 @@ from pydicom import Dataset
 
 from ctai import config as configuration
 from ctai.config import to_toml
-from ctai.inputs.dicom import to_bytes
 from ctai.model.backend import shipped_model_dir
 from ctai.model.storage import has_network
-from ctai.serve import OrthancService
-from ctai.transports.orthanc import OrthancClient
+from ctai.orthanc.client import OrthancClient
+from ctai.orthanc.service import OrthancService
+from ctai.outbox import Outbox, OutboxSender
+from ctai.outputs.common import to_bytes
 from ctai.worker import Worker
 from tests.peers import wait_until
 
@@ -77,6 +78,7 @@ def fast_config(folder: Path) -> configuration.Config:
                              password="", run=True, deliver=False)
     config["queue"]["backend"] = "sqlite"
     config["worker"].update(retry_delay=0.5, poll_interval=0.05, attempts=8)
+    config["outbox"].update(initial_backoff=0.2, max_backoff=1.0, poll_seconds=0.1)
     config["folder"]["path"] = ""
     return config
 
@@ -87,12 +89,14 @@ def model_missing(config: configuration.Config) -> bool:
 
 
 class Harness:
-    """One Orthanc and one worker for a test module; both can be stopped and started again."""
+    """One Orthanc and one worker (with the outbox sender that delivers its results) for a test
+    module; both can be stopped and started again."""
 
     def __init__(self, config: configuration.Config) -> None:
         self.config = config
         self.orthanc = OrthancService(config)
         self.worker: Worker | None = None
+        self.sender = OutboxSender(config)
         self.client: OrthancClient | None = None
 
     def start_orthanc(self) -> None:
@@ -106,11 +110,13 @@ class Harness:
     def start_worker(self) -> Worker:
         self.worker = Worker(self.config)
         self.worker.start()
+        self.sender.start()
         return self.worker
 
     def stop_worker(self) -> None:
         if self.worker:
             self.worker.stop()
+            self.sender.stop()
             self.worker = None
 
     def close(self) -> None:
@@ -140,7 +146,10 @@ class Harness:
         return self.client.get_json(f"/studies/{study_id}/series?expand")
 
     def outputs(self, study_id: str) -> dict[str, list[Dataset]]:
-        """ctai's output instances in a study, by Modality of their series."""
+        """ctai's output instances in a study, by Modality of their series, once the outbox has
+        delivered every output queued for Orthanc."""
+        outbox = Outbox.from_config(self.config)
+        wait_until(lambda: not outbox.counts().get(("orthanc", "pending")), 30)
         found: dict[str, list[Dataset]] = {}
         for series in self.study_series(study_id):
             if series["MainDicomTags"].get("SeriesDescription", "").startswith("ctai AI result"):

@@ -23,9 +23,9 @@ from pynetdicom import AE, evt
 from ctai import config as configuration
 from ctai.inputs.images import to_gray
 from ctai.inputs.wrap import PatientInfo, wrap_image
+from ctai.outputs.hl7 import escape
 from ctai.transports import dicom_scu, mllp
 from ctai.types import CLASSES, ModelInfo, Prediction, Result, SourceImage
-from ctai_plugins.hl7 import escape
 from tests.conftest import IMAGES
 
 MODEL = ModelInfo("resnet18-test", "0.0")

@@ -81,7 +81,7 @@ def test_out_writes_valid_sr_and_sc_with_the_same_probabilities(capsys, tmp_path
 
 def read_probabilities(path: Path) -> dict[str, float]:
     """Each class's probability from the SR's TID 1500 measurement groups."""
-    from ctai_plugins.sr import FINDINGS, PROBABILITY
+    from ctai.outputs.codes import FINDINGS, PROBABILITY
 
     report = hd.sr.srread(path).content
     found = {}

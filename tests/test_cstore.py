@@ -21,14 +21,14 @@ from pydicom.uid import (
 from pynetdicom import AE
 
 from ctai import config as configuration
+from ctai.builtin import cstore
 from ctai.cli import build_parser
 from ctai.errors import TransientError, Undeliverable
-from ctai.inputs.dicom import to_bytes
 from ctai.outbox import Outbox, send_due
+from ctai.outputs.common import to_bytes
 from ctai.plugins import plugin_manager
 from ctai.transports import dicom_scu
 from ctai.types import Job, Result
-from ctai_plugins import cstore
 from tests.peers import StoreSCP, free_port, result, tool
 
 JOB = Job(id="job-1", source="dicom-listener")
@@ -172,7 +172,7 @@ def copy_with_new_study(classified: Result, number: int) -> Result:
 
 def with_outputs(classified: Result) -> Result:
     config = configuration.load(environ={})
-    for outputs in plugin_manager(config).hook.ctai_make_outputs(result=classified, config=config):
+    for outputs in plugin_manager(config).hook.ctai_make_outputs(result=classified, job=Job("j", "cli"), config=config):
         classified.outputs.extend(outputs or [])
     return classified
 

@@ -10,8 +10,8 @@ import pytest
 
 from ctai.errors import InputError
 from ctai.inputs import ct
+from ctai.outputs import sc, sr
 from ctai.types import CLASSES, ModelInfo, Prediction, Result
-from ctai_plugins import sc, sr
 from tests.dciodvfy import errors
 from tests.phantoms import coronal_series, ct_series
 

@@ -9,11 +9,12 @@ from datetime import datetime
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
+from ctai.builtin import fhir
 from ctai.cli import build_parser
 from ctai.outbox import Outbox, send_due
+from ctai.outputs.fhir import build_bundle
 from ctai.transports.fhir import FhirClient
 from ctai.types import Job
-from ctai_plugins import fhir
 from tests.http_peers import FhirServer
 from tests.peers import free_port, result
 
@@ -31,7 +32,7 @@ def test_the_bundle_maps_patient_order_study_findings_and_algorithm():
     classified = result()
     classified.source.dataset.update({"IssuerOfPatientID": "HOSPITAL-A", "StudyDate": "20261125",
                                       "StudyTime": "093000"})
-    bundle = fhir.build_bundle(classified, "base", datetime(2026, 11, 26).astimezone())
+    bundle = build_bundle(classified, "base", datetime(2026, 11, 26).astimezone())
     Bundle.model_validate_json(bundle.model_dump_json())  # what goes on the wire is valid R4B too
     found = resources(bundle)
     [report], [device] = found["DiagnosticReport"], found["Device"]

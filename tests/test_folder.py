@@ -8,8 +8,9 @@ import pydicom
 import pytest
 from pydicom import Dataset
 
+from ctai.builtin import folder
+from ctai.outputs import sc, sr
 from ctai.types import Job, Output, Prediction, Result
-from ctai_plugins import folder, sc, sr
 from tests.test_sr import make_result
 
 

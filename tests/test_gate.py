@@ -98,8 +98,8 @@ def test_wrapped_pictures_claim_no_body_part(tmp_path):
 def test_the_plugin_judges_pictures_not_ct_projections(config):
     from pydicom import Dataset
 
+    from ctai.builtin.gate import ctai_skip_reason
     from ctai.types import SourceImage
-    from ctai_plugins.gate import ctai_skip_reason
 
     blank = np.zeros((256, 256), np.float32)
     assert ctai_skip_reason(SourceImage("a.png", Dataset(), blank), config).startswith(NOT_A_CHEST)

@@ -13,11 +13,13 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 from hl7apy.parser import parse_message
 
+from ctai.builtin import hl7
 from ctai.inputs.wrap import PatientInfo
 from ctai.outbox import Outbox, OutboxSender, send_due
+from ctai.outputs.common import dicom_datetime
+from ctai.outputs.hl7 import build_oru, control_id
 from ctai.transports import mllp
 from ctai.types import Job, Result
-from ctai_plugins import hl7
 from tests.peers import HIS, PATIENT, fast_outbox, free_port, result, wait_until
 
 NOW = datetime(2026, 11, 25, 17, 30, tzinfo=UTC)
@@ -26,7 +28,7 @@ RADIOGRAPHS = ["person1000_bacteria_2931.jpeg", "IM-0115-0001.jpeg", "person1000
 
 def parsed(result_: Result, settings: dict, control_id: str = "CTRL1") -> Message:
     """The ORU^R01 of a result, as a receiver parses it: strictly, against HL7 v2.5."""
-    text = hl7.build_oru(result_, settings, control_id, NOW).to_er7()
+    text = build_oru(result_, settings, control_id, NOW).to_er7()
     message = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
     message.validate()
     return message
@@ -91,7 +93,7 @@ def test_unknown_demographics_still_make_a_valid_message(config):
     ("19610230", "", ""), ("1961", "", ""), (None, None, ""), ("19610311", "2561", "19610311"),
 ])
 def test_dicom_dates_become_hl7_timestamps_or_nothing(date, time, expected):
-    assert hl7.dicom_datetime(date, time) == expected
+    assert dicom_datetime(date, time) == expected
 
 
 def test_deliver_queues_one_message_per_result_keyed_by_patient(config):
@@ -105,7 +107,7 @@ def test_deliver_queues_one_message_per_result_keyed_by_patient(config):
     segments = message.payload.decode().split("\r")
     assert segments[0].startswith("MSH|") and segments[-1] == ""  # every segment ends with <CR>, the last too
     assert all(segments[:-1])
-    assert mllp.control_id(message.payload.decode()) == hl7.control_id(
+    assert mllp.control_id(message.payload.decode()) == control_id(
         f"hl7:{classified.source.dataset.SOPInstanceUID}:resnet18-test:0.0")
 
 

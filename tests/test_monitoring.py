@@ -10,10 +10,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from ctai import jobs, monitoring
+from ctai.builtin import metrics as metrics_plugin
 from ctai.monitoring import MetricsService
 from ctai.outbox import Outbox
 from ctai.types import Failure, Job, ModelInfo
-from ctai_plugins import metrics
 from tests.peers import free_port, result
 
 MODEL = ModelInfo("resnet-test", "1.2", "ctai")
@@ -54,8 +54,8 @@ def test_jobs_refusals_latency_queue_outbox_and_model_are_scraped(service):
     failures = [Failure("a", "skipped: modality MR is not a chest radiograph or CT"),
                 Failure("b", "skipped: not a frontal chest radiograph (chest-image score 0.10, below 0.90)"),
                 Failure("c", "not a DICOM file")]
-    metrics.ctai_job_finished(job=job, results=[result()], failures=failures, config=config)
-    metrics.ctai_job_failed(job=Job("metrics-test-3", "metrics-test"), error=ValueError("x"), config=config)
+    metrics_plugin.ctai_job_finished(job=job, results=[result()], failures=failures, config=config)
+    metrics_plugin.ctai_job_failed(job=Job("metrics-test-3", "metrics-test"), error=ValueError("x"), config=config)
 
     found = scrape(service)
     assert found[("ctai_jobs_total", (("source", "metrics-test"), ("status", "done")))] == 1
@@ -97,8 +97,8 @@ def test_healthz_checks_orthanc_and_a_redis_queue(config):
 
 
 def test_a_cli_run_is_counted_without_touching_the_data_folder(config):
-    metrics.ctai_job_finished(job=Job("cli", "cli-test"), results=[], failures=[Failure("x", "not a DICOM file")],
-                              config=config)
+    metrics_plugin.ctai_job_finished(job=Job("cli", "cli-test"), results=[],
+                                     failures=[Failure("x", "not a DICOM file")], config=config)
     assert not Path(config["data"]["dir"]).exists()
     counted = CollectorRegistry()
     counted.register(monitoring.JOBS)

@@ -21,11 +21,11 @@ from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
 
 from ctai import cli, jobs
 from ctai import config as configuration
+from ctai.inputs.selection import OWN_OUTPUT
+from ctai.orthanc.client import OUTPUTS_METADATA, STATUS_METADATA
+from ctai.orthanc.series import instance_id, series_job, series_skip_reason
 from ctai.outbox import Outbox
 from ctai.results import JobStore
-from ctai.transports.orthanc import OUTPUTS_METADATA, STATUS_METADATA
-from ctai_plugins.chest import OWN_OUTPUT
-from ctai_plugins.orthanc import series_job, series_skip_reason
 from tests.dciodvfy import errors as dciodvfy_errors
 from tests.dicomfactory import dcmtk, pixel_data_cut, save
 from tests.orthanc_harness import IN_NAMESPACE, Harness, fast_config, model_missing, passes_in_namespace
@@ -120,6 +120,11 @@ else:
         status = status_metadata(worker, answer["ParentSeries"])
         assert status["status"] == "done" and status["label"] == max(expected, key=expected.get)
         assert status["seconds"] > 0 and done.seconds > 0
+
+    def test_outputs_are_named_by_the_id_orthanc_gives_them(harness):
+        """The plugin names the outputs it queues for Orthanc before Orthanc stores them."""
+        ds = radiograph("IM-0133-0001.jpeg", "HASH1", body_part="KNEE")  # skipped: no job of its own
+        assert harness.upload(ds)["ID"] == instance_id(ds)
 
     def test_storescu_upload_gets_sr_and_sc(worker):
         ds = radiograph("person1000_virus_1681.jpeg", "SCU1")

@@ -12,8 +12,8 @@ import pytest
 
 from ctai.cli import build_parser
 from ctai.errors import TransientError, Undeliverable
-from ctai.inputs.dicom import to_bytes
 from ctai.outbox import Outbox, OutboxSender, send_due
+from ctai.outputs.common import to_bytes
 from ctai.transports import dicom_scu, mllp
 from tests.peers import fast_outbox, free_port, result, wait_until
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctai.dataset import Sample
 from ctai.inputs.images import read_gray
+from ctai.labelled_folder import Sample
 from ctai.model.preprocess import to_model_input, trim_blank_margins
 from tests.conftest import IMAGES, kermany_layout, requires_model
 from training import augment, data, shifts

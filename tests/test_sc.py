@@ -10,9 +10,11 @@ import numpy as np
 from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+from ctai.builtin import sc as sc_plugin
 from ctai.inputs.wrap import PatientInfo
+from ctai.outputs import picture as drawing
+from ctai.outputs import sc, sr
 from ctai.types import ModelInfo, SourceImage
-from ctai_plugins import sc, sr
 from tests import test_sr as sr_tests
 from tests.dciodvfy import errors
 from tests.test_sr import MODEL, hot_cell_map, make_result, radiograph_result
@@ -30,38 +32,38 @@ def test_sc_is_a_valid_rgb_secondary_capture():
 def test_pixels_are_the_picture():
     result = make_result()
     dataset = sc.build_sc(result, 9902)
-    picture = np.asarray(sc.render_picture(result))
+    picture = np.asarray(drawing.render_picture(result))
     assert dataset.pixel_array.shape == picture.shape
     # The source image half is the same; the panel may differ in its clock minute.
-    width = picture.shape[1] - round(sc.PANEL_WIDTH * picture.shape[0] / sc.MIN_HEIGHT)
+    width = picture.shape[1] - round(drawing.PANEL_WIDTH * picture.shape[0] / drawing.MIN_HEIGHT)
     assert np.array_equal(dataset.pixel_array[:, :width], picture[:, :width])
 
 
 def test_small_source_is_enlarged_to_reading_size():
-    picture = sc.render_picture(make_result())
+    picture = drawing.render_picture(make_result())
     assert picture.mode == "RGB"
-    assert picture.height == sc.MIN_HEIGHT
-    source = np.asarray(picture)[:, : sc.MIN_HEIGHT]
+    assert picture.height == drawing.MIN_HEIGHT
+    source = np.asarray(picture)[:, : drawing.MIN_HEIGHT]
     assert np.array_equal(source[..., 0], source[..., 2])  # the radiograph stays gray
 
 
 def test_large_source_is_capped():
     result = make_result()
     big = SourceImage(result.source.path, result.source.dataset, np.full((3000, 2400), 0.5))
-    picture = sc.render_picture(dataclasses.replace(result, source=big))
-    assert picture.height == sc.MAX_HEIGHT
+    picture = drawing.render_picture(dataclasses.replace(result, source=big))
+    assert picture.height == drawing.MAX_HEIGHT
 
 
 def _highlighted_bar_top(picture: np.ndarray) -> int:
     """First row of the panel (above the notice) that is mostly the highlight colour: a full bar."""
-    panel = picture[: -100, sc.MIN_HEIGHT:]
-    counts = (panel == sc.HIGHLIGHT).all(axis=-1).sum(axis=1)
+    panel = picture[: -100, drawing.MIN_HEIGHT:]
+    counts = (panel == drawing.HIGHLIGHT).all(axis=-1).sum(axis=1)
     return int(np.flatnonzero(counts > 300)[0])
 
 
 def test_the_predicted_bar_is_highlighted():
-    normal = np.asarray(sc.render_picture(make_result({"normal": 0.8, "bacterial": 0.1, "viral": 0.1})))
-    viral = np.asarray(sc.render_picture(make_result({"normal": 0.1, "bacterial": 0.1, "viral": 0.8})))
+    normal = np.asarray(drawing.render_picture(make_result({"normal": 0.8, "bacterial": 0.1, "viral": 0.1})))
+    viral = np.asarray(drawing.render_picture(make_result({"normal": 0.1, "bacterial": 0.1, "viral": 0.8})))
     assert _highlighted_bar_top(normal) < _highlighted_bar_top(viral)
 
 
@@ -89,7 +91,7 @@ def test_uids_are_the_same_when_the_image_is_processed_again():
 
 def test_hook_uses_the_configured_series_number(config):
     config["outputs"]["sc_series_number"] = 778
-    (output,) = sc.ctai_make_outputs(result=make_result(), config=config)
+    (output,) = sc_plugin.ctai_make_outputs(result=make_result(), config=config)
     assert output.kind == "sc"
     assert output.dataset.SeriesNumber == 778
 
@@ -108,7 +110,7 @@ def test_source_without_optional_attributes_still_gives_a_valid_sc():
 
 
 def _source_width(picture: np.ndarray) -> int:
-    return picture.shape[1] - round(sc.PANEL_WIDTH * picture.shape[0] / sc.MIN_HEIGHT)
+    return picture.shape[1] - round(drawing.PANEL_WIDTH * picture.shape[0] / drawing.MIN_HEIGHT)
 
 
 def test_the_heat_map_lies_on_the_region_the_network_saw():
@@ -116,7 +118,7 @@ def test_the_heat_map_lies_on_the_region_the_network_saw():
     height, width = result.source.pixels.shape
     margin = 40  # black columns on the left: trimmed before the network sees the image
     result.source.pixels = np.pad(result.source.pixels, ((0, 0), (margin, 0)))
-    picture = np.asarray(sc.render_picture(result)).astype(int)
+    picture = np.asarray(drawing.render_picture(result)).astype(int)
     scale = picture.shape[0] / height
     source = picture[:, :_source_width(picture)]
     coloured = source[..., 0] - source[..., 2] > 30  # the radiograph is gray, the heat red to yellow
@@ -130,13 +132,13 @@ def test_the_heat_map_lies_on_the_region_the_network_saw():
 def _legend_hottest_colour() -> np.ndarray:
     """The legend's right end: the hottest colour over mid-gray."""
     pixel = Image.new("RGB", (1, 1), (128, 128, 128))
-    sc._paint_heat(pixel, Image.new("L", (1, 1), 255), (0, 0))
+    drawing._paint_heat(pixel, Image.new("L", (1, 1), 255), (0, 0))
     return np.asarray(pixel)[0, 0]
 
 
 def test_without_a_heat_map_there_is_no_overlay_and_no_legend():
-    plain = np.asarray(sc.render_picture(make_result()))
-    drawn = np.asarray(sc.render_picture(make_result(heatmap=hot_cell_map(2, 2))))
+    plain = np.asarray(drawing.render_picture(make_result()))
+    drawn = np.asarray(drawing.render_picture(make_result(heatmap=hot_cell_map(2, 2))))
     width = _source_width(plain)
     assert np.array_equal(plain[:, :width, 0], plain[:, :width, 2])  # gray
     assert not np.array_equal(drawn[:, :width, 0], drawn[:, :width, 2])
@@ -151,8 +153,8 @@ def test_sc_with_a_heat_map_is_valid():
 
 
 def test_a_flat_heat_map_draws_nothing_on_the_image():
-    plain = np.asarray(sc.render_picture(make_result()))
-    flat = np.asarray(sc.render_picture(make_result(heatmap=np.zeros((5, 5), np.float32))))
+    plain = np.asarray(drawing.render_picture(make_result()))
+    flat = np.asarray(drawing.render_picture(make_result(heatmap=np.zeros((5, 5), np.float32))))
     width = _source_width(plain)
     assert np.array_equal(plain[:, :width], flat[:, :width])
 
@@ -175,7 +177,7 @@ def test_fast_sc_is_byte_for_byte_the_highdicom_one():
             del other.PatientOrientation
         for each in (result, again):
             fast = sc.build_sc(each, 9902)
-            reference = sc.reference_sc(each, 9902, sc.render_picture(each))
+            reference = sc.reference_sc(each, 9902, drawing.render_picture(each))
             assert _encoded(fast) == _encoded(reference), index
     assert errors(fast) == []
 
@@ -184,7 +186,7 @@ def test_a_radiograph_sized_source_stays_within_two_gray_levels_of_plain_lanczos
     with Image.open(sr_tests.IMAGE) as image:
         large = image.convert("L").resize((2048, 2500), Image.Resampling.BICUBIC)
     pixels = np.asarray(large, np.float32) / 255
-    scaled = np.asarray(sc._scaled_source(pixels), np.int16)
+    scaled = np.asarray(drawing._scaled_source(pixels), np.int16)
     plain = np.asarray(large.resize((scaled.shape[1], scaled.shape[0]), Image.Resampling.LANCZOS), np.int16)
     assert np.abs(scaled[..., 0] - plain).max() <= 2
 

@@ -16,9 +16,11 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from ctai.builtin import sr as sr_plugin
 from ctai.inputs.wrap import PatientInfo, wrap_image
+from ctai.outputs import sr
+from ctai.outputs.codes import FINDINGS, PRESENCE, PROBABILITY
 from ctai.types import ModelInfo, Prediction, Result, SourceImage
-from ctai_plugins import sr
 from tests.dciodvfy import errors
 
 IMAGE = Path(__file__).parent / "data" / "images" / "person1000_bacteria_2931.jpeg"
@@ -64,10 +66,10 @@ def test_each_class_reads_back_with_its_probability_and_presence(tmp_path):
     probabilities = {name: float(np.float32(value)) for name, value in
                      {"normal": 0.0123, "bacterial": 0.6789, "viral": 0.3088}.items()}
     report = read_back(sr.build_sr(make_result(probabilities), 9901), tmp_path).content
-    for label, finding in sr.FINDINGS.items():
+    for label, finding in FINDINGS.items():
         (group,) = report.get_image_measurement_groups(finding_type=finding)
-        (measurement,) = group.get_measurements(name=sr.PROBABILITY)
-        (evaluation,) = group.get_qualitative_evaluations(name=sr.PRESENCE)
+        (measurement,) = group.get_measurements(name=PROBABILITY)
+        (evaluation,) = group.get_qualitative_evaluations(name=PRESENCE)
         assert measurement.value == probabilities[label]
         assert measurement.unit == codes.UCUM.NoUnits
         expected = codes.SCT.Present if label == "bacterial" else codes.SCT.Absent
@@ -79,7 +81,7 @@ def test_groups_reference_the_source_image(tmp_path):
     report = read_back(sr.build_sr(result, 9901), tmp_path).content
     groups = report.get_image_measurement_groups(
         referenced_sop_instance_uid=result.source.dataset.SOPInstanceUID)
-    assert len(groups) == len(sr.FINDINGS)
+    assert len(groups) == len(FINDINGS)
 
 
 def test_algorithm_is_observer_equipment_and_tid_4019(tmp_path):
@@ -140,18 +142,18 @@ def test_source_without_type_2_attributes_still_gives_an_sr():
 
 def test_hook_uses_the_configured_series_number(config):
     config["outputs"]["sr_series_number"] = 777
-    (output,) = sr.ctai_make_outputs(result=make_result(), config=config)
+    (output,) = sr_plugin.ctai_make_outputs(result=make_result(), config=config)
     assert output.kind == "sr"
     assert output.dataset.SeriesNumber == 777
 
 
-@pytest.mark.parametrize("label", sorted(sr.FINDINGS))
+@pytest.mark.parametrize("label", sorted(FINDINGS))
 def test_only_the_predicted_class_is_present(label):
-    probabilities = {name: (0.8 if name == label else 0.1) for name in sr.FINDINGS}
+    probabilities = {name: (0.8 if name == label else 0.1) for name in FINDINGS}
     report = hd.sr.ComprehensiveSR.from_dataset(sr.build_sr(make_result(probabilities), 9901)).content
     present = [group.finding_type for group in report.get_image_measurement_groups()
-               if group.get_qualitative_evaluations(name=sr.PRESENCE)[0].value == codes.SCT.Present]
-    assert present == [sr.FINDINGS[label]]
+               if group.get_qualitative_evaluations(name=PRESENCE)[0].value == codes.SCT.Present]
+    assert present == [FINDINGS[label]]
 
 
 def _comments(dataset: Dataset) -> dict[str, list[str]]:
@@ -170,7 +172,7 @@ def test_sr_says_when_a_heat_map_is_drawn():
     plain = sr.build_sr(make_result(), 9901)
     drawn = sr.build_sr(make_result(heatmap=hot_cell_map(2, 2)), 9901)
     assert errors(drawn) == []
-    assert _comments(plain) == {finding.meaning: [] for finding in sr.FINDINGS.values()}
+    assert _comments(plain) == {finding.meaning: [] for finding in FINDINGS.values()}
     note = sr.HEATMAP_NOTE.format("Bacterial pneumonia")
     assert _comments(drawn) == {**_comments(plain), "Bacterial pneumonia": [note]}
     no_picture = sr.build_sr(make_result(heatmap=hot_cell_map(2, 2)), 9901, picture=False)

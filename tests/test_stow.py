@@ -11,10 +11,10 @@ import sys
 
 import pytest
 
+from ctai.builtin import stow
 from ctai.outbox import Outbox, send_due
 from ctai.transports.dicomweb import StowClient
 from ctai.types import Job
-from ctai_plugins import stow
 from tests.http_peers import StowServer
 from tests.peers import free_port, result, tool
 from tests.test_cstore import with_outputs

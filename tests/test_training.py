@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctai.dataset import Sample, patient_of, scan
 from ctai.inputs.images import read_gray
+from ctai.labelled_folder import Sample, patient_of, scan
 from ctai.model.backend import KerasClassifier
 from ctai.model.preprocess import to_model_input
 from tests.conftest import IMAGES, kermany_layout

@@ -598,7 +598,7 @@ def test_a_photo_of_something_else_gets_plain_advice(web_config, queued_client):
 
 def test_dicom_of_another_patient_fails_its_job(web_config, tmp_path):
     """The upload plugin checks the patient again when the job runs (the file may predate a check)."""
-    from ctai_plugins import upload as plugin
+    from ctai.builtin import upload as plugin
 
     store = Store(web_config)
     session, _ = store.create_session(PATIENT_ID, PATIENT_NAME, "", 60, 3, 10**6)

@@ -26,10 +26,11 @@ from ctai import config as configuration
 from ctai import inputs
 from ctai.results import JobStore, Summary
 from ctai.types import CLASSES, Job
-from ctai.web.app import Throttle, WebService
+from ctai.web.app import WebService
 from ctai.web.i18n import translations
 from ctai.web.messages import LABELS, NOTICE, PHONE
 from ctai.web.sessions import Store
+from ctai.web.state import Throttle
 from ctai.worker import Worker
 from tests.conftest import requires_model
 from tests.test_web import png_bomb, radiograph_bytes

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 
-from ctai.metrics import log_loss
+from ctai.evaluation import log_loss
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv=None) -> None:
-    from ctai import metrics
+    from ctai import evaluation
     from ctai.model.backend import KerasClassifier
     from training import data
 
@@ -84,8 +84,8 @@ def main(argv=None) -> None:
     probs = calibrated(logits, temperature, np.array(bias))
     if args.predictions:
         np.savez(args.predictions, y=y, probs=probs)
-    report = metrics.compute(y, probs)
-    report["intervals"] = metrics.intervals(y, probs, [s.patient for s in val])
+    report = evaluation.compute(y, probs)
+    report["intervals"] = evaluation.intervals(y, probs, [s.patient for s in val])
     print(json.dumps({"temperature": temperature, "bias": bias, "validation": report}, indent=2))
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ctai.dataset import Sample, scan
 from ctai.inputs.images import read_gray
+from ctai.labelled_folder import Sample, scan
 from ctai.model.preprocess import to_model_input
 from training import shifts
 

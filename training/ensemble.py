@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ctai import metrics
+from ctai import evaluation
 from ctai.model.backend import members
 from ctai.model.heads import TwoStage
+from ctai.model.preprocess import PREPROCESSING
 from ctai.model.storage import load_network
 from training import calibrate, data
 from training.calibrate import calibrated, fit, softmax
@@ -103,7 +104,7 @@ def main(argv=None) -> None:
         "name": first["name"], "version": args.version, "manufacturer": first.get("manufacturer", "ctai"),
         "architecture": architecture(model, first),
         "classes": first["classes"], "input_size": size, "temperature": temperature, "bias": bias,
-        "priors": args.priors,
+        "priors": args.priors, "preprocessing": first.get("preprocessing", PREPROCESSING),
     }
     (args.out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -111,8 +112,8 @@ def main(argv=None) -> None:
     report = {"members": [str(m) for m in args.members],
               "split_members": [str(m) for m in args.split_members or args.members],
               "temperature": temperature, "bias": bias,
-              "validation_uncalibrated": metrics.compute(y, softmax(logits)),
-              "validation": metrics.compute(y, probs)}
+              "validation_uncalibrated": evaluation.compute(y, softmax(logits)),
+              "validation": evaluation.compute(y, probs)}
     (args.work / "run.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2), flush=True)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ctai.model.preprocess import PREPROCESSING
 from training import data, nonchest, shifts
 
 SIDE = 224  # images are held as SIDE x SIDE uint8 between augmentations
@@ -138,7 +139,8 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     model.save(args.out / "model.keras")
     meta = {"name": "ctai-chest-gate", "version": args.version, "input_size": args.size,
-            "architecture": f"ResNet-18, width {args.width}, {args.size}x{args.size} px, 1 channel, 2 classes"}
+            "architecture": f"ResNet-18, width {args.width}, {args.size}x{args.size} px, 1 channel, 2 classes",
+            "preprocessing": PREPROCESSING}
     (args.out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     report = evaluate(ChestGate(args.out), val_raw, held_out, args.accept, args.threshold)
     report.update(train_seconds=train_seconds, train_images=int(len(y)), radiographs=int(counts[1]),

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
 
-from ctai.metrics import BACTERIAL, NORMAL, VIRAL  # noqa: E402
+from ctai.evaluation import BACTERIAL, NORMAL, VIRAL  # noqa: E402
 from ctai.types import CLASSES  # noqa: E402
 
 

@@ -1,5 +1,5 @@
 """Images that are not frontal chest radiographs, for training and measuring the input gate
-(``training.gate``, ``plugins/gate.py``).
+(``training.gate``, ``ctai/builtin/gate.py``).
 
 Two sources, both available on a machine without internet:
 

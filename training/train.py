@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ctai import metrics
+from ctai import evaluation
+from ctai.model.preprocess import PREPROCESSING
 from ctai.types import CLASSES
 from training import calibrate, data, report
 from training.calibrate import calibrated, fit, softmax
@@ -70,7 +71,7 @@ class ValidationMetrics:
         class _Callback(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
                 probs = softmax(self.model.predict(x_val, batch_size=64, verbose=0))
-                m = metrics.compute(y_val, probs)
+                m = evaluation.compute(y_val, probs)
                 logs.update(val_bal_acc=m["balanced_accuracy"],
                             val_auc_pneumonia=m["pneumonia_vs_normal"]["roc_auc"] or 0.0,
                             val_auc_viral=m["bacterial_vs_viral"]["roc_auc"] or 0.0)
@@ -154,8 +155,8 @@ def main(argv=None) -> None:
     logits = model.predict(x_val, batch_size=64, verbose=0).astype(np.float64)
     temperature, bias = fit(logits, y_val, args.priors)
     probs = calibrated(logits, temperature, np.array(bias))
-    before = metrics.compute(y_val, softmax(logits))
-    after = metrics.compute(y_val, probs)
+    before = evaluation.compute(y_val, softmax(logits))
+    after = evaluation.compute(y_val, probs)
     args.out.mkdir(parents=True, exist_ok=True)
     policy = keras.mixed_precision.global_policy().name
     # Ship the weights in a fresh float32 model: no optimizer state, runs the same on any machine.
@@ -167,7 +168,7 @@ def main(argv=None) -> None:
         "name": args.name, "version": args.version, "manufacturer": "ctai",
         "architecture": f"ResNet-{args.depth}, width {args.width}, {args.size}x{args.size} px, 1 channel",
         "classes": list(CLASSES), "input_size": args.size, "temperature": temperature, "bias": bias,
-        "priors": args.priors,
+        "priors": args.priors, "preprocessing": PREPROCESSING + ("+equalize" if args.equalize else ""),
     }
     (args.out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     run = {

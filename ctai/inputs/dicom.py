@@ -3,7 +3,6 @@ Presentation LUT turn stored values into what a viewer shows."""
 
 from __future__ import annotations
 
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -269,12 +268,3 @@ def source_images(ds: Dataset, path: str) -> list[SourceImage]:
     if str(ds.get("Modality", "")).upper() == "CT":
         raise InputError("CT series must be loaded as a series")
     return [SourceImage(path=path, dataset=ds, pixels=display_pixels(ds, 0))]
-
-
-def to_bytes(ds: Dataset) -> bytes:
-    """``ds`` as a DICOM file (PS3.10), explicit VR little endian unless its file meta says otherwise."""
-    if "TransferSyntaxUID" not in ds.file_meta:
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()

@@ -74,7 +74,7 @@ def wrap_image(image: Image.Image, patient: PatientInfo, origin: str) -> Dataset
     # empty (PS3.3 C.7.6.1.1.1), rather than claiming the usual frontal chest display.
     sc.PatientOrientation = None
     # Nor what it shows: Body Part Examined stays absent (a photo of anything must not reach
-    # the PACS labelled as a chest; the input gate, plugins/gate.py, judges the pixels), and so
+    # the PACS labelled as a chest; the input gate, ctai/builtin/gate.py, judges the pixels), and so
     # Laterality, Type 2C for a possibly paired part, is present and empty: unknown.
     sc.Laterality = None
     sc.DerivationDescription = f"Converted by ctai from {origin}"[:1024]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ctai.model.preprocess import check_preprocessing
 from ctai.model.storage import load_network
 from ctai.types import CLASSES, ModelInfo
 
@@ -35,6 +36,7 @@ class CalibratedClassifier:
         meta = json.loads((folder / "model.json").read_text())
         if tuple(meta["classes"]) != CLASSES:
             raise ValueError(f"{folder}: model classes {meta['classes']} are not {list(CLASSES)}")
+        check_preprocessing(meta, folder)
         self.info = ModelInfo(meta["name"], meta["version"], meta.get("manufacturer", "ctai"))
         self.input_size = int(meta["input_size"])
         self.temperature = float(meta["temperature"])

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ctai.model.converted import Network, converted_network
-from ctai.model.preprocess import to_model_input
+from ctai.model.preprocess import check_preprocessing, to_model_input
 from ctai.model.storage import load_network
 
 #: Every refusal by the gate starts with this.
@@ -50,6 +50,7 @@ class ChestGate:
 
     def __init__(self, folder: Path, backend: str = "keras", cache: Path | None = None) -> None:
         meta = json.loads((folder / "model.json").read_text())
+        check_preprocessing(meta, folder)
         if backend == "keras":
             self._network = load_network(folder).predict_on_batch
         else:

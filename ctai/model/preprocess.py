@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+#: The name, in ``model.json`` ("preprocessing"), of what ``to_model_input`` does: trim blank
+#: margins, resize, standardise. A model trained on anything else cannot run here.
+PREPROCESSING = "trim-resize-standardise"
 # A margin row or column whose values span at most this much of the display range is blank.
 BLANK_RANGE = 0.02
 # Never trim more than this fraction of a side: a chest radiograph is not mostly margin.
@@ -53,3 +56,13 @@ def to_model_input(image: np.ndarray, size: int) -> np.ndarray:
     x = np.asarray(resized, dtype=np.float32)
     x = (x - x.mean()) / max(float(x.std()), 1e-3)
     return x[..., np.newaxis]
+
+
+def check_preprocessing(meta: dict, folder: object) -> None:
+    """Refuse a model (its ``model.json`` as ``meta``) trained with a preprocessing other than
+    ``to_model_input``'s: it would run, and silently give wrong answers. A model.json without the
+    key predates it and was trained with ``PREPROCESSING``."""
+    wanted = meta.get("preprocessing", PREPROCESSING)
+    if wanted != PREPROCESSING:
+        raise ValueError(f"{folder}: the model was trained with preprocessing {wanted!r}, but ctai implements "
+                         f"only {PREPROCESSING!r} (ctai.model.preprocess.to_model_input)")

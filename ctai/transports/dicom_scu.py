@@ -32,19 +32,11 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from ctai import uids
 from ctai.errors import TransientError, Undeliverable
-from ctai.outbox import BatchSender
+from ctai.transports.statuses import REJECTED_PERMANENT, dimse_stored, dimse_transient
+from ctai.types import BatchSender
 
 log = logging.getLogger(__name__)
 
-#: C-STORE failures that may pass by themselves (PS3.4 B.2.3, PS3.7 C.4.2.1.4 and Annex C):
-#: 0xA7xx Refused: Out of Resources, 0x0213 Resource Limitation, 0x0110 Processing Failure (no
-#: reason given), 0x0210 Duplicate Invocation (a message ID in use), 0xFE00 Cancel. Every other
-#: failure refuses the object for good: 0xA9xx Data Set Does Not Match SOP Class, 0xCxxx Cannot
-#: Understand, 0x0122 SOP Class Not Supported, 0x0117 Invalid SOP Instance, 0x0124 Not Authorized...
-TRANSIENT_FAILURES = ((0xA700, 0xA7FF), (0x0213, 0x0213), (0x0110, 0x0110), (0x0210, 0x0210),
-                      (0xFE00, 0xFE00))
-#: A-ASSOCIATE-RJ Result (PS3.8 9.3.4): 1 rejected-permanent, 2 rejected-transient.
-REJECTED_PERMANENT = 0x01
 #: C-STOREs per association: each object adds at most two presentation contexts (its SOP class
 #: in its transfer syntax, and a fallback), within the 128 an association may have (PS3.8 9.3.2.2).
 MAX_PER_ASSOCIATION = 64
@@ -144,18 +136,18 @@ def _check(status: Dataset, ds: Dataset) -> None:
     """Return if the peer stored ``ds``: Success (0x0000) or Warning (0x0001, 0xBxxx, e.g. 0xB000
     Coercion of Data Elements, 0xB006 Elements Discarded, 0xB007 Data Set Does Not Match SOP
     Class; PS3.4 B.2.3), the warning logged; raise ``TransientError`` or ``Undeliverable``
-    otherwise (see TRANSIENT_FAILURES)."""
+    otherwise (``ctai.transports.statuses``)."""
     if "Status" not in status:
         raise TransientError("no C-STORE response (association aborted or timed out)")
     code = int(status.Status)
     comment = f" ({status.ErrorComment})" if "ErrorComment" in status else ""
     if code == 0x0000:
         return
-    if code == 0x0001 or 0xB000 <= code <= 0xBFFF:
+    if dimse_stored(code):
         log.warning("C-STORE of %s stored with warning 0x%04X%s", ds.SOPInstanceUID, code, comment)
         return
     message = f"C-STORE of {ds.SOPInstanceUID} failed with status 0x{code:04X}{comment}"
-    if any(low <= code <= high for low, high in TRANSIENT_FAILURES):
+    if dimse_transient(code):
         raise TransientError(message)
     raise Undeliverable(message)
 

@@ -5,7 +5,7 @@ server that stores some objects and refuses others (200/202 with a Failed SOP Se
 dead-letters or delays only the refused one. The answers are read as ``ctai.transports.http``
 says, except that a Failure Reason (PS3.18 Table 10.5.3-1 lists them; they are C-STORE statuses)
 decides when the server gives one: the same transient ones as for C-STORE
-(``dicom_scu.TRANSIENT_FAILURES``, e.g. 0xA700 Out of Resources) are retried, any other refuses
+(``ctai.transports.statuses``, e.g. 0xA700 Out of Resources) are retried, any other refuses
 the object for good. A Warning Reason (e.g. 0xB000 Coercion of Data Elements) stores it, logged.
 """
 
@@ -24,7 +24,7 @@ from pydicom import Dataset, dcmread
 from ctai.config import Config
 from ctai.errors import TransientError, Undeliverable
 from ctai.transports import http
-from ctai.transports.dicom_scu import TRANSIENT_FAILURES
+from ctai.transports.statuses import dimse_transient
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def check(answer: Dataset, ds: Dataset) -> None:
         if item.get("ReferencedSOPInstanceUID") == uid:
             code = int(item.get("FailureReason", 0x0110))
             message = f"STOW-RS of {uid} failed with reason 0x{code:04X}"
-            if any(low <= code <= high for low, high in TRANSIENT_FAILURES):
+            if dimse_transient(code):
                 raise TransientError(message)
             raise Undeliverable(message)
     stored = [item for item in answer.get("ReferencedSOPSequence", []) if item.get("ReferencedSOPInstanceUID") == uid]

@@ -27,9 +27,8 @@ from typing import Any
 import requests
 
 from ctai.errors import TransientError, Undeliverable
+from ctai.transports.statuses import http_transient
 
-#: 4xx answers that mean "not now" rather than "not this message".
-TRANSIENT_STATUSES = frozenset({408, 425, 429})
 #: At most this much of the server's reason goes into ``ctai outbox``.
 REASON_LENGTH = 300
 
@@ -75,7 +74,7 @@ def failure(response: requests.Response) -> Exception | None:
     if 300 <= response.status_code < 400:
         reason = f"redirected to {response.headers.get('Location', '?')}; configure that URL"
     message = f"HTTP {response.status_code} {response.reason or ''}".rstrip() + (f": {reason}" if reason else "")
-    if response.status_code in TRANSIENT_STATUSES or response.status_code >= 500:
+    if http_transient(response.status_code):
         return TransientError(message)
     return Undeliverable(message)
 

@@ -19,11 +19,11 @@ from starlette.concurrency import run_in_threadpool
 
 from ctai.errors import TransientError
 from ctai.types import Job
-from ctai.web.app import ApiError, Web, WebError, WebState
 from ctai.web.files import Rejected, clean_path, prepare
 from ctai.web.i18n import texts
 from ctai.web.messages import LABELS, PHONE
 from ctai.web.sessions import LimitExceeded, Session, Upload
+from ctai.web.state import ApiError, Web, WebError, WebState
 
 log = logging.getLogger("ctai.web")
 router = APIRouter()

@@ -22,9 +22,9 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from ctai.errors import TransientError
 from ctai.results import JobStore
-from ctai.web.app import Web, WebError, WebState
 from ctai.web.i18n import N_, texts
 from ctai.web.sessions import Session, Upload, token_hash
+from ctai.web.state import Web, WebError, WebState
 
 log = logging.getLogger("ctai.web")
 router = APIRouter()

@@ -1,15 +1,13 @@
-"""Built-in image selection: chest images of the configured modalities, never ctai's own outputs."""
+"""Which images and series are for ctai, from their DICOM header alone (no pixels, no I/O):
+chest images of the configured modalities and body parts, never ctai's own outputs.
+Used by the ``chest`` plugin for every image and by Orthanc's script for each stable series."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from typing import Any
 
-from ctai import hookimpl
-from ctai.config import Config
-from ctai.types import SourceImage
-
-#: Every series ctai writes has a Series Description starting with this.
+#: Every series ctai writes has a Series Description starting with this (``ctai.outputs``).
 OUTPUT_SERIES_PREFIX = "ctai AI result"
 OWN_OUTPUT = "this is one of ctai's own results"
 
@@ -27,9 +25,3 @@ def skip_reason(tags: Any, modalities: Collection[str], body_parts: Collection[s
     if body_part and body_part not in body_parts:
         return f"body part {body_part} is not the chest"
     return None
-
-
-@hookimpl
-def ctai_skip_reason(image: SourceImage, config: Config) -> str | None:
-    settings = config["inputs"]
-    return skip_reason(image.dataset, settings["modalities"], settings["body_parts"], modality_required=False)

@@ -1,8 +1,4 @@
-"""Results to the HIS: one HL7 v2.5 ORU^R01 (ch. 7, unsolicited observation) per classified image.
-
-Sent over MLLP to ``[hl7] host:port`` through the persistent outbox (``ctai.outbox``, channel
-``hl7``, ordered per patient): AA delivers; AE or AR make it a dead letter at once (see
-``ctai.transports.mllp``); no answer is retried with backoff.
+"""The classification for the HIS: one HL7 v2.5 ORU^R01 (ch. 7, unsolicited observation) per image.
 
 Mapping from the source image (PS3.3 C.7.1.1, C.7.2.1) to the message:
 PID-3 Patient ID (CX.4 Issuer of Patient ID), PID-5 Patient's Name (DICOM family^given^middle^
@@ -17,7 +13,6 @@ and every OBX-11, with an NTE saying the result awaits a physician's review.
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -27,14 +22,9 @@ from hl7apy.core import Group, Message, Segment
 from pydicom import Dataset
 from pydicom.valuerep import PersonName
 
-from ctai import hookimpl
-from ctai.config import Config
-from ctai.outbox import Outbox
-from ctai.transports.mllp import ENCODING
-from ctai.types import CLASSES, Job, Result
-from ctai_plugins.sr import FINDINGS
-
-log = logging.getLogger(__name__)
+from ctai.outputs.codes import FINDINGS
+from ctai.outputs.common import dicom_datetime
+from ctai.types import CLASSES, Result
 
 VERSION = "2.5"
 #: HL7 table 0396: "99zzz" names a local coding system.
@@ -45,7 +35,6 @@ STUDY_UID = ("110180", "Study Instance UID", "DCM")
 PERCENT = ("%", "percent", "UCUM")
 PRELIMINARY = "P"
 REVIEW_NOTE = "Preliminary result of an AI algorithm ({model}), pending review by a physician."
-
 _ESCAPES = {"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "&": "\\T\\", "~": "\\R\\"}
 
 
@@ -65,32 +54,11 @@ def timestamp(moment: datetime) -> str:
     return moment.strftime("%Y%m%d%H%M%S%z")
 
 
-def _valid(text: str, pattern: str) -> bool:
-    try:
-        datetime.strptime(text, pattern)
-    except ValueError:
-        return False
-    return True
-
-
-def dicom_datetime(date: object, time: object = "") -> str:
-    """DICOM DA (+ TM) as an HL7 TS (YYYYMMDD[HHMM[SS]]); empty when the date is not a valid DA."""
-    date, time = str(date or ""), str(time or "").split(".")[0]
-    if not (len(date) == 8 and _valid(date, "%Y%m%d")):
-        return ""
-    return date + (time if len(time) in (4, 6) and _valid(time, "%H%M%S"[:len(time)]) else "")
-
-
 def person_name(value: object) -> str:
     """DICOM PN (alphabetic group) as HL7 XPN; name type U (unspecified) when the name is empty."""
     name = PersonName(str(value or ""))
     parts = (name.family_name, name.given_name, name.middle_name, name.name_suffix, name.name_prefix)
     return components(*parts) if any(parts) else "^^^^^^U"
-
-
-def patient_key(ds: Dataset) -> str:
-    """The outbox ordering key: the patient, as Issuer of Patient ID / Patient ID."""
-    return f"{ds.get('IssuerOfPatientID', '')}/{ds.get('PatientID', '')}"
 
 
 def _msh(msh: Segment, settings: Mapping[str, Any], control_id: str, now: datetime) -> None:
@@ -185,24 +153,3 @@ def build_oru(result: Result, settings: Mapping[str, Any], control_id: str, now:
 def control_id(dedup: str) -> str:
     """MSH-10 (at most 20 characters): the same for the same result, so a resend is recognisable."""
     return hashlib.sha1(dedup.encode()).hexdigest()[:20]
-
-
-@hookimpl
-def ctai_deliver(result: Result, job: Job, config: Config) -> None:
-    """Queue the ORU^R01 of ``result`` for the HIS when ``[hl7] host`` is set."""
-    settings = config["hl7"]
-    if not settings["host"] or not job.sends:
-        return
-    ds = result.source.dataset
-    if not str(ds.get("PatientID", "")).strip():
-        log.warning("%s: no Patient ID, so no HL7 result is sent", result.source.path)
-        return
-    model = result.prediction.model
-    dedup = f"hl7:{ds.SOPInstanceUID}:{model.name}:{model.version}"
-    message = build_oru(result, settings, control_id(dedup), datetime.now().astimezone())
-    destination = {"host": settings["host"], "port": int(settings["port"]),
-                   "ack_timeout": float(settings["ack_timeout"])}
-    # to_er7() puts <CR> between segments; HL7 v2.5 ch. 2 ends every segment with it (the segment
-    # terminator), the last one too.
-    payload = (message.to_er7() + "\r").encode(ENCODING)
-    Outbox.from_config(config).put("hl7", patient_key(ds), destination, payload, dedup)

@@ -1,42 +1,27 @@
-"""The classification as a picture: an RGB Secondary Capture (PS3.3 A.8.1) for any viewer.
+"""The result picture, for the Secondary Capture and for pages outside PACS (the phone).
 
 The source image at reading size beside a panel with the three probabilities as bars, the
 predicted class highlighted, the model, the time and the decision-support notice. When the
 prediction has a heat map, it is laid translucently over the region of the image the network
-saw, and the panel carries its legend. The same picture (``render_picture``) serves pages
-outside PACS.
-
-As for the SR (``ctai_plugins.sr``), highdicom builds the first SC of each kind and the others
-are copies of it with what differs filled in, byte for byte what highdicom would build. Fonts,
-rendered texts and the heat-map legend are made once and reused.
+saw, and the panel carries its legend. Fonts, rendered texts and the heat-map legend are made
+once and reused; each result's picture is drawn once (``picture``).
 """
 
 from __future__ import annotations
 
 import functools
-from datetime import datetime
 
-import highdicom as hd
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from pydicom import Dataset
-from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian
-from pydicom.valuerep import DA, TM
 
-from ctai import hookimpl
-from ctai.config import Config
 from ctai.model.preprocess import content_box
-from ctai.types import Output, Result
-from ctai_plugins.sr import FINDINGS, TYPE_2_TAGS, common_attributes, copy_of, fill_common, source_kind
+from ctai.outputs.codes import FINDINGS
+from ctai.types import Result
 
-SERIES_DESCRIPTION = "ctai AI result (picture)"
 NOTICE = "Decision support only - must be reviewed by a physician."
-
 #: Picture height: the source's, within these bounds; the panel is drawn for MIN_HEIGHT.
 MIN_HEIGHT, MAX_HEIGHT = 512, 1024
 PANEL_WIDTH = 560
-
 BACKGROUND = (0, 0, 0)
 PANEL = (24, 28, 34)
 TEXT = (232, 234, 237)
@@ -45,7 +30,6 @@ TRACK = (52, 58, 66)
 BAR = (110, 128, 150)
 HIGHLIGHT = (255, 176, 0)
 NOTICE_TEXT = (20, 20, 20)
-
 HEATMAP_LEGEND = "Heat map: where the model looked - not a segmentation"
 #: Matplotlib's "inferno" at 9 even steps: perceptually ordered, dark (cool) to bright (hot).
 HEAT_COLOURS = np.array([(0, 0, 4), (33, 12, 74), (87, 16, 110), (138, 34, 106), (188, 55, 84),
@@ -213,6 +197,13 @@ def _percent(probability: float) -> str:
     return f"{probability:.0%}"
 
 
+def picture(result: Result) -> Image.Image:
+    """The result picture of ``result``, drawn once: the Secondary Capture and the phone's page share it."""
+    if result.picture is None:
+        result.picture = render_picture(result)
+    return result.picture
+
+
 def render_picture(result: Result) -> Image.Image:
     """The result picture: source image left (under the heat map if there is one), probabilities
     panel right (RGB)."""
@@ -249,69 +240,3 @@ def render_picture(result: Result) -> Image.Image:
     top = panel.notice(NOTICE, height - panel.px(22))
     panel.footnotes(notes, top - panel.px(12))
     return picture
-
-
-def _source_reference(source: Dataset) -> Dataset:
-    """Source Image Sequence item (PS3.3 C.7.6.1), purpose DCM 121322 (CID 7202)."""
-    item = Dataset()
-    item.ReferencedSOPClassUID = source.SOPClassUID
-    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    item.PurposeOfReferenceCodeSequence = [
-        hd.sr.CodedConcept.from_code(codes.DCM.SourceImageForImageProcessingOperation)
-    ]
-    return item
-
-
-def build_sc(result: Result, series_number: int) -> Dataset:
-    """``reference_sc`` of the result picture, with the InstanceCreation, DateOfSecondaryCapture
-    and highdicom's ContributionDateTime of now: a copy of the one highdicom built for the first
-    source of its kind (``ctai_plugins.sr.copy_of``), with what differs filled in."""
-    source, prediction = result.source.dataset, result.prediction
-    picture = render_picture(result)
-    if len(result.source.cited) > 1:  # a CT projection cites every slice: rare, built in full
-        return reference_sc(result, series_number, picture)
-    sc = copy_of(("sc", series_number, *source_kind(source, prediction)),
-                 lambda: reference_sc(result, series_number, picture),
-                 functools.partial(_fill_sc, result=result, size=picture.size), drop=("PixelData",))
-    sc.add_new("PixelData", "OB", picture.tobytes())  # 8-bit RGB, interleaved: what highdicom encodes
-    return sc
-
-
-def _fill_sc(sc: Dataset, result: Result, size: tuple[int, int]) -> None:
-    """Set what differs between the SCs of one kind, but the pixels, to ``result``'s."""
-    source = result.source.dataset
-    fill_common(sc, source, result.prediction, "sc", TYPE_2_TAGS)
-    now = datetime.now()
-    sc.DateOfSecondaryCapture, sc.TimeOfSecondaryCapture = DA(now.date()), TM(now.time())
-    sc.Columns, sc.Rows = size
-    sc.PatientOrientation = source.get("PatientOrientation", "")
-    (reference,) = sc.SourceImageSequence
-    reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
-
-
-def reference_sc(result: Result, series_number: int, picture: Image.Image) -> hd.sc.SCImage:
-    """``picture`` as an RGB Secondary Capture Image (PS3.3 A.8.1) in the source's study, built and
-    validated by highdicom: ``build_sc`` makes the same object faster from a copy of one."""
-    source = result.source.dataset
-    capture = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=source,
-        pixel_array=np.asarray(picture),
-        photometric_interpretation="RGB",
-        bits_allocated=8,
-        coordinate_system="PATIENT",
-        # highdicom needs a value here; replaced below by the source's own (maybe empty).
-        patient_orientation=("L", "F"),
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-        **common_attributes(source, result.prediction, "sc", series_number, SERIES_DESCRIPTION),
-    )
-    # The picture keeps the source's orientation; Type 2C, empty when unknown (PS3.3 C.7.6.1).
-    capture.PatientOrientation = source.get("PatientOrientation", "")
-    capture.BodyPartExamined = "CHEST"
-    capture.SourceImageSequence = [_source_reference(ds) for ds in result.source.cited]
-    return capture
-
-
-@hookimpl
-def ctai_make_outputs(result: Result, config: Config) -> list[Output]:
-    """The picture of one classified image, in a new series of the source's study."""
-    return [Output("sc", build_sc(result, config["outputs"]["sc_series_number"]))]

@@ -1,24 +1,19 @@
-"""Results to an EHR as FHIR (R4B, 4.x): one transaction Bundle per classified image.
+"""The classification for an EHR as FHIR (R4B, 4.x): one transaction Bundle per classified image.
 
-Sent by POST to ``[fhir] base_url`` through the persistent outbox (``ctai.outbox``, channel
-``fhir``, ordered per patient; ``ctai.transports.fhir`` says which answers are permanent).
-
-The Bundle follows the HL7 "DICOM SR to FHIR" mapping of the TID 1500 report that the SR
-plugin writes (``ctai_plugins.sr``): a ``DiagnosticReport`` (status preliminary, decision
-support only) whose results are one ``Observation`` per class probability (DCM 122157
-Probability, the class as a Finding component, as in each TID 1501 group) and one for the
-finding (DCM 121071 Finding = the SNOMED CT code of the predicted class, a qualitative
-evaluation), made by the algorithm as a ``Device`` (TID 4019: name, version, manufacturer).
-Patient, order and study are logical references by identifier (Patient ID and issuer, the
-Accession Number as the ServiceRequest's ACSN identifier in ``basedOn``, the Study Instance UID
-in ``imagingStudy`` and the Observations' ``partOf``), since the EHR holds those resources.
-Every entry is a conditional create on a deterministic identifier, so a resend of the same
-Bundle creates nothing twice.
+The Bundle follows the HL7 "DICOM SR to FHIR" mapping of the TID 1500 report (``ctai.outputs.sr``):
+a ``DiagnosticReport`` (status preliminary, decision support only) whose results are one
+``Observation`` per class probability (DCM 122157 Probability, the class as a Finding component,
+as in each TID 1501 group) and one for the finding (DCM 121071 Finding = the SNOMED CT code of
+the predicted class, a qualitative evaluation), made by the algorithm as a ``Device`` (TID 4019:
+name, version, manufacturer). Patient, order and study are logical references by identifier
+(Patient ID and issuer, the Accession Number as the ServiceRequest's ACSN identifier in
+``basedOn``, the Study Instance UID in ``imagingStudy`` and the Observations' ``partOf``), since
+the EHR holds those resources. Every entry is a conditional create on a deterministic identifier,
+so a resend of the same Bundle creates nothing twice.
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -26,17 +21,13 @@ from typing import TYPE_CHECKING, Any
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
-from ctai import hookimpl
-from ctai.config import Config
-from ctai.outbox import Outbox
-from ctai.types import CLASSES, Job, ModelInfo, Result
-from ctai_plugins.hl7 import dicom_datetime, patient_key
-from ctai_plugins.sr import FINDINGS, PRESENCE, PROBABILITY
+from ctai.outputs.codes import FINDINGS, PRESENCE, PROBABILITY
+from ctai.outputs.common import dicom_datetime
+from ctai.types import CLASSES, ModelInfo, Result
 
 if TYPE_CHECKING:
     from fhir.resources.R4B.bundle import Bundle
 
-log = logging.getLogger(__name__)
 
 SNOMED = "http://snomed.info/sct"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -199,21 +190,3 @@ def build_bundle(result: Result, base: str, issued: datetime) -> Bundle:
         report["imagingStudy"] = common["partOf"]
     return Bundle.model_validate({"resourceType": "Bundle", "type": "transaction",
                                   "entry": [_entry(r) for r in (device_resource, *found, report)]})
-
-
-@hookimpl
-def ctai_deliver(result: Result, job: Job, config: Config) -> None:
-    """Queue the Bundle of ``result`` for the EHR when ``[fhir] base_url`` is set."""
-    base_url = str(config["fhir"]["base_url"]).rstrip("/")
-    if not base_url or not job.sends:
-        return
-    ds = result.source.dataset
-    if not str(ds.get("PatientID", "")).strip():
-        log.warning("%s: no Patient ID, so no FHIR result is sent", result.source.path)
-        return
-    model = result.prediction.model
-    dedup = f"fhir:{base_url}:{ds.SOPInstanceUID}:{model.name}:{model.version}"
-    bundle = build_bundle(result, f"{ds.SOPInstanceUID}/{model.name}/{model.version}",
-                          datetime.now().astimezone())
-    Outbox.from_config(config).put("fhir", patient_key(ds), {"base_url": base_url},
-                                   bundle.model_dump_json(exclude_none=True).encode(), dedup)

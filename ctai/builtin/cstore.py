@@ -12,16 +12,22 @@ from dataclasses import asdict
 
 from ctai import hookimpl
 from ctai.config import Config
-from ctai.inputs.dicom import to_bytes
 from ctai.outbox import Outbox
+from ctai.outputs.common import to_bytes
+from ctai.transports import dicom_scu
 from ctai.transports.dicom_scu import Peer
-from ctai.types import Job, Result
+from ctai.types import Job, Result, Sender
 
 
 def destination(config: Config) -> Peer | None:
     """The configured peer, or None when ``[cstore] host`` is empty."""
     settings = config["cstore"]
     return Peer.from_mapping(settings) if settings["host"] else None
+
+
+@hookimpl
+def ctai_outbox_senders(config: Config) -> dict[str, Sender]:
+    return {"cstore": dicom_scu.deliver}
 
 
 @hookimpl

@@ -1,5 +1,5 @@
 """Built-in input gate: refuse images that are not frontal chest radiographs, judged from the
-pixels (``ctai.model.gate``), after the header rules of ``plugins/chest.py``."""
+pixels (``ctai.model.gate``), after the header rules of ``ctai.builtin.chest``."""
 
 from __future__ import annotations
 

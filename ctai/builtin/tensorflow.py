@@ -1,5 +1,5 @@
 """Built-in classifier backend: the shipped model run by TensorFlow/Keras, the reference (and what
-answers when ``plugins/onnx.py`` does not), and the default preprocessing."""
+answers when ``ctai.builtin.onnx`` does not), and the default preprocessing."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""Bootstrap intervals of the evaluation metrics (``ctai.metrics.intervals``)."""
+"""Bootstrap intervals of the evaluation metrics (``ctai.evaluation.intervals``)."""
 
 import numpy as np
 
-from ctai import metrics
+from ctai import evaluation
 
 
 def _predictions(patients: int, images_each: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -18,23 +18,23 @@ def _predictions(patients: int, images_each: int, seed: int = 0) -> tuple[np.nda
 
 def test_intervals_hold_the_estimate_and_repeat_under_a_seed():
     y, probs, patients = _predictions(300, 2)
-    ci = metrics.intervals(y, probs, patients, rounds=200)
-    point = metrics.summary(metrics.compute(y, probs))
+    ci = evaluation.intervals(y, probs, patients, rounds=200)
+    point = evaluation.summary(evaluation.compute(y, probs))
     for key in ("acc", "sens", "spec", "auc_pn", "auc_bv", "logloss"):
         low, high = ci[key]
         assert low <= point[key] <= high, key
-    assert metrics.intervals(y, probs, patients, rounds=200) == ci
+    assert evaluation.intervals(y, probs, patients, rounds=200) == ci
 
 
 def test_intervals_resample_patients_not_images():
     y, probs, patients = _predictions(200, 3)
-    by_patient = metrics.intervals(y, probs, patients, rounds=300)["acc"]
-    by_image = metrics.intervals(y, probs, [str(i) for i in range(len(y))], rounds=300)["acc"]
+    by_patient = evaluation.intervals(y, probs, patients, rounds=300)["acc"]
+    by_image = evaluation.intervals(y, probs, [str(i) for i in range(len(y))], rounds=300)["acc"]
     assert by_patient[1] - by_patient[0] > 1.3 * (by_image[1] - by_image[0])
 
 
 def test_an_interval_is_none_where_the_metric_is():
     y, probs, patients = _predictions(50, 1)
     y[:] = 1  # no normal film: no specificity, no pneumonia AUC
-    ci = metrics.intervals(y, probs, patients, rounds=20)
+    ci = evaluation.intervals(y, probs, patients, rounds=20)
     assert ci["spec"] is None and ci["auc_pn"] is None and ci["acc"] is not None

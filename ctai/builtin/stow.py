@@ -1,6 +1,6 @@
 """Delivery by DICOMweb STOW-RS (PS3.18 10.5) of every output (SR, SC, an uploaded photo) to ``[dicomweb] url``.
 
-Like C-STORE (``ctai_plugins.cstore``), the objects go into the persistent outbox (channel
+Like C-STORE (the ``cstore`` plugin), the objects go into the persistent outbox (channel
 ``stow``, ordered per service and study); ``ctai.transports.dicomweb`` sends them one per
 request and says which answers are permanent.
 """
@@ -9,9 +9,15 @@ from __future__ import annotations
 
 from ctai import hookimpl
 from ctai.config import Config
-from ctai.inputs.dicom import to_bytes
 from ctai.outbox import Outbox
-from ctai.types import Job, Result
+from ctai.outputs.common import to_bytes
+from ctai.transports.dicomweb import StowClient
+from ctai.types import Job, Result, Sender
+
+
+@hookimpl
+def ctai_outbox_senders(config: Config) -> dict[str, Sender]:
+    return {"stow": StowClient.from_config(config).deliver}
 
 
 @hookimpl

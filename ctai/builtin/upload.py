@@ -1,16 +1,17 @@
 """Built-in source "upload": files sent from a phone through the web app's QR-code sessions.
 
 Loads a stored upload with its session's patient data: a photo becomes a Secondary Capture of
-that patient, a DICOM file keeps its own data but must be of the same patient. The image itself
-is an output (kind "source") so that the PACS receives it with its SR and SC. Records each
-job's outcome, with the result picture, for the phone page (``ctai.web``).
+that patient, a DICOM file keeps its own data but must be of the same patient (the web app checked
+it on upload, ``ctai.web.files``; a file stored before that check is checked here). The image
+itself is an output (kind "source") so that the PACS receives it with its SR and SC. Records each
+job's outcome, with the result picture (drawn once, shared with the SC: ``ctai.outputs.picture``),
+for the phone page (``ctai.web``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 from PIL import Image
 
@@ -18,11 +19,11 @@ from ctai import hookimpl, inputs
 from ctai.config import Config
 from ctai.errors import InputError, TransientError
 from ctai.inputs.wrap import PatientInfo
+from ctai.outputs.picture import picture
 from ctai.types import Failure, Job, Output, Result, SourceImage
 from ctai.web.files import same_patient
 from ctai.web.messages import PHONE, for_phone
-from ctai.web.sessions import Store, uploads_dir
-from ctai_plugins.sc import render_picture
+from ctai.web.sessions import Store
 
 SOURCE = "upload"
 log = logging.getLogger("ctai.web")
@@ -50,11 +51,9 @@ def ctai_load_job(job: Job, config: Config) -> list[SourceImage | Failure] | Non
 
 
 @hookimpl
-def ctai_make_outputs(result: Result, config: Config) -> list[Output] | None:
+def ctai_make_outputs(result: Result, job: Job, config: Config) -> list[Output] | None:
     """An uploaded image is in no PACS yet: it goes with its results, as output kind "source"."""
-    if Path(result.source.path).resolve().is_relative_to(uploads_dir(config).resolve()):
-        return [Output("source", result.source.dataset)]
-    return None
+    return [Output("source", result.source.dataset)] if job.source == SOURCE else None
 
 
 @hookimpl
@@ -70,7 +69,7 @@ def ctai_job_finished(job: Job, results: list[Result], failures: list[Failure], 
         log.info("upload %s failed: %s", upload.id, reason)
         store.finish_upload(upload.id, error=for_phone(reason))
         return
-    _save_png(render_picture(results[0]), str(store.picture_path(upload)))
+    _save_png(picture(results[0]), str(store.picture_path(upload)))
     store.finish_upload(upload.id, results[0].prediction.label, results[0].prediction.probabilities)
 
 

@@ -1,6 +1,6 @@
 """Faster CPU classifier backends: the shipped network converted to ONNX and run by ONNX Runtime
 or OpenVINO (``ctai.model.converted``), as ``[model] backend`` chooses; "keras" leaves it to
-``plugins/tensorflow.py``, the reference, which also answers if the conversion fails."""
+``ctai.builtin.tensorflow``, the reference, which also answers if the conversion fails."""
 
 from __future__ import annotations
 
