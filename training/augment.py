@@ -29,7 +29,7 @@ class Recipe:
     corners a turned detector leaves (the crop would otherwise cut most of them away).
     ``field``: a random smooth gain (``shifts.field``) on half the images, a candidate against
     reading a middle brighter than the edges (a bigger child, more scatter) as disease; not
-    shipped (the model card's leave-source-out check)."""
+    shipped (docs/model-experiments.md, "Leave-source-out")."""
 
     crop_scale: tuple[float, float] | None = None
     intensity: bool = False

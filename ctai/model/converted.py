@@ -4,7 +4,7 @@ The network is converted once, on first load (``keras.Model.export(format="onnx"
 needs TensorFlow and tf2onnx but no network access), and cached under the data dir keyed by
 the hash of the network file: later start-ups read the ONNX file without importing
 TensorFlow. OpenVINO reads the same ONNX file and runs it in float32 (its bfloat16 default
-moves probabilities too far: docs/model-card.md, "Backends").
+moves probabilities too far: docs/model-experiments.md, "Backends (CPU)").
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ctai.model.storage import load_network, network_file
 #: The ``[model] backend`` names.
 BACKENDS = ("keras", "onnxruntime", "openvino")
 #: What ``backend = "auto"`` means: the fastest that kept every validation label and moved no
-#: probability more than 0.005 (benchmarks/backends.py; docs/model-card.md, "Backends").
+#: probability more than 0.005 (benchmarks/backends.py; docs/model-experiments.md, "Backends (CPU)").
 AUTO = "onnxruntime"
 #: Part of the cache key: raise it when the conversion changes.
 CONVERSION = 2

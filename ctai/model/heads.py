@@ -24,7 +24,7 @@ class TwoStage(keras.layers.Layer):
     """Called on the list of member logits: ``two_stage_logits`` of the mean of the members at
     ``normal`` (indices into the list) and the mean of those at ``split``. Members that tell
     normal from pneumonia robustly need not be the ones that best tell bacterial from viral
-    (docs/model-card.md, "Two stages")."""
+    (docs/model-experiments.md, "Two stages")."""
 
     def __init__(self, normal: list[int], split: list[int], **kwargs) -> None:
         super().__init__(**kwargs)
