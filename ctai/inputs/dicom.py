@@ -3,6 +3,7 @@ Presentation LUT turn stored values into what a viewer shows."""
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from pydicom.uid import (
 )
 
 from ctai.errors import InputError
-from ctai.inputs.images import check_size
+from ctai.inputs.images import MIN_SIDE, check_size, skipped
 from ctai.types import SourceImage
 
 #: PS3.10 7.1: a 128-byte preamble, then the prefix "DICM".
@@ -35,9 +36,18 @@ _FIRST_GROUPS = (0x0002, 0x0008)
 PROCESSING_PERCENTILES = (0.5, 99.5)
 _PIXEL_DATA = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 #: JPEG (ISO 10918), JPEG-LS (ISO 14495) and JPEG 2000 / HTJ2K codestreams (ISO 15444) all end with
-#: the marker 0xFFD9 (EOI, or EOC for JPEG 2000); PS3.5 A.4 lets a fragment end in one 0x00 pad byte.
+#: the marker 0xFFD9 (EOI, or EOC for JPEG 2000).
 _MARKER_ENDED = frozenset(JPEGTransferSyntaxes + JPEGLSTransferSyntaxes + JPEG2000TransferSyntaxes)
 _END_MARKER = b"\xff\xd9"
+#: What may follow the end marker in the last fragment: PS3.5 A.4 pads an odd-length stream to even
+#: length (0x00), and encoders such as the NEMA WG04 set's pad with a 0xFF fill byte (ISO 10918 B.1.1.2).
+_FILL = b"\x00\xff"
+#: PS3.3 C.7.6.3.1.2: 4:2:2 interpretations store two Y samples and one Cb, Cr pair for every two
+#: pixels, two samples' worth of bytes per pixel in native pixel data.
+_STORED_SAMPLES = {"YBR_FULL_422": 2, "YBR_PARTIAL_422": 2}
+#: Interpretations ctai shows as a grey image: what a radiograph is stored in, and colour
+#: photographs (YBR ones are decoded to RGB) such as a phone's picture of a film.
+_SHOWN = ("MONOCHROME1", "MONOCHROME2", "RGB")
 _SYNTAX_OF_ENCODING = {
     (True, True): ImplicitVRLittleEndian,
     (False, True): ExplicitVRLittleEndian,
@@ -105,17 +115,17 @@ def _last_value_cut(ds: Dataset) -> bool:
 
 
 def display_pixels(ds: Dataset, frame: int = 0) -> np.ndarray:
-    """One frame as a viewer shows it: 2-D float32 in [0, 1], 0 = black."""
+    """One frame as a viewer shows it: 2-D float32 in [0, 1], 0 = black. An image that decodes but
+    cannot be a radiograph is skipped (``skipped``), one that does not decode refused."""
     _check_image(ds)
     values, photometric = _decode(ds, frame)
-    if photometric in ("MONOCHROME1", "MONOCHROME2"):
-        gray = _voi(apply_modality_lut(values, ds), ds)
-        # PS3.3 C.7.6.3.1.2: MONOCHROME1 shows its lowest value as white.
-        return np.asarray(1.0 - gray if photometric == "MONOCHROME1" else gray, dtype=np.float32)
+    _check_radiograph(ds, photometric)
     if photometric == "RGB":
         top = 2.0 ** int(ds.BitsStored) - 1.0
         return np.asarray(_luminance(values) / top, dtype=np.float32)
-    raise InputError(f"photometric interpretation {photometric} is not supported")
+    gray = _voi(apply_modality_lut(values, ds), ds)
+    # PS3.3 C.7.6.3.1.2: MONOCHROME1 shows its lowest value as white.
+    return np.asarray(1.0 - gray if photometric == "MONOCHROME1" else gray, dtype=np.float32)
 
 
 def _check_image(ds: Dataset) -> None:
@@ -126,7 +136,30 @@ def _check_image(ds: Dataset) -> None:
         if "Image" in name:
             raise InputError(f"truncated or damaged file: this {name} object has no pixel data")
         raise InputError(f"not an image: this {name} object has no pixel data")
-    check_size(int(ds.get("Columns") or 0), int(ds.get("Rows") or 0))
+    columns, rows = _integer(ds, "Columns"), _integer(ds, "Rows")
+    # An empty or huge image is refused here; a small one is skipped once it decodes (_check_radiograph).
+    check_size(columns and max(columns, MIN_SIDE), rows and max(rows, MIN_SIDE))
+
+
+def _check_radiograph(ds: Dataset, photometric: str) -> None:
+    """Skip, saying why, a whole image that cannot be a radiograph: too small, or in a photometric
+    interpretation no radiograph or photograph of one is stored in (PS3.3 C.7.6.3.1.2)."""
+    columns, rows = _integer(ds, "Columns"), _integer(ds, "Rows")
+    if min(columns, rows) < MIN_SIDE:
+        raise skipped(f"image of {columns}x{rows} pixels is too small to classify")
+    if photometric not in _SHOWN:
+        raise skipped(f"photometric interpretation {photometric} is not supported: a radiograph is grey")
+
+
+def _integer(ds: Dataset, keyword: str, default: int = 0) -> int:
+    """An Image Pixel Module number (US or IS, PS3.5 6.2), ``default`` when absent or empty."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"damaged data set: {keyword} is {value!r}, not a number") from exc
 
 
 def _check_pixel_data(ds: Dataset) -> None:
@@ -139,22 +172,33 @@ def _check_pixel_data(ds: Dataset) -> None:
     if not syntax.is_encapsulated:
         _check_native_length(ds)
         return
-    frames = int(ds.get("NumberOfFrames") or 1)
+    expected = _integer(ds, "NumberOfFrames", 1)
     try:
-        for number, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=frames), 1):
-            _check_frame(frame, syntax, number)
-    except InputError:
-        raise
+        frames = _frames(ds, expected)
     except Exception as exc:  # pydicom's item parser raises several types on damaged encapsulation
         raise InputError(f"pixel data truncated or damaged: {one_line(exc)}") from exc
+    if len(frames) < expected:
+        raise InputError(f"pixel data truncated: {len(frames)} of {expected} frames")
+    for number, frame in enumerate(frames, 1):
+        _check_frame(frame, syntax, number)
+
+
+def _frames(ds: Dataset, expected: int) -> list[bytes]:
+    """Up to ``expected`` encapsulated frames, each of one or more fragments (PS3.5 A.4), found by the
+    Extended Offset Table (PS3.3 C.7.6.3.1.8), else the Basic Offset Table, else by end markers."""
+    offsets, lengths = ds.get("ExtendedOffsetTable"), ds.get("ExtendedOffsetTableLengths")
+    extended = (offsets, lengths) if offsets and lengths else None
+    return list(islice(generate_frames(ds.PixelData, number_of_frames=expected, extended_offsets=extended), expected))
 
 
 def _check_native_length(ds: Dataset) -> None:
-    """Native pixel data holds Rows x Columns x Samples per Pixel x Number of Frames values of Bits
-    Allocated bits each (PS3.5 8.1.1; 1-bit data packed)."""
+    """Native pixel data holds Rows x Columns x Number of Frames pixels of Samples per Pixel values
+    of Bits Allocated bits each (PS3.5 8.1.1; 1-bit data packed), two samples' worth for 4:2:2
+    (PS3.3 C.7.6.3.1.2); a pad byte after an odd length (PS3.5 7.1.1) is not needed."""
     # A missing attribute counts 0 here; the decoder then names it.
-    rows, columns, bits = (int(ds.get(keyword) or 0) for keyword in ("Rows", "Columns", "BitsAllocated"))
-    samples, frames = int(ds.get("SamplesPerPixel") or 1), int(ds.get("NumberOfFrames") or 1)
+    rows, columns, bits = (_integer(ds, keyword) for keyword in ("Rows", "Columns", "BitsAllocated"))
+    frames = _integer(ds, "NumberOfFrames", 1)
+    samples = _STORED_SAMPLES.get(str(ds.get("PhotometricInterpretation", "")), _integer(ds, "SamplesPerPixel", 1))
     needed, length = (rows * columns * samples * frames * bits + 7) // 8, len(ds.PixelData)
     if length < needed:
         raise InputError(
@@ -175,8 +219,8 @@ def _check_frame(frame: bytes, syntax: UID, number: int) -> None:
 
 
 def _ends_with_marker(frame: bytes) -> bool:
-    """Whether a JPEG-family stream ends with 0xFFD9, allowing trailing 0x00 padding (PS3.5 A.4)."""
-    return frame.rstrip(b"\x00").endswith(_END_MARKER)
+    """Whether a JPEG-family stream ends with 0xFFD9, padding or fill bytes after it allowed."""
+    return frame.rstrip(_FILL).endswith(_END_MARKER)
 
 
 def _check_rle_header(frame: bytes, number: int) -> None:

@@ -33,6 +33,12 @@ def open_image(path: Path) -> Image.Image:
         raise InputError(f"cannot decode image: {exc}") from exc
 
 
+def skipped(reason: str) -> InputError:
+    """The error for an input that is not for ctai, such as a scan of something else: its job is
+    skipped, not failed (``ctai.results.summarize``), and pages nobody."""
+    return InputError(f"skipped: {reason}")
+
+
 def check_size(width: int, height: int) -> None:
     """Refuse images too small to be a radiograph or too large to decode safely."""
     if min(width, height) < MIN_SIDE:
