@@ -95,9 +95,10 @@ def _picture(path: Path, patient: PatientInfo) -> SourceImage:
 
 
 def is_volume_slice(ds: Dataset) -> bool:
-    """A CT slice that is part of a volume (not a localizer)."""
+    """A CT slice that is part of a volume (not a localizer, nor an enhanced multi-frame volume)."""
     image_type = [str(v).upper() for v in ds.get("ImageType", [])]
-    return str(ds.get("Modality", "")).upper() == "CT" and "LOCALIZER" not in image_type
+    return (str(ds.get("Modality", "")).upper() == "CT" and "LOCALIZER" not in image_type
+            and not dicom.is_enhanced(ds))
 
 
 def series_images(instances: Sequence[tuple[str, Dataset]], series_path: str) -> list[SourceImage | Failure]:

@@ -16,6 +16,7 @@ from pydicom.pixels import apply_modality_lut
 from scipy.interpolate import interp1d
 
 from ctai.errors import InputError
+from ctai.inputs.images import skipped
 from ctai.types import SourceImage
 
 #: Fewer usable slices than this do not make a chest projection.
@@ -33,7 +34,7 @@ def project(datasets: list[Dataset], path: str) -> SourceImage:
     normal = np.cross(row, col)
     stack, positions = _sorted(stack, normal)
     if len(stack) < MIN_SLICES:
-        raise InputError(f"the CT series has {len(stack)} usable slices; a projection needs {MIN_SLICES}")
+        raise skipped(f"the CT series has {len(stack)} usable slices; a chest projection needs {MIN_SLICES}")
     axes = [_patient_axis(v) for v in (normal, col, row)]  # volume axes: slice, row index, column index
     if sorted(a for a, _ in axes) != [0, 1, 2]:
         raise InputError("the CT series is oblique; only axial, coronal and sagittal series can be projected")

@@ -131,14 +131,25 @@ def display_pixels(ds: Dataset, frame: int = 0) -> np.ndarray:
 def _check_image(ds: Dataset) -> None:
     """Pixel data present, and a size worth decoding (PS3.3 C.7.6.3 Image Pixel Module)."""
     if not any(keyword in ds for keyword in _PIXEL_DATA):
-        sop_class = ds.get("SOPClassUID")
-        name = UID(sop_class).name if sop_class else "DICOM"
+        name = _name(ds)
         if "Image" in name:
             raise InputError(f"truncated or damaged file: this {name} object has no pixel data")
         raise InputError(f"not an image: this {name} object has no pixel data")
     columns, rows = _integer(ds, "Columns"), _integer(ds, "Rows")
     # An empty or huge image is refused here; a small one is skipped once it decodes (_check_radiograph).
     check_size(columns and max(columns, MIN_SIDE), rows and max(rows, MIN_SIDE))
+
+
+def _name(ds: Dataset) -> str:
+    """The name of the object's SOP Class, "DICOM" when it has none."""
+    sop_class = ds.get("SOPClassUID")
+    return UID(sop_class).name if sop_class else "DICOM"
+
+
+def is_enhanced(ds: Dataset) -> bool:
+    """Whether the object has the Multi-frame Functional Groups Module (PS3.3 C.7.6.16) of the
+    enhanced CT, MR, XA, ... IODs."""
+    return "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
 
 
 def _check_radiograph(ds: Dataset, photometric: str) -> None:
@@ -308,7 +319,11 @@ def _lookup(values: np.ndarray, item: Dataset, ds: Dataset) -> np.ndarray:
 
 
 def source_images(ds: Dataset, path: str) -> list[SourceImage]:
-    """The image to classify in a DICOM instance: the radiograph, frame 0 of a multi-frame one."""
+    """The image to classify in a DICOM instance: the radiograph, frame 0 of a multi-frame one.
+    An enhanced multi-frame object (a volume or a run) is skipped once it decodes."""
+    if is_enhanced(ds):
+        check_decodable(ds)
+        raise skipped(f"{_name(ds)} is a multi-frame enhanced object, not a radiograph")
     if str(ds.get("Modality", "")).upper() == "CT":
         raise InputError("CT series must be loaded as a series")
     return [SourceImage(path=path, dataset=ds, pixels=display_pixels(ds, 0))]
