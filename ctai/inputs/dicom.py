@@ -118,7 +118,7 @@ def display_pixels(ds: Dataset, frame: int = 0) -> np.ndarray:
     """One frame as a viewer shows it: 2-D float32 in [0, 1], 0 = black. An image that decodes but
     cannot be a radiograph is skipped (``skipped``), one that does not decode refused."""
     _check_image(ds)
-    values, photometric = _decode(ds, frame)
+    values, photometric = stored_values(ds, frame)
     _check_radiograph(ds, photometric)
     if photometric == "RGB":
         top = 2.0 ** int(ds.BitsStored) - 1.0
@@ -250,10 +250,10 @@ def check_decodable(ds: Dataset) -> None:
     every frame complete): what a Storage SCP checks before it answers Success (PS3.4 B.2.3)."""
     if _last_value_cut(ds):
         raise InputError("truncated data set: it ends inside a data element")
-    _decode(ds, 0)
+    stored_values(ds, 0)
 
 
-def _decode(ds: Dataset, frame: int) -> tuple[np.ndarray, str]:
+def stored_values(ds: Dataset, frame: int) -> tuple[np.ndarray, str]:
     """Stored values of one frame, colour as RGB, with the photometric interpretation they are in."""
     syntax = UID(ds.file_meta.TransferSyntaxUID)
     try:
@@ -320,10 +320,13 @@ def _lookup(values: np.ndarray, item: Dataset, ds: Dataset) -> np.ndarray:
 
 def source_images(ds: Dataset, path: str) -> list[SourceImage]:
     """The image to classify in a DICOM instance: the radiograph, frame 0 of a multi-frame one.
-    An enhanced multi-frame object (a volume or a run) is skipped once it decodes."""
+    An enhanced multi-frame object (a volume or a run) and a CT localizer are skipped once they decode."""
     if is_enhanced(ds):
         check_decodable(ds)
         raise skipped(f"{_name(ds)} is a multi-frame enhanced object, not a radiograph")
     if str(ds.get("Modality", "")).upper() == "CT":
-        raise InputError("CT series must be loaded as a series")
+        if "LOCALIZER" not in [str(v).upper() for v in ds.get("ImageType", [])]:
+            raise InputError("CT series must be loaded as a series")
+        check_decodable(ds)
+        raise skipped("a CT localizer is not a radiograph")
     return [SourceImage(path=path, dataset=ds, pixels=display_pixels(ds, 0))]
