@@ -20,6 +20,8 @@ import pluggy
 from ctai.config import Config
 from ctai.hookspecs import Classifier, HeatmapClassifier
 from ctai.plugins import plugin_manager
+from ctai.site import calibration as site_calibration
+from ctai.site.state import SiteState
 from ctai.types import CLASSES, Failure, Job, Prediction, Result, SourceImage
 
 Outcome = Result | Failure
@@ -32,6 +34,7 @@ class Pipeline:
         self.config = config
         self.pm = pm or plugin_manager(config)
         self._classifier: Classifier | None = None
+        self.site = SiteState(config)
         # Selects and preprocesses a batch's images in parallel (Pillow and numpy release the GIL).
         self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="ctai-prepare")
 
@@ -62,9 +65,14 @@ class Pipeline:
     def _predictions(self, x: np.ndarray) -> list[Prediction]:
         """The predictions of a batch of model inputs, stamped with when the network started on it."""
         started = datetime.now()
-        probabilities, maps = self.scores(x)
-        return [Prediction(dict(zip(CLASSES, map(float, probs), strict=True)), self.classifier.info,
-                           None if maps is None else maps[i, :, :, int(np.argmax(probs))], started)
+        own, maps = self.scores(x)
+        info = self.classifier.info
+        calibration = self.site.calibration(info)
+        probabilities = own if calibration is None else site_calibration.apply(
+            own, calibration.temperature, np.array(calibration.bias))
+        site_id = calibration.id if calibration else None
+        return [Prediction(_named(probs), info, None if maps is None else maps[i, :, :, int(np.argmax(probs))],
+                           started, site_id, _named(own[i]) if calibration else None)
                 for i, probs in enumerate(probabilities)]
 
     def scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -128,10 +136,17 @@ class Pipeline:
         return source
 
     def _finish(self, result: Result, job: Job) -> None:
+        """Make the outputs and deliver them; in shadow mode to nothing but local folders."""
         if job.makes_outputs:
             for outputs in self.pm.hook.ctai_make_outputs(result=result, job=job, config=self.config):
                 result.outputs.extend(outputs or [])
+        if self.site.shadow:
+            job = Job(job.id, job.source, {**job.options, "send": False})
         self.pm.hook.ctai_deliver(result=result, job=job, config=self.config)
+
+
+def _named(probs: np.ndarray) -> dict[str, float]:
+    return dict(zip(CLASSES, map(float, probs), strict=True))
 
 
 def _ahead(items: Iterator, depth: int) -> Iterator:
