@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ctai.model.preprocess import content_box
 from ctai.outputs.codes import FINDINGS
+from ctai.outputs.common import calibration_name
 from ctai.types import Result
 
 NOTICE = "Decision support only - must be reviewed by a physician."
@@ -234,7 +235,8 @@ def render_picture(result: Result) -> Image.Image:
         panel.heat_legend(HEATMAP_LEGEND)
     model = prediction.model
     when = prediction.started.strftime("%Y-%m-%d %H:%M")
-    notes = [f"Model {model.name} {model.version} ({model.manufacturer}), {when}"]
+    notes = [f"Model {model.name} {model.version} ({model.manufacturer}), {when}",
+             f"Calibration: {calibration_name(prediction)}"]
     if result.source.derivation:
         notes.append(f"Image: {result.source.derivation}")
     top = panel.notice(NOTICE, height - panel.px(22))
