@@ -25,6 +25,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from ctai import jobs
 from ctai.config import Config
 from ctai.outbox import Outbox
+from ctai.results import refusal_reason
 from ctai.types import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -83,18 +84,6 @@ def registry(config: Config, model: Callable[[], ModelInfo | None]) -> Collector
         found.register(metric)
     found.register(StateCollector(config, model))
     return found
-
-
-def refusal_reason(reason: str) -> str:
-    """The ``ctai_refusals`` label of a ``Failure`` reason (few values: Prometheus labels must not be free text)."""
-    if not reason.startswith("skipped: "):
-        return "unreadable"
-    reason = reason.removeprefix("skipped: ")
-    if reason.startswith("modality"):
-        return "modality"
-    if reason.startswith("body part"):
-        return "body_part"
-    return "not_chest"
 
 
 def job_finished(source: str, status: str, refusals: list[str], latency: float | None) -> None:

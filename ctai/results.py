@@ -95,6 +95,18 @@ def _details(results: list[Result], mode: str) -> dict[str, object]:
             "model_probabilities": _mean(own) if all(own) else None}
 
 
+def refusal_reason(reason: str) -> str:
+    """The ``ctai_refusals`` label of a ``Failure`` reason (few values: Prometheus labels must not be free text)."""
+    if not reason.startswith("skipped: "):
+        return "unreadable"
+    reason = reason.removeprefix("skipped: ")
+    if reason.startswith("modality"):
+        return "modality"
+    if reason.startswith("body part"):
+        return "body_part"
+    return "not_chest"
+
+
 def patient_key(patient_id: str) -> str:
     """A patient's key in records that group cases by patient: a hash, not the ID itself."""
     return hashlib.sha256(patient_id.encode()).hexdigest()[:16]

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ctai.config import Config
-from ctai.results import DONE, FINISHED, JobRecord, JobStore
+from ctai.results import DONE, FINISHED, JobRecord, JobStore, refusal_reason
 from ctai.site import state
 from ctai.site.store import SiteStore
 from ctai.types import CLASSES
 
-#: Refusal reasons, as ``ctai.monitoring`` labels them.
+#: Refusal reasons (``ctai.results.refusal_reason``).
 REASONS = ("modality", "body_part", "not_chest", "unreadable")
 
 
@@ -105,8 +105,6 @@ def _range(expected: float, n: int, z: float, min_change: float, variance: float
 
 def statistics(records: list[JobRecord], baseline: Baseline, z: float, min_change: float) -> list[Statistic]:
     """Each statistic of ``records`` with its expectation and range."""
-    from ctai.monitoring import refusal_reason
-
     done = [r for r in records if r.status == DONE and r.probabilities]
     found = []
     if done:
