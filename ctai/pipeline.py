@@ -88,8 +88,11 @@ class Pipeline:
         Inputs that could not be loaded arrive as ``Failure`` and pass straight through. The
         network classifies the next batch in another thread while this one's outputs are made.
         Once all are done, ``ctai_job_finished`` is called; if a step raises,
-        ``ctai_job_failed`` is, and the error propagates to the job's runner.
+        ``ctai_job_failed`` is, and the error propagates to the job's runner. In shadow mode
+        (``ctai.site``) every hook sees the job as one that sends nothing.
         """
+        if self.site.shadow:
+            job = Job(job.id, job.source, {**job.options, "send": False})
         results: list[Result] = []
         failures: list[Failure] = []
         try:
@@ -136,12 +139,9 @@ class Pipeline:
         return source
 
     def _finish(self, result: Result, job: Job) -> None:
-        """Make the outputs and deliver them; in shadow mode to nothing but local folders."""
         if job.makes_outputs:
             for outputs in self.pm.hook.ctai_make_outputs(result=result, job=job, config=self.config):
                 result.outputs.extend(outputs or [])
-        if self.site.shadow:
-            job = Job(job.id, job.source, {**job.options, "send": False})
         self.pm.hook.ctai_deliver(result=result, job=job, config=self.config)
 
 
