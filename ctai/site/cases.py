@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from ctai import metrics
+from ctai import evaluation as metrics
 from ctai.types import CLASSES
 
 NORMAL, BACTERIAL, VIRAL = (CLASSES.index(c) for c in ("normal", "bacterial", "viral"))

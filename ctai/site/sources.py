@@ -13,7 +13,7 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ctai import dataset
+from ctai import labelled_folder as dataset
 from ctai.config import Config
 from ctai.results import DONE, JobRecord, JobStore, age_years, patient_key
 from ctai.site.cases import LABELS, Cases
