@@ -9,7 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ctai.config import Config, data_dir
+from ctai.config import Config
 
 
 class SiteStore:
@@ -44,7 +44,7 @@ class SiteStore:
 class FileStore(SiteStore):
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        self.root = data_dir(config) / "site"
+        self.root = Path(config["data"]["dir"]).expanduser() / "site"  # made by the first write
 
     def _path(self, name: str) -> Path:
         return self.root / name
@@ -64,6 +64,8 @@ class FileStore(SiteStore):
 
     def names(self, prefix: str) -> list[str]:
         folder = self._path(prefix).parent
+        if not folder.is_dir():
+            return []
         found = [str(p.relative_to(self.root)) for p in folder.glob("*") if p.is_file() and p.suffix != ".tmp"]
         return sorted(n for n in found if n.startswith(prefix))
 
