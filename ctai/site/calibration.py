@@ -83,15 +83,17 @@ def fit(y: np.ndarray, probs: np.ndarray, method: str, tie_kinds: bool, min_sens
     result = minimize(lambda p: nll(y, apply(probs, *unpack(p))), np.zeros(size), method="L-BFGS-B",
                       bounds=[(-2.0, 2.0)] * scaled + [(-8.0, 8.0)] * (size - scaled))
     temperature, bias = unpack(result.x)
-    return temperature, _floored(y, apply(probs, temperature, bias), bias, temperature, min_sensitivity)
+    return temperature, _floored(y, apply(probs, temperature, bias), bias, min_sensitivity)
 
 
-def _floored(y: np.ndarray, probs: np.ndarray, bias: np.ndarray, temperature: float, floor: float) -> np.ndarray:
-    """``bias`` with normal's lowered just enough that at least ``floor`` of the pneumonias are
-    called pneumonia (arg max not normal)."""
+def _floored(y: np.ndarray, probs: np.ndarray, bias: np.ndarray, floor: float) -> np.ndarray:
+    """``bias`` with normal's lowered just enough that, of these pneumonias, at least ``floor``
+    plus one standard error are called pneumonia (arg max not normal): the margin keeps the
+    floor on new cases, which the cross-validation in ``compare`` checks."""
     logp = np.log(np.clip(probs[y != NORMAL], 1e-12, 1.0))
     margins = np.sort(logp[:, NORMAL] - logp[:, NORMAL + 1:].max(axis=1))[::-1]
-    allowed = int(np.floor((1.0 - floor) * len(margins) + 1e-9))
+    target = min(1.0, floor + np.sqrt(floor * (1.0 - floor) / max(len(margins), 1)))
+    allowed = int(np.floor((1.0 - target) * len(margins) + 1e-9))
     if allowed >= len(margins) or margins[allowed] < 0:
         return bias
     return bias - np.eye(len(CLASSES))[NORMAL] * (margins[allowed] + 1e-6)
