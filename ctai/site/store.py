@@ -63,10 +63,8 @@ class FileStore(SiteStore):
         os.replace(f.name, path)
 
     def names(self, prefix: str) -> list[str]:
-        folder = self._path(prefix).parent
-        if not folder.is_dir():
-            return []
-        found = [str(p.relative_to(self.root)) for p in folder.glob("*") if p.is_file() and p.suffix != ".tmp"]
+        found = [p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
+                 if p.is_file() and p.suffix != ".tmp"]
         return sorted(n for n in found if n.startswith(prefix))
 
     def append(self, log: str, line: str) -> None:
