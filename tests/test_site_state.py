@@ -22,7 +22,7 @@ from ctai.pipeline import Pipeline
 from ctai.plugins import plugin_manager
 from ctai.site import state
 from ctai.site.calibration import Calibration
-from ctai.types import Job, ModelInfo, SourceImage
+from ctai.types import CLASSES, Job, ModelInfo, SourceImage
 from tests.peers import result
 from tests.redis_server import RedisServer
 from tests.test_jobs import CHEST
@@ -63,6 +63,10 @@ def classified(p: Pipeline) -> list:
     return p.run(Job("j", "cli", {"send": False, "outputs": False}), images)
 
 
+def probabilities(results: list) -> list[list[float]]:
+    return [[r.prediction.probabilities[c] for c in CLASSES] for r in results]
+
+
 def test_mode_switches_by_one_command_recorded_with_who_and_when(config, tmp_path, capsys):
     path = tmp_path / "ctai.toml"
     path.write_text(f'[data]\ndir = "{config["data"]["dir"]}"\n')
@@ -79,16 +83,15 @@ def test_mode_switches_by_one_command_recorded_with_who_and_when(config, tmp_pat
 
 
 def test_the_calibration_applies_on_a_restart_and_reset_restores_the_models_own_exactly(config):
-    own = [[r.prediction.probabilities[c] for c in ("normal", "bacterial", "viral")] for r in classified(pipeline(config))]
-    np.testing.assert_array_equal(own, OWN)
+    np.testing.assert_array_equal(probabilities(classified(pipeline(config))), OWN)
     state.save(config, calibration(), "test")
     restarted = classified(pipeline(config))  # a new process: reads the store
     assert {r.prediction.calibration for r in restarted} == {"site-2026-12-01"}
-    assert restarted[0].prediction.model_probabilities == dict(zip(("normal", "bacterial", "viral"), OWN[0]))
+    assert restarted[0].prediction.model_probabilities == dict(zip(CLASSES, OWN[0], strict=True))
     assert restarted[1].prediction.probabilities["normal"] > OWN[1][0]
     state.use(config, None, "test")
     reset = classified(pipeline(config))
-    assert [[r.prediction.probabilities[c] for c in ("normal", "bacterial", "viral")] for r in reset] == OWN.tolist()
+    assert probabilities(reset) == OWN.tolist()
     assert {r.prediction.calibration for r in reset} == {None}
     assert [v.id for v in state.versions(config)] == ["site-2026-12-01"]  # kept: `--use` brings it back
     state.use(config, "site-2026-12-01", "test")
