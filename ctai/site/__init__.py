@@ -1,4 +1,5 @@
-"""Going live at a new hospital: shadow mode (``mode``), the site's labelled cases (``sources``),
-local validation (``report``), per-site calibration (``calibration``) and drift monitoring
-(``drift``). Their state lives in ``store``: files under the data dir, or the shared Redis.
+"""Going live at a new hospital: the mode (shadow or live) and calibration versions in force
+(``state``, kept by ``store``: files under the data dir, or the shared Redis), the site's truth
+(``sources``, ``cases``), local validation (``report``), per-site calibration (``calibration``),
+the commands' steps (``workflow``) and drift monitoring (``drift``).
 """
