@@ -163,7 +163,8 @@ def html_report(title: str, facts: list[tuple[str, str]], cases: Cases, probs: n
                     f"{_fmt(numbers['intervals'][key][0])} to {_fmt(numbers['intervals'][key][1])}"
                     if numbers["intervals"].get(key) else "n/a"] for key, name in SHOWN.items()]
     parts = [f"<h1>{html.escape(title)}</h1>",
-             _table(["", ""], [[k, v] for k, v in facts]),
+             "<table><tbody>" + "".join(f"<tr><th scope=row>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                                        for k, v in facts) + "</tbody></table>",
              "<h2>Numbers</h2>", _table(["measure", "value", "95 % interval (bootstrap by patient)"], metric_rows),
              "<h2>Figures</h2>",
              _png(_roc(y, probs), "ROC curves"), _png(_reliability(y, probs), "Reliability diagram"),
