@@ -110,9 +110,10 @@ def test_every_output_names_the_calibration(config):
     named = replace(named, prediction=replace(named.prediction, calibration="site-xyz"))
     assert _outcome_json(named)["calibration"] == {"site": "site-xyz"}
     assert _outcome_json(result())["calibration"] == {"site": None}
-    sr = build_sr(named, 9901, True)
-    parameters = {e.value for e in sr.iterall() if e.keyword == "TextValue"}
-    assert "site calibration site-xyz" in parameters
+    for prediction, name in ((result().prediction, "the model's own calibration (no site calibration)"),
+                             (named.prediction, "site calibration site-xyz")):  # an SR of the kind came first
+        sr = build_sr(replace(named, prediction=prediction), 9901, True)
+        assert name in {e.value for e in sr.iterall() if e.keyword == "TextValue"}
     oru = build_oru(named, config["hl7"], "1", datetime.now().astimezone()).to_er7()
     assert "CTAI-CALIBRATION^Calibration^99CTAI||site calibration site-xyz" in oru
     bundle = json.loads(build_bundle(named, "urn:test", datetime.now().astimezone()).model_dump_json())

@@ -174,7 +174,7 @@ def build_sr(result: Result, series_number: int, picture: bool = True) -> Datase
     if len(result.source.cited) > 1:  # a CT projection cites every slice: rare, built in full
         return reference_sr(result, series_number, picture)
     return copy_of(("sr", series_number, picture, prediction.label, bool(result.source.derivation),
-                    prediction.heatmap is not None, *source_kind(source, prediction)),
+                    prediction.heatmap is not None, prediction.calibration, *source_kind(source, prediction)),
                    lambda: reference_sr(result, series_number, picture), functools.partial(_fill_sr, result=result))
 
 
