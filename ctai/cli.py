@@ -50,9 +50,12 @@ def cmd_classify(args: argparse.Namespace, config: configuration.Config) -> int:
     options = {"send": args.deliver, "outputs": bool(args.out or args.deliver or config["folder"]["path"]),
                **({"out_dir": str(args.out)} if args.out else {})}
     job = Job(id="cli", source="cli", options=options)
+    pipeline = Pipeline(config)
+    if args.deliver and pipeline.site.shadow:
+        print("ctai classify: shadow mode (`ctai site`): nothing is delivered", file=sys.stderr)
     sources = _inputs(args.paths, patient)
     failed = 0
-    for outcome in Pipeline(config).process(job, sources):
+    for outcome in pipeline.process(job, sources):
         failed += isinstance(outcome, Failure)
         print(json.dumps(_outcome_json(outcome)) if args.json else _outcome_row(outcome), flush=True)
     return 1 if failed else 0
