@@ -32,7 +32,7 @@ def _outcome_json(outcome: Result | Failure) -> dict:
         return {"path": outcome.path, "error": outcome.reason}
     p = outcome.prediction
     return {"path": outcome.source.path, "label": p.label, "probabilities": p.probabilities,
-            "model": {"name": p.model.name, "version": p.model.version}}
+            "model": {"name": p.model.name, "version": p.model.version}, "calibration": {"site": p.calibration}}
 
 
 def _outcome_row(outcome: Result | Failure) -> str:
@@ -50,9 +50,12 @@ def cmd_classify(args: argparse.Namespace, config: configuration.Config) -> int:
     options = {"send": args.deliver, "outputs": bool(args.out or args.deliver or config["folder"]["path"]),
                **({"out_dir": str(args.out)} if args.out else {})}
     job = Job(id="cli", source="cli", options=options)
+    pipeline = Pipeline(config)
+    if args.deliver and pipeline.site.shadow:
+        print("ctai classify: shadow mode (`ctai site`): nothing is delivered", file=sys.stderr)
     sources = _inputs(args.paths, patient)
     failed = 0
-    for outcome in Pipeline(config).process(job, sources):
+    for outcome in pipeline.process(job, sources):
         failed += isinstance(outcome, Failure)
         print(json.dumps(_outcome_json(outcome)) if args.json else _outcome_row(outcome), flush=True)
     return 1 if failed else 0
@@ -158,6 +161,41 @@ def _job_line(record: JobRecord) -> str:
     return line.rstrip() + (f"  {record.error}" if record.error else "")
 
 
+def cmd_site(args: argparse.Namespace, config: configuration.Config) -> int:
+    """``ctai site status|live|shadow|validate|calibrate|drift``: going live at a new hospital."""
+    from ctai.site import drift, state, workflow
+    from ctai.site.sources import SourceError
+
+    who = args.by or state.whoami()
+    try:
+        if args.action in state.MODES:
+            state.set_mode(config, args.action, who)
+            print(f"mode: {args.action} (recorded as changed by {who})")
+        elif args.action == "validate":
+            print(workflow.validate(config, args.source, args.report))
+        elif args.action == "calibrate":
+            if args.reset or args.use:
+                state.use(config, args.use, who)
+                print(f"calibration in force: {args.use or state.OWN}")
+            elif args.source is None:
+                print("ctai site calibrate: give SOURCE, --reset or --use ID", file=sys.stderr)
+                return 2
+            else:
+                print(workflow.calibrate(config, args.source, who))
+        elif args.action == "drift":
+            report = drift.check(config)
+            print(f"compared with {report.baseline}" + ("" if report.judged else " (too few studies to judge yet)"))
+            for statistic in report.statistics:
+                print(("ALARM " if report.judged and statistic.alarm else "ok    ") + statistic.describe())
+            return 1 if report.alarms else 0
+        else:
+            print(workflow.status(config))
+    except (SourceError, workflow.Refused, ValueError) as exc:
+        print(f"ctai site {args.action}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace, config: configuration.Config) -> int:
     from ctai import serve
 
@@ -202,6 +240,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", type=Path)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("site", help="going live at a new hospital: mode, validation, calibration, drift")
+    p.add_argument("--by", default="", help="who makes the change, for the record (default: user@host)")
+    p.set_defaults(func=cmd_site, action="status")
+    actions = p.add_subparsers(dest="action")
+    actions.add_parser("status", help="mode, calibration in force, earlier versions, history")
+    actions.add_parser("live", help="deliver results to the PACS, HIS, EHR and Orthanc")
+    actions.add_parser("shadow", help="classify and record, deliver nothing; phones see no result")
+    truth = ("a folder laid out as for `ctai evaluate`, a CSV path,label, or a RIS/PACS export "
+             "accession,label or study_uid,label (labels normal, bacterial, viral, pneumonia)")
+    validate = actions.add_parser("validate", help="metrics, intervals and an HTML report on the site's cases")
+    validate.add_argument("source", type=Path, help=truth)
+    validate.add_argument("--report", type=Path, help="the HTML report's path (default: under the data dir)")
+    calibrate = actions.add_parser("calibrate", help="fit, compare and put in force a site calibration")
+    calibrate.add_argument("source", type=Path, nargs="?", help=truth)
+    which = calibrate.add_mutually_exclusive_group()
+    which.add_argument("--reset", action="store_true", help="go back to the model's own calibration")
+    which.add_argument("--use", metavar="ID", help="put an earlier version in force again")
+    actions.add_parser("drift", help="the last studies against the expectation (exit 1 on an alarm)")
 
     p = commands.add_parser("config", help="print the effective configuration")
     p.set_defaults(func=cmd_config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -88,17 +89,20 @@ def summary(report: dict[str, Any]) -> dict[str, float | None]:
 
 
 def intervals(y_true: np.ndarray, probs: np.ndarray, patients: list[str], rounds: int = 1000,
-              level: float = 0.95, seed: int = 0) -> dict[str, list[float] | None]:
-    """Percentile bootstrap intervals (Efron and Tibshirani 1993) of the ``summary`` numbers,
-    resampling whole patients: images of one patient are not independent, so resampling images
-    would make the intervals too narrow."""
+              level: float = 0.95, seed: int = 0,
+              statistic: Callable[[np.ndarray, np.ndarray], dict[str, float | None]] | None = None
+              ) -> dict[str, list[float] | None]:
+    """Percentile bootstrap intervals (Efron and Tibshirani 1993) of the ``summary`` numbers (or
+    of ``statistic``'s), resampling whole patients: images of one patient are not independent,
+    so resampling images would make the intervals too narrow."""
+    statistic = statistic or (lambda y, p: summary(compute(y, p)))
     y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
     by_patient = [np.flatnonzero(np.asarray(patients) == p) for p in dict.fromkeys(patients)]
     rng = np.random.default_rng(seed)
     rows = []
     for _ in range(rounds):
         picked = np.concatenate([by_patient[k] for k in rng.integers(len(by_patient), size=len(by_patient))])
-        rows.append(summary(compute(y_true[picked], probs[picked])))
+        rows.append(statistic(y_true[picked], probs[picked]))
     tail = (1 - level) / 2 * 100
     return {key: None if any(r[key] is None for r in rows)
             else [float(v) for v in np.percentile([r[key] for r in rows], [tail, 100 - tail])]

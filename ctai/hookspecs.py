@@ -102,7 +102,8 @@ def ctai_deliver(result: Result, job: Job, config: Config) -> None:
 
     Called by the pipeline once per classified image, after ``ctai_make_outputs``. A plugin
     that sends to another system (PACS, HIS, Orthanc, ...) does nothing unless ``job.sends``;
-    local outputs (a folder) are written either way. Raise if delivery fails: the job fails,
+    local outputs (a folder) are written either way. In shadow mode (``ctai.site``) every hook
+    of a job sees ``job.sends`` false: that is how shadow mode delivers nothing. Raise if delivery fails: the job fails,
     and its runner (the worker) retries it or records why.
     """
 

@@ -25,6 +25,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from ctai import jobs
 from ctai.config import Config
 from ctai.outbox import Outbox
+from ctai.results import refusal_reason
 from ctai.types import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,34 @@ class StateCollector:
             info = InfoMetricFamily("ctai_model", "The classifier in use")
             info.add_metric([], {"name": model.name, "version": model.version, "manufacturer": model.manufacturer})
             yield info
+        yield from site_metrics(self.config)
+
+
+def site_metrics(config: Config) -> Iterator[Metric]:
+    """The site's mode and calibration (``ctai site``), and each drift statistic of the last studies."""
+    from ctai.site import drift, state
+
+    try:
+        active, shadow, report = state.active(config), state.mode(config) == "shadow", drift.check(config)
+    except Exception as exc:  # noqa: BLE001 - a store that does not answer: no numbers; /healthz says so
+        log.warning("metrics: the site state cannot be read: %s", exc)
+        return
+    mode = GaugeMetricFamily("ctai_site_shadow", "1 in shadow mode (results recorded, nothing delivered), 0 live")
+    mode.add_metric([], int(shadow))
+    calibration = InfoMetricFamily("ctai_site_calibration", "The calibration in force: a site calibration's ID, "
+                                   "or 'model' (the model's own)")
+    calibration.add_metric([], {"id": active.id if active else "model"})
+    families = {"observed": GaugeMetricFamily("ctai_drift_observed", "A drift statistic over the last studies "
+                                              "([site] drift_window)", labels=["statistic"]),
+                "expected": GaugeMetricFamily("ctai_drift_expected", "Its expectation (the site's validated period, "
+                                              "else the model's validation split)", labels=["statistic"]),
+                "alarm": GaugeMetricFamily("ctai_drift_alarm", "1 when the statistic is out of its range (and the "
+                                           "window holds [site] drift_min_studies)", labels=["statistic"])}
+    for statistic in report.statistics:
+        families["observed"].add_metric([statistic.name], statistic.observed)
+        families["expected"].add_metric([statistic.name], statistic.expected)
+        families["alarm"].add_metric([statistic.name], int(report.judged and statistic.alarm))
+    yield from (mode, calibration, *families.values())
 
 
 def registry(config: Config, model: Callable[[], ModelInfo | None]) -> CollectorRegistry:
@@ -83,18 +112,6 @@ def registry(config: Config, model: Callable[[], ModelInfo | None]) -> Collector
         found.register(metric)
     found.register(StateCollector(config, model))
     return found
-
-
-def refusal_reason(reason: str) -> str:
-    """The ``ctai_refusals`` label of a ``Failure`` reason (few values: Prometheus labels must not be free text)."""
-    if not reason.startswith("skipped: "):
-        return "unreadable"
-    reason = reason.removeprefix("skipped: ")
-    if reason.startswith("modality"):
-        return "modality"
-    if reason.startswith("body part"):
-        return "body_part"
-    return "not_chest"
 
 
 def job_finished(source: str, status: str, refusals: list[str], latency: float | None) -> None:
@@ -139,13 +156,29 @@ def health_checks(config: Config, worker_alive: Callable[[], bool]) -> dict[str,
     return checks
 
 
-def health(checks: Mapping[str, Callable[[], bool]]) -> tuple[bool, dict[str, Any]]:
+def health(checks: Mapping[str, Callable[[], bool]], alarms: Callable[[], list[str]] = list
+           ) -> tuple[bool, dict[str, Any]]:
+    """Healthy when every check passes; then "degraded: ..." (still 200) while ``alarms`` names any."""
     results = {name: bool(check()) for name, check in checks.items()}
     ok = all(results.values())
-    return ok, {"status": "ok" if ok else "unhealthy", "checks": results}
+    found = alarms() if ok else []
+    status = ("degraded: " + "; ".join(found)) if found else "ok" if ok else "unhealthy"
+    return ok, {"status": status, "checks": results}
 
 
-def wsgi_app(registry: CollectorRegistry, checks: Mapping[str, Callable[[], bool]]) -> Callable:
+def drift_alarms(config: Config) -> list[str]:
+    """The drift statistics out of their range (``ctai.site.drift``); none while they cannot be read."""
+    from ctai.site import drift
+
+    try:
+        return drift.check(config).alarms
+    except Exception as exc:  # noqa: BLE001 - the store's failure shows in the queue check
+        log.warning("healthz: drift cannot be read: %s", exc)
+        return []
+
+
+def wsgi_app(registry: CollectorRegistry, checks: Mapping[str, Callable[[], bool]],
+             alarms: Callable[[], list[str]] = list) -> Callable:
     metrics = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable) -> list[bytes]:
@@ -153,7 +186,7 @@ def wsgi_app(registry: CollectorRegistry, checks: Mapping[str, Callable[[], bool
         if path == "/metrics":
             return metrics(environ, start_response)
         if path == "/healthz":
-            ok, body = health(checks)
+            ok, body = health(checks, alarms)
             start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")])
             return [json.dumps(body).encode()]
         start_response("404 Not Found", [("Content-Type", "text/plain")])
@@ -175,7 +208,8 @@ class MetricsService:
     def __init__(self, config: Config, worker_alive: Callable[[], bool],
                  model: Callable[[], ModelInfo | None]) -> None:
         self.config = config
-        self.app = wsgi_app(registry(config, model), health_checks(config, worker_alive))
+        self.app = wsgi_app(registry(config, model), health_checks(config, worker_alive),
+                            lambda: drift_alarms(config))
         self.server: WSGIServer | None = None
 
     def start(self) -> None:

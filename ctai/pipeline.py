@@ -20,6 +20,8 @@ import pluggy
 from ctai.config import Config
 from ctai.hookspecs import Classifier, HeatmapClassifier
 from ctai.plugins import plugin_manager
+from ctai.site import calibration as site_calibration
+from ctai.site.state import SiteState
 from ctai.types import CLASSES, Failure, Job, Prediction, Result, SourceImage
 
 Outcome = Result | Failure
@@ -32,6 +34,7 @@ class Pipeline:
         self.config = config
         self.pm = pm or plugin_manager(config)
         self._classifier: Classifier | None = None
+        self.site = SiteState(config)
         # Selects and preprocesses a batch's images in parallel (Pillow and numpy release the GIL).
         self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="ctai-prepare")
 
@@ -62,9 +65,14 @@ class Pipeline:
     def _predictions(self, x: np.ndarray) -> list[Prediction]:
         """The predictions of a batch of model inputs, stamped with when the network started on it."""
         started = datetime.now()
-        probabilities, maps = self.scores(x)
-        return [Prediction(dict(zip(CLASSES, map(float, probs), strict=True)), self.classifier.info,
-                           None if maps is None else maps[i, :, :, int(np.argmax(probs))], started)
+        own, maps = self.scores(x)
+        info = self.classifier.info
+        calibration = self.site.calibration(info)
+        probabilities = own if calibration is None else site_calibration.apply(
+            own, calibration.temperature, np.array(calibration.bias))
+        site_id = calibration.id if calibration else None
+        return [Prediction(_named(probs), info, None if maps is None else maps[i, :, :, int(np.argmax(probs))],
+                           started, site_id, _named(own[i]) if calibration else None)
                 for i, probs in enumerate(probabilities)]
 
     def scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -80,8 +88,11 @@ class Pipeline:
         Inputs that could not be loaded arrive as ``Failure`` and pass straight through. The
         network classifies the next batch in another thread while this one's outputs are made.
         Once all are done, ``ctai_job_finished`` is called; if a step raises,
-        ``ctai_job_failed`` is, and the error propagates to the job's runner.
+        ``ctai_job_failed`` is, and the error propagates to the job's runner. In shadow mode
+        (``ctai.site``) every hook sees the job as one that sends nothing.
         """
+        if self.site.shadow:
+            job = Job(job.id, job.source, {**job.options, "send": False})
         results: list[Result] = []
         failures: list[Failure] = []
         try:
@@ -132,6 +143,10 @@ class Pipeline:
             for outputs in self.pm.hook.ctai_make_outputs(result=result, job=job, config=self.config):
                 result.outputs.extend(outputs or [])
         self.pm.hook.ctai_deliver(result=result, job=job, config=self.config)
+
+
+def _named(probs: np.ndarray) -> dict[str, float]:
+    return dict(zip(CLASSES, map(float, probs), strict=True))
 
 
 def _ahead(items: Iterator, depth: int) -> Iterator:

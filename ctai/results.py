@@ -7,6 +7,7 @@ listener, the web app); ``ctai jobs`` reads it. Status: pending, running, done, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
@@ -26,7 +27,7 @@ create table if not exists jobs (
     id text primary key, source text not null, status text not null,
     label text, probabilities text, seconds real, error text,
     enqueued real, started real, finished real, attempts integer not null default 0, owner text,
-    options text, lease real
+    options text, lease real, details text
 )"""
 
 
@@ -38,6 +39,10 @@ class Summary:
     label: str | None = None
     probabilities: dict[str, float] | None = None
     error: str | None = None
+    #: What the job's first image's headers say (accession, study UID, modality, manufacturer,
+    #: age, a hash of the patient ID), the site calibration and mode, the model's own mean
+    #: probabilities: for matching the RIS's truth and for drift (``ctai.site``).
+    details: dict[str, object] | None = None
 
 
 @dataclass(frozen=True)
@@ -56,20 +61,63 @@ class JobRecord:
     owner: str | None
     options: dict[str, object]
     lease: float | None = None
+    details: dict[str, object] | None = None
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
 
 
-def summarize(results: list[Result], failures: list[Failure]) -> Summary:
+def summarize(results: list[Result], failures: list[Failure], mode: str = "live") -> Summary:
     """Done with the mean probabilities over the job's images; else failed or skipped, with why."""
     reasons = "; ".join(f.reason for f in failures) or None
     if results:
-        mean = {c: sum(r.prediction.probabilities[c] for r in results) / len(results) for c in CLASSES}
-        return Summary(DONE, max(mean, key=mean.__getitem__), mean, reasons)
+        mean = _mean([r.prediction.probabilities for r in results])
+        return Summary(DONE, max(mean, key=mean.__getitem__), mean, reasons, _details(results, mode))
     if failures and all(f.reason.startswith("skipped") for f in failures):
-        return Summary(SKIPPED, error=reasons)
-    return Summary(FAILED, error=reasons or "the job had no image")
+        return Summary(SKIPPED, error=reasons, details={"mode": mode})
+    return Summary(FAILED, error=reasons or "the job had no image", details={"mode": mode})
+
+
+def _mean(probabilities: list[dict[str, float]]) -> dict[str, float]:
+    return {c: sum(p[c] for p in probabilities) / len(probabilities) for c in CLASSES}
+
+
+def _details(results: list[Result], mode: str) -> dict[str, object]:
+    ds = results[0].source.dataset
+    prediction = results[0].prediction
+    own = [r.prediction.model_probabilities for r in results]
+    patient = str(ds.get("PatientID", "") or "")
+    return {"accession": str(ds.get("AccessionNumber", "") or ""), "study_uid": str(ds.get("StudyInstanceUID", "")),
+            "modality": str(ds.get("Modality", "") or ""), "manufacturer": str(ds.get("Manufacturer", "") or ""),
+            "age": age_years(str(ds.get("PatientAge", "") or "")),
+            "patient": patient_key(patient) if patient else "",
+            "calibration": prediction.calibration, "mode": mode,
+            "model_probabilities": _mean(own) if all(own) else None}
+
+
+def refusal_reason(reason: str) -> str:
+    """The ``ctai_refusals`` label of a ``Failure`` reason (few values: Prometheus labels must not be free text)."""
+    if not reason.startswith("skipped: "):
+        return "unreadable"
+    reason = reason.removeprefix("skipped: ")
+    if reason.startswith("modality"):
+        return "modality"
+    if reason.startswith("body part"):
+        return "body_part"
+    return "not_chest"
+
+
+def patient_key(patient_id: str) -> str:
+    """A patient's key in records that group cases by patient: a hash, not the ID itself."""
+    return hashlib.sha256(patient_id.encode()).hexdigest()[:16]
+
+
+def age_years(text: str) -> float | None:
+    """A DICOM age string (``005Y``, ``018M``, ``003W``, ``010D``) in years; None if none or malformed."""
+    per_year = {"Y": 1, "M": 12, "W": 52.1775, "D": 365.25}
+    if len(text) != 4 or not text[:3].isdigit() or text[3] not in per_year:
+        return None
+    return round(int(text[:3]) / per_year[text[3]], 3)
 
 
 class JobStore:
@@ -108,8 +156,9 @@ class JobStore:
 
     def finish(self, job: Job, owner: str, summary: Summary, seconds: float) -> None:
         probabilities = json.dumps(summary.probabilities) if summary.probabilities else None
+        details = json.dumps(summary.details) if summary.details else None
         self._write(job, dict(status=summary.status, label=summary.label, probabilities=probabilities,
-                              error=summary.error, seconds=seconds, finished=time.time()), owner)
+                              error=summary.error, seconds=seconds, finished=time.time(), details=details), owner)
 
     def release(self, job_id: str, owner: str) -> None:
         """Drop the lease of ``owner`` (an expired one, once its job is queued again)."""
@@ -150,7 +199,7 @@ class JobStore:
 
 _local = threading.local()
 _COLUMNS = ("id, source, status, label, probabilities, seconds, error, enqueued, started, finished,"
-            " attempts, owner, options, lease")
+            " attempts, owner, options, lease, details")
 
 
 class SqliteJobStore(JobStore):
@@ -173,8 +222,11 @@ class SqliteJobStore(JobStore):
             db.execute("pragma journal_mode=wal")
             db.execute("pragma synchronous=normal")  # durable once committed, except on power loss
             db.execute(_SCHEMA)
-            if "lease" not in {row[1] for row in db.execute("pragma table_info(jobs)")}:
+            columns = {row[1] for row in db.execute("pragma table_info(jobs)")}
+            if "lease" not in columns:
                 db.execute("alter table jobs add column lease real")  # records written before leases
+            if "details" not in columns:
+                db.execute("alter table jobs add column details text")  # records written before details
             connections[self.path] = db
         with connections[self.path] as db:
             yield db
@@ -234,7 +286,8 @@ class SqliteJobStore(JobStore):
         with self._db() as db:
             rows = db.execute(f"select {_COLUMNS} from jobs {clause}", args).fetchall()
         return [JobRecord(*row[:4], json.loads(row[4]) if row[4] else None, *row[5:12],
-                          json.loads(row[12] or "{}"), row[13]) for row in rows]
+                          json.loads(row[12] or "{}"), row[13], json.loads(row[14]) if row[14] else None)
+                for row in rows]
 
 
 # Redis: one hash per job ("ctai:job:<id>"), a sorted set of job IDs by their last change
@@ -355,4 +408,5 @@ class RedisJobStore(JobStore):
             probabilities=json.loads(h["probabilities"]) if "probabilities" in h else None,
             seconds=floats["seconds"], error=h.get("error"), enqueued=floats["enqueued"],
             started=floats["started"], finished=floats["finished"], attempts=int(h.get("attempts", 0)),
-            owner=h.get("owner"), options=json.loads(h.get("options", "{}")), lease=floats["lease"])
+            owner=h.get("owner"), options=json.loads(h.get("options", "{}")), lease=floats["lease"],
+            details=json.loads(h["details"]) if "details" in h else None)

@@ -62,6 +62,10 @@ class Prediction:
     heatmap: np.ndarray | None = field(default=None, compare=False, repr=False)
     #: When the analysis that made it started (local time): the outputs' Content Date and Time.
     started: datetime = field(default_factory=datetime.now, compare=False, repr=False)
+    #: The site calibration applied to the model's own probabilities (``ctai.site``): its ID, and
+    #: the probabilities before it; None when the model's own calibration is in force.
+    calibration: str | None = None
+    model_probabilities: dict[str, float] | None = field(default=None, compare=False, repr=False)
 
     @property
     def label(self) -> str:

@@ -235,7 +235,8 @@ class Worker:
             raise
         outcomes = self.pipeline.run(job, sources)
         return summarize([o for o in outcomes if isinstance(o, Result)],
-                         [o for o in outcomes if isinstance(o, Failure)])
+                         [o for o in outcomes if isinstance(o, Failure)],
+                         "shadow" if self.pipeline.site.shadow else "live")
 
 
 def _alive(pid: int) -> bool:

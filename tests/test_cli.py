@@ -33,7 +33,8 @@ def test_json_lines_exactly(capsys):
     assert code == 0
     assert [r["path"] for r in rows] == [str(NORMAL), str(BACTERIAL)]
     for row in rows:
-        assert set(row) == {"path", "label", "probabilities", "model"}
+        assert set(row) == {"path", "label", "probabilities", "model", "calibration"}
+        assert row["calibration"] == {"site": None}  # the model's own: no site calibration here
         assert set(row["probabilities"]) == set(CLASSES)
         assert abs(sum(row["probabilities"].values()) - 1) < 1e-6
         assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)
@@ -45,7 +46,7 @@ def test_bad_input_is_one_error_line_and_the_others_go_through(capsys, tmp_path:
     text.write_text("this is not DICOM\n")
     code, rows = classify_json(capsys, str(text), str(NORMAL), str(tmp_path / "missing.png"))
     assert code == 1
-    assert [set(r) for r in rows] == [{"path", "error"}, {"path", "label", "probabilities", "model"},
+    assert [set(r) for r in rows] == [{"path", "error"}, {"path", "label", "probabilities", "model", "calibration"},
                                       {"path", "error"}]
     assert rows[0]["path"] == str(text)
 

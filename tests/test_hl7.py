@@ -56,13 +56,14 @@ def test_oru_carries_patient_order_study_and_preliminary_results(config):
     assert order.OBR.obr_7.to_er7() == "20261120101500"
     assert order.OBR.obr_25.to_er7() == "P" and "pending review by a physician" in order.NTE.nte_3.to_er7()
     obx = observations(message)
-    assert [o.obx_2.to_er7() for o in obx] == ["CWE", "NM", "NM", "NM", "ST"]
+    assert [o.obx_2.to_er7() for o in obx] == ["CWE", "NM", "NM", "NM", "ST", "ST"]
     assert {o.obx_11.to_er7() for o in obx} == {"P"}
     assert obx[0].obx_5.to_er7() == "53084003^Bacterial pneumonia^SCT"
     assert [float(o.obx_5.to_er7()) for o in obx[1:4]] == [10.0, 70.0, 20.0]
     assert obx[2].obx_3.to_er7() == "CTAI-P-BACTERIAL^Probability of bacterial pneumonia^99CTAI"
     assert obx[4].obx_3.to_er7() == "110180^Study Instance UID^DCM"
     assert obx[4].obx_5.to_er7() == source.StudyInstanceUID
+    assert obx[5].obx_3.to_er7() == "CTAI-CALIBRATION^Calibration^99CTAI"
 
 
 @pytest.mark.parametrize(("probabilities", "code"), [

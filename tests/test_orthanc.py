@@ -26,6 +26,7 @@ from ctai.orthanc.client import OUTPUTS_METADATA, STATUS_METADATA
 from ctai.orthanc.series import instance_id, series_job, series_skip_reason
 from ctai.outbox import Outbox
 from ctai.results import JobStore
+from ctai.site import state
 from tests.dciodvfy import errors as dciodvfy_errors
 from tests.dicomfactory import dcmtk, pixel_data_cut, save
 from tests.orthanc_harness import IN_NAMESPACE, Harness, fast_config, model_missing, passes_in_namespace
@@ -120,6 +121,21 @@ else:
         status = status_metadata(worker, answer["ParentSeries"])
         assert status["status"] == "done" and status["label"] == max(expected, key=expected.get)
         assert status["seconds"] > 0 and done.seconds > 0
+
+    def test_shadow_mode_keeps_the_result_out_of_orthanc_and_records_it(worker):
+        state.set_mode(worker.config, "shadow", "test")
+        time.sleep(state.REFRESH_SECONDS + 0.1)  # the worker reads the switch within this
+        try:
+            ds = radiograph("IM-0133-0001.jpeg", "SHADOW1")
+            answer = worker.upload(ds)
+            done = record(worker, answer["ParentSeries"], "done")
+            assert done.label and done.details["mode"] == "shadow"
+            assert worker.outputs(answer["ParentStudy"]) == {}
+            status = status_metadata(worker, answer["ParentSeries"])
+            assert status["status"] == "done" and "label" not in status and "probabilities" not in status
+        finally:
+            state.set_mode(worker.config, "live", "test")
+            time.sleep(state.REFRESH_SECONDS + 0.1)
 
     def test_outputs_are_named_by_the_id_orthanc_gives_them(harness):
         """The plugin names the outputs it queues for Orthanc before Orthanc stores them."""

@@ -608,3 +608,21 @@ def test_dicom_of_another_patient_fails_its_job(web_config, tmp_path):
     assert outcome.reason == PHONE["wrong_patient"]
     plugin.ctai_job_finished(Job("j", "upload", {"upload": upload.id}), [], [outcome], web_config)
     assert store.upload(upload.id).status == "failed" and store.upload(upload.id).error == PHONE["wrong_patient"]
+
+
+def test_in_shadow_mode_the_phone_is_told_and_the_staff_see_the_result(client, web_config, jobs):
+    from ctai.site import state
+
+    state.set_mode(web_config, "shadow", "test")
+    csrf = login(client)
+    link = new_session(client, csrf)
+    client.post(f"{link}/files", content=radiograph_bytes())
+    upload = jobs[0].options["upload"]
+    Store(web_config).finish_upload(upload, "bacterial", FAKE_PROBABILITIES, withheld=True)  # as the upload plugin does
+    seen = client.get(f"{link}/files/{upload}").json()
+    assert seen["status"] == "withheld" and seen["label"] is None and seen["probabilities"] is None
+    assert seen["error"] == PHONE["shadow"] and not seen["picture"]
+    assert client.get(f"{link}/files/{upload}/picture").status_code == 404
+    staff = client.get("/staff").text
+    assert "Shadow mode: results are recorded" in staff and "Bacterial pneumonia" in staff
+    assert "Drift: too few studies to judge yet." in staff

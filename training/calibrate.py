@@ -19,6 +19,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from ctai.evaluation import log_loss
+from ctai.site.drift import expectation
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -77,11 +78,11 @@ def main(argv=None) -> None:
     x, y = data.load_arrays(val, classifier.input_size)
     logits = classifier.logits(x)
     temperature, bias = fit(logits, y, args.priors)
+    probs = calibrated(logits, temperature, np.array(bias))
     meta_path = args.model / "model.json"
     meta = json.loads(meta_path.read_text())
-    meta.update(temperature=temperature, bias=bias, priors=args.priors)
+    meta.update(temperature=temperature, bias=bias, priors=args.priors, expected=expectation(probs))
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    probs = calibrated(logits, temperature, np.array(bias))
     if args.predictions:
         np.savez(args.predictions, y=y, probs=probs)
     report = evaluation.compute(y, probs)

@@ -86,6 +86,11 @@ def ctai_job_finished(job: Job, results: list[Result], failures: list[Failure], 
         return
     orthanc = client(config)
     series_id = job.options["series"]
+    seconds = time.time() - job.options["started"] if "started" in job.options else None
+    summary = summarize(results, failures)
+    if not job.sends:  # shadow mode: the result stays out of Orthanc, earlier outputs stay in it
+        _set_status(config, series_id, status_value(summary.status, None, seconds))
+        return
     new = job.options.get("orthanc_outputs", [])
     old = json.loads(orthanc.metadata("series", series_id).get(OUTPUTS_METADATA) or "[]")
     for old_id in set(old) - set(new):
@@ -94,8 +99,6 @@ def ctai_job_finished(job: Job, results: list[Result], failures: list[Failure], 
         except OrthancError:
             log.info("orthanc: earlier output %s was already gone", old_id)
     orthanc.set_json_metadata("series", series_id, OUTPUTS_METADATA, new)
-    seconds = time.time() - job.options["started"] if "started" in job.options else None
-    summary = summarize(results, failures)
     _set_status(config, series_id, status_value(summary.status, summary, seconds))
 
 

@@ -69,8 +69,10 @@ def ctai_job_finished(job: Job, results: list[Result], failures: list[Failure], 
         log.info("upload %s failed: %s", upload.id, reason)
         store.finish_upload(upload.id, error=for_phone(reason))
         return
-    _save_png(picture(results[0]), str(store.picture_path(upload)))
-    store.finish_upload(upload.id, results[0].prediction.label, results[0].prediction.probabilities)
+    if job.sends:  # in shadow mode no result picture: the phone must not see one
+        _save_png(picture(results[0]), str(store.picture_path(upload)))
+    store.finish_upload(upload.id, results[0].prediction.label, results[0].prediction.probabilities,
+                        withheld=not job.sends)
 
 
 @hookimpl

@@ -198,6 +198,13 @@ def dicom_datetime(date: object, time: object = "") -> str:
     return date + (time if len(time) in (4, 6) and _valid(time, "%H%M%S"[:len(time)]) else "")
 
 
+def calibration_name(prediction: Prediction) -> str:
+    """How every output names the calibration its probabilities went through (``ctai.site``)."""
+    if prediction.calibration:
+        return f"site calibration {prediction.calibration}"
+    return "the model's own calibration (no site calibration)"
+
+
 def patient_key(ds: Dataset) -> str:
     """The outbox ordering key: the patient, as Issuer of Patient ID / Patient ID."""
     return f"{ds.get('IssuerOfPatientID', '')}/{ds.get('PatientID', '')}"

@@ -22,8 +22,8 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
 from ctai.outputs.codes import FINDINGS, PRESENCE, PROBABILITY
-from ctai.outputs.common import dicom_datetime
-from ctai.types import CLASSES, ModelInfo, Result
+from ctai.outputs.common import calibration_name, dicom_datetime
+from ctai.types import CLASSES, Prediction, Result
 
 if TYPE_CHECKING:
     from fhir.resources.R4B.bundle import Bundle
@@ -89,15 +89,19 @@ def subject(ds: Dataset) -> dict[str, Any]:
     return {"type": "Patient", "identifier": identifier}
 
 
-def device(model: ModelInfo) -> dict[str, Any]:
-    """The algorithm (TID 4019 Algorithm Identification) as a Device."""
+def device(prediction: Prediction) -> dict[str, Any]:
+    """The algorithm (TID 4019 Algorithm Identification) as a Device: one per model version and
+    site calibration, which its second version entry names."""
+    model = prediction.model
+    calibration = prediction.calibration or "model"
     return {
         "resourceType": "Device",
         "identifier": [{"system": "urn:ietf:rfc:3986", "value": urn("device", model.manufacturer, model.name,
-                                                                     model.version)}],
+                                                                     model.version, calibration)}],
         "manufacturer": model.manufacturer,
         "deviceName": [{"name": model.name, "type": "model-name"}],
-        "version": [{"value": model.version}],
+        "version": [{"value": model.version},
+                    {"type": {"text": "calibration"}, "value": calibration_name(prediction)}],
         "type": concept(DCM, AI.value, AI.meaning),
     }
 
@@ -147,7 +151,7 @@ def build_bundle(result: Result, base: str, issued: datetime) -> Bundle:
 
     ds = result.source.dataset
     model = result.prediction.model
-    device_resource = device(model)
+    device_resource = device(result.prediction)
     device_url = device_resource["identifier"][0]["value"]
     when = fhir_datetime(ds)
     common: dict[str, Any] = {

@@ -5,7 +5,8 @@ PID-3 Patient ID (CX.4 Issuer of Patient ID), PID-5 Patient's Name (DICOM family
 prefix^suffix to XPN family^given^middle^suffix^prefix), PID-7 Birth Date, PID-8 Sex;
 ORC-2/OBR-2 Placer Order Number / Imaging Service Request, ORC-3/OBR-3 and OBR-18 (IHE
 Radiology) the Accession Number; OBR-7 Study Date and Time; the Study Instance UID in an OBX
-coded DCM 110180 within the OBR's observations. Then one OBX (CWE) with the finding in SNOMED
+coded DCM 110180 within the OBR's observations, and the calibration (local code CTAI-CALIBRATION:
+the site calibration's ID or the model's own). Then one OBX (CWE) with the finding in SNOMED
 CT and one OBX (NM, percent) per class probability. Result status is P (preliminary) in OBR-25
 and every OBX-11, with an NTE saying the result awaits a physician's review.
 """
@@ -23,7 +24,7 @@ from pydicom import Dataset
 from pydicom.valuerep import PersonName
 
 from ctai.outputs.codes import FINDINGS
-from ctai.outputs.common import dicom_datetime
+from ctai.outputs.common import calibration_name, dicom_datetime
 from ctai.types import CLASSES, Result
 
 VERSION = "2.5"
@@ -32,6 +33,8 @@ LOCAL = "99CTAI"
 SERVICE = ("CTAI-CXR", "Chest image AI classification", LOCAL)
 FINDING = ("121071", "Finding", "DCM")
 STUDY_UID = ("110180", "Study Instance UID", "DCM")
+#: The calibration the probabilities went through: the site calibration's ID, or the model's own.
+CALIBRATION = ("CTAI-CALIBRATION", "Calibration", LOCAL)
 PERCENT = ("%", "percent", "UCUM")
 PRELIMINARY = "P"
 REVIEW_NOTE = "Preliminary result of an AI algorithm ({model}), pending review by a physician."
@@ -115,6 +118,7 @@ def _observations(result: Result) -> list[tuple[str, str, str, str]]:
         rows.append(("NM", code, value, components(*PERCENT)))
     if study_uid := result.source.dataset.get("StudyInstanceUID"):
         rows.append(("ST", components(*STUDY_UID), escape(study_uid), ""))
+    rows.append(("ST", components(*CALIBRATION), escape(calibration_name(result.prediction)), ""))
     return rows
 
 

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ctai.model.preprocess import content_box
 from ctai.outputs.codes import FINDINGS
+from ctai.outputs.common import calibration_name
 from ctai.types import Result
 
 NOTICE = "Decision support only - must be reviewed by a physician."
@@ -232,11 +233,17 @@ def render_picture(result: Result) -> Image.Image:
     if prediction.heatmap is not None:
         panel.gap(10)
         panel.heat_legend(HEATMAP_LEGEND)
+    top = panel.notice(NOTICE, height - panel.px(22))
+    panel.footnotes(footnotes(result), top - panel.px(12))
+    return picture
+
+
+def footnotes(result: Result) -> list[str]:
+    """The picture's small print: the model, when, the calibration, how the image was made."""
+    prediction = result.prediction
     model = prediction.model
-    when = prediction.started.strftime("%Y-%m-%d %H:%M")
-    notes = [f"Model {model.name} {model.version} ({model.manufacturer}), {when}"]
+    notes = [f"Model {model.name} {model.version} ({model.manufacturer}), "
+             f"{prediction.started.strftime('%Y-%m-%d %H:%M')}", f"Calibration: {calibration_name(prediction)}"]
     if result.source.derivation:
         notes.append(f"Image: {result.source.derivation}")
-    top = panel.notice(NOTICE, height - panel.px(22))
-    panel.footnotes(notes, top - panel.px(12))
-    return picture
+    return notes

@@ -52,26 +52,29 @@ from ctai import uids
 from ctai.outputs.codes import FINDINGS, PRESENCE, PROBABILITY
 from ctai.outputs.common import (
     PATIENT_STUDY,
+    calibration_name,
     common_attributes,
     copy_of,
     fill_common,
     patient_study_tags,
     source_kind,
 )
-from ctai.types import ModelInfo, Result
+from ctai.types import ModelInfo, Prediction, Result
 
 SERIES_DESCRIPTION = "ctai AI result (SR)"
 HEATMAP_NOTE = ("Heat map: the class activation map of {} is drawn on the result picture (Secondary "
                 "Capture); it shows where the model looked and is not a segmentation.")
 
 
-def algorithm(model: ModelInfo) -> hd.sr.AlgorithmIdentification:
-    """TID 4019 Algorithm Identification."""
+def algorithm(prediction: Prediction) -> hd.sr.AlgorithmIdentification:
+    """TID 4019 Algorithm Identification; its Algorithm Parameters name the calibration."""
+    model = prediction.model
     return hd.sr.AlgorithmIdentification(
         name=model.name,
         version=model.version,
         manufacturer=model.manufacturer,
         family=codes.DCM.ArtificialIntelligence,
+        parameters=[calibration_name(prediction)],
     )
 
 
@@ -104,7 +107,7 @@ def measurement_group(result: Result, label: str,
             identifier=f"{model.name} {finding.meaning}",
         ),
         finding_type=finding,
-        algorithm_id=algorithm(model),
+        algorithm_id=algorithm(result.prediction),
         source_images=[hd.sr.SourceImageForMeasurementGroup(ds.SOPClassUID, ds.SOPInstanceUID)
                        for ds in result.source.cited],
         measurements=[
@@ -171,7 +174,7 @@ def build_sr(result: Result, series_number: int, picture: bool = True) -> Datase
     if len(result.source.cited) > 1:  # a CT projection cites every slice: rare, built in full
         return reference_sr(result, series_number, picture)
     return copy_of(("sr", series_number, picture, prediction.label, bool(result.source.derivation),
-                    prediction.heatmap is not None, *source_kind(source, prediction)),
+                    prediction.heatmap is not None, prediction.calibration, *source_kind(source, prediction)),
                    lambda: reference_sr(result, series_number, picture), functools.partial(_fill_sr, result=result))
 
 

@@ -16,7 +16,8 @@ LABELS = {"normal": N_("Normal"), "bacterial": N_("Bacterial pneumonia"), "viral
 
 #: A job's or an upload's status as the staff page shows it.
 STATUS = {"pending": N_("Waiting"), "running": N_("Analysing"), "done": N_("Done"),
-          "failed": N_("Failed"), "skipped": N_("Skipped")}
+          "failed": N_("Failed"), "skipped": N_("Skipped"),
+          "withheld": N_("Done, not shown to the phone (shadow mode)")}
 
 #: Shown with every AI result, and on the phone page before any.
 NOTICE = N_("Decision support only: this is an AI estimate, not a diagnosis. A physician will review it.")
@@ -42,6 +43,7 @@ PHONE = {
                       "straight on and filling the frame, or send the original image."),
     "not_kept": N_("The uploaded file is no longer kept. Ask the staff for a new QR code."),
     "failed": N_("The image could not be processed. Please ask the staff."),
+    "shadow": N_("ctai is being validated at this hospital: no result yet. The staff will tell you the outcome."),
     "disk_full": N_("The hospital's system cannot take pictures right now. Please ask the staff."),
     "queue_down": N_("The hospital's system cannot process pictures right now. Send the photo again in a minute."),
 }

@@ -105,10 +105,13 @@ def _store(w: Web, session: Session, staged: Path, size: int) -> Upload:
 
 
 def _describe(w: Web, upload: Upload, request: Request) -> dict:
-    """An upload as the phone page shows it (its error, a sentence of PHONE, in the reader's language)."""
-    return {"id": upload.id, "status": upload.status, "label": upload.label,
-            "probabilities": upload.probabilities,
-            "error": texts(request).gettext(upload.error) if upload.error else None,
+    """An upload as the phone page shows it (its error, a sentence of PHONE, in the reader's language);
+    a result withheld in shadow mode only as the sentence saying so."""
+    withheld = upload.status == "withheld"
+    error = PHONE["shadow"] if withheld else upload.error
+    return {"id": upload.id, "status": upload.status, "label": None if withheld else upload.label,
+            "probabilities": None if withheld else upload.probabilities,
+            "error": texts(request).gettext(error) if error else None,
             "created": datetime.fromtimestamp(upload.created).strftime("%H:%M"),
             "picture": w.store.picture_path(upload).exists()}
 

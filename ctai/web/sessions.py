@@ -188,10 +188,11 @@ class Store:
                               (session_id,)).fetchall()
         return [_upload(row) for row in rows]
 
-    def finish_upload(self, upload_id: str, label: str | None = None,
-                      probabilities: dict[str, float] | None = None, error: str | None = None) -> None:
-        """Record the outcome of an upload's job: a label and probabilities, or an error."""
-        status = "failed" if error else "done"
+    def finish_upload(self, upload_id: str, label: str | None = None, probabilities: dict[str, float] | None = None,
+                      error: str | None = None, withheld: bool = False) -> None:
+        """Record the outcome of an upload's job: a label and probabilities, or an error.
+        ``withheld`` (shadow mode): the staff see the result, the phone does not."""
+        status = "failed" if error else "withheld" if withheld else "done"
         encoded = json.dumps(probabilities) if probabilities else None
         with self._connect() as db:
             db.execute("UPDATE uploads SET status = ?, label = ?, probabilities = ?, error = ? WHERE id = ?",

@@ -22,6 +22,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from ctai.errors import TransientError
 from ctai.results import JobStore
+from ctai.site import drift, state
 from ctai.web.i18n import N_, texts
 from ctai.web.sessions import Session, Upload, token_hash
 from ctai.web.state import Web, WebError, WebState
@@ -111,6 +112,17 @@ def _uploads(w: Web, uploads: list[tuple[Upload, Session]], jobs: JobStore | Non
              "picture": w.store.picture_path(upload).exists()} for upload, session in uploads]
 
 
+def _site(w: Web) -> dict | None:
+    """The site panel: mode, calibration in force, drift; None while the site state cannot be read."""
+    try:
+        active = state.active(w.config)
+        return {"mode": state.mode(w.config), "calibration": active.id if active else None,
+                "drift": drift.check(w.config)}
+    except (TransientError, RuntimeError, ValueError) as exc:
+        log.warning("web: the site state cannot be read: %s", exc)
+        return None
+
+
 @router.get("/staff")
 def dashboard(request: Request, w: WebState) -> Response:
     csrf = _login_csrf(request, w)
@@ -119,7 +131,7 @@ def dashboard(request: Request, w: WebState) -> Response:
     store = _jobs(w)
     jobs = [job for job in store.latest(RECENT_JOBS) if job.source != "upload"] if store else []  # uploads above
     return w.page(request, "staff.html", csrf=csrf, uploads=_uploads(w, w.store.recent_uploads(), store),
-                  jobs=jobs, jobs_unreadable=store is None)
+                  jobs=jobs, jobs_unreadable=store is None, site=_site(w))
 
 
 @router.get("/staff/uploads/{upload_id}/picture")

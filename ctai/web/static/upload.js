@@ -37,6 +37,11 @@
     view.state.textContent = message || strings.failed;
   }
 
+  function withheld(view, message) {
+    view.progress.hidden = true;
+    view.state.textContent = message;
+  }
+
   function show(upload, view) {
     view.progress.hidden = true;
     view.state.textContent = fill(strings.estimate, { label: names[upload.label] || upload.label });
@@ -59,6 +64,7 @@
   function settle(upload, view) {
     if (upload.status === "done") show(upload, view);
     else if (upload.status === "failed") fail(view, upload.error);
+    else if (upload.status === "withheld") withheld(view, upload.error);
     else {
       view.state.textContent = strings.analysing;
       poll(upload.id, view);
