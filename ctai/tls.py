@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ctai.config import Config, data_dir
@@ -110,20 +110,25 @@ def init(config: Config, hosts: list[str] | None = None, force: bool = False) ->
                 (folder / "client.pem", folder / "client-key.pem"), tuple(hosts))
     if made.ca.exists() and not force:
         raise TlsError(f"{made.ca} exists already; --force replaces it (and every certificate it signed)")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_key = _new_key()
     ca = _certificate("ctai private CA", ca_key.public_key(), ca_key, None, CA_DAYS, ca=True)
     made.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     _write_key(folder / "ca-key.pem", ca_key)
     for (cert_path, key_path), usage, name in ((made.server, ExtendedKeyUsageOID.SERVER_AUTH, hosts[0]),
                                                 (made.client, ExtendedKeyUsageOID.CLIENT_AUTH, "ctai client")):
-        key = ec.generate_private_key(ec.SECP256R1())
+        key = _new_key()
         leaf = _certificate(name, key.public_key(), ca_key, ca, LEAF_DAYS, usage=usage, hosts=hosts)
         cert_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
         _write_key(key_path, key)
     return made
 
 
-def _certificate(common_name: str, public_key: ec.EllipticCurvePublicKey, signing_key: ec.EllipticCurvePrivateKey,
+def _new_key() -> rsa.RSAPrivateKey:
+    """RSA 2048: what every peer here takes (Orthanc's HTTPS server fails on an EC key)."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _certificate(common_name: str, public_key: rsa.RSAPublicKey, signing_key: rsa.RSAPrivateKey,
                  issuer: x509.Certificate | None, days: int, ca: bool = False,
                  usage: x509.ObjectIdentifier | None = None, hosts: list[str] | None = None) -> x509.Certificate:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -149,7 +154,7 @@ def _name(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as file:
