@@ -117,13 +117,20 @@ def cmd_outbox(args: argparse.Namespace, config: configuration.Config) -> int:
 
     Lists the messages not delivered yet, pending and dead letters; exits 1 if there are any.
     """
+    from ctai import audit
     from ctai.outbox import Outbox, send_now
 
     outbox = Outbox.from_config(config)
     if args.action == "retry":
-        print(f"{outbox.revive(None if args.all else args.id)} dead letter(s) pending again")
+        revived = outbox.revive(None if args.all else args.id)
+        audit.record(config, audit.Event("outbox.retry", audit.cli_actor(),
+                                         {"message": "all" if args.all else args.id, "count": revived}))
+        print(f"{revived} dead letter(s) pending again")
     elif args.action == "drop":
-        if not outbox.drop(args.id):
+        dropped = outbox.drop(args.id)
+        audit.record(config, audit.Event("outbox.drop", audit.cli_actor(), {"message": args.id},
+                                         audit.SUCCESS if dropped else audit.FAILURE))
+        if not dropped:
             print(f"ctai: no pending message or dead letter #{args.id}", file=sys.stderr)
             return 2
         print(f"#{args.id} dropped")
@@ -218,6 +225,36 @@ def cmd_web(args: argparse.Namespace, config: configuration.Config) -> int:
     return serve.run_services([WebService(config)])
 
 
+def cmd_audit(args: argparse.Namespace, config: configuration.Config) -> int:
+    """``ctai audit [--since ...] [--patient ...] [--action ...] [--json]``: the audit trail, oldest first."""
+    from ctai import audit
+
+    try:
+        since = audit.since_seconds(args.since) if args.since else None
+    except ValueError:
+        print(f"ctai: --since {args.since!r} is neither an ISO date or time nor an age such as 2h or 7d",
+              file=sys.stderr)
+        return 2
+    for item in audit.matching(audit.read(config), since, args.patient, args.action):
+        if args.json:
+            print(json.dumps(item, ensure_ascii=False))
+            continue
+        actor = item["actor"]
+        who = f"{actor['kind']}:{actor['id']}" + (f"@{actor['address']}" if actor.get("address") else "")
+        what = " ".join(f"{k}={v}" for k, v in item.get("object", {}).items())
+        print(f"{item['time']} {item['action']} {item['outcome']} {who} {what} {item.get('detail', '')}".rstrip())
+    return 0
+
+
+def cmd_tls_init(args: argparse.Namespace, config: configuration.Config) -> int:
+    """``ctai tls init``: a private CA and server and client certificates in the data dir."""
+    from ctai import tls
+
+    made = tls.init(config, args.host, force=args.force)
+    print(tls.instructions(made))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctai", description="AI chest-image classification for PACS and HIS.")
     parser.add_argument("--config", type=Path, help="TOML configuration file (default: $CTAI_CONFIG)")
@@ -287,6 +324,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("worker", help="run queued jobs (Orthanc series, listener, uploads)")
     p.set_defaults(func=cmd_worker)
+
+    p = commands.add_parser("audit", help="the audit trail: logins, upload sessions, uploads, deliveries, "
+                                          "outbox and configuration commands")
+    p.add_argument("--since", help="an ISO date or time (2026-12-04, 2026-12-04T10:00) or an age (30m, 2h, 7d)")
+    p.add_argument("--patient", help="only events of this Patient ID")
+    p.add_argument("--action", help="only this action, or actions starting with it (e.g. outbox)")
+    p.add_argument("--json", action="store_true", help="the records as they are stored, one per line")
+    p.set_defaults(func=cmd_audit)
+
+    p = commands.add_parser("tls", help="certificates for test and small sites (not a replacement for a PKI)")
+    tls_actions = p.add_subparsers(dest="action", required=True)
+    init = tls_actions.add_parser("init", help="make a private CA and server and client certificates in "
+                                               "<data dir>/tls")
+    init.add_argument("--host", action="append", default=[],
+                      help="a name or IP address the server certificate is for (again for more); "
+                           "default: this host's name, localhost and 127.0.0.1")
+    init.add_argument("--force", action="store_true", help="replace certificates already there")
+    init.set_defaults(func=cmd_tls_init)
 
     p = commands.add_parser("jobs", help="list jobs: status, label, probabilities, time, error")
     p.add_argument("--limit", type=int, default=50)

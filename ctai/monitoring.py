@@ -138,10 +138,10 @@ def queue_alive(config: Config) -> bool:
 
 def orthanc_alive(config: Config, timeout: float = 3.0) -> bool:
     """Orthanc's REST API answers /system."""
-    from ctai.orthanc.client import OrthancClient, base_url, credentials
+    from ctai.orthanc.client import OrthancClient
 
     try:
-        OrthancClient(base_url(config), credentials(config), timeout).system()
+        OrthancClient.from_config(config, timeout).system()
     except Exception as exc:  # noqa: BLE001
         log.warning("healthz: Orthanc does not answer: %s", exc)
         return False

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ctai import audit
 from ctai.config import Config, data_dir
 from ctai.errors import Undeliverable
 from ctai.plugins import outbox_senders, plugin_manager
@@ -107,6 +108,8 @@ class Outbox:
         self.initial_backoff = initial_backoff
         self.max_backoff = max_backoff
         self.max_attempts = max_attempts
+        #: The configuration, for the audit trail (``from_config``); None: no audit.
+        self.config: Config | None = None
         with self._db() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
@@ -114,8 +117,10 @@ class Outbox:
     @classmethod
     def from_config(cls, config: Config) -> Outbox:
         settings = config["outbox"]
-        return cls(data_dir(config) / "outbox.sqlite3", float(settings["initial_backoff"]),
-                   float(settings["max_backoff"]), int(settings["max_attempts"]))
+        outbox = cls(data_dir(config) / "outbox.sqlite3", float(settings["initial_backoff"]),
+                     float(settings["max_backoff"]), int(settings["max_attempts"]))
+        outbox.config = config
+        return outbox
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -277,6 +282,7 @@ def _record(outbox: Outbox, message: Message, outcome: Outcome, now: float) -> s
     """Record the outcome of one attempt: "delivered", "dead" or "retry"."""
     if outcome is None:
         outbox.mark_delivered(message)
+        _audit(outbox, "outbox.delivered", message, audit.SUCCESS)
         return "delivered"
     if isinstance(outcome, Undeliverable):
         return _die(outbox, message, f"refused: {outcome}")
@@ -289,8 +295,17 @@ def _record(outbox: Outbox, message: Message, outcome: Outcome, now: float) -> s
     return "retry"
 
 
+def _audit(outbox: Outbox, action: str, message: Message, outcome: str, detail: str = "") -> None:
+    """A delivery or a dead letter in the audit trail (an outbox made ``from_config`` has one)."""
+    if outbox.config is not None:
+        what = {"channel": message.channel, "message": message.id, "key": message.key,
+                "destination": message.destination}
+        audit.record(outbox.config, audit.Event(action, audit.SERVICE, what, outcome, detail))
+
+
 def _die(outbox: Outbox, message: Message, reason: str) -> str:
     outbox.mark_dead(message, reason)
+    _audit(outbox, "outbox.dead", message, audit.FAILURE, reason)
     log.error("outbox %s #%d (%s) is a dead letter: %s; see `ctai outbox`", message.channel, message.id,
               message.key, reason)
     return "dead"

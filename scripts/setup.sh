@@ -9,7 +9,8 @@ DEBIAN_PACKAGES=(python3-venv orthanc orthanc-python dcmtk dicom3tools)
 # Test-only: chromium, zbar-tools (pages, QR codes); iproute2 (loopback in the Orthanc tests' namespace);
 # fonts-wqy-microhei (Chinese in the pages' screenshots); orthanc-dicomweb, curl (STOW-RS test); openssl (a self-signed certificate);
 # redis-server (the shared-queue tests; production installs it on the machine that holds the queue)
-[ "${1:-}" = "--test" ] && DEBIAN_PACKAGES+=(chromium zbar-tools iproute2 fonts-wqy-microhei orthanc-dicomweb curl openssl redis-server)
+[ "${1:-}" = "--test" ] && DEBIAN_PACKAGES+=(chromium zbar-tools iproute2 fonts-wqy-microhei orthanc-dicomweb curl openssl redis-server
+                                          nginx libnss3-tools)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
 import tempfile
 import time
 from contextlib import redirect_stdout
@@ -286,3 +287,31 @@ else:
         assert skipped.error.startswith("skipped: not a frontal chest radiograph (chest-image score")
         assert status_metadata(harness, answer["ParentSeries"])["error"] == skipped.error
         assert harness.outputs(answer["ParentStudy"]) == {}
+
+    def test_orthanc_speaks_dicom_tls_from_ctais_configuration(tmp_path):
+        from ctai import tls
+
+        config = fast_config(tmp_path / "ctai-data")
+        made = tls.init(config, ["localhost", "127.0.0.1"])
+        config["orthanc"].update(http_port=free_port(), dicom_port=free_port(), tls_cert=str(made.server[0]),
+                                 tls_key=str(made.server[1]), ca_file=str(made.ca))
+        harness = Harness(config)
+        harness.start_orthanc()
+        try:
+            path = save(radiograph("IM-0133-0001.jpeg", "TLS1"), tmp_path / "image.dcm")
+            port = str(config["orthanc"]["dicom_port"])
+            stored = subprocess.run(["storescu", "+tls", str(made.client[1]), str(made.client[0]), "+cf",
+                                     str(made.ca), "-aec", "ORTHANC", "localhost", port, str(path)],
+                                    capture_output=True, text=True, timeout=60)
+            assert stored.returncode == 0, stored.stderr
+            plain = subprocess.run(["storescu", "-aec", "ORTHANC", "localhost", port, str(path)],
+                                   capture_output=True, text=True, timeout=60)
+            assert plain.returncode != 0  # the port speaks TLS only
+            stranger = tls.init({**config, "data": {"dir": str(tmp_path / "other")}}, ["localhost"])
+            foreign = subprocess.run(["storescu", "+tls", str(stranger.client[1]), str(stranger.client[0]), "+cf",
+                                      str(made.ca), "-aec", "ORTHANC", "localhost", port, str(path)],
+                                     capture_output=True, text=True, timeout=60)
+            assert foreign.returncode != 0  # a certificate another CA signed
+            assert len(harness.client.get_json("/instances")) == 1
+        finally:
+            harness.close()

@@ -349,3 +349,45 @@ def test_no_page_is_wider_than_the_phone(served, browser, width):
         page.goto(f"{served.base}/u/not-a-token")
         widths[f"message {lang}"] = page.evaluate(overflow)
     assert not {page: wide for page, wide in widths.items() if wide[0]}
+
+
+def trusting(folder: Path, ca: Path) -> dict[str, str]:
+    """An environment whose HOME has an NSS database that trusts ``ca`` for web sites, as a
+    hospital's managed browsers would (Chromium on Linux reads ~/.pki/nssdb)."""
+    nssdb = folder / ".pki" / "nssdb"
+    nssdb.mkdir(parents=True)
+    subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-N", "--empty-password"], check=True, capture_output=True)
+    subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-A", "-t", "C,,", "-n", "ctai test CA", "-i", str(ca)],
+                   check=True, capture_output=True)
+    return {"HOME": str(folder), "PATH": "/usr/bin:/bin"}
+
+
+@pytest.mark.skipif(shutil.which("certutil") is None, reason="libnss3-tools is not installed")
+def test_an_upload_over_https_with_the_hospitals_ca_trusted(served, browser, tmp_path):
+    from ctai import tls
+
+    config = {**served.config, "web": {**served.config["web"], "port": free_port()}}
+    made = tls.init(config, ["localhost"], force=True)
+    base = f"https://localhost:{config['web']['port']}"
+    config["web"].update(tls_cert=str(made.server[0]), tls_key=str(made.server[1]), public_url=base)
+    service = WebService(config)  # the same data dir and queue: the module's worker classifies its uploads
+    service.start()
+    try:
+        with pytest.raises(sync_api.Error, match="ERR_CERT_AUTHORITY_INVALID"):
+            staff_page(browser).goto(f"{base}/staff")  # a browser that does not trust the CA refuses
+        trusted = browser.browser_type.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                              env=trusting(tmp_path / "home", made.ca))
+        trusted.phone = browser.phone
+        try:
+            url = start_session(staff_page(trusted), base)
+            assert url.startswith(f"{base}/u/")
+            phone = phone_page(trusted)
+            phone.goto(url)
+            phone.set_input_files("#camera", RADIOGRAPH)
+            item = phone.locator(".upload").first
+            expect(item.locator(".result")).to_be_visible(timeout=120_000)
+            expect(item.locator(".state")).to_have_text(re.compile(rf"^AI estimate: ({'|'.join(LABELS.values())})$"))
+        finally:
+            trusted.close()
+    finally:
+        service.stop()

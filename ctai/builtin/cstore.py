@@ -27,7 +27,7 @@ def destination(config: Config) -> Peer | None:
 
 @hookimpl
 def ctai_outbox_senders(config: Config) -> dict[str, Sender]:
-    return {"cstore": dicom_scu.deliver}
+    return {"cstore": dicom_scu.sender(config["cstore"])}
 
 
 @hookimpl

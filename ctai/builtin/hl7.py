@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 @hookimpl
 def ctai_outbox_senders(config: Config) -> dict[str, Sender]:
-    return {"hl7": mllp.deliver}
+    return {"hl7": mllp.sender(config["hl7"])}
 
 
 @hookimpl

@@ -28,6 +28,12 @@ def base_url(config: Config) -> str:
     return (orthanc["url"] or f"http://localhost:{orthanc['http_port']}").rstrip("/")
 
 
+def verify(config: Config) -> bool | str:
+    """How the REST client checks an https ``[orthanc] url`` (an Orthanc behind a TLS proxy):
+    against ``[orthanc] ca_file``, else the system's CAs."""
+    return str(config["orthanc"]["ca_file"]) or True
+
+
 def password_file(config: Config) -> Path:
     return data_dir(config) / "orthanc" / "password"
 
@@ -49,15 +55,17 @@ def credentials(config: Config) -> tuple[str, str]:
 
 
 class OrthancClient:
-    def __init__(self, url: str, auth: tuple[str, str], timeout: float = 30) -> None:
+    def __init__(self, url: str, auth: tuple[str, str], timeout: float = 30, verify: bool | str = True) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.session = requests.Session()
         self.session.auth = auth
+        self.session.verify = verify
 
     @classmethod
-    def from_config(cls, config: Config) -> OrthancClient:
-        return cls(base_url(config), credentials(config), float(config["orthanc"]["timeout"]))
+    def from_config(cls, config: Config, timeout: float | None = None) -> OrthancClient:
+        return cls(base_url(config), credentials(config), timeout or float(config["orthanc"]["timeout"]),
+                   verify(config))
 
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from ctai.config import Config, data_dir, to_toml
 from ctai.errors import TransientError
 from ctai.orthanc.client import OrthancClient, credentials
+from ctai.tls import TlsError, server_context
 
 #: orthanc/ in the source tree: the configuration template and the script Orthanc runs.
 ORTHANC_DIR = Path(__file__).resolve().parents[2] / "orthanc"
@@ -45,9 +46,28 @@ class OrthancService:
         )
         folder = self.folder / "config"
         folder.mkdir(parents=True, exist_ok=True)
+        if settings["tls_cert"]:
+            orthanc.update(self._tls())
         (folder / "orthanc.json").write_text(json.dumps(orthanc, indent=2))
         (self.folder / "ctai.toml").write_text(to_toml(self.config))
         return folder
+
+    def _tls(self) -> dict[str, object]:
+        """DICOM TLS (BCP 195) on Orthanc's DICOM port, from ``[orthanc]`` ``tls_cert``, ``tls_key``
+        and ``ca_file`` (the CA whose certificates its DICOM peers show).
+
+        Not Orthanc's own HTTPS (``SslEnabled``): Debian 12's Orthanc 1.10.1 dies (SIGSEGV) on the
+        first HTTPS request, with an RSA or an EC certificate (measured 2026-12-04). Its REST API
+        stays on plain HTTP for ctai on this machine; other machines reach it through a TLS
+        reverse proxy (docs/reverse-proxy.md), with ``remote_access = false``."""
+        settings = self.config["orthanc"]
+        server_context(settings["tls_cert"], settings["tls_key"])  # a clear error naming a bad file
+        if not settings["ca_file"]:
+            raise TlsError("[orthanc] tls_cert needs ca_file: the CA of the DICOM peers Orthanc trusts")
+        return {"DicomTlsEnabled": True,
+                "DicomTlsCertificate": str(settings["tls_cert"]), "DicomTlsPrivateKey": str(settings["tls_key"]),
+                "DicomTlsTrustedCertificates": str(settings["ca_file"]),
+                "DicomTlsRemoteCertificateRequired": bool(settings["require_client_certificate"])}
 
     def start(self, timeout: float = 60) -> None:
         folder = self.write_config()

@@ -26,12 +26,14 @@ import logging
 import os
 import re
 import shutil
+import ssl
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from pydicom import Dataset
 from pydicom.pixels import get_decoder
@@ -53,6 +55,7 @@ from ctai.config import Config, data_dir
 from ctai.disk import DiskGuard
 from ctai.errors import InputError
 from ctai.inputs.dicom import check_decodable
+from ctai.tls import TlsError, server_context
 from ctai.types import Job
 
 log = logging.getLogger(__name__)
@@ -243,6 +246,17 @@ class PeerLimitedAE(AE):
         AE.maximum_associations.fset(self, value)
 
 
+def tls_context(settings: Mapping[str, Any]) -> ssl.SSLContext | None:
+    """The listener's TLS (PS3.15 B.9, BCP 195): None for plain DICOM; with ``tls_ca``, callers must
+    present a certificate it signed. ``TlsError`` naming the file that cannot serve."""
+    if not settings["tls_cert"]:
+        if settings["require_tls"]:
+            raise TlsError("[listener] require_tls is set, but tls_cert and tls_key are not")
+        return None
+    return server_context(settings["tls_cert"], settings["tls_key"], settings["tls_ca"],
+                          require_client_certificate=bool(settings["tls_ca"]))
+
+
 class DicomListener:
     """The Storage SCP as a ``ctai serve`` service (start/stop), configured by ``[listener]``.
 
@@ -260,6 +274,7 @@ class DicomListener:
         self.max_associations = int(settings["max_associations"])
         self.max_associations_per_peer = int(settings["max_associations_per_peer"])
         self.idle_timeout = float(settings["idle_timeout"])
+        self.tls = tls_context(settings)
         self.spool = Spool.from_config(config)
         self.disk = DiskGuard.from_config(config)
         self._enqueue = enqueue or self._default_enqueue(config)
@@ -293,7 +308,7 @@ class DicomListener:
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, syntaxes)
         ae.add_supported_context(Verification)
-        self._server = ae.start_server(self.address, block=False,
+        self._server = ae.start_server(self.address, block=False, ssl_context=self.tls,
                                        evt_handlers=[(evt.EVT_C_STORE, self._on_store),
                                                      (evt.EVT_REJECTED, self._on_rejected)])
         self._stop.clear()
@@ -301,7 +316,8 @@ class DicomListener:
             self._idle_at = {p.name: p.stat().st_mtime + self.idle_seconds for p in self.spool.incoming.iterdir()}
         self._thread = threading.Thread(target=self._run, name="dicom-listener-series", daemon=True)
         self._thread.start()
-        log.info("DICOM listener %s on %s:%d", self.ae_title, self.address[0], self.port)
+        log.info("DICOM listener %s on %s:%d%s", self.ae_title, self.address[0], self.port,
+                 " (TLS)" if self.tls else "")
 
     def stop(self) -> None:
         """Stop listening and abort the open associations (idle ones would hold the process up to

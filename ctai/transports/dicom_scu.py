@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 from collections.abc import Mapping, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from ctai import uids
 from ctai.errors import TransientError, Undeliverable
+from ctai.tls import client_context
 from ctai.transports.statuses import REJECTED_PERMANENT, dimse_stored, dimse_transient
 from ctai.types import BatchSender
 
@@ -168,8 +170,10 @@ def _rejection(peer: Peer, assoc: Association, result: int | None, connected: bo
     return TransientError(f"{where} {'aborted' if assoc.is_aborted else 'unreachable'}")
 
 
-def _associate(peer: Peer, datasets: Sequence[Dataset]) -> Association:
-    """An association proposing what ``datasets`` need; raises as ``store`` says when there is none."""
+def _associate(peer: Peer, datasets: Sequence[Dataset], tls: ssl.SSLContext | None = None) -> Association:
+    """An association proposing what ``datasets`` need, over TLS with ``tls`` (the peer's certificate
+    checked against its host name); raises as ``store`` says when there is none. A failed TLS
+    handshake is a failed connection: nothing was sent, and it never falls back to plain TCP."""
     ae = _application_entity(peer, datasets)
     rejected: list[int] = []
     connected: list[bool] = []
@@ -178,7 +182,7 @@ def _associate(peer: Peer, datasets: Sequence[Dataset]) -> Association:
         if isinstance(event.primitive, A_ASSOCIATE) and event.primitive.result in (1, 2):
             rejected.append(event.primitive.result)
 
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=(tls, peer.host) if tls else None,
                          evt_handlers=[(evt.EVT_ACSE_RECV, on_acse),
                                        (evt.EVT_CONN_OPEN, lambda event: connected.append(True))])
     if not assoc.is_established:
@@ -186,7 +190,7 @@ def _associate(peer: Peer, datasets: Sequence[Dataset]) -> Association:
     return assoc
 
 
-def store_each(peer: Peer, datasets: Sequence[Dataset]) -> list[Exception | None]:
+def store_each(peer: Peer, datasets: Sequence[Dataset], tls: ssl.SSLContext | None = None) -> list[Exception | None]:
     """Send ``datasets`` (each with file meta) on one association; the outcome of each, in order:
     None when stored, else ``Undeliverable`` (refused for good) or ``TransientError``. Stops
     early when the association is lost (the rest were not tried).
@@ -194,7 +198,7 @@ def store_each(peer: Peer, datasets: Sequence[Dataset]) -> list[Exception | None
     Raises ``TransientError`` when the peer is unreachable or rejects the association for now,
     ``Undeliverable`` when it rejects it for good.
     """
-    assoc = _associate(peer, datasets)
+    assoc = _associate(peer, datasets, tls)
     outcomes: list[Exception | None] = []
     try:
         for ds in datasets:
@@ -220,10 +224,19 @@ def store(peer: Peer, datasets: Sequence[Dataset]) -> None:
             raise outcome
 
 
-def _deliver_many(destination: Mapping[str, Any], payloads: Sequence[bytes]) -> list[Exception | None]:
-    return store_each(Peer.from_mapping(destination), [dcmread(BytesIO(payload)) for payload in payloads])
+def sender(settings: Mapping[str, Any]) -> BatchSender:
+    """The outbox sender of the ``cstore`` channel: destination as in ``[cstore]``, payloads PS3.10
+    files, up to MAX_PER_ASSOCIATION on one association; over TLS (PS3.15 B.9, BCP 195) when
+    ``settings["tls"]``, with ``ca_file`` and the optional ``client_cert``/``client_key`` read
+    anew for each association, so that a fixed file serves the next retry."""
+
+    def send_many(destination: Mapping[str, Any], payloads: Sequence[bytes]) -> list[Exception | None]:
+        context = client_context(settings["ca_file"], settings["client_cert"], settings["client_key"]) \
+            if settings.get("tls") else None
+        return store_each(Peer.from_mapping(destination), [dcmread(BytesIO(p)) for p in payloads], context)
+
+    return BatchSender(send_many, MAX_PER_ASSOCIATION)
 
 
-#: Outbox sender for the ``cstore`` channel: destination as in ``[cstore]``, payloads PS3.10 files,
-#: up to MAX_PER_ASSOCIATION on one association.
-deliver = BatchSender(_deliver_many, MAX_PER_ASSOCIATION)
+#: The plain (no TLS) sender of the ``cstore`` channel.
+deliver = sender({"tls": False})

@@ -15,11 +15,13 @@ message may pass: ``TransientError`` (or ``OSError``), retried.
 from __future__ import annotations
 
 import socket
+import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ctai.errors import TransientError, Undeliverable
+from ctai.tls import client_context
 
 START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\x0d"
@@ -36,14 +38,17 @@ def frame(message: str) -> bytes:
     return START_BLOCK + message.encode(ENCODING) + END_BLOCK
 
 
-def exchange(host: str, port: int, message: str, timeout: float) -> str:
-    """Send one framed message on a new connection and return the framed answer's text.
+def exchange(host: str, port: int, message: str, timeout: float, tls: ssl.SSLContext | None = None) -> str:
+    """Send one framed message on a new connection (over TLS with ``tls``, the receiver's
+    certificate checked against ``host``) and return the framed answer's text.
 
-    Raises ``OSError`` (``TimeoutError`` included) when the peer is unreachable, closes
-    without answering, or does not answer within ``timeout`` seconds.
+    Raises ``OSError`` (``TimeoutError`` and ``ssl.SSLError`` included) when the peer is
+    unreachable, fails the TLS handshake, closes without answering, or does not answer within
+    ``timeout`` seconds: nothing was taken, so the outbox tries again, never in clear.
     """
     deadline = time.monotonic() + timeout
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    with socket.create_connection((host, port), timeout=timeout) as plain, \
+            (tls.wrap_socket(plain, server_hostname=host) if tls else plain) as sock:
         sock.sendall(frame(message))
         received = b""
         while END_BLOCK not in received:
@@ -78,21 +83,33 @@ def ack_fields(ack: str) -> tuple[str, str, str]:
     return msa[1], msa[2], text
 
 
-def send(host: str, port: int, message: str, timeout: float) -> None:
+def send(host: str, port: int, message: str, timeout: float, tls: ssl.SSLContext | None = None) -> None:
     """Send an HL7 message and wait for its acknowledgment; returns only on AA (or CA).
 
     Raises ``Undeliverable`` for any other acknowledgment code (AE, AR, CE, CR), ``AckError``
     for an answer that is no ACK of this message, ``OSError`` when the receiver cannot be
     reached or does not answer in time.
     """
-    code, acked, text = ack_fields(exchange(host, port, message, timeout))
+    code, acked, text = ack_fields(exchange(host, port, message, timeout, tls))
     if acked != control_id(message):
         raise AckError(f"the acknowledgment is for message {acked!r}, not {control_id(message)!r}")
     if code not in ACCEPTED:
         raise Undeliverable(f"the receiver answered {code}" + (f": {text}" if text else ""))
 
 
-def deliver(destination: Mapping[str, Any], payload: bytes) -> None:
-    """Outbox sender for the ``hl7`` channel: destination has host, port and ack_timeout."""
-    send(destination["host"], int(destination["port"]), payload.decode(ENCODING),
-         float(destination["ack_timeout"]))
+def sender(settings: Mapping[str, Any]) -> Callable[[Mapping[str, Any], bytes], None]:
+    """The outbox sender of the ``hl7`` channel (destination: host, port and ack_timeout); MLLP over
+    TLS 1.2+ when ``settings["tls"]``, with ``ca_file`` and the optional ``client_cert``/``client_key``
+    read anew for each message, so that a fixed file serves the next retry."""
+
+    def deliver(destination: Mapping[str, Any], payload: bytes) -> None:
+        context = client_context(settings["ca_file"], settings["client_cert"], settings["client_key"]) \
+            if settings.get("tls") else None
+        send(destination["host"], int(destination["port"]), payload.decode(ENCODING),
+             float(destination["ack_timeout"]), context)
+
+    return deliver
+
+
+#: The plain (no TLS) sender of the ``hl7`` channel.
+deliver = sender({"tls": False})

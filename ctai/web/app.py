@@ -8,6 +8,7 @@ job, and the ``upload`` plugin records its result for the phone.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -26,6 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from ctai.config import Config
+from ctai.tls import TlsError, server_context
 from ctai.web import i18n, phone, staff
 from ctai.web.messages import LABELS, NOTICE, STATUS
 from ctai.web.sessions import Store, token_hash
@@ -34,6 +36,8 @@ from ctai.web.state import ApiError, Submit, Web, WebError
 log = logging.getLogger("ctai.web")
 
 MIN_STAFF_TOKEN = 16
+#: RFC 6797: a year, once a browser has seen the app over HTTPS.
+HSTS = "max-age=31536000"
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
                                "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
@@ -47,7 +51,34 @@ SECURITY_HEADERS = {
 def public_url(config: Config) -> str:
     """The address phones open: ``[web] public_url``, else this app's own host and port."""
     settings = config["web"]
-    return (settings["public_url"] or f"http://{settings['host']}:{settings['port']}").rstrip("/")
+    scheme = "https" if settings["tls_cert"] else "http"
+    return (settings["public_url"] or f"{scheme}://{settings['host']}:{settings['port']}").rstrip("/")
+
+
+def check_transport(settings: dict) -> None:
+    """Refuse plain HTTP on an address other than loopback unless ``allow_plain_http`` (then warn),
+    and certificate files that cannot serve (``ctai.tls.TlsError`` naming the file)."""
+    if settings["tls_cert"] or settings["tls_key"]:
+        if not (settings["tls_cert"] and settings["tls_key"]):
+            raise TlsError("[web] tls_cert and tls_key go together: set both, or neither")
+        server_context(settings["tls_cert"], settings["tls_key"])
+        return
+    if _loopback(str(settings["host"])):
+        return
+    if not settings["allow_plain_http"]:
+        raise TlsError(f"[web] host {settings['host']} is reachable from the network: set tls_cert and tls_key "
+                       "(or run behind a TLS reverse proxy on loopback), or allow_plain_http = true")
+    log.warning("web: serving plain HTTP on %s (allow_plain_http): patients' names and photos cross the network "
+                "unencrypted", settings["host"])
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def staff_secret(config: Config, store: Store) -> str:
@@ -92,6 +123,8 @@ def create_app(config: Config, submit: Submit | None = None) -> FastAPI:
     async def headers(request: Request, call_next: Callable) -> Response:
         response = await call_next(request)
         response.headers.update(SECURITY_HEADERS)
+        if app.state.web.secure_cookies:  # served over HTTPS (here or by a proxy): browsers keep to it
+            response.headers["Strict-Transport-Security"] = HSTS
         response.headers["Vary"] = "Accept-Language, Cookie"
         if lang := i18n.chosen(request.query_params.get("lang")):  # the page's language switch
             response.set_cookie(i18n.COOKIE, lang, max_age=365 * 86400, samesite="lax",
@@ -124,8 +157,10 @@ logging.getLogger("uvicorn.access").addFilter(RedactTokens())
 
 def _server(config: Config, app: FastAPI) -> uvicorn.Server:
     settings = config["web"]
-    return uvicorn.Server(uvicorn.Config(app, host=settings["host"], port=int(settings["port"]),
-                                         server_header=False))
+    check_transport(settings)
+    return uvicorn.Server(uvicorn.Config(app, host=settings["host"], port=int(settings["port"]), server_header=False,
+                                         ssl_certfile=settings["tls_cert"] or None,
+                                         ssl_keyfile=settings["tls_key"] or None))
 
 
 class WebService:

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from ctai import audit
 from ctai.errors import TransientError
 from ctai.types import Job
 from ctai.web.files import Rejected, clean_path, prepare
@@ -153,6 +154,10 @@ async def upload_file(request: Request, token: str, w: WebState) -> dict:
         for path in (staged, clean_path(staged)):
             path.unlink(missing_ok=True)
     log.info("upload %s (%s) stored in session %s", upload.id, upload.kind, session.id)
+    phone = audit.Actor("phone", session.id, request.client.host if request.client else "")
+    await run_in_threadpool(w.audit, "upload.store", phone,
+                            {"session": session.id, "patient": session.patient_id, "upload": upload.id,
+                             "kind": upload.kind, "bytes": size})
     try:
         w.submit(Job(id=f"upload-{upload.id}", source="upload", options={"upload": upload.id}))
     except TransientError as exc:  # the shared queue (Redis) is down or full: say so, keep nothing waiting

@@ -20,6 +20,7 @@ import qrcode
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
+from ctai import audit
 from ctai.errors import TransientError
 from ctai.results import JobStore
 from ctai.site import drift, state
@@ -50,6 +51,16 @@ def _login_csrf(request: Request, w: Web) -> str | None:
     """The CSRF token of the request's staff login, or None when not logged in."""
     cookie = request.cookies.get(STAFF_COOKIE)
     return w.store.staff_csrf(cookie) if cookie else None
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def _staff(request: Request) -> audit.Actor:
+    """The logged-in staff member for the audit trail: their login's id (a hash prefix, not the cookie)."""
+    cookie = request.cookies.get(STAFF_COOKIE, "")
+    return audit.Actor("staff", token_hash(cookie)[:16] if cookie else "", _address(request))
 
 
 def _require_login(request: Request, w: Web, csrf: str) -> None:
@@ -149,17 +160,19 @@ def upload_picture(request: Request, upload_id: str, w: WebState) -> Response:
 def login(request: Request, w: WebState, token: Field = "", csrf: Field = "") -> Response:
     if not _same(csrf, request.cookies.get(LOGIN_COOKIE)):
         raise WebError(403, EXPIRED_FORM)
-    client = request.client.host if request.client else ""
+    client = _address(request)
     if wait_s := w.login_failures.wait_s(client):  # even the right token waits: no guessing at speed
         wait = texts(request).ngettext("Too many wrong tokens. Try again in {n} second.",
                                        "Too many wrong tokens. Try again in {n} seconds.", wait_s)
         return _login_page(request, w, 429, wait.format(n=wait_s), {"Retry-After": str(wait_s)})
     if not hmac.compare_digest(token_hash(token), w.staff_secret_hash):
         log.warning("staff login refused: wrong token")
+        w.audit("staff.login", audit.Actor("staff", "", client), {}, audit.FAILURE)
         w.login_failures.failed(client)
         return _login_page(request, w, 401, texts(request).gettext("Wrong staff token."))
     ttl_s = float(w.settings["staff_login_minutes"]) * 60
     cookie, _ = w.store.create_staff_login(ttl_s)
+    w.audit("staff.login", audit.Actor("staff", token_hash(cookie)[:16], client), {})
     response = RedirectResponse("/staff", status_code=303)
     response.set_cookie(STAFF_COOKIE, cookie, max_age=int(ttl_s), httponly=True, samesite="strict",
                         secure=w.secure_cookies)
@@ -171,6 +184,7 @@ def login(request: Request, w: WebState, token: Field = "", csrf: Field = "") ->
 def logout(request: Request, w: WebState, csrf: Field = "") -> Response:
     _require_login(request, w, csrf)
     w.store.end_staff_login(request.cookies[STAFF_COOKIE])
+    w.audit("staff.logout", _staff(request), {})
     response = RedirectResponse("/staff", status_code=303)
     response.delete_cookie(STAFF_COOKIE)
     return response
@@ -182,6 +196,9 @@ def end_session(request: Request, session_id: str, w: WebState, csrf: Field = ""
     if not w.store.end_session(session_id):
         raise WebError(404, NO_SESSION)
     log.info("upload session %s ended by staff", session_id)
+    session = w.store.session(session_id)
+    w.audit("upload_session.end", _staff(request),
+            {"session": session_id, "patient": session.patient_id if session else ""})
     return w.page(request, "message.html",
                   message=texts(request).gettext("The upload link is ended: it takes no more files."))
 
@@ -226,6 +243,8 @@ def create_session(request: Request, w: WebState, patient_id: Field = "", patien
                                             float(settings["token_minutes"]) * 60,
                                             int(settings["max_files"]), int(settings["max_bytes"]))
     log.info("upload session %s started", session.id)
+    w.audit("upload_session.create", _staff(request),
+            {"session": session.id, "patient": patient_id, "accession": accession})
     url = f"{w.public_url}/u/{token}"
     return w.page(request, "session.html", session=session, url=url, qr=qr_data_uri(url), csrf=csrf,
                   state=_link_state(request, session), uploads=[], final=False)

@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 from fastapi.responses import Response
 from fastapi.templating import Jinja2Templates
 
+from ctai import audit
 from ctai.config import Config
 from ctai.disk import DiskGuard
 from ctai.types import Job
@@ -96,6 +97,10 @@ class Web:
     @property
     def secure_cookies(self) -> bool:
         return self.public_url.startswith("https://")
+
+    def audit(self, action: str, actor: audit.Actor, what: dict, outcome: str = audit.SUCCESS) -> None:
+        """Record a security-relevant event (``ctai.audit``)."""
+        audit.record(self.config, audit.Event(action, actor, what, outcome))
 
     def page(self, request: Request, name: str, status: int = 200, **context: object) -> Response:
         return self.templates.TemplateResponse(request, name, {"lang": i18n.language(request), **context},
