@@ -170,25 +170,33 @@ def _job_line(record: JobRecord) -> str:
 
 def cmd_site(args: argparse.Namespace, config: configuration.Config) -> int:
     """``ctai site status|live|shadow|validate|calibrate|drift``: going live at a new hospital."""
+    from ctai import audit
     from ctai.site import drift, state, workflow
     from ctai.site.sources import SourceError
 
     who = args.by or state.whoami()
+    actor = audit.Actor("cli", who, audit.cli_actor().address)
     try:
         if args.action in state.MODES:
             state.set_mode(config, args.action, who)
+            audit.record(config, audit.Event("site.mode", actor, {"mode": args.action}))
             print(f"mode: {args.action} (recorded as changed by {who})")
         elif args.action == "validate":
             print(workflow.validate(config, args.source, args.report))
         elif args.action == "calibrate":
             if args.reset or args.use:
                 state.use(config, args.use, who)
+                audit.record(config, audit.Event("site.calibration", actor, {"calibration": args.use or state.OWN}))
                 print(f"calibration in force: {args.use or state.OWN}")
             elif args.source is None:
                 print("ctai site calibrate: give SOURCE, --reset or --use ID", file=sys.stderr)
                 return 2
             else:
                 print(workflow.calibrate(config, args.source, who))
+                active = state.active(config)
+                audit.record(config, audit.Event("site.calibration", actor,
+                                                 {"calibration": active.id if active else state.OWN,
+                                                  "source": str(args.source)}))
         elif args.action == "drift":
             report = drift.check(config)
             print(f"compared with {report.baseline}" + ("" if report.judged else " (too few studies to judge yet)"))

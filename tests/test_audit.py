@@ -114,3 +114,14 @@ def test_deliveries_dead_letters_and_outbox_commands_are_audited(config, tmp_pat
     with redirect_stdout(out):
         assert main(["--config", str(path), "audit", "--action", "outbox.drop", "--since", "1h"]) == 0
     assert len(out.getvalue().splitlines()) == 2
+
+
+def test_switching_the_site_mode_is_audited_with_who(config, tmp_path):
+    path = tmp_path / "ctai.toml"
+    path.write_text(to_toml(config))
+    with redirect_stdout(StringIO()):
+        assert main(["--config", str(path), "site", "--by", "dr-lee", "shadow"]) == 0
+        assert main(["--config", str(path), "site", "--by", "dr-lee", "calibrate", "--reset"]) == 0
+    found = records(config)
+    assert [(r["action"], r["actor"]["id"]) for r in found] == [("site.mode", "dr-lee"), ("site.calibration", "dr-lee")]
+    assert found[0]["object"] == {"mode": "shadow"}
