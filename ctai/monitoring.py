@@ -139,13 +139,16 @@ def health_checks(config: Config, worker_alive: Callable[[], bool]) -> dict[str,
     return checks
 
 
-def health(checks: Mapping[str, Callable[[], bool]]) -> tuple[bool, dict[str, Any]]:
+def health(checks: Mapping[str, Callable[[], bool]], ready: Callable[[], bool]) -> tuple[bool, dict[str, Any]]:
+    """Whether all is well, and why not: "unhealthy" when a check fails, "warming up" while the
+    worker loads and converts its networks (``ready`` False; receiving already works)."""
     results = {name: bool(check()) for name, check in checks.items()}
-    ok = all(results.values())
-    return ok, {"status": "ok" if ok else "unhealthy", "checks": results}
+    status = "unhealthy" if not all(results.values()) else "ok" if ready() else "warming up"
+    return status == "ok", {"status": status, "checks": results}
 
 
-def wsgi_app(registry: CollectorRegistry, checks: Mapping[str, Callable[[], bool]]) -> Callable:
+def wsgi_app(registry: CollectorRegistry, checks: Mapping[str, Callable[[], bool]],
+             ready: Callable[[], bool]) -> Callable:
     metrics = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable) -> list[bytes]:
@@ -153,7 +156,7 @@ def wsgi_app(registry: CollectorRegistry, checks: Mapping[str, Callable[[], bool
         if path == "/metrics":
             return metrics(environ, start_response)
         if path == "/healthz":
-            ok, body = health(checks)
+            ok, body = health(checks, ready)
             start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")])
             return [json.dumps(body).encode()]
         start_response("404 Not Found", [("Content-Type", "text/plain")])
@@ -172,10 +175,10 @@ class MetricsService:
 
     name = "metrics"
 
-    def __init__(self, config: Config, worker_alive: Callable[[], bool],
+    def __init__(self, config: Config, worker_alive: Callable[[], bool], worker_ready: Callable[[], bool],
                  model: Callable[[], ModelInfo | None]) -> None:
         self.config = config
-        self.app = wsgi_app(registry(config, model), health_checks(config, worker_alive))
+        self.app = wsgi_app(registry(config, model), health_checks(config, worker_alive), worker_ready)
         self.server: WSGIServer | None = None
 
     def start(self) -> None:

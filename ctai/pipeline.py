@@ -16,6 +16,7 @@ from itertools import islice
 
 import numpy as np
 import pluggy
+from pydicom import Dataset
 
 from ctai.config import Config
 from ctai.hookspecs import Classifier, HeatmapClassifier
@@ -43,6 +44,15 @@ class Pipeline:
             if self._classifier is None:
                 raise RuntimeError("no classifier plugin is enabled")
         return self._classifier
+
+    def warm_up(self) -> None:
+        """Load every network a job needs and run each once, on synthetic images: the classifier
+        and the selection step's (the gate). On a fresh data dir this converts them to ONNX (tens
+        of seconds), so that ``ctai prepare`` and the worker's start pay for it, not the first job."""
+        size = self.classifier.input_size
+        self.scores(np.zeros((1, size, size, 1), np.float32))
+        noise = np.random.default_rng(0).random((size, size), dtype=np.float32)  # no rule refuses it
+        self.pm.hook.ctai_skip_reason(image=SourceImage("(warm-up)", Dataset(), noise), config=self.config)
 
     def classify(self, images: list[SourceImage]) -> list[Prediction]:
         """Predictions for images, in the classifier's batches."""

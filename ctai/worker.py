@@ -25,7 +25,6 @@ import time
 import uuid
 from typing import Any
 
-import numpy as np
 import pluggy
 from huey.consumer import Consumer
 from huey.exceptions import RetryTask
@@ -74,6 +73,7 @@ class Worker:
         self.classifier = BatchingClassifier(inner, int(config["model"]["batch_size"]), wait)
         self.pm.register(_Batched(self.classifier), name="ctai-batching")
         self.pipeline = Pipeline(config, self.pm)
+        self._warm = False
         self.lease = float(config["worker"]["lease_seconds"])
         self._held: dict[str, str] = {}  # job ID -> the owner token of this process's claim
         self._held_lock = threading.Lock()
@@ -93,12 +93,17 @@ class Worker:
             self.consumers.append(_Consumer(huey, workers=threads, periodic=False, initial_delay=poll,
                                             backoff=backoff, max_delay=max_delay, shutdown_timeout=60))
 
+    def warm_up(self) -> None:
+        """Load and convert the networks (``Pipeline.warm_up``); ``start`` does it if not done yet."""
+        self.pipeline.warm_up()
+        self._warm = True
+
     def start(self) -> None:
         if self.config["queue"]["backend"] == "redis":
             url = self.config["queue"]["url"]
             redisdb.wait_until_ready(url, float(self.config["queue"]["wait_seconds"]))
-        size = self.classifier.input_size
-        self.pipeline.scores(np.zeros((1, size, size, 1), np.float32))  # the first call builds the graph
+        if not self._warm:
+            self.warm_up()
         self._redis_up_since = time.monotonic()
         try:
             self._beat()
