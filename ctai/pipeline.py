@@ -6,6 +6,7 @@ job_finished. Every step after loading is a pluggy hook (``ctai.hookspecs``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import threading
@@ -89,8 +90,10 @@ class Pipeline:
 
         Inputs that could not be loaded arrive as ``Failure`` and pass straight through. The
         network classifies the next batch in another thread while this one's outputs are made.
-        Once all are done, ``ctai_job_finished`` is called; if a step raises,
-        ``ctai_job_failed`` is, and the error propagates to the job's runner.
+        Once all are done, ``ctai_job_finished`` is called with the results ``released``, the first
+        one whole (an upload's one image keeps its drawn picture for the phone): a job's memory does
+        not grow with its outputs. If a step raises, ``ctai_job_failed`` is, and the error
+        propagates to the job's runner.
         """
         results: list[Result] = []
         failures: list[Failure] = []
@@ -99,7 +102,7 @@ class Pipeline:
             for outcome in _ahead(self._classified(sources), batch_size):
                 if isinstance(outcome, Result):
                     self._finish(outcome, job)
-                    results.append(outcome)
+                    results.append(released(outcome) if results else outcome)
                 else:
                     failures.append(outcome)
                 yield outcome
@@ -142,6 +145,12 @@ class Pipeline:
             for outputs in self.pm.hook.ctai_make_outputs(result=result, job=job, config=self.config):
                 result.outputs.extend(outputs or [])
         self.pm.hook.ctai_deliver(result=result, job=job, config=self.config)
+
+
+def released(result: Result) -> Result:
+    """What is kept of a delivered result: without its outputs and its drawn picture (megabytes
+    each for a large radiograph), which nothing reads once the outputs are delivered."""
+    return dataclasses.replace(result, outputs=[], picture=None)
 
 
 def _ahead(items: Iterator, depth: int) -> Iterator:

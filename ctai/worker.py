@@ -34,7 +34,7 @@ from ctai.config import Config
 from ctai.errors import TransientError
 from ctai.hookspecs import Classifier
 from ctai.model.batching import BatchingClassifier
-from ctai.pipeline import Pipeline
+from ctai.pipeline import Pipeline, released
 from ctai.plugins import plugin_manager
 from ctai.results import JobStore, Summary, summarize
 from ctai.types import Failure, Job, Result
@@ -238,7 +238,8 @@ class Worker:
         except Exception as error:
             self.pm.hook.ctai_job_failed(job=job, error=error, config=self.config)
             raise
-        outcomes = self.pipeline.run(job, sources)
+        # Released as they come: a series of hundreds of images does not hold every output at once.
+        outcomes = [released(o) if isinstance(o, Result) else o for o in self.pipeline.process(job, sources)]
         return summarize([o for o in outcomes if isinstance(o, Result)],
                          [o for o in outcomes if isinstance(o, Failure)])
 
