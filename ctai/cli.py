@@ -211,6 +211,18 @@ def cmd_site(args: argparse.Namespace, config: configuration.Config) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace, config: configuration.Config) -> int:
+    """``ctai prepare``: load the networks and convert them for the configured backend into the
+    data dir (``Pipeline.warm_up``), so that neither ``ctai serve``'s worker nor a first job waits."""
+    from ctai.pipeline import Pipeline
+
+    started = time.monotonic()
+    Pipeline(config).warm_up()
+    print(f"ctai: networks ready for backend {config['model']['backend']} in {configuration.data_dir(config)}"
+          f" ({time.monotonic() - started:.1f} s)")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace, config: configuration.Config) -> int:
     from ctai import serve
 
@@ -326,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("web", help="run the phone-upload web app ([web] in the configuration)")
     p.set_defaults(func=cmd_web)
+
+    p = commands.add_parser("prepare", help="convert and load the networks now (setup does it; else the worker's"
+                            " first start does)")
+    p.set_defaults(func=cmd_prepare)
 
     p = commands.add_parser("serve", help="run Orthanc with ctai's plugin, the worker and the other services")
     p.set_defaults(func=cmd_serve)

@@ -156,14 +156,18 @@ def health_checks(config: Config, worker_alive: Callable[[], bool]) -> dict[str,
     return checks
 
 
-def health(checks: Mapping[str, Callable[[], bool]], alarms: Callable[[], list[str]] = list
-           ) -> tuple[bool, dict[str, Any]]:
-    """Healthy when every check passes; then "degraded: ..." (still 200) while ``alarms`` names any."""
+def health(checks: Mapping[str, Callable[[], bool]], ready: Callable[[], bool] = lambda: True,
+           alarms: Callable[[], list[str]] = list) -> tuple[bool, dict[str, Any]]:
+    """Whether all is well, and why not: "unhealthy" when a check fails (HTTP 503), "warming up"
+    while the worker loads and converts its networks (``ready`` False; receiving already works),
+    "degraded: ..." while ``alarms`` names a drift statistic out of its range (still 200)."""
     results = {name: bool(check()) for name, check in checks.items()}
-    ok = all(results.values())
-    found = alarms() if ok else []
-    status = ("degraded: " + "; ".join(found)) if found else "ok" if ok else "unhealthy"
-    return ok, {"status": status, "checks": results}
+    if not all(results.values()):
+        return False, {"status": "unhealthy", "checks": results}
+    if not ready():
+        return False, {"status": "warming up", "checks": results}
+    found = alarms()
+    return True, {"status": ("degraded: " + "; ".join(found)) if found else "ok", "checks": results}
 
 
 def drift_alarms(config: Config) -> list[str]:
@@ -178,7 +182,7 @@ def drift_alarms(config: Config) -> list[str]:
 
 
 def wsgi_app(registry: CollectorRegistry, checks: Mapping[str, Callable[[], bool]],
-             alarms: Callable[[], list[str]] = list) -> Callable:
+             ready: Callable[[], bool] = lambda: True, alarms: Callable[[], list[str]] = list) -> Callable:
     metrics = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable) -> list[bytes]:
@@ -186,7 +190,7 @@ def wsgi_app(registry: CollectorRegistry, checks: Mapping[str, Callable[[], bool
         if path == "/metrics":
             return metrics(environ, start_response)
         if path == "/healthz":
-            ok, body = health(checks, alarms)
+            ok, body = health(checks, ready, alarms)
             start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")])
             return [json.dumps(body).encode()]
         start_response("404 Not Found", [("Content-Type", "text/plain")])
@@ -205,10 +209,10 @@ class MetricsService:
 
     name = "metrics"
 
-    def __init__(self, config: Config, worker_alive: Callable[[], bool],
+    def __init__(self, config: Config, worker_alive: Callable[[], bool], worker_ready: Callable[[], bool],
                  model: Callable[[], ModelInfo | None]) -> None:
         self.config = config
-        self.app = wsgi_app(registry(config, model), health_checks(config, worker_alive),
+        self.app = wsgi_app(registry(config, model), health_checks(config, worker_alive), worker_ready,
                             lambda: drift_alarms(config))
         self.server: WSGIServer | None = None
 

@@ -6,6 +6,7 @@ job_finished. Every step after loading is a pluggy hook (``ctai.hookspecs``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import threading
@@ -16,6 +17,7 @@ from itertools import islice
 
 import numpy as np
 import pluggy
+from pydicom import Dataset
 
 from ctai.config import Config
 from ctai.hookspecs import Classifier, HeatmapClassifier
@@ -46,6 +48,15 @@ class Pipeline:
             if self._classifier is None:
                 raise RuntimeError("no classifier plugin is enabled")
         return self._classifier
+
+    def warm_up(self) -> None:
+        """Load every network a job needs and run each once, on synthetic images: the classifier
+        and the selection step's (the gate). On a fresh data dir this converts them to ONNX (tens
+        of seconds), so that ``ctai prepare`` and the worker's start pay for it, not the first job."""
+        size = self.classifier.input_size
+        self.scores(np.zeros((1, size, size, 1), np.float32))
+        noise = np.random.default_rng(0).random((size, size), dtype=np.float32)  # no rule refuses it
+        self.pm.hook.ctai_skip_reason(image=SourceImage("(warm-up)", Dataset(), noise), config=self.config)
 
     def classify(self, images: list[SourceImage]) -> list[Prediction]:
         """Predictions for images, in the classifier's batches."""
@@ -87,9 +98,11 @@ class Pipeline:
 
         Inputs that could not be loaded arrive as ``Failure`` and pass straight through. The
         network classifies the next batch in another thread while this one's outputs are made.
-        Once all are done, ``ctai_job_finished`` is called; if a step raises,
-        ``ctai_job_failed`` is, and the error propagates to the job's runner. In shadow mode
-        (``ctai.site``) every hook sees the job as one that sends nothing.
+        Once all are done, ``ctai_job_finished`` is called with the results ``released``, the first
+        one whole (an upload's one image keeps its drawn picture for the phone): a job's memory does
+        not grow with its outputs. If a step raises, ``ctai_job_failed`` is, and the error
+        propagates to the job's runner. In shadow mode (``ctai.site``) every hook sees the job as
+        one that sends nothing.
         """
         if self.site.shadow:
             job = Job(job.id, job.source, {**job.options, "send": False})
@@ -100,7 +113,7 @@ class Pipeline:
             for outcome in _ahead(self._classified(sources), batch_size):
                 if isinstance(outcome, Result):
                     self._finish(outcome, job)
-                    results.append(outcome)
+                    results.append(released(outcome) if results else outcome)
                 else:
                     failures.append(outcome)
                 yield outcome
@@ -147,6 +160,12 @@ class Pipeline:
 
 def _named(probs: np.ndarray) -> dict[str, float]:
     return dict(zip(CLASSES, map(float, probs), strict=True))
+
+
+def released(result: Result) -> Result:
+    """What is kept of a delivered result: without its outputs and its drawn picture (megabytes
+    each for a large radiograph), which nothing reads once the outputs are delivered."""
+    return dataclasses.replace(result, outputs=[], picture=None)
 
 
 def _ahead(items: Iterator, depth: int) -> Iterator:

@@ -3,7 +3,8 @@
 A service is an object with ``start()`` (returns once it runs) and ``stop()``; one with
 ``alive()`` is watched, and serve stops everything if it dies. Services start in the order of
 ``services(config)`` and stop in reverse. One with ``prepare()`` has it called before any
-service starts: slow set-up in the background (the worker loads the model while Orthanc starts).
+service starts: slow set-up in the background (the worker loads the model while Orthanc starts),
+which no other service waits for.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
+import time
+from typing import TYPE_CHECKING, Protocol
 
 from ctai.config import Config, data_dir
 from ctai.monitoring import MetricsService
@@ -22,8 +23,10 @@ from ctai.outbox import OutboxSender
 from ctai.transports.dicom_scp import DicomListener
 from ctai.types import ModelInfo
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from ctai.worker import Worker
 
+log = logging.getLogger(__name__)
 
 
 class Service(Protocol):
@@ -34,41 +37,73 @@ class Service(Protocol):
     def stop(self) -> None: ...
 
 
-
-
 class WorkerService:
-    """The queue worker (``ctai.worker``), in this process."""
+    """The queue worker (``ctai.worker``), in this process.
+
+    It loads, converts and warms up the networks (``Worker.warm_up``: up to a minute on a fresh
+    data dir) and then takes jobs, all in a thread of its own: ``start`` returns at once, so
+    the services that receive (the listener, Orthanc's plugin, the web app) accept and queue
+    images meanwhile, and the queue holds them until the worker is ready.
+    """
 
     name = "worker"
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.worker = None
-        self._building: Future | None = None
+        #: The running worker; None while it warms up.
+        self.worker: Worker | None = None
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
 
     def prepare(self) -> None:
-        """Build the worker (loading the model takes seconds) in a thread of its own."""
-        from ctai.worker import Worker
-
-        pool = ThreadPoolExecutor(1, thread_name_prefix="worker-load")
-        self._building = pool.submit(Worker, self.config)
-        pool.shutdown(wait=False)
+        """Start warming up the worker (``serve`` calls this before starting any service)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._warm_up, name="worker-start", daemon=True)
+            self._thread.start()
 
     def start(self) -> None:
-        if self._building is None:
-            self.prepare()
-        self.worker = self._building.result()
-        self.worker.start()
+        self.prepare()
+
+    def _warm_up(self) -> None:
+        started = time.monotonic()
+        try:
+            from ctai.worker import Worker
+
+            worker = Worker(self.config)
+            worker.warm_up()
+            with self._lock:
+                if self._stopping:
+                    return
+                worker.start()
+                self.worker = worker
+        except Exception as exc:  # noqa: BLE001 - alive() turns False, and serve stops with the reason logged
+            log.exception("worker: could not start")
+            self.error = exc
+            return
+        log.info("worker: ready after %.1f s", time.monotonic() - started)
 
     def stop(self) -> None:
-        if self.worker:
-            self.worker.stop()
+        """Stop the worker; one still warming up never starts (its thread is a daemon)."""
+        with self._lock:
+            self._stopping = True
+            worker = self.worker
+        if worker:
+            worker.stop()
 
     def alive(self) -> bool:
-        return self.worker is not None and self.worker.alive()
+        """False once warming up failed or the running worker died; True while it warms up."""
+        if self.error is not None:
+            return False
+        return self.worker is None or self.worker.alive()
+
+    def ready(self) -> bool:
+        """Whether the worker takes jobs (else it is warming up)."""
+        return self.worker is not None
 
     def model(self) -> ModelInfo | None:
-        """The classifier's name and version, once the worker has loaded it."""
+        """The classifier's name and version, once the worker is ready."""
         return self.worker.classifier.info if self.worker else None
 
 
@@ -81,7 +116,7 @@ def services(config: Config) -> list[Service]:
     found.append(worker)
     found.append(OutboxSender(config))
     if config["metrics"]["enabled"]:
-        found.append(MetricsService(config, worker.alive, worker.model))
+        found.append(MetricsService(config, worker.alive, worker.ready, worker.model))
     if config["listener"]["enabled"]:
         found.append(DicomListener(config))
     if config["web"]["enabled"]:
@@ -146,7 +181,7 @@ def worker_services(config: Config) -> list[Service]:
     worker = WorkerService(config)
     found: list[Service] = [worker, OutboxSender(config)]
     if config["metrics"]["enabled"]:
-        found.append(MetricsService(config, worker.alive, worker.model))
+        found.append(MetricsService(config, worker.alive, worker.ready, worker.model))
     return found
 
 

@@ -25,7 +25,6 @@ import time
 import uuid
 from typing import Any
 
-import numpy as np
 import pluggy
 from huey.consumer import Consumer
 from huey.exceptions import RetryTask
@@ -35,7 +34,7 @@ from ctai.config import Config
 from ctai.errors import TransientError
 from ctai.hookspecs import Classifier
 from ctai.model.batching import BatchingClassifier
-from ctai.pipeline import Pipeline
+from ctai.pipeline import Pipeline, released
 from ctai.plugins import plugin_manager
 from ctai.results import JobStore, Summary, summarize
 from ctai.types import Failure, Job, Result
@@ -74,6 +73,7 @@ class Worker:
         self.classifier = BatchingClassifier(inner, int(config["model"]["batch_size"]), wait)
         self.pm.register(_Batched(self.classifier), name="ctai-batching")
         self.pipeline = Pipeline(config, self.pm)
+        self._warm = False
         self.lease = float(config["worker"]["lease_seconds"])
         self._held: dict[str, str] = {}  # job ID -> the owner token of this process's claim
         self._held_lock = threading.Lock()
@@ -93,12 +93,17 @@ class Worker:
             self.consumers.append(_Consumer(huey, workers=threads, periodic=False, initial_delay=poll,
                                             backoff=backoff, max_delay=max_delay, shutdown_timeout=60))
 
+    def warm_up(self) -> None:
+        """Load and convert the networks (``Pipeline.warm_up``); ``start`` does it if not done yet."""
+        self.pipeline.warm_up()
+        self._warm = True
+
     def start(self) -> None:
         if self.config["queue"]["backend"] == "redis":
             url = self.config["queue"]["url"]
             redisdb.wait_until_ready(url, float(self.config["queue"]["wait_seconds"]))
-        size = self.classifier.input_size
-        self.pipeline.scores(np.zeros((1, size, size, 1), np.float32))  # the first call builds the graph
+        if not self._warm:
+            self.warm_up()
         self._redis_up_since = time.monotonic()
         try:
             self._beat()
@@ -233,7 +238,8 @@ class Worker:
         except Exception as error:
             self.pm.hook.ctai_job_failed(job=job, error=error, config=self.config)
             raise
-        outcomes = self.pipeline.run(job, sources)
+        # Released as they come: a series of hundreds of images does not hold every output at once.
+        outcomes = [released(o) if isinstance(o, Result) else o for o in self.pipeline.process(job, sources)]
         return summarize([o for o in outcomes if isinstance(o, Result)],
                          [o for o in outcomes if isinstance(o, Failure)],
                          "shadow" if self.pipeline.site.shadow else "live")

@@ -6,11 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(python3-venv orthanc orthanc-python dcmtk dicom3tools)
-# Test-only: chromium, zbar-tools (pages, QR codes); iproute2 (loopback in the Orthanc tests' namespace);
+# Test-only: pixelmed-apps and a headless JRE (PixelMed's DICOM SR validator); chromium, zbar-tools (pages, QR codes); iproute2 (loopback in the Orthanc tests' namespace);
 # fonts-wqy-microhei (Chinese in the pages' screenshots); orthanc-dicomweb, curl (STOW-RS test); openssl (a self-signed certificate);
 # redis-server (the shared-queue tests; production installs it on the machine that holds the queue)
 [ "${1:-}" = "--test" ] && DEBIAN_PACKAGES+=(chromium zbar-tools iproute2 fonts-wqy-microhei orthanc-dicomweb curl openssl redis-server
-                                          nginx libnss3-tools)
+                                          nginx libnss3-tools pixelmed-apps default-jre-headless)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
@@ -37,3 +37,7 @@ if [ ! -e "$stamp" ]; then
   .venv/bin/python -m pip install -q -e "$extras"
   touch "$stamp"
 fi
+
+# The networks converted for the configured backend into the data dir (`ctai prepare`, 30-60 s the
+# first time, then a check of the cache), so that `ctai serve`'s first start does not convert them.
+.venv/bin/python -m ctai.cli prepare

@@ -329,6 +329,19 @@ def test_idle_sockets_cannot_lock_the_listener(listen):
         raw.close()
 
 
+def test_closed_probes_free_their_slots_at_once(listen, caplog):
+    """A load balancer's TCP health check: connect and close, ten times, from one host."""
+    listener = listen(max_associations_per_peer=10)  # the default; idle_timeout 10 s
+    for raw in idle_sockets(listener, 10):
+        raw.close()
+    start = time.monotonic()
+    assoc, _ = request(listener)
+    assert assoc.is_established, caplog.text  # not A-ASSOCIATE-RJ local-limit-exceeded
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    assert time.monotonic() - start < 1
+
+
 def test_stop_returns_at_once_with_idle_connections_open(listen):
     before = set(threading.enumerate())  # earlier tests' idle pools are not the listener's
     listener = listen()

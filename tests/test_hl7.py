@@ -1,6 +1,6 @@
 """HL7 v2.5 ORU^R01 results: the message (parsed strictly by hl7apy), and delivery over MLLP to
-hl7apy's MLLPServer through the outbox: AA, AE and AR (dead letters), no answer (retried up to
-max_attempts), and an HIS that is down and comes back."""
+hl7apy's MLLPServer through the outbox: AA, AE and CR (dead letters), AR and CE (retried), no
+answer (retried up to max_attempts), and an HIS that is down and comes back."""
 
 from __future__ import annotations
 
@@ -138,8 +138,8 @@ def test_aa_delivers_a_strictly_valid_message(config, his):
     assert len(his.accepted) == 1 and outbox.messages("pending") == []
 
 
-@pytest.mark.parametrize("code", ["AE", "AR"])
-def test_ae_or_ar_is_a_dead_letter_others_go_on_and_retry_delivers_it_once(config, his, code):
+@pytest.mark.parametrize("code", ["AE", "CR"])
+def test_ae_or_cr_is_a_dead_letter_others_go_on_and_retry_delivers_it_once(config, his, code):
     his.codes = [code]
     config["hl7"]["port"] = his.start().port
     other = PatientInfo(id="PAT-2", name="Doe^John")
@@ -151,6 +151,37 @@ def test_ae_or_ar_is_a_dead_letter_others_go_on_and_retry_delivers_it_once(confi
     assert send_due(outbox, "hl7", mllp.deliver) == 1
     assert send_due(outbox, "hl7", mllp.deliver, now=9e9) == 0
     assert (his.received, len(his.accepted)) == (4, 3)
+
+
+@pytest.mark.parametrize("code", ["AR", "CE"])
+def test_ar_or_ce_is_sent_again_later_and_every_message_arrives_once_in_order(config, his, code):
+    """HL7 v2.5 2.9.2.2: AR is "unrelated to [the message's] content or format"; the receiver is
+    likely to accept the same message later. The HIS answers it to the first three results."""
+    his.codes = [code] * 3
+    config["hl7"]["port"] = his.start().port
+    other = PatientInfo(id="PAT-2", name="Doe^John")
+    outbox = queue_results(fast_outbox(config), [PATIENT, other, PATIENT])
+    queued = [mllp.control_id(m.payload.decode()) for m in outbox.messages()]
+    sender = OutboxSender(config, {"hl7": mllp.deliver})
+    sender.start()
+    try:
+        wait_until(lambda: len(outbox.messages("delivered")) == 3)
+    finally:
+        sender.stop()
+    assert outbox.messages("dead") == [] and his.received == 6
+    delivered = [mllp.control_id(m) for m in his.accepted]
+    assert sorted(delivered) == sorted(queued)  # each once
+    assert delivered.index(queued[0]) < delivered.index(queued[2])  # the patient's order kept
+
+
+def test_ar_until_max_attempts_is_a_dead_letter(config, his):
+    config["outbox"]["max_attempts"] = 2
+    his.codes = ["AR"] * 2
+    config["hl7"]["port"] = his.start().port
+    outbox = queue_results(config, [PATIENT])
+    assert [send_due(outbox, "hl7", mllp.deliver, now=9e9 + 1000 * n) for n in range(3)] == [0, 0, 0]
+    [dead] = outbox.messages("dead")
+    assert dead.attempts == 2 and dead.last_error.startswith("Rejected: the receiver answered AR")
 
 
 def test_no_answer_is_retried_until_max_attempts(config):

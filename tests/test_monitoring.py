@@ -23,8 +23,8 @@ MODEL = ModelInfo("resnet-test", "1.2", "ctai")
 def service(config):
     config["orthanc"].update(run=False, url="")
     config["metrics"]["port"] = free_port()
-    state = {"worker": True}
-    started = MetricsService(config, lambda: state["worker"], lambda: MODEL)
+    state = {"worker": True, "ready": True}
+    started = MetricsService(config, lambda: state["worker"], lambda: state["ready"], lambda: MODEL)
     started.start()
     started.state = state
     yield started
@@ -75,6 +75,9 @@ def test_healthz_answers_503_naming_what_is_down(service):
     answer = requests.get(url(service, "/healthz"), timeout=10)
     assert answer.status_code == 200
     assert answer.json() == {"status": "ok", "checks": {"worker": True, "queue": True}}
+    service.state["ready"] = False  # the worker still loads its networks
+    answer = requests.get(url(service, "/healthz"), timeout=10)
+    assert answer.status_code == 503 and answer.json()["status"] == "warming up"
     service.state["worker"] = False
     answer = requests.get(url(service, "/healthz"), timeout=10)
     assert answer.status_code == 503 and answer.json()["checks"] == {"worker": False, "queue": True}
@@ -85,7 +88,7 @@ def test_healthz_checks_orthanc_and_a_redis_queue(config):
     config["orthanc"].update(run=False, url=f"http://127.0.0.1:{free_port()}")
     config["queue"].update(backend="redis", url=f"redis://127.0.0.1:{free_port()}/0")
     config["metrics"]["port"] = free_port()
-    service = MetricsService(config, lambda: True, lambda: None)
+    service = MetricsService(config, lambda: True, lambda: True, lambda: None)
     service.start()
     try:
         answer = requests.get(url(service, "/healthz"), timeout=30)

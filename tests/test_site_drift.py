@@ -31,7 +31,7 @@ def test_an_unshifted_stream_stays_quiet(config):
         studies(store, stream(200, seed), start=seed * 200)
         report = drift.check(config)
         assert report.judged and report.alarms == [], report.alarms
-    assert health({"worker": lambda: True}, lambda: drift_alarms(config))[1]["status"] == "ok"
+    assert health({"worker": lambda: True}, alarms=lambda: drift_alarms(config))[1]["status"] == "ok"
 
 
 def test_a_new_room_whose_films_all_come_out_viral_shows_within_one_window(config):
@@ -40,14 +40,14 @@ def test_a_new_room_whose_films_all_come_out_viral_shows_within_one_window(confi
     studies(store, ["viral"] * 60, start=200)  # less than a third of the 200-study window
     alarms = drift.check(config).alarms
     assert any(a.startswith("share of viral") for a in alarms), alarms
-    ok, body = health({"worker": lambda: True}, lambda: drift_alarms(config))
+    ok, body = health({"worker": lambda: True}, alarms=lambda: drift_alarms(config))
     assert ok and body["status"].startswith("degraded: ") and "share of viral 0.54" in body["status"]
     alarm = {s.labels["statistic"]: s.value for m in site_metrics(config) if m.name == "ctai_drift_alarm"
              for s in m.samples}
     assert alarm["share of viral"] == 1 and alarm["share of normal"] == 0
 
     answers = []
-    app = wsgi_app(None, {"worker": lambda: True}, lambda: drift_alarms(config))
+    app = wsgi_app(None, {"worker": lambda: True}, alarms=lambda: drift_alarms(config))
     body = b"".join(app({"PATH_INFO": "/healthz"}, lambda status, headers: answers.append(status)))
     assert answers == ["200 OK"] and json.loads(body)["status"].startswith("degraded")
 

@@ -22,6 +22,7 @@ from ctai.outputs import sr
 from ctai.outputs.codes import FINDINGS, PRESENCE, PROBABILITY
 from ctai.types import ModelInfo, Prediction, Result, SourceImage
 from tests.dciodvfy import errors
+from tests.pixelmed import sr_validator
 
 IMAGE = Path(__file__).parent / "data" / "images" / "person1000_bacteria_2931.jpeg"
 PROBABILITIES = {"normal": 0.1, "bacterial": 0.7, "viral": 0.2}
@@ -101,9 +102,7 @@ def test_algorithm_is_observer_equipment_and_tid_4019(tmp_path):
 
 def test_derivation_is_stated():
     dataset = sr.build_sr(make_result(derivation="frontal mean projection of CT series"), 9901)
-    group = dataset.ContentSequence[-1].ContentSequence[0]
-    texts = [item.TextValue for item in group.ContentSequence if item.ValueType == "TEXT"]
-    assert any("frontal mean projection of CT series" in text for text in texts)
+    assert _comments(dataset) == ["Classified image: frontal mean projection of CT series"]
 
 
 def test_sr_joins_the_source_study_in_a_new_series():
@@ -156,39 +155,53 @@ def test_only_the_predicted_class_is_present(label):
     assert present == [FINDINGS[label]]
 
 
-def _comments(dataset: Dataset) -> dict[str, list[str]]:
-    """The texts of the DCM 121106 "Comment" items of each measurement group, by its finding."""
-    comments = {}
-    for group in dataset.ContentSequence[-1].ContentSequence:
-        items = group.ContentSequence
-        (finding,) = [item.ConceptCodeSequence[0].CodeMeaning for item in items
-                      if item.ConceptNameCodeSequence[0].CodeValue == "121071"]
-        comments[finding] = [item.TextValue for item in items
-                             if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "121106"]
-    return comments
+def _comments(dataset: Dataset) -> list[str]:
+    """The texts of the DCM 121106 "Comment" items in the report's "Qualitative Evaluations"."""
+    return [item.TextValue for container in dataset.ContentSequence
+            if container.ConceptNameCodeSequence[0].CodeValue == sr.QUALITATIVE_EVALUATIONS.value
+            for item in container.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "121106"]
 
 
 def test_sr_says_when_a_heat_map_is_drawn():
     plain = sr.build_sr(make_result(), 9901)
     drawn = sr.build_sr(make_result(heatmap=hot_cell_map(2, 2)), 9901)
     assert errors(drawn) == []
-    assert _comments(plain) == {finding.meaning: [] for finding in FINDINGS.values()}
-    note = sr.HEATMAP_NOTE.format("Bacterial pneumonia")
-    assert _comments(drawn) == {**_comments(plain), "Bacterial pneumonia": [note]}
+    assert _comments(plain) == []
+    assert _comments(drawn) == [sr.HEATMAP_NOTE.format("Bacterial pneumonia")]
     no_picture = sr.build_sr(make_result(heatmap=hot_cell_map(2, 2)), 9901, picture=False)
-    assert _comments(no_picture) == _comments(plain)  # the SC plugin is off: nothing to mention
+    assert _comments(no_picture) == []  # the SC plugin is off: nothing to mention
+
+
+def test_sc_plugin_disabled_means_no_heat_map_note(config):
+    config["plugins"]["disabled"] = ["sc"]
+    (output,) = sr_plugin.ctai_make_outputs(result=make_result(heatmap=hot_cell_map(2, 2)), config=config)
+    assert _comments(output.dataset) == []
 
 
 def test_a_heat_map_changes_nothing_else_in_the_sr():
     plain = sr.build_sr(make_result(), 9901)
     drawn = sr.build_sr(make_result(heatmap=hot_cell_map(2, 2)), 9901)
-    for group in drawn.ContentSequence[-1].ContentSequence:
-        group.ContentSequence = [item for item in group.ContentSequence
-                                 if item.get("TextValue") != sr.HEATMAP_NOTE.format("Bacterial pneumonia")]
+    drawn.ContentSequence = [item for item in drawn.ContentSequence
+                             if item.ConceptNameCodeSequence[0].CodeValue != sr.QUALITATIVE_EVALUATIONS.value]
     assert drawn.ContentSequence == plain.ContentSequence
     clock = ("ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime",
              "ContributingEquipmentSequence")  # the last holds highdicom's ContributionDateTime
     assert [e for e in plain if e.keyword not in clock] == [e for e in drawn if e.keyword not in clock]
+
+
+def test_pixelmed_finds_no_error_and_only_the_presence_warnings():
+    """PixelMed's DicomSRValidator (2022) checks the PS3.16 templates. What it still warns about,
+    and why it stays: "Presence of property" (DCM 121052), a CODE qualitative evaluation in each
+    TID 1501 group, is "not in template" in its older encoding of TID 1501 ("Measurement Group",
+    whose rows end with the source references); the current "Measurement and Qualitative
+    Evaluation Group" has such rows, and a per-class presence belongs in its class's group."""
+    dataset = sr.build_sr(make_result(derivation="frontal mean projection of CT series",
+                                      heatmap=hot_cell_map(2, 2)), 9901)
+    found = sr_validator(dataset)
+    assert [line for line in found if line.startswith("Error")] == []
+    presence = '/CODE (121052,DCM,"Presence of property"): Content Item not in template'
+    assert [line for line in found if not line.endswith(presence)] == []
+    assert len(found) == len(FINDINGS)
 
 
 def _algorithm_equipment(dataset: Dataset) -> Dataset:

@@ -6,10 +6,20 @@ refusals: many PACS, and dcmtk's storescu by default, do not negotiate it.
 
 Content (PS3.16 TID 1500): a device observer (the algorithm) and one Measurement Group
 (TID 1501) per class, with the class as its Finding (SNOMED CT), the source image, the
-algorithm (TID 4019), the class probability (NUM DCM "Probability", UCUM "1") and
-"Presence of property" Present for the predicted class, Absent for the others (CID 240).
-When the result picture carries a heat map, the predicted class's group says so in a TEXT
-"Comment" (DCM 121106).
+algorithm (TID 4019: name, version, family), the class probability (NUM DCM "Probability",
+UCUM "1") and "Presence of property" Present for the predicted class, Absent for the others
+(CID 240). What concerns the whole image (the derivation of a CT projection; the heat map,
+when the result picture carries one) is a TEXT "Comment" (DCM 121106) in the report's
+"Qualitative Evaluations" container (TID 1500 rows 12 and 14).
+
+Checked with PixelMed's DicomSRValidator (2022) besides dciodvfy (tests/test_sr.py): no errors;
+its one warning per group, "Presence of property" "Content Item not in template", stays. That
+validator encodes TID 1501 as the older "Measurement Group", whose rows end with the source
+references; the current "Measurement and Qualitative Evaluation Group" has CODE qualitative
+evaluations in each group (what highdicom builds), and a group is where a per-class presence
+belongs. The algorithm's manufacturer is no TID 4019 row in that validator's edition (DCM 122405
+"Algorithm Manufacturer"): left out there, it is the device observer's Manufacturer (TID 1004)
+and the Contributing Equipment's.
 A group per class, because a group has one Finding: class CODE items named "Finding" inside
 one group would collide with it for readers such as highdicom. The document is COMPLETE,
 UNVERIFIED and PRELIMINARY: a decision-support result until a physician reviews it.
@@ -46,6 +56,7 @@ import functools
 import highdicom as hd
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.valuerep import DS
 
 from ctai import uids
@@ -62,17 +73,21 @@ from ctai.outputs.common import (
 from ctai.types import ModelInfo, Prediction, Result
 
 SERIES_DESCRIPTION = "ctai AI result (SR)"
+#: TID 1500 row 8, the container of the measurement groups.
+IMAGING_MEASUREMENTS = codes.DCM.ImagingMeasurements.value  # 126010
+#: TID 1500 row 12 (not in pydicom's code dictionary).
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 HEATMAP_NOTE = ("Heat map: the class activation map of {} is drawn on the result picture (Secondary "
                 "Capture); it shows where the model looked and is not a segmentation.")
 
 
 def algorithm(prediction: Prediction) -> hd.sr.AlgorithmIdentification:
-    """TID 4019 Algorithm Identification; its Algorithm Parameters name the calibration."""
+    """TID 4019 Algorithm Identification; its Algorithm Parameters name the calibration (the
+    manufacturer is the device observer's)."""
     model = prediction.model
     return hd.sr.AlgorithmIdentification(
         name=model.name,
         version=model.version,
-        manufacturer=model.manufacturer,
         family=codes.DCM.ArtificialIntelligence,
         parameters=[calibration_name(prediction)],
     )
@@ -94,8 +109,7 @@ def observation_context(model: ModelInfo) -> hd.sr.ObservationContext:
     )
 
 
-def measurement_group(result: Result, label: str,
-                      picture: bool = True) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+def measurement_group(result: Result, label: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """TID 1501 for one class: its probability and whether it is the predicted one."""
     source = result.source.dataset
     model = result.prediction.model
@@ -119,18 +133,27 @@ def measurement_group(result: Result, label: str,
         ],
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=PRESENCE, value=presence)],
     )
-    comments = [f"Classified image: {result.source.derivation}"] if result.source.derivation else []
-    if picture and label == result.prediction.label and result.prediction.heatmap is not None:
-        comments.append(HEATMAP_NOTE.format(finding.meaning))
-    for comment in comments:
-        group[0].ContentSequence.append(
-            hd.sr.TextContentItem(
-                name=codes.DCM.Comment,
-                value=comment,
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-            )
-        )
     return group
+
+
+def comments(result: Result, picture: bool) -> list[str]:
+    """What the report says about the whole image: how it was derived, and the heat map when
+    the result picture (``picture``) carries one."""
+    texts = [f"Classified image: {result.source.derivation}"] if result.source.derivation else []
+    if picture and result.prediction.heatmap is not None:
+        texts.append(HEATMAP_NOTE.format(FINDINGS[result.prediction.label].meaning))
+    return texts
+
+
+def qualitative_evaluations(texts: list[str]) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 12, "Qualitative Evaluations", with each text as a row 14 TEXT "Comment"."""
+    container = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS,
+                                           relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    container.ContentSequence = hd.sr.ContentSequence([
+        hd.sr.TextContentItem(name=codes.DCM.Comment, value=text,
+                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        for text in texts])
+    return container
 
 
 def _evidence(source: Dataset) -> Dataset:
@@ -156,8 +179,10 @@ def reference_sr(result: Result, series_number: int, picture: bool = True) -> hd
     report = hd.sr.MeasurementReport(
         observation_context=observation_context(model),
         procedure_reported=codes.SCT.ImagingProcedure,
-        imaging_measurements=[measurement_group(result, label, picture) for label in FINDINGS],
+        imaging_measurements=[measurement_group(result, label) for label in FINDINGS],
     )
+    if texts := comments(result, picture):
+        report[0].ContentSequence.append(qualitative_evaluations(texts))
     return hd.sr.ComprehensiveSR(
         evidence=[_evidence(source), *result.source.cited[1:]],
         content=report[0],
@@ -189,8 +214,9 @@ def _fill_sr(sr: Dataset, result: Result) -> None:
     (instance,) = series.ReferencedSOPSequence
     instance.ReferencedSOPClassUID, instance.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
     model = prediction.model
-    for label, group in zip(FINDINGS, sr.ContentSequence[-1].ContentSequence, strict=True):
-        comments = []
+    containers = {item.ConceptNameCodeSequence[0].CodeValue: item for item in sr.ContentSequence
+                  if item.ValueType == "CONTAINER"}
+    for label, group in zip(FINDINGS, containers[IMAGING_MEASUREMENTS].ContentSequence, strict=True):
         for item in group.ContentSequence:
             if item.ValueType == "UIDREF":  # the tracking UID
                 item.UID = uids.derived_uid(source.SOPInstanceUID, model.name, model.version, "sr", label)
@@ -201,7 +227,6 @@ def _fill_sr(sr: Dataset, result: Result) -> None:
                 (value,) = item.MeasuredValueSequence
                 probability = float(prediction.probabilities[label])
                 value.NumericValue, value.FloatingPointValue = DS(probability, auto_format=True), probability
-            elif item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.Comment.value:
-                comments.append(item)
-        if result.source.derivation:
-            comments[0].TextValue = f"Classified image: {result.source.derivation}"
+    if result.source.derivation:  # the first comment (``comments``)
+        containers[QUALITATIVE_EVALUATIONS.value].ContentSequence[0].TextValue = (
+            f"Classified image: {result.source.derivation}")

@@ -16,8 +16,9 @@ storage SCP (PS3.4 B.4.1), which keeps instances only as long as it needs them.
 A connection that sends nothing for ``idle_timeout`` seconds, before or after its association
 request (PS3.8 9.1.5 ARTIM), is closed, so that idle sockets (a port scan, a health check) cannot
 hold all ``max_associations`` slots, and one peer address holds at most
-``max_associations_per_peer`` of them (``PeerLimitedAE``); ``stop`` aborts the open associations
-instead of waiting.
+``max_associations_per_peer`` of them (``PeerLimitedAE``). A connection the peer closes before its
+A-ASSOCIATE-RQ (PS3.8 9.2, Sta2 + Evt17: a TCP probe) frees its slot at once (``_on_closed``);
+``stop`` aborts the open associations instead of waiting.
 """
 
 from __future__ import annotations
@@ -310,7 +311,8 @@ class DicomListener:
         ae.add_supported_context(Verification)
         self._server = ae.start_server(self.address, block=False, ssl_context=self.tls,
                                        evt_handlers=[(evt.EVT_C_STORE, self._on_store),
-                                                     (evt.EVT_REJECTED, self._on_rejected)])
+                                                     (evt.EVT_REJECTED, self._on_rejected),
+                                                     (evt.EVT_CONN_CLOSE, self._on_closed)])
         self._stop.clear()
         with self._wake:  # series received before a restart
             self._idle_at = {p.name: p.stat().st_mtime + self.idle_seconds for p in self.spool.incoming.iterdir()}
@@ -336,6 +338,15 @@ class DicomListener:
         if self._thread:
             self._thread.join()
             self._thread = None
+
+    @staticmethod
+    def _on_closed(event: Event) -> None:
+        """EVT_CONN_CLOSE: when the peer closed before its A-ASSOCIATE-RQ (PS3.8 9.2 AA-5), end the
+        association's thread now, as if the ARTIM timer had expired, instead of after ``idle_timeout``:
+        a closed probe must not hold a slot."""
+        assoc = event.assoc
+        if assoc.is_acceptor and assoc.requestor.primitive is None:
+            assoc.dul.to_user_queue.put(None)  # what the thread waits on; None ends it (pynetdicom 3.0)
 
     def _on_rejected(self, event: Event) -> None:
         """EVT_REJECTED: say why, as pynetdicom logs only that it rejected."""

@@ -4,12 +4,23 @@ A message travels framed as ``0x0b`` + message + ``0x1c 0x0d``; the receiver ans
 framed ACK whose MSA-1 (HL7 table 0008) says AA (accepted), AE (error) or AR (rejected); CA, CE
 and CR in enhanced mode (HL7 v2.5 ch. 2.9).
 
-For the outbox, AA and CA deliver. AE (an error the receiver found in processing the message),
-AR (rejected, e.g. MSH-9/11/12 not acceptable, or "unrelated to content or format", when table
-0008 leaves resending to the sender), CE and CR are the receiver's verdict on this message:
-``Undeliverable``, a dead letter at once that a person resends (``ctai outbox retry``) once the
-cause is fixed. No connection, no answer in time, or an answer that is not an ACK of this
-message may pass: ``TransientError`` (or ``OSError``), retried.
+For the outbox (``deliver``), each code means:
+
+* AA, CA: delivered.
+* AR (v2.5 2.9.2.2): the receiver "failed to process the message for reasons unrelated to its
+  content or format (system down, internal error, etc.)", and "for most such problems it is
+  likely that the responding system will be able to accept the same message at a later time":
+  ``Rejected``, a ``TransientError``, retried with backoff up to ``[outbox] max_attempts``.
+* CE (table 0008, Commit Error): the receiver's message handling service "cannot accept [the]
+  message for any other reason" than those of CR (e.g. a sequence number, or it cannot commit
+  the message to safe storage): nothing in the message itself, so retried as AR is.
+* AE (2.9.2.2: an error in the message; the sender must not send it again unchanged) and CR
+  (Commit Reject: its message type, version or processing ID, MSH-9/12/11, is not acceptable):
+  sending the same message again cannot help. ``Undeliverable``, a dead letter at once that a
+  person resends (``ctai outbox retry``) once the cause is fixed.
+
+No connection, no answer in time, or an answer that is not an ACK of this message may pass:
+``AckError`` or ``OSError``, retried too.
 """
 
 from __future__ import annotations
@@ -28,10 +39,16 @@ END_BLOCK = b"\x1c\x0d"
 ENCODING = "utf-8"
 #: Acknowledgment codes (HL7 table 0008) that mean the message was taken.
 ACCEPTED = {"AA", "CA"}
+#: Codes that say the receiver cannot take the message now, not that it is wrong: sent again later.
+LATER = {"AR", "CE"}
 
 
 class AckError(TransientError):
     """The receiver's answer is no acknowledgment of this message: send it again later."""
+
+
+class Rejected(TransientError):
+    """AR or CE: the receiver could not take the message now (v2.5 2.9.2.2): send it again later."""
 
 
 def frame(message: str) -> bytes:
@@ -86,15 +103,17 @@ def ack_fields(ack: str) -> tuple[str, str, str]:
 def send(host: str, port: int, message: str, timeout: float, tls: ssl.SSLContext | None = None) -> None:
     """Send an HL7 message and wait for its acknowledgment; returns only on AA (or CA).
 
-    Raises ``Undeliverable`` for any other acknowledgment code (AE, AR, CE, CR), ``AckError``
-    for an answer that is no ACK of this message, ``OSError`` when the receiver cannot be
-    reached or does not answer in time.
+    Raises ``Rejected`` for AR and CE, ``Undeliverable`` for any other code (AE, CR), ``AckError``
+    for an answer that is no ACK of this message, ``OSError`` when the receiver cannot be reached
+    or does not answer in time.
     """
     code, acked, text = ack_fields(exchange(host, port, message, timeout, tls))
     if acked != control_id(message):
         raise AckError(f"the acknowledgment is for message {acked!r}, not {control_id(message)!r}")
-    if code not in ACCEPTED:
-        raise Undeliverable(f"the receiver answered {code}" + (f": {text}" if text else ""))
+    if code in ACCEPTED:
+        return
+    answer = f"the receiver answered {code}" + (f": {text}" if text else "")
+    raise Rejected(answer) if code in LATER else Undeliverable(answer)
 
 
 def sender(settings: Mapping[str, Any]) -> Callable[[Mapping[str, Any], bytes], None]:
