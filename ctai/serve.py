@@ -2,9 +2,9 @@
 
 A service is an object with ``start()`` (returns once it runs) and ``stop()``; one with
 ``alive()`` is watched, and serve stops everything if it dies. Services start in the order of
-``services(config)`` and stop in reverse. One with ``prepare()`` has it called before any
-service starts: slow set-up in the background (the worker loads the model while Orthanc starts),
-which no other service waits for.
+``services(config)`` and stop in reverse. The worker starts last and loads its networks in the
+background (``WorkerService``): the services that receive are up before it competes with them
+for the CPU, and none waits for it.
 """
 
 from __future__ import annotations
@@ -55,16 +55,10 @@ class WorkerService:
         self.error: BaseException | None = None
         self._lock = threading.Lock()
         self._stopping = False
-        self._thread: threading.Thread | None = None
-
-    def prepare(self) -> None:
-        """Start warming up the worker (``serve`` calls this before starting any service)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._warm_up, name="worker-start", daemon=True)
-            self._thread.start()
 
     def start(self) -> None:
-        self.prepare()
+        """Start warming up the worker, then taking jobs, in a thread; returns at once."""
+        threading.Thread(target=self._warm_up, name="worker-start", daemon=True).start()
 
     def _warm_up(self) -> None:
         started = time.monotonic()
@@ -113,7 +107,6 @@ def services(config: Config) -> list[Service]:
     if config["orthanc"]["run"]:
         found.append(OrthancService(config))
     worker = WorkerService(config)
-    found.append(worker)
     found.append(OutboxSender(config))
     if config["metrics"]["enabled"]:
         found.append(MetricsService(config, worker.alive, worker.ready, worker.model))
@@ -123,6 +116,7 @@ def services(config: Config) -> list[Service]:
         from ctai.web.app import WebService
 
         found.append(WebService(config))
+    found.append(worker)  # last: it loads its networks in the background (``WorkerService``)
     return found
 
 
@@ -134,8 +128,6 @@ def run_services(running: list[Service]) -> int:
     started: list[Service] = []
     status = 0
     try:
-        for service in running:
-            getattr(service, "prepare", lambda: None)()
         for service in running:
             if stopping.is_set():
                 break
@@ -179,10 +171,10 @@ def worker_services(config: Config) -> list[Service]:
     """What ``ctai worker`` runs on an extra machine: the worker, the outbox sender (the outbox
     holds what this machine's jobs must deliver, so this machine sends it) and the metrics."""
     worker = WorkerService(config)
-    found: list[Service] = [worker, OutboxSender(config)]
+    found: list[Service] = [OutboxSender(config)]
     if config["metrics"]["enabled"]:
         found.append(MetricsService(config, worker.alive, worker.ready, worker.model))
-    return found
+    return [*found, worker]
 
 
 def serve(config: Config) -> int:
