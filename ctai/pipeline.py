@@ -162,10 +162,21 @@ def _named(probs: np.ndarray) -> dict[str, float]:
     return dict(zip(CLASSES, map(float, probs), strict=True))
 
 
+#: Pixel Data, Float and Double Float Pixel Data (PS3.3 C.7.6.3, C.7.6.24).
+PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+
+
 def released(result: Result) -> Result:
-    """What is kept of a delivered result: without its outputs and its drawn picture (megabytes
-    each for a large radiograph), which nothing reads once the outputs are delivered."""
-    return dataclasses.replace(result, outputs=[], picture=None)
+    """What is kept of a delivered result: its header and prediction, without its outputs, its
+    drawn picture and its pixels (megabytes each for a large radiograph), which nothing reads
+    once the outputs are delivered."""
+    dataset = result.source.dataset
+    header = Dataset()
+    header.update({tag: element for tag, element in dataset.items() if tag not in PIXEL_TAGS})
+    if hasattr(dataset, "file_meta"):
+        header.file_meta = dataset.file_meta
+    source = dataclasses.replace(result.source, dataset=header, pixels=np.empty((0, 0), np.float32))
+    return dataclasses.replace(result, source=source, outputs=[], picture=None)
 
 
 def _ahead(items: Iterator, depth: int) -> Iterator:
