@@ -78,7 +78,7 @@ def main() -> None:
         size = backends["keras"].input_size
         x, _ = data.load_arrays(val, size)
         print(f"validation split: {len(x)} images", flush=True)
-        outputs = {name: c.predict_with_heatmaps(x) for name, c in backends.items()}
+        outputs = {name: c.analyse(x, heatmaps=True)[:2] for name, c in backends.items()}
         p_ref, maps_ref = outputs["keras"]
         for name, (p, maps) in outputs.items():
             same = int((p.argmax(1) == p_ref.argmax(1)).sum())

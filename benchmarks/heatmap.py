@@ -5,7 +5,7 @@
 On a 2500 x 2048 radiograph (synthetic, float32 as ``ctai.inputs`` gives): the preprocessing
 (``to_model_input``) and the extra time ``render_picture`` takes to draw the heat map. Per batch
 size: the calibrated ``KerasClassifier.predict`` per image and the same with the class-activation
-maps (``predict_with_heatmaps``: one forward pass with a second output). The heat map's cost
+maps (``analyse(batch, heatmaps=True)``: one forward pass with more outputs). The heat map's cost
 (maps and drawing) is then given as a share of the classification time per image
 (preprocessing and network).
 """
@@ -54,7 +54,7 @@ def main() -> None:
     print(f"{classifier.info.name} {classifier.info.version} on {hardware()}")
     pixels = radiograph()
     preprocess = best_time(lambda: to_model_input(pixels, size), args.repeat)
-    _, maps = classifier.predict_with_heatmaps(to_model_input(pixels, size)[np.newaxis])
+    maps = classifier.analyse(to_model_input(pixels, size)[np.newaxis], heatmaps=True).heatmaps
     plain_picture, heat_picture = drawing_times(pixels, maps[0, :, :, 0], args.repeat)
     draw = heat_picture - plain_picture
     print(f"2500 x 2048 radiograph: preprocessing {preprocess * 1000:.1f} ms; result picture "
@@ -64,7 +64,7 @@ def main() -> None:
     for batch in args.batch:
         x = rng.standard_normal((batch, size, size, 1)).astype(np.float32)
         network = best_time(lambda x=x: classifier.predict(x), args.repeat) / batch
-        with_maps = best_time(lambda x=x: classifier.predict_with_heatmaps(x), args.repeat) / batch
+        with_maps = best_time(lambda x=x: classifier.analyse(x, heatmaps=True), args.repeat) / batch
         classification, heat = preprocess + network, with_maps - network + draw
         print(f"batch {batch:3d}: network {network * 1000:.2f} ms/image, with maps {with_maps * 1000:.2f} ms "
               f"({(with_maps - network) / network:+.1%}); classification {classification * 1000:.1f} ms/image, "

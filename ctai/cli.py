@@ -32,14 +32,16 @@ def _outcome_json(outcome: Result | Failure) -> dict:
         return {"path": outcome.path, "error": outcome.reason}
     p = outcome.prediction
     return {"path": outcome.source.path, "label": p.label, "probabilities": p.probabilities,
-            "model": {"name": p.model.name, "version": p.model.version}, "calibration": {"site": p.calibration}}
+            "model": {"name": p.model.name, "version": p.model.version}, "calibration": {"site": p.calibration},
+            "typicality": p.typicality, "flags": [{"code": f.code, "reason": f.reason} for f in outcome.flags]}
 
 
 def _outcome_row(outcome: Result | Failure) -> str:
     if isinstance(outcome, Failure):
         return f"{outcome.path}: error: {outcome.reason}"
     probs = "  ".join(f"{c} {outcome.prediction.probabilities[c]:6.1%}" for c in CLASSES)
-    return f"{outcome.source.path}: {outcome.prediction.label:<9}  {probs}"
+    flags = "".join(f"  [{flag.reason}]" for flag in outcome.flags)
+    return f"{outcome.source.path}: {outcome.prediction.label:<9}  {probs}{flags}"
 
 
 def cmd_classify(args: argparse.Namespace, config: configuration.Config) -> int:

@@ -4,13 +4,13 @@ The pipeline (``ctai.pipeline``) is the only caller. A plugin is a module or obj
 functions named like these and decorated with ``ctai.hookimpl``; it registers through the
 ``ctai`` entry-point group (``[project.entry-points.ctai]`` in its ``pyproject.toml``).
 Order of calls for each job: load_job (queued jobs only) -> skip_reason -> preprocess ->
-classify (classifier) -> make_outputs -> deliver -> job_finished (or job_failed). Apart from
+classify (classifier) -> flags -> make_outputs -> deliver -> job_finished (or job_failed). Apart from
 jobs, ``ctai_outbox_senders`` gives the outbox (``ctai.outbox``) the senders of its channels.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pluggy
@@ -18,29 +18,27 @@ import pluggy
 from ctai.config import Config
 
 if TYPE_CHECKING:
-    from ctai.types import Failure, Job, ModelInfo, Output, Result, Sender, SourceImage
+    from ctai.model.backend import Analysis
+    from ctai.types import Failure, Flag, Job, ModelInfo, Output, Result, Sender, SourceImage
 
 hookspec = pluggy.HookspecMarker("ctai")
 
 
 class Classifier(Protocol):
-    """What a classifier backend provides."""
+    """What a classifier backend provides (``ctai.model.backend.CalibratedClassifier``)."""
 
     info: ModelInfo
     input_size: int
 
+    def analyse(self, batch: np.ndarray, heatmaps: bool = False) -> Analysis:
+        """For a batch of model inputs, from one forward pass: calibrated probabilities, shape
+        (n, len(CLASSES)); with ``heatmaps``, a heat map per class, shape (n, h, w, len(CLASSES)),
+        each scaled to [0, 1] (1 where the class's evidence is strongest), covering the model
+        input, row 0 at its top; and each input's typicality score (``ctai.model.typicality``).
+        Maps and scores are None when the model has none."""
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities, shape (n, len(CLASSES)), for a batch of model inputs."""
-
-
-@runtime_checkable
-class HeatmapClassifier(Classifier, Protocol):
-    """A classifier that can also show where its model looked (``[outputs] heatmap``)."""
-
-    def predict_with_heatmaps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """``predict``'s probabilities and, from the same forward pass, a heat map per class,
-        shape (n, h, w, len(CLASSES)): each scaled to [0, 1] (1 where the class's evidence is
-        strongest), covering the model input, row 0 at its top. None when the model has none."""
+        """``analyse(batch).probabilities``."""
 
 
 @hookspec(firstresult=True)
@@ -82,6 +80,18 @@ def ctai_classifier(config: Config) -> Classifier | None:
     Called once when the pipeline starts. The first non-None answer wins; the built-in ones
     run the shipped model on ``[model] backend``: ONNX Runtime or OpenVINO (``ctai.builtin.onnx``),
     else Keras (``ctai.builtin.tensorflow``).
+    """
+
+
+@hookspec
+def ctai_flags(result: Result, config: Config) -> list[Flag] | None:
+    """Say what a reader of this result must be cautioned about.
+
+    Called by the pipeline once per classified image, after classification and before
+    ``ctai_make_outputs``. Return the flags that apply (e.g. "atypical": the image lies far from
+    the training population), or None. The pipeline gathers every plugin's into ``result.flags``,
+    which every output carries; if one is a ``withhold`` flag, the result is not delivered and
+    the image fails with that flag's reason instead.
     """
 
 

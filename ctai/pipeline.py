@@ -1,6 +1,6 @@
 """The pipeline: the only place that knows the order of the steps.
 
-select (skip_reason) -> preprocess -> classify in batches -> make_outputs -> deliver ->
+select (skip_reason) -> preprocess -> classify in batches -> flags -> make_outputs -> deliver ->
 job_finished. Every step after loading is a pluggy hook (``ctai.hookspecs``).
 """
 
@@ -20,7 +20,8 @@ import pluggy
 from pydicom import Dataset
 
 from ctai.config import Config
-from ctai.hookspecs import Classifier, HeatmapClassifier
+from ctai.hookspecs import Classifier
+from ctai.model.backend import Analysis
 from ctai.plugins import plugin_manager
 from ctai.site import calibration as site_calibration
 from ctai.site.state import SiteState
@@ -54,7 +55,7 @@ class Pipeline:
         and the selection step's (the gate). On a fresh data dir this converts them to ONNX (tens
         of seconds), so that ``ctai prepare`` and the worker's start pay for it, not the first job."""
         size = self.classifier.input_size
-        self.scores(np.zeros((1, size, size, 1), np.float32))
+        self.analyse(np.zeros((1, size, size, 1), np.float32))
         noise = np.random.default_rng(0).random((size, size), dtype=np.float32)  # no rule refuses it
         self.pm.hook.ctai_skip_reason(image=SourceImage("(warm-up)", Dataset(), noise), config=self.config)
 
@@ -76,22 +77,20 @@ class Pipeline:
     def _predictions(self, x: np.ndarray) -> list[Prediction]:
         """The predictions of a batch of model inputs, stamped with when the network started on it."""
         started = datetime.now()
-        own, maps = self.scores(x)
+        own, maps, typicality = self.analyse(x)
         info = self.classifier.info
         calibration = self.site.calibration(info)
         probabilities = own if calibration is None else site_calibration.apply(
             own, calibration.temperature, np.array(calibration.bias))
         site_id = calibration.id if calibration else None
         return [Prediction(_named(probs), info, None if maps is None else maps[i, :, :, int(np.argmax(probs))],
-                           started, site_id, _named(own[i]) if calibration else None)
+                           started, site_id, _named(own[i]) if calibration else None,
+                           None if typicality is None else float(typicality[i]))
                 for i, probs in enumerate(probabilities)]
 
-    def scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Probabilities of model inputs, and their heat maps when ``[outputs] heatmap`` is on and
-        the classifier makes them (``HeatmapClassifier``); else no maps, at no extra cost."""
-        if self.config["outputs"]["heatmap"] and isinstance(self.classifier, HeatmapClassifier):
-            return self.classifier.predict_with_heatmaps(x)
-        return self.classifier.predict(x), None
+    def analyse(self, x: np.ndarray) -> Analysis:
+        """The classifier's analysis of model inputs, with heat maps when ``[outputs] heatmap`` is on."""
+        return self.classifier.analyse(x, heatmaps=bool(self.config["outputs"]["heatmap"]))
 
     def process(self, job: Job, sources: Iterable[SourceImage | Failure]) -> Iterator[Outcome]:
         """Classify, make outputs and deliver each source, yielding outcomes as they finish.
@@ -132,7 +131,15 @@ class Pipeline:
         for outcomes, x in _ahead(self._prepared(sources), AHEAD):
             predictions = iter(self._predictions(x) if x is not None else ())
             for outcome in outcomes:
-                yield Result(outcome, next(predictions)) if isinstance(outcome, SourceImage) else outcome
+                yield self._flagged(Result(outcome, next(predictions))) if isinstance(outcome, SourceImage) else outcome
+
+    def _flagged(self, result: Result) -> Result | Failure:
+        """``result`` with its flags (``ctai_flags``), or why it is withheld."""
+        result.flags = [flag for flags in self.pm.hook.ctai_flags(result=result, config=self.config)
+                        for flag in flags or []]
+        if withheld := next((flag for flag in result.flags if flag.withhold), None):
+            return Failure(result.source.path, f"skipped: {withheld.reason}")
+        return result
 
     def _prepared(self, sources: Iterable[SourceImage | Failure]
                   ) -> Iterator[tuple[list[Outcome | SourceImage], np.ndarray | None]]:

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ctai.config import Config, data_dir
+from ctai.inputs.intended_use import OUTSIDE, patient_age
+from ctai.model.typicality import ATYPICAL
 from ctai.types import CLASSES, Failure, Job, Result
 
 PENDING, RUNNING, DONE, FAILED, SKIPPED = "pending", "running", "done", "failed", "skipped"
@@ -41,7 +43,7 @@ class Summary:
     error: str | None = None
     #: What the job's first image's headers say (accession, study UID, modality, manufacturer,
     #: age, a hash of the patient ID), the site calibration and mode, the model's own mean
-    #: probabilities: for matching the RIS's truth and for drift (``ctai.site``).
+    #: probabilities, the flags of its results: for matching the RIS's truth and for drift (``ctai.site``).
     details: dict[str, object] | None = None
 
 
@@ -89,10 +91,12 @@ def _details(results: list[Result], mode: str) -> dict[str, object]:
     patient = str(ds.get("PatientID", "") or "")
     return {"accession": str(ds.get("AccessionNumber", "") or ""), "study_uid": str(ds.get("StudyInstanceUID", "")),
             "modality": str(ds.get("Modality", "") or ""), "manufacturer": str(ds.get("Manufacturer", "") or ""),
-            "age": age_years(str(ds.get("PatientAge", "") or "")),
+            "age": age[0] if (age := patient_age(ds)) else None,
             "patient": patient_key(patient) if patient else "",
             "calibration": prediction.calibration, "mode": mode,
-            "model_probabilities": _mean(own) if all(own) else None}
+            "model_probabilities": _mean(own) if all(own) else None,
+            "flags": list({(f.code, f.reason): {"code": f.code, "reason": f.reason}
+                           for r in results for f in r.flags}.values())}
 
 
 def refusal_reason(reason: str) -> str:
@@ -104,20 +108,16 @@ def refusal_reason(reason: str) -> str:
         return "modality"
     if reason.startswith("body part"):
         return "body_part"
+    if reason.startswith(OUTSIDE):
+        return "intended_use"
+    if reason.startswith(ATYPICAL):
+        return "atypical"
     return "not_chest"
 
 
 def patient_key(patient_id: str) -> str:
     """A patient's key in records that group cases by patient: a hash, not the ID itself."""
     return hashlib.sha256(patient_id.encode()).hexdigest()[:16]
-
-
-def age_years(text: str) -> float | None:
-    """A DICOM age string (``005Y``, ``018M``, ``003W``, ``010D``) in years; None if none or malformed."""
-    per_year = {"Y": 1, "M": 12, "W": 52.1775, "D": 365.25}
-    if len(text) != 4 or not text[:3].isdigit() or text[3] not in per_year:
-        return None
-    return round(int(text[:3]) / per_year[text[3]], 3)
 
 
 class JobStore:

@@ -66,10 +66,24 @@ class Prediction:
     #: the probabilities before it; None when the model's own calibration is in force.
     calibration: str | None = None
     model_probabilities: dict[str, float] | None = field(default=None, compare=False, repr=False)
+    #: How far the image lies from the training population (``ctai.model.typicality``): above 1 is
+    #: atypical; None when the model has no reference population.
+    typicality: float | None = None
 
     @property
     def label(self) -> str:
         return max(self.probabilities, key=self.probabilities.__getitem__)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A caution that goes with a result wherever it is shown or sent (``ctai_flags``): e.g. code
+    "atypical" and a reason a reader understands. A ``withhold`` flag keeps the result back
+    instead: the image fails with the reason."""
+
+    code: str
+    reason: str
+    withhold: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,8 @@ class Result:
     outputs: list[Output] = field(default_factory=list)
     #: The result picture once drawn (``ctai.outputs.picture``), for every output that shows it.
     picture: Image.Image | None = field(default=None, repr=False, compare=False)
+    #: The cautions every output carries (``ctai_flags``).
+    flags: list[Flag] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

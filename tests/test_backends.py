@@ -26,7 +26,7 @@ from ctai.model.backend import KerasClassifier
 x = np.random.default_rng(0).standard_normal((5, 64, 64, 1)).astype(np.float32)
 classifier = KerasClassifier(__import__("pathlib").Path(out))
 np.save(work + "/jax_probs.npy", classifier.predict(x))
-np.save(work + "/jax_maps.npy", classifier.predict_with_heatmaps(x)[1])
+np.save(work + "/jax_maps.npy", classifier.analyse(x, heatmaps=True).heatmaps)
 print("trained under", keras.backend.backend())
 """
 
@@ -45,4 +45,4 @@ def test_a_model_trained_under_jax_loads_under_tensorflow_with_equal_outputs(tmp
     x = np.random.default_rng(0).standard_normal((5, 64, 64, 1)).astype(np.float32)
     classifier = KerasClassifier(out)
     np.testing.assert_allclose(classifier.predict(x), np.load(work / "jax_probs.npy"), atol=1e-4)
-    np.testing.assert_allclose(classifier.predict_with_heatmaps(x)[1], np.load(work / "jax_maps.npy"), atol=1e-3)
+    np.testing.assert_allclose(classifier.analyse(x, heatmaps=True).heatmaps, np.load(work / "jax_maps.npy"), atol=1e-3)

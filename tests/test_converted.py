@@ -54,9 +54,8 @@ def cache(model, tmp_path_factory) -> Path:
 def test_a_converted_network_gives_keras_probabilities_and_heat_maps(model, cache, engine):
     x = np.random.default_rng(0).standard_normal((5, SIZE, SIZE, 1)).astype(np.float32)
     reference, converted = KerasClassifier(model), ConvertedClassifier(model, engine, cache)
-    assert converted.has_maps
-    p_ref, maps_ref = reference.predict_with_heatmaps(x)
-    p, maps = converted.predict_with_heatmaps(x)
+    p_ref, maps_ref, t_ref = reference.analyse(x, heatmaps=True)
+    p, maps, t = converted.analyse(x, heatmaps=True)
     np.testing.assert_allclose(p, p_ref, atol=1e-4)
     np.testing.assert_allclose(maps, maps_ref, atol=1e-3)
     np.testing.assert_allclose(converted.predict(x), p, atol=1e-6)
@@ -68,8 +67,8 @@ def test_a_two_stage_ensemble_converts_with_its_head(model, tmp_path):
     ensemble, _ = combine([model], [model, tiny_model(tmp_path / "other", seed=4)])
     folder = tiny_model(tmp_path / "two-stage", seed=0, network=ensemble)
     x = np.random.default_rng(1).standard_normal((4, SIZE, SIZE, 1)).astype(np.float32)
-    p_ref, maps_ref = KerasClassifier(folder).predict_with_heatmaps(x)
-    p, maps = ConvertedClassifier(folder, "onnxruntime", tmp_path / "cache").predict_with_heatmaps(x)
+    p_ref, maps_ref, _ = KerasClassifier(folder).analyse(x, heatmaps=True)
+    p, maps, _ = ConvertedClassifier(folder, "onnxruntime", tmp_path / "cache").analyse(x, heatmaps=True)
     np.testing.assert_allclose(p, p_ref, atol=1e-4)
     np.testing.assert_allclose(maps, maps_ref, atol=1e-3)
 

@@ -76,7 +76,7 @@ def test_the_peak_falls_on_the_patch(classifier):
     # 20 px patch about one time in six; the map must find it nearly always.
     rng = np.random.default_rng(7)
     cases = [(label, *synthetic(rng, label)) for label in [1, 2] * 10]
-    probabilities, maps = classifier.predict_with_heatmaps(np.stack([x for _, x, _ in cases]))
+    probabilities, maps, _ = classifier.analyse(np.stack([x for _, x, _ in cases]), heatmaps=True)
     assert maps.shape == (len(cases), 4, 4, len(CLASSES))
     predicted = probabilities.argmax(axis=1)
     hits = [predicted[i] == label and _peak_on_patch(maps[i, :, :, label], *place)
@@ -97,16 +97,15 @@ def test_maps_average_to_the_logits_also_for_an_ensemble(patch_model, classifier
     both = KerasClassifier(save_model(ensemble, tmp_path / "ensemble"))
     x = np.stack([synthetic(np.random.default_rng(i), i % 3)[0] for i in range(3)])
 
-    logits, maps = both.logits_and_maps(x)
+    logits, maps, _ = both.outputs(x)
     np.testing.assert_allclose(maps.mean(axis=(1, 2)), logits, atol=1e-4)  # CAM is exact
-    np.testing.assert_array_equal(logits, both.logits(x))  # and the same forward pass
-    members = [KerasClassifier(folder).logits_and_maps(x)[1] for folder in (patch_model, untrained)]
+    members = [KerasClassifier(folder).outputs(x).maps for folder in (patch_model, untrained)]
     np.testing.assert_allclose(maps, np.mean(members, axis=0), atol=1e-4)
 
 
 def test_the_same_input_gives_the_same_map(classifier):
     x = synthetic(np.random.default_rng(3), 1)[0][np.newaxis]
-    first, second = classifier.predict_with_heatmaps(x), classifier.predict_with_heatmaps(x)
+    first, second = classifier.analyse(x, heatmaps=True), classifier.analyse(x, heatmaps=True)
     np.testing.assert_array_equal(first[1], second[1])
     np.testing.assert_array_equal(first[0], second[0])
     np.testing.assert_allclose(first[0], classifier.predict(x), atol=1e-6)
@@ -115,7 +114,7 @@ def test_the_same_input_gives_the_same_map(classifier):
 def test_a_constant_image_gives_finite_maps(classifier):
     x = to_model_input(np.full((200, 150), 0.4), SIZE)[np.newaxis]
     assert np.ptp(x) == 0
-    probabilities, maps = classifier.predict_with_heatmaps(x)
+    probabilities, maps, _ = classifier.analyse(x, heatmaps=True)
     assert np.isfinite(probabilities).all() and np.isfinite(maps).all()
     assert maps.min() >= 0 and maps.max() <= 1
     flat = np.zeros((2, 4, 4, 3), np.float32)
@@ -138,14 +137,14 @@ def test_pipeline_gives_the_predicted_class_map_when_configured(config, patch_mo
     if not heatmap:
         assert all(p.heatmap is None for p in predictions)
         return
-    _, maps = classifier.predict_with_heatmaps(np.stack([to_model_input(im.pixels, SIZE) for im in images]))
+    maps = classifier.analyse(np.stack([to_model_input(im.pixels, SIZE) for im in images]), heatmaps=True).heatmaps
     for prediction, expected in zip(predictions, maps, strict=True):
         np.testing.assert_allclose(prediction.heatmap, expected[:, :, CLASSES.index(prediction.label)], atol=1e-6)
 
 
 def test_batches_of_callers_with_and_without_maps(classifier):
     x = np.stack([synthetic(np.random.default_rng(i), i % 3)[0] for i in range(6)])
-    expected_probabilities, expected_maps = classifier.predict_with_heatmaps(x)
+    expected_probabilities, expected_maps, _ = classifier.analyse(x, heatmaps=True)
     batcher = BatchingClassifier(classifier, max_batch=16, max_wait=1.0)
     answers: dict[int, object] = {}
     barrier = threading.Barrier(3)
@@ -153,7 +152,7 @@ def test_batches_of_callers_with_and_without_maps(classifier):
     def call(i: int) -> None:
         rows = x[2 * i:2 * i + 2]
         barrier.wait()
-        answers[i] = batcher.predict_with_heatmaps(rows) if i % 2 else batcher.predict(rows)
+        answers[i] = batcher.analyse(rows, heatmaps=True)[:2] if i % 2 else batcher.predict(rows)
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
     for thread in threads:

@@ -77,8 +77,8 @@ def test_ensemble_averages_the_members_logits(tiny_members, tmp_path: Path):
     ensemble = KerasClassifier(out)
     assert ensemble.info.version == "9.9.9"
     x = one_image(64)
-    expected = np.mean([KerasClassifier(m).logits(x) for m in tiny_members], axis=0)
-    np.testing.assert_allclose(ensemble.logits(x), expected, atol=1e-5)
+    expected = np.mean([KerasClassifier(m).outputs(x).logits for m in tiny_members], axis=0)
+    np.testing.assert_allclose(ensemble.outputs(x).logits, expected, atol=1e-5)
     assert abs(ensemble.predict(x).sum() - 1) < 1e-6
 
 
@@ -95,16 +95,16 @@ def test_a_two_stage_ensemble_takes_normal_from_its_members_and_the_split_from_t
     ensemble = KerasClassifier(out)
     assert "two stages over 2 x" in json.loads((out / "model.json").read_text())["architecture"]
     x = np.concatenate([one_image(64), np.random.default_rng(0).standard_normal((3, 64, 64, 1))]).astype(np.float32)
-    p = softmax(ensemble.logits(x))
-    normal = softmax(KerasClassifier(first).logits(x))
-    split = softmax(np.mean([KerasClassifier(m).logits(x) for m in tiny_members], axis=0))
+    p = softmax(ensemble.outputs(x).logits)
+    normal = softmax(KerasClassifier(first).outputs(x).logits)
+    split = softmax(np.mean([KerasClassifier(m).outputs(x).logits for m in tiny_members], axis=0))
     np.testing.assert_allclose(p[:, 0], normal[:, 0], atol=1e-5)
     np.testing.assert_allclose(p[:, 1] / p[:, 2], split[:, 1] / split[:, 2], rtol=1e-4)
-    probabilities, _ = ensemble.predict_with_heatmaps(x)
+    probabilities = ensemble.analyse(x, heatmaps=True).probabilities
     np.testing.assert_allclose(probabilities, ensemble.predict(x), atol=1e-6)
     # Each class's heat map comes from the members that decide that class.
-    logits, maps = ensemble.logits_and_maps(x)
-    member_maps = [KerasClassifier(m).logits_and_maps(x)[1] for m in tiny_members]
+    logits, maps, _ = ensemble.outputs(x)
+    member_maps = [KerasClassifier(m).outputs(x).maps for m in tiny_members]
     np.testing.assert_allclose(maps[..., 0], member_maps[0][..., 0], atol=1e-4)
     np.testing.assert_allclose(maps[..., 1:], np.mean(member_maps, axis=0)[..., 1:], atol=1e-4)
     np.testing.assert_allclose(maps[..., 0].mean(axis=(1, 2)), logits[:, 0], atol=1e-4)
@@ -144,8 +144,8 @@ def test_an_ensemble_joins_another_member_by_member(tiny_members, tmp_path: Path
     three = KerasClassifier(tmp_path / "three")
     assert three.info.version == "9.9.9"
     x = one_image(64)
-    first, second = (KerasClassifier(m).logits(x) for m in tiny_members)
-    np.testing.assert_allclose(three.logits(x), (2 * first + second) / 3, atol=1e-5)
+    first, second = (KerasClassifier(m).outputs(x).logits for m in tiny_members)
+    np.testing.assert_allclose(three.outputs(x).logits, (2 * first + second) / 3, atol=1e-5)
 
 
 def test_float16_packing_keeps_the_outputs(tiny_members, tmp_path: Path):

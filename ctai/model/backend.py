@@ -7,11 +7,13 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from ctai.model.preprocess import check_preprocessing
 from ctai.model.storage import load_network
+from ctai.model.typicality import Reference
 from ctai.types import CLASSES, ModelInfo
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off stderr
@@ -24,13 +26,32 @@ def shipped_model_dir() -> Path:
     return Path(str(resources.files("ctai.model").joinpath("artifact")))
 
 
-class CalibratedClassifier:
-    """Reads ``model.json`` (name, version, input size, calibration) and turns a backend's raw
-    network outputs into calibrated probabilities and heat maps. A backend subclass provides
-    ``logits`` and, when ``has_maps``, ``logits_and_maps``."""
+class Analysis(NamedTuple):
+    """What the classifier says of a batch of model inputs, from one forward pass."""
 
-    #: Whether the network also gives class-activation maps (``logits_and_maps``).
-    has_maps: bool = False
+    #: Calibrated probabilities, (n, len(CLASSES)).
+    probabilities: np.ndarray
+    #: Heat maps, (n, h, w, len(CLASSES)), each in [0, 1]; None when not asked for or the network has none.
+    heatmaps: np.ndarray | None
+    #: How far each input lies from the training population in the network's feature space
+    #: (``ctai.model.typicality``), (n,); None when the model has no reference population.
+    typicality: np.ndarray | None
+
+
+class RawOutputs(NamedTuple):
+    """A network's outputs before calibration: logits (n, classes); the class-activation maps
+    (n, h, w, classes), whose spatial mean is the logits; the pooled features before the logits
+    (n, d), every member's side by side. Maps and features are None when the network has none."""
+
+    logits: np.ndarray
+    maps: np.ndarray | None
+    features: np.ndarray | None
+
+
+class CalibratedClassifier:
+    """Reads ``model.json`` (name, version, input size, calibration) and the reference population
+    (``ctai.model.typicality``), and turns a backend's raw network outputs into an ``Analysis``.
+    A backend subclass provides ``outputs``."""
 
     def __init__(self, folder: Path) -> None:
         meta = json.loads((folder / "model.json").read_text())
@@ -41,24 +62,20 @@ class CalibratedClassifier:
         self.input_size = int(meta["input_size"])
         self.temperature = float(meta["temperature"])
         self.bias = np.asarray(meta.get("bias", [0.0] * len(CLASSES)), dtype=np.float64)
+        self.reference = Reference.load(folder)
 
-    def logits(self, batch: np.ndarray) -> np.ndarray:
-        """Raw network outputs, before calibration."""
-        raise NotImplementedError
-
-    def logits_and_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw network outputs and, from the same forward pass, the raw class-activation maps
-        (n, h, w, classes), whose spatial mean is the logits."""
+    def outputs(self, batch: np.ndarray) -> RawOutputs:
+        """The network's raw outputs for a batch of model inputs, in chunks of ``CHUNK`` rows."""
         raise NotImplementedError
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self._calibrated(self.logits(batch))
+        return self.analyse(batch).probabilities
 
-    def predict_with_heatmaps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        if not self.has_maps:
-            return self.predict(batch), None
-        logits, maps = self.logits_and_maps(batch)
-        return self._calibrated(logits), unit_range(maps)
+    def analyse(self, batch: np.ndarray, heatmaps: bool = False) -> Analysis:
+        raw = self.outputs(batch)
+        maps = unit_range(raw.maps) if heatmaps and raw.maps is not None else None
+        typicality = None if self.reference is None or raw.features is None else self.reference.scores(raw.features)
+        return Analysis(self._calibrated(raw.logits), maps, typicality)
 
     def _calibrated(self, logits: np.ndarray) -> np.ndarray:
         logits = logits / self.temperature + self.bias
@@ -72,24 +89,28 @@ class KerasClassifier(CalibratedClassifier):
 
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)
-        self.model = load_network(folder)
-        #: The same network with a second output, its class-activation maps; None if it has none.
-        self.cam_model = with_class_maps(self.model)
-        self.has_maps = self.cam_model is not None
+        model = load_network(folder)
+        #: The network with its maps and features as more outputs, when its end allows (``with_class_maps``).
+        self.model = with_class_maps(model) or model
 
-    def logits(self, batch: np.ndarray) -> np.ndarray:
+    def outputs(self, batch: np.ndarray) -> RawOutputs:
         # predict_on_batch runs a compiled graph: 7x faster than an eager call for one image.
-        return np.concatenate([np.asarray(self.model.predict_on_batch(batch[i:i + CHUNK]), dtype=np.float64)
-                               for i in range(0, len(batch), CHUNK)])
+        chunks = [self.model.predict_on_batch(batch[i:i + CHUNK]) for i in range(0, len(batch), CHUNK)]
+        return joined(chunks)
 
-    def logits_and_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        chunks = [self.cam_model.predict_on_batch(batch[i:i + CHUNK]) for i in range(0, len(batch), CHUNK)]
-        return (np.concatenate([np.asarray(logits, dtype=np.float64) for logits, _ in chunks]),
-                np.concatenate([np.asarray(maps, dtype=np.float32) for _, maps in chunks]))
+
+def joined(chunks: list) -> RawOutputs:
+    """The ``RawOutputs`` of a network's outputs on consecutive chunks (each its logits, or a
+    list of logits, maps and features)."""
+    parts = [chunk if isinstance(chunk, (list, tuple)) else [chunk] for chunk in chunks]
+    columns = [np.concatenate([np.asarray(part[i]) for part in parts]) for i in range(len(parts[0]))]
+    logits, maps, features = [*columns, None, None][:3]
+    return RawOutputs(logits.astype(np.float64), maps if maps is None else maps.astype(np.float32),
+                      features if features is None else features.astype(np.float32))
 
 
 def with_class_maps(model):
-    """``model`` with a second output: its class-activation maps (Zhou et al. 2016, "Learning Deep
+    """``model`` with two more outputs: its class-activation maps (Zhou et al. 2016, "Learning Deep
     Features for Discriminative Localization"), or None when it does not end as the ResNets of
     ``training/resnet.py`` do (global average pooling, dropout, dense logits).
 
@@ -111,10 +132,11 @@ def with_class_maps(model):
     if len(outputs) == 1:
         return keras.Model(image, outputs[0])
     combine = model.get_layer("logits")
-    logits = combine([logits for logits, _ in outputs])
-    maps = [maps for _, maps in outputs]
+    logits = combine([logits for logits, _, _ in outputs])
+    maps = [maps for _, maps, _ in outputs]
     maps = combine.maps(maps) if isinstance(combine, TwoStage) else keras.layers.Average()(maps)
-    return keras.Model(image, [logits, maps])
+    features = keras.layers.Concatenate(name="features")([features for _, _, features in outputs])
+    return keras.Model(image, [logits, maps, features])
 
 
 def members(model) -> list:
@@ -125,7 +147,8 @@ def members(model) -> list:
 
 
 def _class_map_head(network):
-    """``network`` with outputs (logits, class maps), or None if its end is not pool -> dense."""
+    """``network`` with outputs (logits, class maps, pooled features), or None if its end is not
+    pool -> dense."""
     import keras
 
     layers = network.layers
@@ -135,7 +158,7 @@ def _class_map_head(network):
     *between, dense = layers[pools[0] + 1:]
     if not isinstance(dense, keras.layers.Dense) or not all(isinstance(x, keras.layers.Dropout) for x in between):
         return None
-    return keras.Model(network.input, [network.output, dense(layers[pools[0]].input)])
+    return keras.Model(network.input, [network.output, dense(layers[pools[0]].input), layers[pools[0]].output])
 
 
 def unit_range(maps: np.ndarray) -> np.ndarray:

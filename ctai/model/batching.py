@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ctai.hookspecs import Classifier, HeatmapClassifier
+from ctai.hookspecs import Classifier
+from ctai.model.backend import Analysis
 
 
 @dataclass
@@ -28,8 +29,7 @@ class _Request:
 
 
 class BatchingClassifier:
-    """A ``HeatmapClassifier`` that batches the calls of many threads; ``close()`` stops it.
-    Heat maps are None when the inner classifier makes none."""
+    """A ``Classifier`` that batches the calls of many threads; ``close()`` stops it."""
 
     def __init__(self, inner: Classifier, max_batch: int, max_wait: float) -> None:
         self.inner = inner
@@ -44,12 +44,9 @@ class BatchingClassifier:
         self._thread.start()
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self._submit(batch, heatmaps=False)[0]
+        return self.analyse(batch).probabilities
 
-    def predict_with_heatmaps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        return self._submit(batch, heatmaps=True)
-
-    def _submit(self, batch: np.ndarray, heatmaps: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def analyse(self, batch: np.ndarray, heatmaps: bool = False) -> Analysis:
         request = _Request(batch, heatmaps)
         self._requests.put(request)
         return request.future.result()
@@ -78,17 +75,16 @@ class BatchingClassifier:
     def _run(self, pending: list[_Request]) -> None:
         try:
             batch = np.concatenate([r.batch for r in pending])
-            if any(r.heatmaps for r in pending) and isinstance(self.inner, HeatmapClassifier):
-                probabilities, maps = self.inner.predict_with_heatmaps(batch)
-            else:
-                probabilities, maps = self.inner.predict(batch), None
+            analysis = self.inner.analyse(batch, heatmaps=any(r.heatmaps for r in pending))
         except Exception as error:
             for request in pending:
                 request.future.set_exception(error)
             return
-        self.batch_sizes[len(probabilities)] += 1
+        self.batch_sizes[len(batch)] += 1
         start = 0
         for request in pending:
             rows = slice(start, start + len(request.batch))
-            request.future.set_result((probabilities[rows], None if maps is None else maps[rows]))
+            maps = analysis.heatmaps if request.heatmaps else None
+            request.future.set_result(Analysis(*(None if part is None else part[rows]
+                                                 for part in (analysis.probabilities, maps, analysis.typicality))))
             start += len(request.batch)

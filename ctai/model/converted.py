@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctai.model.backend import CHUNK, CalibratedClassifier, with_class_maps
+from ctai.model.backend import CHUNK, CalibratedClassifier, RawOutputs, joined, with_class_maps
 from ctai.model.storage import load_network, network_file
 
 #: The ``[model] backend`` names.
@@ -25,7 +25,7 @@ BACKENDS = ("keras", "onnxruntime", "openvino")
 #: probability more than 0.005 (benchmarks/backends.py; docs/model-experiments.md, "Backends (CPU)").
 AUTO = "onnxruntime"
 #: Part of the cache key: raise it when the conversion changes.
-CONVERSION = 2
+CONVERSION = 3
 
 
 def backend_name(configured: str) -> str:
@@ -42,8 +42,8 @@ def cache_dir(data: str) -> Path:
 
 
 def converted_network(folder: Path, cache: Path, maps: bool) -> Path:
-    """The ONNX file of the network stored in ``folder`` (with its class-activation maps as a
-    second output when ``maps`` and the network has them), converted now if not cached yet."""
+    """The ONNX file of the network stored in ``folder`` (with its class-activation maps and
+    features as more outputs when ``maps`` and the network has them), converted now if not cached yet."""
     digest = hashlib.sha256(network_file(folder).read_bytes()).hexdigest()[:24]
     path = cache / f"{digest}-{'maps' if maps else 'logits'}-v{CONVERSION}.onnx"
     if not path.exists():
@@ -111,13 +111,6 @@ class ConvertedClassifier(CalibratedClassifier):
     def __init__(self, folder: Path, engine: str, cache: Path) -> None:
         super().__init__(folder)
         self.network = Network(converted_network(folder, cache, maps=True), engine)
-        self.has_maps = self.network.outputs == 2
 
-    def logits(self, batch: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.asarray(self.network(batch[i:i + CHUNK])[0], dtype=np.float64)
-                               for i in range(0, len(batch), CHUNK)])
-
-    def logits_and_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        chunks = [self.network(batch[i:i + CHUNK]) for i in range(0, len(batch), CHUNK)]
-        return (np.concatenate([np.asarray(logits, dtype=np.float64) for logits, _ in chunks]),
-                np.concatenate([np.asarray(maps, dtype=np.float32) for _, maps in chunks]))
+    def outputs(self, batch: np.ndarray) -> RawOutputs:
+        return joined([self.network(batch[i:i + CHUNK]) for i in range(0, len(batch), CHUNK)])

@@ -113,7 +113,8 @@ def _observation(common: dict[str, Any], identifier: str, code: dict[str, Any], 
 
 def observations(result: Result, base: str, common: dict[str, Any]) -> list[dict[str, Any]]:
     """One Observation per class probability (TID 1501 group: the Finding and its Probability,
-    value 0-1 as in the SR), then the finding (a TID 1500 qualitative evaluation)."""
+    value 0-1 as in the SR), then the finding (a TID 1500 qualitative evaluation), with each flag's
+    caution (``ctai_flags``) as a note."""
     found: list[dict[str, Any]] = []
     for label in CLASSES:
         finding = FINDINGS[label]
@@ -130,8 +131,10 @@ def observations(result: Result, base: str, common: dict[str, Any]) -> list[dict
                  "valueCodeableConcept": concept(SNOMED, presence.value, presence.meaning)},
             ]))
     predicted = FINDINGS[result.prediction.label]
+    cautions = [{"text": f"Caution ({flag.code}): {flag.reason}"} for flag in result.flags]
     found.append(_observation(common, urn(base, "finding"), concept(DCM, FINDING.value, FINDING.meaning),
-                              valueCodeableConcept=concept(SNOMED, predicted.value, predicted.meaning)))
+                              valueCodeableConcept=concept(SNOMED, predicted.value, predicted.meaning),
+                              **({"note": cautions} if cautions else {})))
     return found
 
 

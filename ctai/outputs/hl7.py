@@ -7,7 +7,8 @@ ORC-2/OBR-2 Placer Order Number / Imaging Service Request, ORC-3/OBR-3 and OBR-1
 Radiology) the Accession Number; OBR-7 Study Date and Time; the Study Instance UID in an OBX
 coded DCM 110180 within the OBR's observations, and the calibration (local code CTAI-CALIBRATION:
 the site calibration's ID or the model's own). Then one OBX (CWE) with the finding in SNOMED
-CT and one OBX (NM, percent) per class probability. Result status is P (preliminary) in OBR-25
+CT, one OBX (NM, percent) per class probability, and one OBX (ST, local code CTAI-FLAG-<code>)
+per flag (``ctai_flags``: the image is atypical, or outside the intended use) with its reason. Result status is P (preliminary) in OBR-25
 and every OBX-11, with an NTE saying the result awaits a physician's review.
 """
 
@@ -119,6 +120,9 @@ def _observations(result: Result) -> list[tuple[str, str, str, str]]:
     if study_uid := result.source.dataset.get("StudyInstanceUID"):
         rows.append(("ST", components(*STUDY_UID), escape(study_uid), ""))
     rows.append(("ST", components(*CALIBRATION), escape(calibration_name(result.prediction)), ""))
+    for flag in result.flags:
+        code = components(f"CTAI-FLAG-{flag.code.upper()}", f"Caution: {flag.code}", LOCAL)
+        rows.append(("ST", code, escape(flag.reason), ""))
     return rows
 
 

@@ -233,9 +233,14 @@ def render_picture(result: Result) -> Image.Image:
     if prediction.heatmap is not None:
         panel.gap(10)
         panel.heat_legend(HEATMAP_LEGEND)
-    top = panel.notice(NOTICE, height - panel.px(22))
+    top = panel.notice(notice(result), height - panel.px(22))
     panel.footnotes(footnotes(result), top - panel.px(12))
     return picture
+
+
+def notice(result: Result) -> str:
+    """The highlighted box's text: each flag's caution (``ctai_flags``), then ``NOTICE``."""
+    return " ".join([*(f"Caution: {flag.reason}." for flag in result.flags), NOTICE])
 
 
 def footnotes(result: Result) -> list[str]:

@@ -137,9 +137,10 @@ def measurement_group(result: Result, label: str) -> hd.sr.MeasurementsAndQualit
 
 
 def comments(result: Result, picture: bool) -> list[str]:
-    """What the report says about the whole image: how it was derived, and the heat map when
-    the result picture (``picture``) carries one."""
+    """What the report says about the whole image: how it was derived, the cautions of its flags
+    (``ctai_flags``), and the heat map when the result picture (``picture``) carries one."""
     texts = [f"Classified image: {result.source.derivation}"] if result.source.derivation else []
+    texts.extend(f"Caution ({flag.code}): {flag.reason}" for flag in result.flags)
     if picture and result.prediction.heatmap is not None:
         texts.append(HEATMAP_NOTE.format(FINDINGS[result.prediction.label].meaning))
     return texts
@@ -196,7 +197,7 @@ def build_sr(result: Result, series_number: int, picture: bool = True) -> Datase
     ContributionDateTime of now: a copy of the one highdicom built for the first result of its
     kind (``copy_of``), with what differs from image to image filled in."""
     source, prediction = result.source.dataset, result.prediction
-    if len(result.source.cited) > 1:  # a CT projection cites every slice: rare, built in full
+    if len(result.source.cited) > 1 or result.flags:  # rare, and each different: built in full
         return reference_sr(result, series_number, picture)
     return copy_of(("sr", series_number, picture, prediction.label, bool(result.source.derivation),
                     prediction.heatmap is not None, prediction.calibration, *source_kind(source, prediction)),

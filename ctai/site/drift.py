@@ -2,7 +2,8 @@
 expected of them, the site's validated period when there is one, else the model's validation
 split (``expected`` in the model's ``model.json``).
 
-Each statistic is a share (of a label among classified studies, of a refusal reason among all)
+Each statistic is a share (of a label or of the "atypical" flag among classified studies, of a
+refusal reason among all)
 or the mean top probability; its range is the expectation plus or minus ``drift_z`` standard
 errors of a window of this size (and at least ``drift_min_change``). A statistic outside its
 range is an alarm: ``/healthz`` says "degraded", the gauge ``ctai_drift_alarm`` is 1.
@@ -23,7 +24,7 @@ from ctai.site.store import SiteStore
 from ctai.types import CLASSES
 
 #: Refusal reasons (``ctai.results.refusal_reason``).
-REASONS = ("modality", "body_part", "not_chest", "unreadable")
+REASONS = ("modality", "body_part", "not_chest", "intended_use", "atypical", "unreadable")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class Baseline:
     label_shares: dict[str, float]
     mean_top_probability: float
     refusal_rates: dict[str, float]
+    #: The share of classified studies flagged atypical (``ctai.builtin.typicality``).
+    atypical_share: float = 0.0
 
 
 def model_baseline(config: Config) -> Baseline | None:
@@ -60,7 +63,7 @@ def model_baseline(config: Config) -> Baseline | None:
     if not expected:
         return None
     return Baseline(f"the model's validation split ({expected['n']} images)", expected["label_shares"],
-                    expected["mean_top_probability"], {})
+                    expected["mean_top_probability"], {}, expected.get("atypical_share", 0.0))
 
 
 def site_baseline(config: Config) -> Baseline | None:
@@ -73,8 +76,10 @@ def site_baseline(config: Config) -> Baseline | None:
     active = state.active(config)
     if found.get("calibration") != (active.id if active else None):
         return None
+    model = model_baseline(config)
     return Baseline(f"this site's validated period ({found['n']} cases, {found['when'][:10]})",
-                    found["label_shares"], found["mean_top_probability"], found.get("refusal_rates", {}))
+                    found["label_shares"], found["mean_top_probability"], found.get("refusal_rates", {}),
+                    model.atypical_share if model else 0.0)
 
 
 def expectation(probs: np.ndarray) -> dict[str, object]:
@@ -116,6 +121,9 @@ def statistics(records: list[JobRecord], baseline: Baseline, z: float, min_chang
         top = sum(max(r.probabilities.values()) for r in done) / n
         m = baseline.mean_top_probability
         found.append(Statistic("mean top probability", top, m, *_range(m, n, z, min_change, m * (1 - m)), n))
+        flagged = sum(any(f["code"] == "atypical" for f in (r.details or {}).get("flags", [])) for r in done) / n
+        a = baseline.atypical_share
+        found.append(Statistic("share flagged atypical", flagged, a, *_range(a, n, z, min_change, a * (1 - a)), n))
     if records:
         n = len(records)
         reasons = [refusal_reason(part.strip()) for r in records if r.status != DONE and r.error

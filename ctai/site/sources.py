@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ctai import labelled_folder as dataset
 from ctai.config import Config
-from ctai.results import DONE, JobRecord, JobStore, age_years, patient_key
+from ctai.inputs.intended_use import patient_age
+from ctai.results import DONE, JobRecord, JobStore, patient_key
 from ctai.site.cases import LABELS, Cases
 from ctai.types import CLASSES, Failure, Job, Result
 
@@ -128,7 +129,7 @@ def _patient(result: Result) -> str:
 def _headers(result: Result) -> dict[str, object]:
     ds = result.source.dataset
     return {"modality": str(ds.get("Modality", "") or ""), "manufacturer": str(ds.get("Manufacturer", "") or ""),
-            "age": age_years(str(ds.get("PatientAge", "") or ""))}
+            "age": age[0] if (age := patient_age(ds)) else None}
 
 
 def _matched(key: str, rows: list[tuple[str, int, int]], config: Config) -> tuple[Cases, Matching]:

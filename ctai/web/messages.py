@@ -8,7 +8,9 @@ an upload's stored error is one of them, so each reader sees it in their own lan
 
 from __future__ import annotations
 
+from ctai.inputs.intended_use import OUTSIDE
 from ctai.model.gate import NOT_A_CHEST
+from ctai.model.typicality import ATYPICAL
 from ctai.web.i18n import N_
 
 #: The classes' names as people read them.
@@ -41,6 +43,10 @@ PHONE = {
     "wrong_patient": N_("This DICOM file belongs to another patient than the one of this upload session."),
     "not_a_chest": N_("This does not look like a chest X-ray. Photograph the whole chest film or screen, "
                       "straight on and filling the frame, or send the original image."),
+    "intended_use": N_("This AI is made for chest X-rays of young children (aged 1 to 5), taken from the front: "
+                        "it gives no result for this image. A physician will review it."),
+    "atypical": N_("This image is unlike the X-rays this AI learnt from: it gives no result for it. "
+                   "A physician will review it."),
     "not_kept": N_("The uploaded file is no longer kept. Ask the staff for a new QR code."),
     "failed": N_("The image could not be processed. Please ask the staff."),
     "shadow": N_("ctai is being validated at this hospital: no result yet. The staff will tell you the outcome."),
@@ -51,6 +57,8 @@ PHONE = {
 #: Technical reasons, recognised by a part of their text, and the sentence the phone shows instead.
 TECHNICAL = [
     (NOT_A_CHEST, "not_a_chest"),
+    (OUTSIDE, "intended_use"),
+    (ATYPICAL, "atypical"),
     ("decompression bomb", "too_many_pixels"),
     ("too large", "too_many_pixels"),
     ("too small", "too_small"),

@@ -1,0 +1,57 @@
+"""Built-in intended-use rules (``ctai.inputs.intended_use``): an image whose header puts it
+outside what the model was made for (a patient's age, a view that is not frontal) is withheld
+before the gate and the classifier see it, or, when ``[inputs] intended_use = "flag"``,
+classified and delivered with a flag saying why."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+from ctai import hookimpl
+from ctai.config import Config
+from ctai.inputs.intended_use import IntendedUse, reasons
+from ctai.model.backend import shipped_model_dir
+from ctai.types import Flag, Result, SourceImage
+
+ACTIONS = ("withhold", "flag", "off")
+
+
+@cache
+def _model_ages(folder: str) -> tuple[float, float] | None:
+    meta = json.loads((Path(folder) if folder else shipped_model_dir()).joinpath("model.json").read_text())
+    ages = meta.get("intended_use", {}).get("ages")
+    return (float(ages[0]), float(ages[1])) if ages else None
+
+
+def _intended(config: Config) -> IntendedUse | None:
+    """``[inputs] intended_ages`` when set, else the model's (``model.json`` "intended_use")."""
+    ages = config["inputs"]["intended_ages"] or _model_ages(config["model"]["path"])
+    return IntendedUse(float(ages[0]), float(ages[1])) if ages else None
+
+
+def _action(config: Config) -> str:
+    action = config["inputs"]["intended_use"]
+    if action not in ACTIONS:
+        raise ValueError(f"[inputs] intended_use must be one of {', '.join(ACTIONS)}, not {action!r}")
+    return action
+
+
+def _reasons(image: SourceImage, config: Config) -> list[str]:
+    intended = _intended(config)
+    return reasons(image.dataset, intended) if intended else []
+
+
+@hookimpl(tryfirst=True)  # before the gate: an adult's film is refused for its age, not its looks
+def ctai_skip_reason(image: SourceImage, config: Config) -> str | None:
+    if _action(config) != "withhold":
+        return None
+    return "; ".join(_reasons(image, config)) or None
+
+
+@hookimpl
+def ctai_flags(result: Result, config: Config) -> list[Flag] | None:
+    if _action(config) != "flag":
+        return None
+    return [Flag("intended-use", reason) for reason in _reasons(result.source, config)] or None
