@@ -33,7 +33,7 @@ def test_json_lines_exactly(capsys):
     assert code == 0
     assert [r["path"] for r in rows] == [str(NORMAL), str(BACTERIAL)]
     for row in rows:
-        assert set(row) == {"path", "label", "probabilities", "model", "calibration"}
+        assert set(row) == {"path", "label", "probabilities", "model", "calibration", "typicality", "flags"}
         assert row["calibration"] == {"site": None}  # the model's own: no site calibration here
         assert set(row["probabilities"]) == set(CLASSES)
         assert abs(sum(row["probabilities"].values()) - 1) < 1e-6

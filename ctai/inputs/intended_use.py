@@ -21,8 +21,8 @@ NOT_FRONTAL = {"LL": "lateral", "RL": "lateral", "LLD": "decubitus", "RLD": "dec
                "LLO": "oblique", "RLO": "oblique", "LATERAL": "lateral", "LAT": "lateral"}
 #: Units of an Age String (PS3.5 6.2, VR AS) per year.
 PER_YEAR = {"Y": 1.0, "M": 12.0, "W": 52.1775, "D": 365.25}
-#: The dates that say when an image was taken, most specific last.
-DATES = ("ContentDate", "AcquisitionDate", "SeriesDate", "StudyDate")
+#: The dates that say when an image was taken, the first present wins.
+DATES = ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")
 
 
 @dataclass(frozen=True)
@@ -64,12 +64,11 @@ def patient_age(tags: Any) -> tuple[float, str] | None:
         unit = {"Y": "years", "M": "months", "W": "weeks", "D": "days"}[text[3]]
         return years, f"{int(text[:3])} {unit}"
     birth = _date(tags.get("PatientBirthDate"))
-    taken = next((d for d in (_date(tags.get(k)) for k in reversed(DATES)) if d), None)
+    taken = next((d for d in (_date(tags.get(k)) for k in DATES) if d), None)
     if birth is None or taken is None or taken < birth:
         return None
-    days = (taken - birth).days
-    years = round(days / PER_YEAR["D"], 3)
-    return years, f"{int(years)} years" if years >= 2 else f"{int(days / 30.4375)} months"
+    months = (taken.year - birth.year) * 12 + taken.month - birth.month - (taken.day < birth.day)
+    return round(months / 12, 3), f"{months // 12} years" if months >= 24 else f"{months} months"
 
 
 def reasons(tags: Any, intended: IntendedUse) -> list[str]:
