@@ -41,7 +41,9 @@ LATENCY = Histogram("ctai_classification_latency_seconds",
                     "for delivery", ["source"], registry=None,
                     buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300))
 REFUSALS = Counter("ctai_refusals", "Images not classified, by reason: modality, body_part, not_chest "
-                   "(the input gate), unreadable (could not be loaded or decoded)", ["reason"], registry=None)
+                   "(the input gate), intended_use (withheld: the header is outside the model's intended use), "
+                   "atypical (withheld: unlike the training films), unreadable (could not be loaded or decoded)",
+                   ["reason"], registry=None)
 HOOKED = (JOBS, LATENCY, REFUSALS)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from ctai.model.storage import has_network
 
 DATA = Path(__file__).parent / "data"
 IMAGES = DATA / "images"
+#: A test patient's birth date: a child of 3, in the model's intended ages (1-5) on any day the suite runs.
+CHILD_BIRTH_DATE = (date.today() - timedelta(days=3 * 365 + 100)).strftime("%Y%m%d")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -26,10 +26,10 @@ from ctai.inputs.wrap import PatientInfo, wrap_image
 from ctai.outputs.hl7 import escape
 from ctai.transports import dicom_scu, mllp
 from ctai.types import CLASSES, ModelInfo, Prediction, Result, SourceImage
-from tests.conftest import IMAGES
+from tests.conftest import CHILD_BIRTH_DATE, IMAGES
 
 MODEL = ModelInfo("resnet18-test", "0.0")
-PATIENT = PatientInfo(id="PAT-1", name="Müller^Anna^Maria^Dr.^MD", birth_date="19610311", sex="F",
+PATIENT = PatientInfo(id="PAT-1", name="Müller^Anna^Maria^Dr.^MD", birth_date=CHILD_BIRTH_DATE, sex="F",
                       accession="ACC-42")
 
 

@@ -20,6 +20,7 @@ pytestmark = requires_model
 NORMAL = IMAGES / "IM-0115-0001.jpeg"
 BACTERIAL = IMAGES / "person1000_bacteria_2931.jpeg"
 VIRAL = IMAGES / "person1000_virus_1681.jpeg"
+RESULT_KEYS = {"path", "label", "probabilities", "model", "calibration", "typicality", "flags"}
 
 
 def classify_json(capsys, *args: str) -> tuple[int, list[dict]]:
@@ -33,7 +34,7 @@ def test_json_lines_exactly(capsys):
     assert code == 0
     assert [r["path"] for r in rows] == [str(NORMAL), str(BACTERIAL)]
     for row in rows:
-        assert set(row) == {"path", "label", "probabilities", "model", "calibration", "typicality", "flags"}
+        assert set(row) == RESULT_KEYS
         assert row["calibration"] == {"site": None}  # the model's own: no site calibration here
         assert set(row["probabilities"]) == set(CLASSES)
         assert abs(sum(row["probabilities"].values()) - 1) < 1e-6
@@ -46,8 +47,7 @@ def test_bad_input_is_one_error_line_and_the_others_go_through(capsys, tmp_path:
     text.write_text("this is not DICOM\n")
     code, rows = classify_json(capsys, str(text), str(NORMAL), str(tmp_path / "missing.png"))
     assert code == 1
-    assert [set(r) for r in rows] == [{"path", "error"}, {"path", "label", "probabilities", "model", "calibration"},
-                                      {"path", "error"}]
+    assert [set(r) for r in rows] == [{"path", "error"}, RESULT_KEYS, {"path", "error"}]
     assert rows[0]["path"] == str(text)
 
 

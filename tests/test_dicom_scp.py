@@ -32,6 +32,7 @@ from pynetdicom.sop_class import Verification
 
 from ctai import hookimpl
 from ctai.config import to_toml
+from ctai.model.backend import ProbabilityClassifier
 from ctai.outbox import OutboxSender
 from ctai.pipeline import Pipeline
 from ctai.plugins import plugin_manager
@@ -243,7 +244,7 @@ def test_instances_answered_with_success_are_queued_after_a_restart(config, list
     assert len(list(Spool.from_config(config).batch(job.options["batch"]).glob("*.dcm"))) == 3
 
 
-class StubClassifier:
+class StubClassifier(ProbabilityClassifier):
     """Fixed probabilities instead of the model: this test is about the way in and the ways out."""
 
     info = ModelInfo("stub", "1")

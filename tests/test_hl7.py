@@ -20,6 +20,7 @@ from ctai.outputs.common import dicom_datetime
 from ctai.outputs.hl7 import build_oru, control_id
 from ctai.transports import mllp
 from ctai.types import Job, Result
+from tests.conftest import CHILD_BIRTH_DATE
 from tests.peers import HIS, PATIENT, fast_outbox, free_port, result, wait_until
 
 NOW = datetime(2026, 11, 25, 17, 30, tzinfo=UTC)
@@ -48,7 +49,7 @@ def test_oru_carries_patient_order_study_and_preliminary_results(config):
     pid = message.ORU_R01_PATIENT_RESULT.ORU_R01_PATIENT.PID
     assert pid.pid_3.to_er7() == "PAT-1^^^^MR"
     assert pid.pid_5.to_er7() == "Müller^Anna^Maria^MD^Dr."  # XPN puts the suffix before the prefix
-    assert (pid.pid_7.to_er7(), pid.pid_8.to_er7()) == ("19610311", "F")
+    assert (pid.pid_7.to_er7(), pid.pid_8.to_er7()) == (CHILD_BIRTH_DATE, "F")
     order = message.ORU_R01_PATIENT_RESULT.ORU_R01_ORDER_OBSERVATION
     assert order.ORC.orc_1.to_er7() == "RE" and order.ORC.orc_3.to_er7() == "ACC-42"
     assert order.OBR.obr_3.to_er7() == order.OBR.obr_18.to_er7() == "ACC-42"

@@ -15,6 +15,7 @@ from pydicom import Dataset
 
 from ctai import cli, hookimpl, jobs
 from ctai.errors import TransientError
+from ctai.model.backend import ProbabilityClassifier
 from ctai.model.batching import BatchingClassifier
 from ctai.results import JobStore, Summary
 from ctai.types import CLASSES, Job, ModelInfo, SourceImage
@@ -26,7 +27,7 @@ CHEST = (picture() / 255.0).astype(np.float32)  # passes the input gate
 PROBABILITIES = np.array([0.2, 0.7, 0.1])
 
 
-class FakeClassifier:
+class FakeClassifier(ProbabilityClassifier):
     info = ModelInfo("fake", "1")
     input_size = 16
 

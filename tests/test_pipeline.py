@@ -7,13 +7,14 @@ import pytest
 
 from ctai import hookimpl
 from ctai.inputs import load
+from ctai.model.backend import ProbabilityClassifier
 from ctai.pipeline import Pipeline
 from ctai.plugins import plugin_manager
 from ctai.types import Failure, Job, ModelInfo, Result
 from tests.conftest import IMAGES
 
 
-class CountingClassifier:
+class CountingClassifier(ProbabilityClassifier):
     info = ModelInfo("counting", "0")
     input_size = 32
 

@@ -73,3 +73,15 @@ def test_the_sites_validated_period_replaces_the_models_expectation(config):
     studies(JobStore(config), ["normal"] * 200)
     report = drift.check(config)
     assert report.baseline.startswith("this site's validated period (100 cases") and report.alarms == []
+
+
+def test_a_room_whose_films_are_flagged_atypical_shows(config):
+    store = JobStore(config)
+    studies(store, stream(150, 2))
+    flag = {"code": "atypical", "reason": "atypical image (typicality score 1.8, above 1)"}
+    for i, label in enumerate(stream(50, 3)):
+        probabilities = {c: 0.84 if c == label else 0.08 for c in CLASSES}
+        store.finish(Job(f"flagged-{i}", "dicom-listener"), "owner",
+                     Summary(DONE, label, probabilities, details={"flags": [flag]}), 1.0)
+    alarms = drift.check(config).alarms
+    assert any(a.startswith("share flagged atypical 0.25") for a in alarms), alarms

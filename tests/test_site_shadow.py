@@ -12,6 +12,7 @@ import pytest
 from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
 from ctai import hookimpl, jobs
+from ctai.model.backend import ProbabilityClassifier
 from ctai.outbox import Outbox, send_now
 from ctai.plugins import plugin_manager
 from ctai.results import JobStore
@@ -23,7 +24,7 @@ from tests.http_peers import FhirServer, StowServer
 from tests.peers import HIS, StoreSCP, free_port, result, wait_until
 
 
-class Source:
+class Source(ProbabilityClassifier):
     """Jobs of source "site-test": one wrapped radiograph of patient PAT-1; a stand-in network."""
 
     info = ModelInfo("site-test", "1.0")

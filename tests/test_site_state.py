@@ -13,6 +13,7 @@ import pytest
 
 from ctai import hookimpl
 from ctai.cli import _outcome_json, main
+from ctai.model.backend import ProbabilityClassifier
 from ctai.monitoring import site_metrics
 from ctai.outputs.fhir import build_bundle
 from ctai.outputs.hl7 import build_oru
@@ -30,7 +31,7 @@ from tests.test_jobs import CHEST
 OWN = np.array([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3], [0.05, 0.15, 0.8]])
 
 
-class Classifier:
+class Classifier(ProbabilityClassifier):
     info = ModelInfo("site-test", "1.0")
     input_size = 32
 

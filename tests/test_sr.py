@@ -21,13 +21,14 @@ from ctai.inputs.wrap import PatientInfo, wrap_image
 from ctai.outputs import sr
 from ctai.outputs.codes import FINDINGS, PRESENCE, PROBABILITY
 from ctai.types import ModelInfo, Prediction, Result, SourceImage
+from tests.conftest import CHILD_BIRTH_DATE
 from tests.dciodvfy import errors
 from tests.pixelmed import sr_validator
 
 IMAGE = Path(__file__).parent / "data" / "images" / "person1000_bacteria_2931.jpeg"
 PROBABILITIES = {"normal": 0.1, "bacterial": 0.7, "viral": 0.2}
 MODEL = ModelInfo("ctai-resnet", "1.0.0")
-PATIENT = PatientInfo(id="P-0001", name="Doe^Jane", birth_date="19800101", sex="F", accession="ACC-1")
+PATIENT = PatientInfo(id="P-0001", name="Doe^Jane", birth_date=CHILD_BIRTH_DATE, sex="F", accession="ACC-1")
 
 
 def make_result(probabilities: dict[str, float] | None = None, derivation: str | None = None,

@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from ctai import hookimpl
+from ctai.model.backend import ProbabilityClassifier
 from ctai.model.gate import NOT_A_CHEST
 from ctai.plugins import plugin_manager
 from ctai.results import JobStore
@@ -516,7 +517,7 @@ def test_logs_hold_no_tokens_or_patient_data(client, caplog):
 # Through the queue and the worker (a stand-in classifier: the browser test uses the real model)
 
 
-class FakeClassifier:
+class FakeClassifier(ProbabilityClassifier):
     info = ModelInfo("fake", "0")
     input_size = 64
 

@@ -48,6 +48,17 @@ class RawOutputs(NamedTuple):
     features: np.ndarray | None
 
 
+class ProbabilityClassifier:
+    """A classifier that gives probabilities only, no heat maps or typicality scores (a plugin's
+    stand-in, say): a subclass defines ``info``, ``input_size`` and ``predict``."""
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def analyse(self, batch: np.ndarray, heatmaps: bool = False) -> Analysis:
+        return Analysis(self.predict(batch), None, None)
+
+
 class CalibratedClassifier:
     """Reads ``model.json`` (name, version, input size, calibration) and the reference population
     (``ctai.model.typicality``), and turns a backend's raw network outputs into an ``Analysis``.
