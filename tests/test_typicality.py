@@ -35,21 +35,21 @@ def population(seed: int, n: int = 400, d: int = 12) -> np.ndarray:
 
 
 def test_the_limit_flags_the_chosen_share_of_validation():
-    reference = fit(population(0), population(1), components=8, flag_rate=0.05)
+    reference = fit(population(0), population(1), blocks=2, shrinkage=0.05, flag_rate=0.05)
     assert np.mean(reference.scores(population(1)) > 1) == pytest.approx(0.05, abs=0.01)
     assert np.mean(reference.scores(population(2)) > 1) < 0.15  # the same population: few
     assert np.mean(reference.scores(population(3) * 1.5) > 1) > 0.9  # another: most
 
 
 def test_scores_are_deterministic_and_per_row():
-    reference = fit(population(0), population(1), components=8, flag_rate=0.05)
+    reference = fit(population(0), population(1), blocks=2, shrinkage=0.05, flag_rate=0.05)
     rows = population(4, n=6)
     np.testing.assert_array_equal(reference.scores(rows), reference.scores(rows))
     np.testing.assert_allclose(reference.scores(rows)[2:3], reference.scores(rows[2:3]), rtol=1e-6)
 
 
 def test_not_finite_features_are_infinitely_far():
-    reference = fit(population(0), population(1), components=4, flag_rate=0.05)
+    reference = fit(population(0), population(1), blocks=2, shrinkage=0.05, flag_rate=0.05)
     rows = population(5, n=3)
     rows[0, 3], rows[1, 0] = np.nan, np.inf
     scores = reference.scores(rows)
@@ -57,7 +57,7 @@ def test_not_finite_features_are_infinitely_far():
 
 
 def test_the_reference_saves_and_loads(tmp_path):
-    reference = fit(population(0), population(1), components=8, flag_rate=0.05)
+    reference = fit(population(0), population(1), blocks=2, shrinkage=0.05, flag_rate=0.05)
     reference.save(tmp_path)
     loaded = Reference.load(tmp_path)
     np.testing.assert_allclose(loaded.scores(population(2)), reference.scores(population(2)), rtol=1e-6)
@@ -66,7 +66,7 @@ def test_the_reference_saves_and_loads(tmp_path):
 
 def test_a_malformed_reference_is_refused():
     with pytest.raises(ValueError, match="typicality reference"):
-        Reference(np.zeros(3), np.zeros((2, 4)), np.ones(2), 1.0, 0.02)
+        Reference(np.zeros(3), np.zeros((2, 4, 4)), 1.0, 0.02)
 
 
 def scored(score: float | None):

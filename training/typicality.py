@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from ctai.inputs.images import read_gray
-from ctai.model.backend import CalibratedClassifier
+from ctai.model.backend import CalibratedClassifier, members
 from ctai.model.converted import ConvertedClassifier
 from ctai.model.preprocess import to_model_input
+from ctai.model.storage import load_network
 from ctai.model.typicality import Reference, fit
 from training import data, shifts
 
@@ -34,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, required=True, help="folder with NORMAL/ and PNEUMONIA/")
     p.add_argument("--model", type=Path, default=Path("ctai/model/artifact"))
     p.add_argument("--external", type=Path, help="real films of other hospitals, with MANIFEST.csv")
-    p.add_argument("--components", type=int, default=64)
+    p.add_argument("--shrinkage", type=float, default=0.05, help="of each block's covariance towards the identity")
     p.add_argument("--flag-rate", type=float, default=0.02, help="share of validation films beyond the limit")
     p.add_argument("--work", type=Path, default=Path("training-work-typicality"), help="cached features, report")
     p.add_argument("--save", action="store_true", help="write the reference into --model")
@@ -66,7 +67,8 @@ def main(argv=None) -> None:
     validation_images = [read_gray(s.path) for s in val_s]
     validation = features(classifier, validation_images)
     seconds = (time.time() - t0) / (len(train) + len(validation))
-    reference = fit(train, validation, args.components, args.flag_rate)
+    blocks = len(members(load_network(args.model)))  # each member's features are one block
+    reference = fit(train, validation, blocks, args.shrinkage, args.flag_rate)
 
     flagged = {"validation": float(np.mean(reference.scores(validation) > 1))}
     for shift in shifts.suite():
@@ -77,12 +79,15 @@ def main(argv=None) -> None:
     for source, paths in (external_sources(args.external) if args.external else {}).items():
         scores = reference.scores(features(classifier, [read_gray(p) for p in paths]))
         flagged[f"external {source} ({len(paths)})"] = float(np.mean(scores > 1))
-    report = {"components": args.components, "flag_rate": args.flag_rate, "limit": reference.limit,
+    report = {"blocks": blocks, "shrinkage": args.shrinkage, "flag_rate": args.flag_rate, "limit": reference.limit,
               "train": len(train), "validation": len(validation), "seconds_per_image": seconds, "flagged": flagged}
     (args.work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     if args.save:
         print("saved", reference.save(args.model))
+        meta = json.loads((args.model / "model.json").read_text())
+        meta["expected"]["atypical_share"] = args.flag_rate  # drift's expectation (ctai.site.drift)
+        (args.model / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 if __name__ == "__main__":
