@@ -35,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, required=True, help="folder with NORMAL/ and PNEUMONIA/")
     p.add_argument("--model", type=Path, default=Path("ctai/model/artifact"))
     p.add_argument("--external", type=Path, help="real films of other hospitals, with MANIFEST.csv")
-    p.add_argument("--shrinkage", type=float, default=0.05, help="of each block's covariance towards the identity")
+    p.add_argument("--shrinkage", type=float, default=0.003, help="of each block's covariance towards the identity")
     p.add_argument("--flag-rate", type=float, default=0.02, help="share of validation films beyond the limit")
     p.add_argument("--work", type=Path, default=Path("training-work-typicality"), help="cached features, report")
     p.add_argument("--save", action="store_true", help="write the reference into --model")
