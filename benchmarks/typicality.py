@@ -42,7 +42,7 @@ def main() -> None:
         without.append(best_time(lambda: classifier.analyse(x), 1) / args.batch)
     features = classifier.outputs(x).features
     distance = best_time(lambda: reference.scores(features), args.repeat) / args.batch
-    print(f"batch {args.batch}, {features.shape[1]} features, {len(reference.scales)} components")
+    print(f"batch {args.batch}, {features.shape[1]} features in {len(reference.whitening)} blocks")
     print(f"analyse per image: {1e3 * min(without):.2f} ms without the score, {1e3 * min(with_score):.2f} ms with it "
           f"(ratio {min(with_score) / min(without):.3f}); the distance alone {1e6 * distance:.1f} us per image")
 
