@@ -157,13 +157,13 @@ def stage_costs(paths: list[Path], env: dict[str, str], out: Path) -> Stages:
     """The CPU time of each of the product's steps on ``paths``, a batch at a time, one step after
     the other in this thread, with the configuration ``ctai classify`` has under ``env``."""
     from ctai import config as configuration
-    from ctai.builtin.folder import write
+    from ctai.builtin.folder import sync, write
     from ctai.inputs import load
     from ctai.outputs.picture import _draw_heatmap, _scaled_source, picture
     from ctai.outputs.sc import build_sc
     from ctai.outputs.sr import build_sr
     from ctai.pipeline import Pipeline
-    from ctai.types import Output, Result
+    from ctai.types import Output, Result, SourceImage
 
     config = configuration.load(environ={**os.environ, **env})
     pipeline = Pipeline(config)
@@ -171,13 +171,15 @@ def stage_costs(paths: list[Path], env: dict[str, str], out: Path) -> Stages:
     hook, series = pipeline.pm.hook, config["outputs"]
     size = pipeline.classifier.input_size
     stages = Stages()
+    written: list[Path] = []
     for start in range(0, len(paths), int(config["model"]["batch_size"])):
         images = []
         for path in paths[start:start + int(config["model"]["batch_size"])]:
             with stages(f"decode {path.stem.split('-', 1)[1]}"):
                 images += load(path)
         with stages("select (header rules, gate)", len(images)):
-            kept = [image for image in images if hook.ctai_skip_reason(image=image, config=config) is None]
+            kept = [o for o in pipeline._judged([pipeline._selected(image) for image in images])
+                    if isinstance(o, SourceImage)]
         with stages("preprocess", len(kept)):
             x = np.stack([hook.ctai_preprocess(image=image, size=size, config=config) for image in kept])
         with stages("network (heat maps included)", len(kept)):
@@ -195,8 +197,9 @@ def stage_costs(paths: list[Path], env: dict[str, str], out: Path) -> Stages:
             with stages("SC"):
                 sc = build_sc(result, series["sc_series_number"])
             with stages("write (SR + SC files)"):
-                write(out, Output("sr", sr))
-                write(out, Output("sc", sc))
+                written += [write(out, Output("sr", sr)), write(out, Output("sc", sc))]
+    with stages("write (SR + SC files)", 0):
+        sync(written)  # as the folder plugin does when the job finishes
     return stages
 
 
