@@ -203,15 +203,18 @@ def stage_costs(paths: list[Path], env: dict[str, str], out: Path) -> Stages:
     return stages
 
 
-def print_stages(stages: Stages) -> None:
+def print_stages(stages: Stages, start: float) -> None:
+    """The stages' CPU time, after ``start``: the CPU time of a ``ctai classify`` of one file
+    (its start-up: imports, plugins, both networks loaded)."""
     decode = [name for name in stages.seconds if name.startswith("decode")]
     order = sorted(decode) + [name for name in stages.seconds if name not in decode]
     total = sum(seconds for name, seconds in stages.seconds.items() if not name.startswith(" "))
     print("per-stage CPU time (this process, one stage at a time):")
+    print(f"  {'start-up (classify one file)':<30} {start:6.2f} s")
     for name in order:
         seconds, count = stages.seconds[name], stages.counts[name]
         print(f"  {name:<30} {seconds:6.2f} s  {1000 * seconds / max(count, 1):6.1f} ms/image ({count})")
-    print(f"  {'total':<30} {total:6.2f} s")
+    print(f"  {'total':<30} {start + total:6.2f} s")
 
 
 def main() -> None:
@@ -254,6 +257,7 @@ def main() -> None:
             "bare ONNX": ([sys.executable, "-c", BARE_ONNX, str(x), str(onnx)], {}),
             "product, --out": (with_out, base),
             "product, no --out": ([*classify, str(work / "set")], base),
+            "product, one file": ([*classify, str(paths[0])], base),
         }
         if args.keras_backend:
             processes["product on Keras, --out"] = (with_out, {**base, "CTAI_MODEL__BACKEND": "keras"})
@@ -272,7 +276,8 @@ def main() -> None:
                   f"{cpu[name]:6.1f} CPU-s; {wall[name] / wall['bare ONNX']:.2f}x bare ONNX "
                   f"(CPU {cpu[name] / cpu['bare ONNX']:.2f}x), {wall[name] / wall['bare Keras']:.2f}x bare Keras")
 
-        print_stages(stage_costs(paths, base, work / "stages-out"))
+        stages = stage_costs(paths, base, work / "stages-out")
+        print_stages(stages, cpu["product, one file"])
 
 
 if __name__ == "__main__":
