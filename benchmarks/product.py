@@ -1,19 +1,30 @@
-"""The whole product against the bare network, as whole processes (prints numbers, asserts nothing).
+"""The whole product against the bare network, as whole processes, and where its CPU time goes
+(prints numbers, asserts nothing).
 
     .venv/bin/python benchmarks/product.py --data ../shared/data/chest_xray/train [--images 360] [--rounds 3]
 
 Builds ``--images`` DICOM radiographs from the data set's pictures in six encodings (8-bit,
 16-bit, MONOCHROME1, 1024-px CR, JPEG baseline, RLE) in a temporary folder, then times, in
-alternated rounds, whole processes:
+alternated rounds (each process in turn, so that the machine's load falls on all alike), whole
+processes, wall clock and CPU time (user + system, from the kernel's accounting of children):
 
-- ``ctai classify --json --out DIR`` on the set, as configured by default ("product"), with the
-  SR and SC plugins disabled, and with ``[model] backend = "keras"`` too;
-- a bare Keras process: import Keras, load the shipped model, ``predict_on_batch`` the same
-  images' model inputs (prepared beforehand) at batch 16.
+- a bare Keras process: import Keras, load the model, ``predict_on_batch`` the images' model
+  inputs (prepared beforehand, as ctai prepares them) at batch 16;
+- a bare ONNX process: ONNX Runtime on the product's own converted file (with its heat-map
+  output, as the product runs it; threads that wait idle, ``ctai.model.converted.Network``), the
+  same inputs at batch 16;
+- ``ctai classify --json --out DIR`` on the set, as configured by default ("product, --out");
+- ``ctai classify --json``: no outputs made or written ("product, no --out");
+- ``ctai classify --json`` of one file: its CPU time is the start-up (imports, plugins, networks);
+- with ``--keras-backend``, ``ctai classify --json --out DIR`` on ``[model] backend = "keras"``.
 
-Prints each one's median and its ratio to the bare process (the issue's target: product/bare
-<= 1.0). The converted backends are converted first (the one-time cost of a first start, shown
-apart) into ``--data-dir`` (default: a temporary folder).
+Prints each one's median and the product's ratios to the bare network in the same backend (the
+issue's targets: <= 1.5 with --out, <= 1.2 without) and to bare Keras. Then the per-stage CPU
+time of the product's own steps on the same set, one stage at a time in this process: decoding
+(per encoding), the selection (header rules and the gate's network), preprocessing, the network
+(heat maps included), the result picture (of which the heat map), the SR, the SC and writing
+them. The converted networks are made first (the one-time cost of a first start, shown apart)
+in ``--data-dir`` (default: a temporary folder).
 """
 
 from __future__ import annotations
@@ -21,11 +32,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +51,24 @@ ENCODINGS = ("8-bit", "16-bit", "monochrome1", "cr-1024", "jpeg", "rle")
 BARE = """
 import sys
 import numpy as np
-from ctai.model.backend import shipped_model_dir
+from pathlib import Path
 from ctai.model.storage import load_network
 x = np.load(sys.argv[1])
-model = load_network(shipped_model_dir())
+model = load_network(Path(sys.argv[2]))
 for i in range(0, len(x), 16):
     model.predict_on_batch(x[i:i + 16])
+print(len(x), "inputs")
+"""
+
+BARE_ONNX = """
+import sys
+from pathlib import Path
+import numpy as np
+from ctai.model.converted import Network
+x = np.load(sys.argv[1])
+network = Network(Path(sys.argv[2]), "onnxruntime")
+for i in range(0, len(x), 16):
+    network(x[i:i + 16])
 print(len(x), "inputs")
 """
 
@@ -86,25 +113,109 @@ def dicom_set(pictures: list[Path], folder: Path) -> list[Path]:
     return paths
 
 
-def model_inputs(paths: list[Path], out: Path) -> Path:
-    """The model inputs of the set (as ctai reads and preprocesses them), saved for the bare process."""
+def model_inputs(paths: list[Path], out: Path, model: Path) -> Path:
+    """The model inputs of the set (as ctai reads and preprocesses them), saved for the bare processes."""
     from ctai.inputs import load_files
-    from ctai.model.backend import CalibratedClassifier, shipped_model_dir
+    from ctai.model.backend import CalibratedClassifier
     from ctai.model.preprocess import to_model_input
 
-    size = CalibratedClassifier(shipped_model_dir()).input_size
+    size = CalibratedClassifier(model).input_size
     np.save(out, np.stack([to_model_input(image.pixels, size) for image in load_files(paths)]))
     return out
 
 
-def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
-    """Seconds the command took, and its output. ``ctai classify`` exits with 1 when some input
-    was refused (the gate may refuse a few of the data set's pictures)."""
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Seconds the command took, wall and CPU (its process and theirs), and its output.
+    ``ctai classify`` exits with 1 when some input was refused (the gate may refuse a few of the
+    data set's pictures)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     run = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if run.returncode not in (0, 1) or not run.stdout:
         sys.exit(f"{' '.join(command[:4])}... failed:\n{run.stderr[-2000:]}")
-    return time.perf_counter() - t0, run.stdout
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return wall, cpu, run.stdout
+
+
+class Stages:
+    """CPU seconds and counts per stage name."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    @contextmanager
+    def __call__(self, name: str, count: int = 1) -> Iterator[None]:
+        t0 = time.process_time()  # the whole process: ONNX Runtime's threads count too
+        yield
+        self.seconds[name] += time.process_time() - t0
+        self.counts[name] += count
+
+
+def stage_costs(paths: list[Path], env: dict[str, str], out: Path) -> Stages:
+    """The CPU time of each of the product's steps on ``paths``, a batch at a time, one step after
+    the other in this thread, with the configuration ``ctai classify`` has under ``env``."""
+    from ctai import config as configuration
+    from ctai.builtin.folder import sync, write
+    from ctai.inputs import load
+    from ctai.outputs.picture import _draw_heatmap, _scaled_source, picture
+    from ctai.outputs.sc import build_sc
+    from ctai.outputs.sr import build_sr
+    from ctai.pipeline import Pipeline
+    from ctai.types import Output, Result, SourceImage
+
+    config = configuration.load(environ={**os.environ, **env})
+    pipeline = Pipeline(config)
+    pipeline.warm_up()
+    hook, series = pipeline.pm.hook, config["outputs"]
+    size = pipeline.classifier.input_size
+    stages = Stages()
+    written: list[Path] = []
+    for start in range(0, len(paths), int(config["model"]["batch_size"])):
+        images = []
+        for path in paths[start:start + int(config["model"]["batch_size"])]:
+            with stages(f"decode {path.stem.split('-', 1)[1]}"):
+                images += load(path)
+        with stages("select (header rules, gate)", len(images)):
+            kept = [o for o in pipeline._judged([pipeline._selected(image) for image in images])
+                    if isinstance(o, SourceImage)]
+        with stages("preprocess", len(kept)):
+            x = np.stack([hook.ctai_preprocess(image=image, size=size, config=config) for image in kept])
+        with stages("network (heat maps included)", len(kept)):
+            predictions = pipeline._predictions(x.astype(np.float32))
+        for image, prediction in zip(kept, predictions, strict=True):
+            result = Result(image, prediction)
+            if prediction.heatmap is not None:
+                source = _scaled_source(image.pixels)
+                with stages("  of which the heat map"):
+                    _draw_heatmap(source, image.pixels, prediction.heatmap)
+            with stages("result picture"):
+                picture(result)
+            with stages("SR"):
+                sr = build_sr(result, series["sr_series_number"], True)
+            with stages("SC"):
+                sc = build_sc(result, series["sc_series_number"])
+            with stages("write (SR + SC files)"):
+                written += [write(out, Output("sr", sr)), write(out, Output("sc", sc))]
+    with stages("write (SR + SC files)", 0):
+        sync(written)  # as the folder plugin does when the job finishes
+    return stages
+
+
+def print_stages(stages: Stages, start: float) -> None:
+    """The stages' CPU time, after ``start``: the CPU time of a ``ctai classify`` of one file
+    (its start-up: imports, plugins, both networks loaded)."""
+    decode = [name for name in stages.seconds if name.startswith("decode")]
+    order = sorted(decode) + [name for name in stages.seconds if name not in decode]
+    total = sum(seconds for name, seconds in stages.seconds.items() if not name.startswith(" "))
+    print("per-stage CPU time (this process, one stage at a time):")
+    print(f"  {'start-up (classify one file)':<30} {start:6.2f} s")
+    for name in order:
+        seconds, count = stages.seconds[name], stages.counts[name]
+        print(f"  {name:<30} {seconds:6.2f} s  {1000 * seconds / max(count, 1):6.1f} ms/image ({count})")
+    print(f"  {'total':<30} {start + total:6.2f} s")
 
 
 def main() -> None:
@@ -113,8 +224,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=360)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--data-dir", type=Path, help="ctai's data dir, with its converted networks")
+    parser.add_argument("--model", type=Path, help="model folder ([model] path); default: the shipped one")
+    parser.add_argument("--keras-backend", action="store_true", help="also time the product on Keras")
     args = parser.parse_args()
 
+    from ctai.model.backend import shipped_model_dir
+    from ctai.model.converted import cache_dir, converted_network
+
+    model = args.model or shipped_model_dir()
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
         data_dir = args.data_dir or work / "ctai-data"
@@ -123,34 +240,46 @@ def main() -> None:
         (work / "set").mkdir()
         t0 = time.perf_counter()
         paths = dicom_set(pictures, work / "set")
-        x = model_inputs(paths, work / "inputs.npy")
+        x = model_inputs(paths, work / "inputs.npy", model)
         print(f"{len(paths)} DICOM files ({', '.join(ENCODINGS)}) built in {time.perf_counter() - t0:.1f} s",
               flush=True)
 
-        classify = [sys.executable, "-m", "ctai.cli", "classify", "--json", "--out", str(work / "out"),
-                    str(work / "set")]
-        no_sr_sc = {"CTAI_PLUGINS__DISABLED": '["sr", "sc"]'}
-        base = {"CTAI_DATA__DIR": str(data_dir)}
-        processes = {
-            "bare Keras": ([sys.executable, "-c", BARE, str(x)], {}),
-            "product": (classify, base),
-            "product, no SR/SC": (classify, {**base, **no_sr_sc}),
-            "product, no SR/SC, keras backend": (classify, {**base, **no_sr_sc, "CTAI_MODEL__BACKEND": "keras"}),
-        }
-        first, output = timed(classify, {**base, **no_sr_sc})
+        base = {"CTAI_DATA__DIR": str(data_dir), "CTAI_MODEL__BACKEND": "onnxruntime",
+                **({"CTAI_MODEL__PATH": str(model)} if args.model else {})}
+        classify = [sys.executable, "-m", "ctai.cli", "classify", "--json"]
+        with_out = [*classify, "--out", str(work / "out"), str(work / "set")]
+        first, _, output = timed(with_out, base)
         refused = sum("error" in json.loads(line) for line in output.splitlines())
         print(f"first start (converts the networks once unless cached in {data_dir}): {first:.1f} s; "
               f"{refused} of {len(paths)} refused", flush=True)
-        times: dict[str, list[float]] = {name: [] for name in processes}
+        onnx = converted_network(model, cache_dir(str(data_dir)), maps=True)
+        processes = {
+            "bare Keras": ([sys.executable, "-c", BARE, str(x), str(model)], {}),
+            "bare ONNX": ([sys.executable, "-c", BARE_ONNX, str(x), str(onnx)], {}),
+            "product, --out": (with_out, base),
+            "product, no --out": ([*classify, str(work / "set")], base),
+            "product, one file": ([*classify, str(paths[0])], base),
+        }
+        if args.keras_backend:
+            processes["product on Keras, --out"] = (with_out, {**base, "CTAI_MODEL__BACKEND": "keras"})
+        walls: dict[str, list[float]] = {name: [] for name in processes}
+        cpus: dict[str, list[float]] = {name: [] for name in processes}
         for round_ in range(args.rounds):
             for name, (command, env) in processes.items():
-                times[name].append(timed(command, env)[0])
-            print(f"round {round_ + 1}: " + json.dumps({k: round(v[-1], 1) for k, v in times.items()}), flush=True)
-        bare = statistics.median(times["bare Keras"])
-        for name, measured in times.items():
-            median = statistics.median(measured)
-            print(f"{name:>34}: median {median:6.1f} s ({len(paths) / median:5.1f} images/s), "
-                  f"{median / bare:.2f}x bare Keras")
+                wall, cpu, _ = timed(command, env)
+                walls[name].append(wall)
+                cpus[name].append(cpu)
+            print(f"round {round_ + 1} (wall s): " + json.dumps({k: round(v[-1], 1) for k, v in walls.items()}),
+                  flush=True)
+        wall, cpu = ({name: statistics.median(v) for name, v in d.items()} for d in (walls, cpus))
+        start = cpu.pop("product, one file")
+        for name in cpu:
+            print(f"{name:>24}: median {wall[name]:6.1f} s wall ({len(paths) / wall[name]:5.1f} images/s), "
+                  f"{cpu[name]:6.1f} CPU-s; {wall[name] / wall['bare ONNX']:.2f}x bare ONNX "
+                  f"(CPU {cpu[name] / cpu['bare ONNX']:.2f}x), {wall[name] / wall['bare Keras']:.2f}x bare Keras")
+
+        stages = stage_costs(paths, base, work / "stages-out")
+        print_stages(stages, start)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
 
 from ctai.types import CLASSES
 
@@ -32,11 +31,15 @@ def log_loss(y_true: np.ndarray, probs: np.ndarray) -> float:
 
 
 def _auc(y: np.ndarray, score: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score  # imported when used: seconds that classifying never needs
+
     return float(roc_auc_score(y, score)) if len(np.unique(y)) == 2 else None
 
 
 def compute(y_true: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
     """All the numbers ``ctai evaluate`` prints, as a JSON-ready dict."""
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix
+
     y_true = np.asarray(y_true)
     probs = np.asarray(probs, dtype=np.float64)
     y_pred = probs.argmax(axis=1)

@@ -3,9 +3,10 @@
 The pipeline (``ctai.pipeline``) is the only caller. A plugin is a module or object with
 functions named like these and decorated with ``ctai.hookimpl``; it registers through the
 ``ctai`` entry-point group (``[project.entry-points.ctai]`` in its ``pyproject.toml``).
-Order of calls for each job: load_job (queued jobs only) -> skip_reason -> preprocess ->
-classify (classifier) -> flags -> make_outputs -> deliver -> job_finished (or job_failed). Apart from
-jobs, ``ctai_outbox_senders`` gives the outbox (``ctai.outbox``) the senders of its channels.
+Order of calls for each job: load_job (queued jobs only) -> skip_reason -> skip_reasons (per
+batch) -> preprocess -> classify (classifier) -> flags -> make_outputs -> deliver -> job_finished
+(or job_failed). Apart from jobs, ``ctai_outbox_senders`` gives the outbox (``ctai.outbox``) the
+senders of its channels.
 """
 
 from __future__ import annotations
@@ -56,9 +57,21 @@ def ctai_load_job(job: Job, config: Config) -> list[SourceImage | Failure] | Non
 def ctai_skip_reason(image: SourceImage, config: Config) -> str | None:
     """Choose which images of an input are classified.
 
-    Called by the pipeline once per loaded image, before preprocessing. Return a short
-    reason (e.g. "modality MR is not a chest image") to skip the image, or None to keep it.
-    The first non-None answer wins.
+    Called by the pipeline once per loaded image, before preprocessing and before
+    ``ctai_skip_reasons``. Return a short reason (e.g. "modality MR is not a chest image") to skip
+    the image, or None to keep it. The first non-None answer wins.
+    """
+
+
+@hookspec
+def ctai_skip_reasons(images: list[SourceImage], config: Config) -> list[str | None] | None:
+    """Choose which images of a batch are classified, judging the batch at once.
+
+    Called by the pipeline once per batch of loaded images (up to ``[model] batch_size``), with
+    the images that every ``ctai_skip_reason`` kept, before preprocessing. For a choice that runs
+    a network on the pixels (the built-in gate, ``ctai.builtin.gate``): one network call per batch,
+    not one per image. Return a reason to skip or None for each image, in their order, or None to
+    keep them all. An image is skipped with the first reason any plugin gives it.
     """
 
 

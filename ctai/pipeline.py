@@ -1,7 +1,7 @@
 """The pipeline: the only place that knows the order of the steps.
 
-select (skip_reason) -> preprocess -> classify in batches -> flags -> make_outputs -> deliver ->
-job_finished. Every step after loading is a pluggy hook (``ctai.hookspecs``).
+select (skip_reason, skip_reasons) -> preprocess -> classify in batches -> flags -> make_outputs ->
+deliver -> job_finished. Every step after loading is a pluggy hook (``ctai.hookspecs``).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class Pipeline:
         size = self.classifier.input_size
         self.analyse(np.zeros((1, size, size, 1), np.float32))
         noise = np.random.default_rng(0).random((size, size), dtype=np.float32)  # no rule refuses it
-        self.pm.hook.ctai_skip_reason(image=SourceImage("(warm-up)", Dataset(), noise), config=self.config)
+        self.pm.hook.ctai_skip_reasons(images=[SourceImage("(warm-up)", Dataset(), noise)], config=self.config)
 
     def classify(self, images: list[SourceImage]) -> list[Prediction]:
         """Predictions for images, in the classifier's batches."""
@@ -147,7 +147,7 @@ class Pipeline:
         batch_size = int(self.config["model"]["batch_size"])
         iterator = iter(sources)
         while chunk := list(islice(iterator, batch_size)):
-            outcomes = list(self._pool.map(self._selected, chunk))
+            outcomes = self._judged(list(self._pool.map(self._selected, chunk)))
             kept = [o for o in outcomes if isinstance(o, SourceImage)]
             yield outcomes, self._model_inputs(kept) if kept else None
 
@@ -157,6 +157,17 @@ class Pipeline:
                 reason := self.pm.hook.ctai_skip_reason(image=source, config=self.config)):
             return Failure(source.path, f"skipped: {reason}")
         return source
+
+    def _judged(self, outcomes: list[SourceImage | Failure]) -> list[SourceImage | Failure]:
+        """``outcomes`` with the images that a batch's choice (``ctai_skip_reasons``) skips replaced
+        by why, the first reason given winning."""
+        images = [o for o in outcomes if isinstance(o, SourceImage)]
+        reasons: dict[int, str] = {}
+        for answer in self.pm.hook.ctai_skip_reasons(images=images, config=self.config) if images else ():
+            for image, reason in zip(images, answer, strict=True):
+                if reason:
+                    reasons.setdefault(id(image), reason)
+        return [Failure(o.path, f"skipped: {reasons[id(o)]}") if id(o) in reasons else o for o in outcomes]
 
     def _finish(self, result: Result, job: Job) -> None:
         if job.makes_outputs:

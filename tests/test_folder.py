@@ -68,3 +68,26 @@ def test_a_failed_write_leaves_no_file(tmp_path):
     with pytest.raises(ValueError):
         folder.write(tmp_path, Output("sr", broken))
     assert files(tmp_path) == []
+
+
+def test_a_jobs_files_are_synced_when_it_finishes(tmp_path, config, monkeypatch):
+    synced: list[int] = []
+    monkeypatch.setattr(folder.os, "fsync", synced.append)
+    job = Job(tmp_path.name, "cli", {"out_dir": str(tmp_path)})  # no other test's job
+    for _ in range(2):  # the same result twice: the same two files
+        folder.ctai_deliver(result=delivered_result(), job=job, config=config)
+    assert synced == [] and len(files(tmp_path)) == 2
+    folder.ctai_job_finished(job=job, results=[], failures=[], config=config)
+    assert len(synced) == 3  # each file once, then their study's folder
+    folder.ctai_job_finished(job=job, results=[], failures=[], config=config)
+    assert len(synced) == 3  # nothing left to sync
+
+
+def test_a_failed_job_forgets_its_files(tmp_path, config, monkeypatch):
+    synced: list[int] = []
+    monkeypatch.setattr(folder.os, "fsync", synced.append)
+    job = Job(tmp_path.name, "cli", {"out_dir": str(tmp_path)})  # no other test's job
+    folder.ctai_deliver(result=delivered_result(), job=job, config=config)
+    folder.ctai_job_failed(job=job, error=RuntimeError("stopped"), config=config)
+    folder.ctai_job_finished(job=job, results=[], failures=[], config=config)
+    assert synced == []

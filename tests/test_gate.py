@@ -35,13 +35,13 @@ CHESTS = sorted(IMAGES.glob("*.jpeg"))
     np.random.default_rng(0).random((40, 400)),  # a strip
 ], ids=["black", "white", "grey", "nan", "row", "column", "2x2", "strip"])
 def test_degenerate_pixels_are_refused_by_rule(gate, threshold, pixels):
-    reason = gate.refusal(pixels.astype(np.float32), threshold)
+    [reason] = gate.refusals([pixels.astype(np.float32)], threshold)
     assert reason and reason.startswith(NOT_A_CHEST)
     assert rule_refusal(pixels) == reason
 
 
 def test_a_huge_image_is_judged_without_error(gate, threshold):
-    gate.refusal(np.random.default_rng(0).random((4000, 3000), dtype=np.float32), threshold)
+    gate.refusals([np.random.default_rng(0).random((4000, 3000), dtype=np.float32)], threshold)
 
 
 def test_chest_radiographs_pass_plain_shifted_and_photographed(gate, threshold):
@@ -54,13 +54,13 @@ def test_chest_radiographs_pass_plain_shifted_and_photographed(gate, threshold):
 
 def test_rendered_non_chest_images_are_refused(gate, threshold):
     images = [image for category, image in nonchest.corpus("held-out", 3) if category != "scan"]
-    refused = [gate.refusal(image, threshold) is not None for image in images]
+    refused = [reason is not None for reason in gate.refusals(images, threshold)]
     assert np.mean(refused) >= 0.9
 
 
 def test_the_refusal_says_why(gate, threshold):
     page = nonchest.text_page(np.random.default_rng(5))
-    reason = gate.refusal(page, threshold)
+    [reason] = gate.refusals([page], threshold)
     assert reason.startswith(f"{NOT_A_CHEST} (chest-image score ") and f"below {threshold:.2f}" in reason
 
 
@@ -98,15 +98,22 @@ def test_wrapped_pictures_claim_no_body_part(tmp_path):
 def test_the_plugin_judges_pictures_not_ct_projections(config):
     from pydicom import Dataset
 
-    from ctai.builtin.gate import ctai_skip_reason
+    from ctai.builtin.gate import ctai_skip_reasons
     from ctai.types import SourceImage
 
     blank = np.zeros((256, 256), np.float32)
-    assert ctai_skip_reason(SourceImage("a.png", Dataset(), blank), config).startswith(NOT_A_CHEST)
     projection = SourceImage("ct/", Dataset(), blank, derivation="frontal mean projection of CT series")
-    assert ctai_skip_reason(projection, config) is None
+    reasons = ctai_skip_reasons([projection, SourceImage("a.png", Dataset(), blank), projection], config)
+    assert reasons[0] is None and reasons[1].startswith(NOT_A_CHEST) and reasons[2] is None
+    assert ctai_skip_reasons([projection], config) is None
     config["inputs"]["gate"] = False
-    assert ctai_skip_reason(SourceImage("a.png", Dataset(), blank), config) is None
+    assert ctai_skip_reasons([SourceImage("a.png", Dataset(), blank)], config) is None
+
+
+def test_a_batch_is_judged_as_each_image_alone(gate, threshold):
+    """One network call for a batch refuses what one call per image would, with the same scores."""
+    images = [read_gray(p) for p in CHESTS[:3]] + [nonchest.text_page(np.random.default_rng(5)), np.zeros((9, 9))]
+    assert gate.refusals(images, threshold) == [gate.refusals([image], threshold)[0] for image in images]
 
 
 def test_dicom_encodings_of_chest_radiographs_pass(gate, threshold, tmp_path):

@@ -1,5 +1,6 @@
 """Built-in input gate: refuse images that are not frontal chest radiographs, judged from the
-pixels (``ctai.model.gate``), after the header rules of ``ctai.builtin.chest``."""
+pixels (``ctai.model.gate``) a batch at a time, once the header rules of ``ctai.builtin.chest``
+have kept them."""
 
 from __future__ import annotations
 
@@ -29,14 +30,20 @@ def _gate(folder: str, backend: str, data: str) -> ChestGate:
     return ChestGate(path)
 
 
-@hookimpl(trylast=True)  # the header rules are cheaper: let them answer first
-def ctai_skip_reason(image: SourceImage, config: Config) -> str | None:
+@hookimpl
+def ctai_skip_reasons(images: list[SourceImage], config: Config) -> list[str | None] | None:
+    """The gate's refusals of a batch, one network call for all (``ChestGate.refusals``)."""
     settings = config["inputs"]
-    if not settings["gate"] or image.derivation:
-        # A derived image (a CT series' frontal projection) was never a picture of anything: its
-        # series header says chest CT, and the gate has not learnt what projections look like.
+    # A derived image (a CT series' frontal projection) was never a picture of anything: its
+    # series header says chest CT, and the gate has not learnt what projections look like.
+    judged = [i for i, image in enumerate(images) if not image.derivation]
+    if not settings["gate"] or not judged:
         return None
     backend = backend_name(config["model"]["backend"])
     # Keras needs no cache: one gate serves every data dir (and every test).
     gate = _gate(settings["gate_model"], backend, "" if backend == "keras" else config["data"]["dir"])
-    return gate.refusal(image.pixels, float(settings["gate_threshold"]))
+    refusals = gate.refusals([images[i].pixels for i in judged], float(settings["gate_threshold"]))
+    reasons: list[str | None] = [None] * len(images)
+    for i, reason in zip(judged, refusals, strict=True):
+        reasons[i] = reason
+    return reasons

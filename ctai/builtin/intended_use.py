@@ -43,7 +43,7 @@ def _reasons(image: SourceImage, config: Config) -> list[str]:
     return reasons(image.dataset, intended) if intended else []
 
 
-@hookimpl(tryfirst=True)  # before the gate: an adult's film is refused for its age, not its looks
+@hookimpl  # per image, so before the gate (per batch): an adult's film is withheld for its age, not its looks
 def ctai_skip_reason(image: SourceImage, config: Config) -> str | None:
     if _action(config) != "withhold":
         return None

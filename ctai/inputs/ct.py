@@ -13,7 +13,6 @@ import numpy as np
 from PIL import Image
 from pydicom import Dataset
 from pydicom.pixels import apply_modality_lut
-from scipy.interpolate import interp1d
 
 from ctai.errors import InputError
 from ctai.inputs.images import skipped
@@ -44,6 +43,8 @@ def project(datasets: list[Dataset], path: str) -> SourceImage:
         image = sum(_attenuation(ds) for ds in stack) / len(stack)
         kept = [(axes[1], row_spacing), (axes[2], column_spacing)]
     else:
+        from scipy.interpolate import interp1d  # imported when used: half a second that radiographs never need
+
         profiles = np.stack([_attenuation(ds).mean(axis=ap - 1) for ds in stack])
         step = float(np.median(np.diff(positions)))
         grid = np.arange(positions[0], positions[-1] + step / 2, step)

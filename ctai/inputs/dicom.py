@@ -282,8 +282,10 @@ def _voi(values: np.ndarray, ds: Dataset) -> np.ndarray:
     center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     if center is not None and width is not None and width > 0:
         return _window(values, center, width, str(ds.get("VOILUTFunction") or "LINEAR").upper())
-    processing = ds.get("PresentationIntentType") == "FOR PROCESSING"
-    low, high = np.percentile(values, PROCESSING_PERCENTILES if processing else (0.0, 100.0))
+    if ds.get("PresentationIntentType") == "FOR PROCESSING":
+        low, high = np.percentile(values, PROCESSING_PERCENTILES)
+    else:  # the 0th and 100th percentiles, without their partial sort (4 ms for a 1024-px image)
+        low, high = values.min(), values.max()
     return np.clip((values - low) / max(high - low, 1e-9), 0.0, 1.0)
 
 

@@ -69,11 +69,13 @@ class ChestGate:
         e = np.exp(logits)
         return e[:, 1] / e.sum(axis=1)
 
-    def refusal(self, image: np.ndarray, threshold: float) -> str | None:
-        """Why ``image`` is refused, or None to classify it."""
-        if reason := rule_refusal(image):
-            return reason
-        score = float(self.scores([image])[0])
-        if score < threshold:
-            return f"{NOT_A_CHEST} (chest-image score {score:.2f}, below {threshold:.2f})"
-        return None
+    def refusals(self, images: list[np.ndarray], threshold: float) -> list[str | None]:
+        """Why each image is refused, or None to classify it: the network judges, in one call,
+        those that no rule refuses."""
+        reasons = [rule_refusal(image) for image in images]
+        judged = [i for i, reason in enumerate(reasons) if reason is None]
+        if judged:
+            for i, score in zip(judged, self.scores([images[i] for i in judged]), strict=True):
+                if score < threshold:
+                    reasons[i] = f"{NOT_A_CHEST} (chest-image score {score:.2f}, below {threshold:.2f})"
+        return reasons

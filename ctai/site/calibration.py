@@ -15,8 +15,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize
-from sklearn.model_selection import StratifiedGroupKFold
 
 from ctai.site import cases
 from ctai.site.cases import NORMAL, nll
@@ -70,6 +68,8 @@ def fit(y: np.ndarray, probs: np.ndarray, method: str, tie_kinds: bool, min_sens
     """Temperature and biases (normal's 0) of least NLL for ``method``, then, if the fitted
     sensitivity is below ``min_sensitivity``, normal's bias lowered until it is not. With
     ``tie_kinds`` bacterial and viral share one bias (too few of either to split them)."""
+    from scipy.optimize import minimize  # imported when used: seconds that classifying never needs
+
     if method == "none":
         return 1.0, np.zeros(len(CLASSES))
     scaled = method == "temperature+bias"
@@ -103,6 +103,8 @@ def out_of_fold(y: np.ndarray, probs: np.ndarray, patients: list[str], method: s
                 min_sensitivity: float, folds: int) -> np.ndarray:
     """Each case's probabilities from a fit on the other folds (folds of whole patients,
     stratified by label)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
     result = np.array(probs, dtype=np.float64)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=0)
     for train, test in splitter.split(probs, y, groups=patients):

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from ctai import evaluation as metrics
 from ctai.types import CLASSES
@@ -54,6 +53,8 @@ def nll(y: np.ndarray, probs: np.ndarray) -> float:
 def summary(y: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
     """``metrics.summary``'s numbers where some pneumonias have no kind: 3-class accuracy, the
     bacterial-vs-viral AUC and ECE over the cases with one, the rest over all."""
+    from sklearn.metrics import roc_auc_score  # imported when used: seconds that classifying never needs
+
     known = y != PNEUMONIA
     three = metrics.summary(metrics.compute(y[known], probs[known])) if known.any() else {}
     sick, called = y != NORMAL, probs.argmax(axis=1) != NORMAL
