@@ -155,13 +155,21 @@ def _pydicom_data(folder: Path) -> Iterator[tuple[dict, Image.Image]]:
                    path=f"data_store/data/{name}", licence=PYDICOM_LICENCE), _fit(display_pixels(ds))
 
 
+def _file_name(row: dict) -> str:
+    """``kind/source__name.png``, from the source path's last part."""
+    stem = re.sub(r"[.](png|dcm)$", "", Path(row["path"]).name)
+    return f"{row['kind']}/{row['source'].split()[0]}__{re.sub(r'[^A-Za-z0-9_.-]+', '_', stem)}.png"
+
+
 def rebuild(mirrors: Path, pydicom_data: Path, external_dev: Path, out: Path) -> list[dict]:
     """Write every image as an 8-bit PNG under ``out`` and return the manifest rows."""
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for row, picture in [*_nih(mirrors, external_dev), *_shenzhen(mirrors), *_totalseg(mirrors), *_pydicom_data(pydicom_data)]:
         repo: Repo = row.pop("repo")
-        name = f"{row['kind']}/{row['source'].split()[0]}__{re.sub(r'[^A-Za-z0-9_.-]+', '_', row['path'])}.png"
+        if min(picture.size) < 32 or max(picture.size) > 4 * min(picture.size):
+            continue  # refused by ctai's rules before any network sees it
+        name = _file_name(row)
         (out / name).parent.mkdir(exist_ok=True)
         picture.save(out / name)
         rows.append(dict(file=name, repo=repo.name, commit=repo.commit, **row))
