@@ -14,7 +14,7 @@ validation films, so it is chosen without looking at any held-out image.
     python -m training.gate --data ../shared/data/chest_xray/train --real /work/shared-extra/gate \
         --out ctai/model/gate-artifact
     python -m training.gate --data ../shared/data/chest_xray/train --real /work/shared-extra/gate \
-        --evaluate ctai/model/gate-artifact --threshold 0.9   # measure a gate, without training
+        --evaluate ctai/model/gate-artifact --threshold 0.95  # measure a gate, without training
 
 Train it under ``KERAS_BACKEND=jax``: under TensorFlow the threads that feed ``model.fit`` crashed
 in Pillow here (a segmentation fault in its filters, not investigated further).
@@ -91,17 +91,20 @@ def load_real(folder: Path | None) -> list[dict]:
     return rows
 
 
+def _stack(images: list[np.ndarray]) -> np.ndarray:
+    """Display-ready images as SIDE x SIDE uint8, stacked (none: an empty stack)."""
+    return np.stack([_square(i) for i in images]) if images else np.empty((0, SIDE, SIDE), np.uint8)
+
+
 def _real_training(real: list[dict], repeat: int) -> tuple[np.ndarray, np.ndarray]:
-    """Real films (``repeat`` copies and a photo of each) and real non-chest images (crops,
-    flips and rotations) of the train role, as SIDE x SIDE uint8."""
+    """Real films (``repeat`` copies and a photo of each) and real non-chest images (each with
+    three crops, flips or rotations) of the train role."""
     rng = np.random.default_rng(7)
     train = [r for r in real if r["role"] == "train"]
     films = [r["image"] for r in train if r["kind"] == "chest_frontal"]
-    others = [v for r in train if r["kind"] != "chest_frontal" for v in nonchest._variants(r["image"], rng, 4)]
-    positives = [_square(f) for f in films] * repeat + [_square(shifts.photo(f, seed=20_000 + i))
-                                                         for i, f in enumerate(films)]
-    empty = np.empty((0, SIDE, SIDE), np.uint8)
-    return (np.stack(positives) if positives else empty), (np.stack([_square(o) for o in others]) if others else empty)
+    others = [v for r in train if r["kind"] != "chest_frontal" for v in nonchest.variants(r["image"], rng, 4)]
+    photos = [shifts.photo(f, seed=20_000 + i) for i, f in enumerate(films)]
+    return _stack(films * repeat + photos), _stack(others)
 
 
 def training_set(args: argparse.Namespace, train_raw: np.ndarray, real: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -117,11 +120,11 @@ def training_set(args: argparse.Namespace, train_raw: np.ndarray, real: list[dic
     return x, y
 
 
-def _rates(rows: list[dict], scores: np.ndarray, threshold: float, key: str, chest: bool) -> dict:
-    """Share accepted (chest films) or refused (the rest) per value of ``key``, with counts."""
+def _rates(rows: list[dict], threshold: float, key: str, chest: bool) -> dict:
+    """Share of ``rows`` accepted (chest films) or refused (the rest) per value of ``key``."""
     out = {}
     for value in sorted({r[key] for r in rows}):
-        s = np.array([score for r, score in zip(rows, scores, strict=True) if r[key] == value])
+        s = np.array([r["score"] for r in rows if r[key] == value])
         rate = np.mean(s >= threshold) if chest else np.mean(s < threshold)
         out[value] = {"rate": round(float(rate), 4), "images": len(s)}
     return out
@@ -129,23 +132,21 @@ def _rates(rows: list[dict], scores: np.ndarray, threshold: float, key: str, che
 
 def evaluate_real(gate, real: list[dict], threshold: float) -> dict:
     """On the held-out real images: acceptance of frontal films per source, refusal of the
-    others per kind and per source, and the refused films with their scores."""
+    others per kind and per source, and the films refused and others accepted, with scores."""
     held = [r for r in real if r["role"] == "held-out"]
     if not held:
         return {}
-    scores = gate.scores([r["image"] for r in held])
-    films = [(r, s) for r, s in zip(held, scores, strict=True) if r["kind"] == "chest_frontal"]
-    others = [(r, s) for r, s in zip(held, scores, strict=True) if r["kind"] != "chest_frontal"]
+    for row, score in zip(held, gate.scores([r["image"] for r in held]), strict=True):
+        row["score"] = float(score)
+    films = [r for r in held if r["kind"] == "chest_frontal"]
+    others = [r for r in held if r["kind"] != "chest_frontal"]
     return {
-        "films_accepted_by_source": _rates([r for r, _ in films], np.array([s for _, s in films]), threshold,
-                                           "source", True),
-        "films_accepted_all": float(np.mean([s >= threshold for _, s in films])),
-        "others_refused_by_kind": _rates([r for r, _ in others], np.array([s for _, s in others]), threshold,
-                                         "kind", False),
-        "others_refused_by_source": _rates([r for r, _ in others], np.array([s for _, s in others]), threshold,
-                                           "source", False),
-        "films_refused": {r["file"]: round(float(s), 3) for r, s in films if s < threshold},
-        "others_accepted": {r["file"]: round(float(s), 3) for r, s in others if s >= threshold},
+        "films_accepted_by_source": _rates(films, threshold, "source", True),
+        "films_accepted_all": float(np.mean([r["score"] >= threshold for r in films])),
+        "others_refused_by_kind": _rates(others, threshold, "kind", False),
+        "others_refused_by_source": _rates(others, threshold, "source", False),
+        "films_refused": {r["file"]: round(r["score"], 3) for r in films if r["score"] < threshold},
+        "others_accepted": {r["file"]: round(r["score"], 3) for r in others if r["score"] >= threshold},
     }
 
 

@@ -23,6 +23,7 @@ import io
 import re
 import struct
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,8 @@ from ctai.inputs.images import to_gray
 MAX_SIDE = 512
 NIH_LICENCE = "NIH ChestX-ray14: no restriction on use (NIH Clinical Center); repository BSD-3-Clause"
 SHENZHEN_LICENCE = "Shenzhen CXR set (NLM / Shenzhen No.3 People's Hospital, public release); repository MIT"
-TOTALSEG_LICENCE = "TotalSegmentator test data (CT/MR from the TotalSegmentator data set, CC BY 4.0); repository Apache-2.0"
+TOTALSEG_LICENCE = ("TotalSegmentator test data (CT/MR from the TotalSegmentator data set, CC BY 4.0); "
+                    "repository Apache-2.0")
 PYDICOM_LICENCE = "pydicom-data 1.0.0 (PyPI), MIT"
 FIELDS = ["file", "kind", "source", "split", "repo", "commit", "path", "licence"]
 
@@ -115,15 +117,17 @@ def _nih(mirrors: Path, external_dev: Path) -> Iterator[tuple[dict, Image.Image]
         split = "held-out" if path in held or patient % 3 == 0 else "train"
         source = "nih (external-dev)" if path in held else "nih"
         image = to_gray(Image.open(io.BytesIO(NIH.read(mirrors, path))))
-        yield dict(kind="chest_frontal", source=source, split=split, repo=NIH, path=path, licence=NIH_LICENCE), _fit(image)
+        row = dict(kind="chest_frontal", source=source, split=split, repo=NIH, path=path, licence=NIH_LICENCE)
+        yield row, _fit(image)
 
 
 def _shenzhen(mirrors: Path) -> Iterator[tuple[dict, Image.Image]]:
     for path in SHENZHEN.files(mirrors, r"tests/resources/images/lungs/CHNCXR_\d+_\d\.png"):
         number = int(Path(path).stem.split("_")[1])
         image = to_gray(Image.open(io.BytesIO(SHENZHEN.read(mirrors, path))))
-        yield dict(kind="chest_frontal", source="shenzhen (external-dev)", split="train" if number % 2 == 0 else "held-out",
-                   repo=SHENZHEN, path=path, licence=SHENZHEN_LICENCE), _fit(image)
+        split = "train" if number % 2 == 0 else "held-out"
+        yield dict(kind="chest_frontal", source="shenzhen (external-dev)", split=split, repo=SHENZHEN, path=path,
+                   licence=SHENZHEN_LICENCE), _fit(image)
 
 
 def _totalseg(mirrors: Path) -> Iterator[tuple[dict, Image.Image]]:
@@ -135,15 +139,16 @@ def _totalseg(mirrors: Path) -> Iterator[tuple[dict, Image.Image]]:
             yield dict(kind=kind, source="totalsegmentator", split=split, repo=TOTALSEG, path=f"{path}#{name}",
                        licence=TOTALSEG_LICENCE), _fit(image)
     for path in TOTALSEG.files(mirrors, r"tests/reference_files/example_ct_dicom/CT\..*"):
-        ds = read_dataset(_tmp(TOTALSEG.read(mirrors, path)))
         yield dict(kind="ct_slice", source="totalsegmentator dicom", split="held-out", repo=TOTALSEG, path=path,
-                   licence=TOTALSEG_LICENCE), _fit(display_pixels(ds))
+                   licence=TOTALSEG_LICENCE), _fit(_dicom(TOTALSEG.read(mirrors, path)))
 
 
-def _tmp(data: bytes) -> Path:
-    path = Path("/tmp/gate-sources.dcm")
-    path.write_bytes(data)
-    return path
+def _dicom(data: bytes) -> np.ndarray:
+    """Display-ready pixels of a DICOM file's bytes, read as ctai reads files."""
+    with tempfile.NamedTemporaryFile(suffix=".dcm") as f:
+        f.write(data)
+        f.flush()
+        return display_pixels(read_dataset(Path(f.name)))
 
 
 def _pydicom_data(folder: Path) -> Iterator[tuple[dict, Image.Image]]:
@@ -165,7 +170,8 @@ def rebuild(mirrors: Path, pydicom_data: Path, external_dev: Path, out: Path) ->
     """Write every image as an 8-bit PNG under ``out`` and return the manifest rows."""
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for row, picture in [*_nih(mirrors, external_dev), *_shenzhen(mirrors), *_totalseg(mirrors), *_pydicom_data(pydicom_data)]:
+    sources = [_nih(mirrors, external_dev), _shenzhen(mirrors), _totalseg(mirrors), _pydicom_data(pydicom_data)]
+    for row, picture in (pair for source in sources for pair in source):
         repo: Repo = row.pop("repo")
         if min(picture.size) < 32 or max(picture.size) > 4 * min(picture.size):
             continue  # refused by ctai's rules before any network sees it

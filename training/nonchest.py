@@ -244,7 +244,7 @@ def _normalise(image: np.ndarray) -> np.ndarray:
     return np.clip((image - low) / max(float(high - low), 1e-6), 0.0, 1.0).astype(np.float32)
 
 
-def _variants(image: np.ndarray, rng: np.random.Generator, count: int) -> Iterator[np.ndarray]:
+def variants(image: np.ndarray, rng: np.random.Generator, count: int) -> Iterator[np.ndarray]:
     """Crops, flips and rotations of an installed image, to stretch the few there are."""
     yield image
     for _ in range(count - 1):
@@ -272,6 +272,6 @@ def corpus(split: str, per_category: int, chests: list[np.ndarray] | None = None
     for i, (category, path) in enumerate(_installed_files()):
         if (i % 3 == 2) == (split == "held-out"):
             for image in _read_installed(path):
-                yield from ((category, v) for v in _variants(image, rng, 8 if category == "photo" else 2))
+                yield from ((category, v) for v in variants(image, rng, 8 if category == "photo" else 2))
     for i, chest in enumerate((chests or [])[:per_category]):
         yield "chest crop", chest_crop(chest, np.random.default_rng([offset + i, 77]))
