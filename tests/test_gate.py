@@ -129,3 +129,15 @@ def test_dicom_encodings_of_chest_radiographs_pass(gate, threshold, tmp_path):
         twelve_bit = save(dataset(gray * 16, bits_stored=12), tmp_path / f"m2-{i}.dcm")
         pixels += [source.pixels for file in (inverted, twelve_bit) for source in load(file)]
     assert (gate.scores(pixels) >= threshold).mean() >= 0.95
+
+
+EXTERNAL = Path(__file__).parent / "data" / "external"
+
+
+def test_real_images_of_other_sources_fall_on_the_right_side(gate, threshold):
+    """Held-out real images (``tests/data/external/README.md``): adult frontal chest films from
+    NIH, Shenzhen and a CR sample pass; a lower-leg radiograph and an axial CT slice are refused."""
+    films, others = sorted(EXTERNAL.glob("chest-*.jpg")), sorted(EXTERNAL.glob("other-*.jpg"))
+    assert len(films) == 5 and len(others) == 2
+    assert [p.name for p in films if gate.refusal(read_gray(p), threshold)] == []
+    assert [p.name for p in others if gate.refusal(read_gray(p), threshold) is None] == []

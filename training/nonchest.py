@@ -158,20 +158,33 @@ def axial_slice(rng: np.random.Generator) -> np.ndarray:
 
 
 def other_radiograph(rng: np.random.Generator) -> np.ndarray:
-    """A radiograph of another body part: a limb's long bones or a hand's rays, on black."""
+    """A radiograph of another body part: a limb's long bones (cortex brighter than marrow) or
+    a hand's rays, on black, often inside white collimator shutters, tall or wide."""
     h, w = (int(v) for v in rng.integers(200, 420, size=2))
+    if rng.random() < 0.5:
+        h = int(w * rng.uniform(1.3, 2.5))  # a long-bone cassette
     picture = Image.new("L", (w, h), int(rng.integers(0, 40)))
     draw = ImageDraw.Draw(picture)
     bones = int(rng.integers(1, 3)) if rng.random() < 0.5 else int(rng.integers(4, 6))
     tissue = int(rng.integers(60, 120))
-    draw.rounded_rectangle((w * 0.2, -10, w * 0.8, h + 10), radius=int(w * 0.2), fill=tissue)
+    draw.rounded_rectangle((w * rng.uniform(0.1, 0.3), -10, w * rng.uniform(0.7, 0.9), h + 10), radius=int(w * 0.2),
+                           fill=tissue)
     for i in range(bones):
         x = w * (0.3 + 0.4 * (i + 0.5) / bones)
         half = w * rng.uniform(0.02, 0.12) / max(bones / 2, 1)
         top, bottom = h * rng.uniform(-0.1, 0.3), h * rng.uniform(0.7, 1.1)
-        draw.rounded_rectangle((x - half, top, x + half, bottom), radius=int(half), fill=int(rng.integers(170, 250)))
+        cortex = int(rng.integers(170, 250))
+        draw.rounded_rectangle((x - half, top, x + half, bottom), radius=int(half), fill=cortex)
+        draw.rounded_rectangle((x - half * 0.55, top + half, x + half * 0.55, bottom - half), radius=int(half * 0.5),
+                               fill=int(cortex * rng.uniform(0.6, 0.9)))
         draw.ellipse((x - half * 1.6, top - half, x + half * 1.6, top + half * 1.5), fill=int(rng.integers(170, 250)))
     picture = picture.rotate(rng.uniform(-30, 30), resample=Image.Resampling.BILINEAR)
+    if rng.random() < 0.5:  # collimator shutters: the unexposed border is white
+        left, right = int(w * rng.uniform(0, 0.25)), int(w * rng.uniform(0.75, 1))
+        top, bottom = int(h * rng.uniform(0, 0.1)), int(h * rng.uniform(0.9, 1))
+        shutters = Image.new("L", (w, h), int(rng.integers(200, 256)))
+        shutters.paste(picture.crop((left, top, right, bottom)), (left, top))
+        picture = shutters
     return _array(picture.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 3))))
 
 
@@ -231,7 +244,7 @@ def _normalise(image: np.ndarray) -> np.ndarray:
     return np.clip((image - low) / max(float(high - low), 1e-6), 0.0, 1.0).astype(np.float32)
 
 
-def _variants(image: np.ndarray, rng: np.random.Generator, count: int) -> Iterator[np.ndarray]:
+def variants(image: np.ndarray, rng: np.random.Generator, count: int) -> Iterator[np.ndarray]:
     """Crops, flips and rotations of an installed image, to stretch the few there are."""
     yield image
     for _ in range(count - 1):
@@ -259,6 +272,6 @@ def corpus(split: str, per_category: int, chests: list[np.ndarray] | None = None
     for i, (category, path) in enumerate(_installed_files()):
         if (i % 3 == 2) == (split == "held-out"):
             for image in _read_installed(path):
-                yield from ((category, v) for v in _variants(image, rng, 8 if category == "photo" else 2))
+                yield from ((category, v) for v in variants(image, rng, 8 if category == "photo" else 2))
     for i, chest in enumerate((chests or [])[:per_category]):
         yield "chest crop", chest_crop(chest, np.random.default_rng([offset + i, 77]))
