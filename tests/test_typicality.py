@@ -173,3 +173,17 @@ def test_the_picture_of_a_flagged_result_is_a_png():
     buffer = BytesIO()
     picture.render_picture(flagged()).save(buffer, "PNG")
     assert Image.open(buffer).size[0] > 0
+
+
+@requires_model
+def test_adult_films_of_other_hospitals_are_atypical_and_the_training_hospitals_are_not(pipeline):
+    """Real films (tests/data/external, with their sources and licences): three adults of NIH
+    ChestX-ray14 lie beyond the limit; the committed Kermany films well within it."""
+    from ctai.inputs import load_files
+    from tests.conftest import DATA, IMAGES
+
+    adults = sorted((DATA / "external").glob("chest-nih-*.jpg"))
+    children = sorted(IMAGES.glob("*.jpeg"))
+    scores = [p.typicality for p in pipeline.classify(list(load_files([*adults, *children])))]
+    assert len(adults) == 3 and all(score > 1.05 for score in scores[:3]), scores
+    assert all(score < 0.95 for score in scores[3:]), scores
