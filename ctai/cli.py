@@ -167,7 +167,8 @@ def _job_line(record: JobRecord) -> str:
     probs = "  ".join(f"{c} {record.probabilities[c]:6.1%}" for c in CLASSES) if record.probabilities else ""
     seconds = f"{record.seconds:.1f} s" if record.seconds is not None else ""
     line = f"{stamp}  {record.id:<50} {record.status:<8} {record.label or '':<9} {probs} {seconds}"
-    return line.rstrip() + (f"  {record.error}" if record.error else "")
+    flags = "".join(f"  [{flag['reason']}]" for flag in (record.details or {}).get("flags", []))
+    return line.rstrip() + flags + (f"  {record.error}" if record.error else "")
 
 
 def cmd_site(args: argparse.Namespace, config: configuration.Config) -> int:

@@ -187,3 +187,12 @@ def test_adult_films_of_other_hospitals_are_atypical_and_the_training_hospitals_
     scores = [p.typicality for p in pipeline.classify(list(load_files([*adults, *children])))]
     assert len(adults) == 3 and all(score > 1.05 for score in scores[:3]), scores
     assert all(score < 0.95 for score in scores[3:]), scores
+
+
+def test_ctai_jobs_shows_a_flagged_jobs_flags():
+    from ctai.cli import _job_line
+    from ctai.results import JobRecord
+
+    record = JobRecord("job-1", "upload", "done", "viral", {"normal": 0.1, "bacterial": 0.2, "viral": 0.7}, 1.0,
+                       None, 1.0, 1.0, 2.0, 1, None, {}, details={"flags": [{"code": "atypical", "reason": FLAG.reason}]})
+    assert _job_line(record).endswith(f"[{FLAG.reason}]")
