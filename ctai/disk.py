@@ -1,10 +1,12 @@
 """The disk guard: below a floor of free space under the data dir, ctai takes in no new work
 (the DICOM listener answers Out of Resources, the web app 507) and goes on classifying and
-delivering what it already holds. Nothing received is ever deleted to make room."""
+delivering what it already holds. Nothing received is ever deleted to make room. And
+``fsync_path``, how a file or folder is made durable."""
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -39,3 +41,12 @@ class DiskGuard:
         if not low:
             return None
         return f"disk space low on the receiving system ({free_mb:.0f} MB free)"
+
+
+def fsync_path(path: Path) -> None:
+    """Make a file, or a folder's entries, durable (fsync by path)."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)

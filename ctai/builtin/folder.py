@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ctai import hookimpl
 from ctai.config import Config
+from ctai.disk import fsync_path
 from ctai.types import Failure, Job, Output, Result
 
 #: Files written for each running job, by job id, not yet synced.
@@ -56,16 +57,8 @@ def write(folder: Path, output: Output) -> Path:
 def sync(paths: list[Path]) -> None:
     """Make files and their folders durable (fsync), several at a time."""
     with ThreadPoolExecutor(max_workers=SYNCS, thread_name_prefix="ctai-sync") as pool:
-        list(pool.map(_fsync, set(paths)))  # a file written twice is synced once
-        list(pool.map(_fsync, {path.parent for path in paths}))
-
-
-def _fsync(path: Path) -> None:
-    handle = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
+        list(pool.map(fsync_path, set(paths)))  # a file written twice is synced once
+        list(pool.map(fsync_path, {path.parent for path in paths}))
 
 
 @hookimpl

@@ -53,7 +53,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 
 from ctai.config import Config, data_dir
-from ctai.disk import DiskGuard
+from ctai.disk import DiskGuard, fsync_path
 from ctai.errors import InputError
 from ctai.inputs.dicom import check_decodable
 from ctai.tls import TlsError, server_context
@@ -81,14 +81,6 @@ LOSSY = {JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless, JPEG2000, HTJ2
 
 def is_uid(value: object) -> bool:
     return isinstance(value, str) and len(value) <= 64 and bool(_UID.fullmatch(value))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -125,10 +117,10 @@ class Spool:
                 folder = self.incoming / series_uid
                 if not folder.is_dir():
                     folder.mkdir()
-                    _fsync_dir(self.incoming)
+                    fsync_path(self.incoming)
                 target = folder / f"{sop_uid}.dcm"
                 os.replace(tmp, target)
-                _fsync_dir(folder)
+                fsync_path(folder)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -143,8 +135,8 @@ class Spool:
         with self._lock:
             batch = self.batches / f"{series_uid}-{time.time_ns()}"
             os.replace(self.incoming / series_uid, batch)
-            _fsync_dir(self.incoming)
-            _fsync_dir(self.batches)
+            fsync_path(self.incoming)
+            fsync_path(self.batches)
         return batch
 
     def unqueued(self) -> list[Path]:
