@@ -5,23 +5,20 @@ classified and delivered with a flag saying why."""
 
 from __future__ import annotations
 
-import json
 from functools import cache
-from pathlib import Path
 
 from ctai import hookimpl
 from ctai.config import Config
 from ctai.inputs.intended_use import IntendedUse, reasons
-from ctai.model.backend import shipped_model_dir
+from ctai.model.backend import model_meta
 from ctai.types import Flag, Result, SourceImage
 
 ACTIONS = ("withhold", "flag", "off")
 
 
-@cache
-def _model_ages(folder: str) -> tuple[float, float] | None:
-    meta = json.loads((Path(folder) if folder else shipped_model_dir()).joinpath("model.json").read_text())
-    ages = meta.get("intended_use", {}).get("ages")
+@cache  # read once per model, not per image
+def _model_ages(path: str) -> tuple[float, float] | None:
+    ages = model_meta(path).get("intended_use", {}).get("ages")
     return (float(ages[0]), float(ages[1])) if ages else None
 
 

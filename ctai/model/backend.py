@@ -26,6 +26,11 @@ def shipped_model_dir() -> Path:
     return Path(str(resources.files("ctai.model").joinpath("artifact")))
 
 
+def model_meta(path: str) -> dict:
+    """The ``model.json`` of the model in ``path`` (``[model] path``; empty: the shipped model)."""
+    return json.loads(((Path(path) if path else shipped_model_dir()) / "model.json").read_text())
+
+
 class Analysis(NamedTuple):
     """What the classifier says of a batch of model inputs, from one forward pass."""
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ctai.config import Config
+from ctai.model.backend import model_meta
 from ctai.results import DONE, FINISHED, JobRecord, JobStore, refusal_reason
 from ctai.site import state
 from ctai.site.store import SiteStore
@@ -59,7 +60,7 @@ class Baseline:
 
 def model_baseline(config: Config) -> Baseline | None:
     """The expectation stored with the model (its validation split), if it has one."""
-    expected = state.model_meta(config).get("expected")
+    expected = model_meta(config["model"]["path"]).get("expected")
     if not expected:
         return None
     return Baseline(f"the model's validation split ({expected['n']} images)", expected["label_shares"],

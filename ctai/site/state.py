@@ -10,9 +10,9 @@ import socket
 import threading
 import time
 from datetime import datetime
-from pathlib import Path
 
 from ctai.config import Config
+from ctai.model.backend import model_meta
 from ctai.site.calibration import Calibration
 from ctai.site.store import SiteStore
 from ctai.types import ModelInfo
@@ -126,15 +126,7 @@ def model_key(model: ModelInfo) -> str:
     return f"{model.name} {model.version}"
 
 
-def model_meta(config: Config) -> dict:
-    """The configured model's ``model.json`` ([model] path, else the shipped model)."""
-    from ctai.model.backend import shipped_model_dir
-
-    folder = Path(config["model"]["path"]) if config["model"]["path"] else shipped_model_dir()
-    return json.loads((folder / "model.json").read_text())
-
-
 def configured_model(config: Config) -> str:
     """``model_key`` of the configured model, without loading it."""
-    meta = model_meta(config)
+    meta = model_meta(config["model"]["path"])
     return model_key(ModelInfo(meta["name"], meta["version"]))
