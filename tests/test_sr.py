@@ -20,7 +20,7 @@ from ctai.builtin import sr as sr_plugin
 from ctai.inputs.wrap import PatientInfo, wrap_image
 from ctai.outputs import sr
 from ctai.outputs.codes import FINDINGS, PRESENCE, PROBABILITY
-from ctai.types import ModelInfo, Prediction, Result, SourceImage
+from ctai.types import Flag, ModelInfo, Prediction, Result, SourceImage
 from tests.conftest import CHILD_BIRTH_DATE
 from tests.dciodvfy import errors
 from tests.pixelmed import sr_validator
@@ -267,6 +267,9 @@ def test_fast_sr_is_byte_for_byte_the_highdicom_one(tmp_path):
                radiograph_result(PatientSex="M", SpecificCharacterSet="ISO_IR 192"), radiograph_result()]
     results[-1].source.dataset.Manufacturer = ""  # no acquisition equipment then
     results.append(radiograph_result(InstitutionName="General", StationName="CR1", SoftwareVersions=["1", "2b"]))
+    flagged = make_result({"normal": 0.1, "bacterial": 0.2, "viral": 0.7}, heatmap=hot_cell_map(1, 1))
+    flagged.flags = [Flag("atypical", "unlike the images the model learnt from")]
+    results.insert(0, flagged)
     acquired = results[-1].source.dataset
     del acquired.AcquisitionDateTime
     acquired.AcquisitionDate, acquired.AcquisitionTime = "20240102", "030405"
@@ -277,6 +280,7 @@ def test_fast_sr_is_byte_for_byte_the_highdicom_one(tmp_path):
             result.prediction, probabilities={**result.prediction.probabilities, "viral": 0.05 * index},
             started=datetime(2024, 1, 1, 1, 1, next(started))))
         derivation = result.source.derivation and f"{result.source.derivation}, again"
+        again.flags = [Flag(flag.code, f"{flag.reason}, again") for flag in result.flags]
         again.source = dataclasses.replace(result.source, dataset=copy.deepcopy(result.source.dataset),
                                            derivation=derivation)
         other = again.source.dataset

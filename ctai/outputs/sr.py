@@ -42,11 +42,12 @@ the result picture (``ctai.outputs.sc``):
   its batch), not when the object was written (Instance Creation Date and Time).
 
 Speed: highdicom builds and validates the first SR of each kind (``reference_sr``; a kind is
-the settings, the model, the predicted class, whether there is a derivation or a heat-map note,
-the source's SOP class and character set); every other SR is a copy of that one with what
-differs filled in (``ctai.outputs.common.copy_of``, ``build_sr``): byte for byte what highdicom
-would build (tests/test_sr.py) at a tenth of the time, and quicker to write
-(``benchmarks/outputs.py``).
+the settings, the model and its calibration, the number of comments, the source's SOP class and
+character set); every other SR is a copy of that one with what differs filled in
+(``ctai.outputs.common.copy_of``, ``build_sr``), the predicted class and the comments' texts
+included: byte for byte what highdicom would build (tests/test_sr.py) at a tenth of the time,
+and quicker to write (``benchmarks/outputs.py``). Only an SR citing several images (a CT
+projection) is built in full.
 """
 
 from __future__ import annotations
@@ -197,15 +198,16 @@ def build_sr(result: Result, series_number: int, picture: bool = True) -> Datase
     ContributionDateTime of now: a copy of the one highdicom built for the first result of its
     kind (``copy_of``), with what differs from image to image filled in."""
     source, prediction = result.source.dataset, result.prediction
-    if len(result.source.cited) > 1 or result.flags:  # rare, and each different: built in full
+    if len(result.source.cited) > 1:  # a CT projection cites every slice: rare, built in full
         return reference_sr(result, series_number, picture)
-    return copy_of(("sr", series_number, picture, prediction.label, bool(result.source.derivation),
-                    prediction.heatmap is not None, prediction.calibration, *source_kind(source, prediction)),
-                   lambda: reference_sr(result, series_number, picture), functools.partial(_fill_sr, result=result))
+    texts = comments(result, picture)
+    return copy_of(("sr", series_number, len(texts), prediction.calibration, *source_kind(source, prediction)),
+                   lambda: reference_sr(result, series_number, picture),
+                   functools.partial(_fill_sr, result=result, texts=texts))
 
 
-def _fill_sr(sr: Dataset, result: Result) -> None:
-    """Set what differs between the SRs of one kind to ``result``'s."""
+def _fill_sr(sr: Dataset, result: Result, texts: list[str]) -> None:
+    """Set what differs between the SRs of one kind to ``result``'s; ``texts``: its comments."""
     source, prediction = result.source.dataset, result.prediction
     fill_common(sr, source, prediction, "sr", patient_study_tags(source.SOPClassUID))
     (study,) = sr.CurrentRequestedProcedureEvidenceSequence
@@ -228,6 +230,10 @@ def _fill_sr(sr: Dataset, result: Result) -> None:
                 (value,) = item.MeasuredValueSequence
                 probability = float(prediction.probabilities[label])
                 value.NumericValue, value.FloatingPointValue = DS(probability, auto_format=True), probability
-    if result.source.derivation:  # the first comment (``comments``)
-        containers[QUALITATIVE_EVALUATIONS.value].ContentSequence[0].TextValue = (
-            f"Classified image: {result.source.derivation}")
+            elif item.ValueType == "CODE" and item.ConceptNameCodeSequence[0].CodeValue == PRESENCE.value:
+                (concept,) = item.ConceptCodeSequence
+                presence = codes.SCT.Present if label == prediction.label else codes.SCT.Absent
+                concept.CodeValue, concept.CodeMeaning = presence.value, presence.meaning
+    if texts:
+        for item, text in zip(containers[QUALITATIVE_EVALUATIONS.value].ContentSequence, texts, strict=True):
+            item.TextValue = text
