@@ -22,7 +22,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from ctai import jobs
 from ctai.config import Config
 from ctai.outbox import Outbox
 from ctai.results import refusal_reason
@@ -54,7 +53,7 @@ class StateCollector:
         self.config = config
         self.model = model
         self.outbox = Outbox.from_config(config)
-        self.queue = jobs.make_queue(config)
+        self.queue = _queue(config)
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -128,10 +127,18 @@ def job_failed(source: str, transient: bool) -> None:
     JOBS.labels(source, "retry" if transient else "failed").inc()
 
 
+def _queue(config: Config) -> Any:
+    """The job queue (``ctai.jobs``), imported here: the metrics plugin loads this module in every
+    command, the queue (huey) only ``ctai serve`` needs."""
+    from ctai import jobs
+
+    return jobs.make_queue(config)
+
+
 def queue_alive(config: Config) -> bool:
     """The queue's storage answers (the SQLite file, or the Redis server)."""
     try:
-        jobs.make_queue(config).pending_count()
+        _queue(config).pending_count()
     except Exception as exc:  # noqa: BLE001 - any failure means "not alive"; the reason is logged
         log.warning("healthz: the queue does not answer: %s", exc)
         return False

@@ -21,7 +21,7 @@ from ctai import config as configuration
 from ctai.inputs import load_files
 from ctai.inputs.dicom import read_dataset, stored_values
 from ctai.pipeline import Pipeline
-from ctai.transports.dicom_scp import is_uid
+from ctai.transports.spool import is_uid
 from ctai.types import Failure, Job, Result
 from tests.peers import tool
 from tests.test_dicom_scp import listen  # noqa: F401 - the listener fixture

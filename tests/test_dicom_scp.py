@@ -36,7 +36,8 @@ from ctai.model.backend import ProbabilityClassifier
 from ctai.outbox import OutboxSender
 from ctai.pipeline import Pipeline
 from ctai.plugins import plugin_manager
-from ctai.transports.dicom_scp import CANNOT_UNDERSTAND, NOT_OF_SOP_CLASS, SOURCE, DicomListener, Spool
+from ctai.transports.dicom_scp import CANNOT_UNDERSTAND, NOT_OF_SOP_CLASS, DicomListener
+from ctai.transports.spool import SOURCE, Spool
 from ctai.types import Failure, Job, ModelInfo, SourceImage
 from tests.conftest import IMAGES
 from tests.dicomfactory import dataset, pixel_data_cut, save

@@ -9,31 +9,42 @@ waits for the PACS.
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from ctai import hookimpl
 from ctai.config import Config
 from ctai.outbox import Outbox
 from ctai.outputs.common import to_bytes
-from ctai.transports import dicom_scu
-from ctai.transports.dicom_scu import Peer
 from ctai.types import Job, Result, Sender
+
+if TYPE_CHECKING:
+    from ctai.transports.dicom_scu import Peer
+
+# The transport (pynetdicom, TLS) is imported where it is used: a tenth of a second of every
+# command's start-up that does not send by C-STORE (``benchmarks/product.py``).
 
 
 def destination(config: Config) -> Peer | None:
     """The configured peer, or None when ``[cstore] host`` is empty."""
     settings = config["cstore"]
-    return Peer.from_mapping(settings) if settings["host"] else None
+    if not settings["host"]:
+        return None
+    from ctai.transports.dicom_scu import Peer
+
+    return Peer.from_mapping(settings)
 
 
 @hookimpl
 def ctai_outbox_senders(config: Config) -> dict[str, Sender]:
+    from ctai.transports import dicom_scu
+
     return {"cstore": dicom_scu.sender(config["cstore"])}
 
 
 @hookimpl
 def ctai_deliver(result: Result, job: Job, config: Config) -> None:
-    peer = destination(config)
-    if peer is None or not job.sends:
+    peer = destination(config) if job.sends else None
+    if peer is None:
         return
     outbox = Outbox.from_config(config)
     where = f"{peer.ae_title}@{peer.host}:{peer.port}"

@@ -11,7 +11,7 @@ from ctai import hookimpl
 from ctai.config import Config
 from ctai.errors import InputError
 from ctai.inputs import dicom, series_images
-from ctai.transports.dicom_scp import SOURCE, Spool
+from ctai.transports.spool import SOURCE, Spool
 from ctai.types import Failure, Job, Result, SourceImage
 
 log = logging.getLogger(__name__)

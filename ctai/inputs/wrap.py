@@ -9,7 +9,6 @@ import uuid
 from dataclasses import astuple, dataclass
 
 import numpy as np
-from highdicom.sc import SCImage
 from PIL import Image
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
@@ -45,6 +44,8 @@ def wrap_image(image: Image.Image, patient: PatientInfo, origin: str) -> Dataset
         # PS3.5 B.2: "2.25." and a UUID, here name-based (version 5), so it is reproducible.
         name = json.dumps(["ctai", digest, *astuple(patient), level])
         return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}"
+
+    from highdicom.sc import SCImage  # imported here: a tenth of a second of start-up, for pictures only
 
     try:
         sc = SCImage(
