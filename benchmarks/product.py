@@ -236,6 +236,8 @@ def main() -> None:
         work = Path(temporary)
         data_dir = args.data_dir or work / "ctai-data"
         pictures = sorted(p for p in args.data.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+        if not pictures:
+            raise SystemExit(f"no JPEG or PNG pictures under {args.data}")
         pictures = pictures[:: max(1, len(pictures) // args.images)][: args.images]
         (work / "set").mkdir()
         t0 = time.perf_counter()
