@@ -20,7 +20,7 @@ from ctai.outputs import fhir, hl7, picture, sr
 from ctai.pipeline import Pipeline
 from ctai.plugins import plugin_manager
 from ctai.results import refusal_reason, summarize
-from ctai.types import Flag, Job, Prediction, SourceImage
+from ctai.types import Flag, Job, SourceImage
 from ctai.web.messages import PHONE, for_phone
 from tests.conftest import requires_model
 from tests.dciodvfy import errors
@@ -194,5 +194,6 @@ def test_ctai_jobs_shows_a_flagged_jobs_flags():
     from ctai.results import JobRecord
 
     record = JobRecord("job-1", "upload", "done", "viral", {"normal": 0.1, "bacterial": 0.2, "viral": 0.7}, 1.0,
-                       None, 1.0, 1.0, 2.0, 1, None, {}, details={"flags": [{"code": "atypical", "reason": FLAG.reason}]})
+                       None, 1.0, 1.0, 2.0, 1, None, {},
+                       details={"flags": [{"code": "atypical", "reason": FLAG.reason}]})
     assert _job_line(record).endswith(f"[{FLAG.reason}]")

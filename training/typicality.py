@@ -26,7 +26,7 @@ from ctai.model.backend import CalibratedClassifier, members
 from ctai.model.converted import ConvertedClassifier
 from ctai.model.preprocess import to_model_input
 from ctai.model.storage import load_network
-from ctai.model.typicality import Reference, fit
+from ctai.model.typicality import fit
 from training import data, shifts
 
 

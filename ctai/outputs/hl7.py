@@ -8,8 +8,9 @@ Radiology) the Accession Number; OBR-7 Study Date and Time; the Study Instance U
 coded DCM 110180 within the OBR's observations, and the calibration (local code CTAI-CALIBRATION:
 the site calibration's ID or the model's own). Then one OBX (CWE) with the finding in SNOMED
 CT, one OBX (NM, percent) per class probability, and one OBX (ST, local code CTAI-FLAG-<code>)
-per flag (``ctai_flags``: the image is atypical, or outside the intended use) with its reason. Result status is P (preliminary) in OBR-25
-and every OBX-11, with an NTE saying the result awaits a physician's review.
+per flag (``ctai_flags``: the image is atypical, or outside the intended use) with its reason.
+Result status is P (preliminary) in OBR-25 and every OBX-11, with an NTE saying the result
+awaits a physician's review.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import DA, TM
 
-from ctai.outputs.common import TYPE_2_TAGS, common_attributes, copy_of, fill_common, source_kind
+from ctai.outputs.dicom import TYPE_2_TAGS, common_attributes, copy_of, fill_common, source_kind
 from ctai.outputs.picture import picture
 from ctai.types import Result
 
@@ -39,7 +39,7 @@ def _source_reference(source: Dataset) -> Dataset:
 def build_sc(result: Result, series_number: int) -> Dataset:
     """``reference_sc`` of the result picture, with the InstanceCreation, DateOfSecondaryCapture
     and highdicom's ContributionDateTime of now: a copy of the one highdicom built for the first
-    source of its kind (``ctai.outputs.common.copy_of``), with what differs filled in."""
+    source of its kind (``ctai.outputs.dicom.copy_of``), with what differs filled in."""
     source, prediction = result.source.dataset, result.prediction
     drawn = picture(result)
     if len(result.source.cited) > 1:  # a CT projection cites every slice: rare, built in full

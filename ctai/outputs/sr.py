@@ -44,7 +44,7 @@ the result picture (``ctai.outputs.sc``):
 Speed: highdicom builds and validates the first SR of each kind (``reference_sr``; a kind is
 the settings, the model and its calibration, the number of comments, the source's SOP class and
 character set); every other SR is a copy of that one with what differs filled in
-(``ctai.outputs.common.copy_of``, ``build_sr``), the predicted class and the comments' texts
+(``ctai.outputs.dicom.copy_of``, ``build_sr``), the predicted class and the comments' texts
 included: byte for byte what highdicom would build (tests/test_sr.py) at a tenth of the time,
 and quicker to write (``benchmarks/outputs.py``). Only an SR citing several images (a CT
 projection) is built in full.
@@ -62,9 +62,9 @@ from pydicom.valuerep import DS
 
 from ctai import uids
 from ctai.outputs.codes import FINDINGS, PRESENCE, PROBABILITY
-from ctai.outputs.common import (
+from ctai.outputs.common import calibration_name
+from ctai.outputs.dicom import (
     PATIENT_STUDY,
-    calibration_name,
     common_attributes,
     copy_of,
     fill_common,
