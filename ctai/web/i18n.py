@@ -2,8 +2,9 @@
 
 Every sentence a page shows is a gettext message: in templates ``_()`` and ``{% trans %}``
 (Jinja2's i18n extension), in Python ``t.gettext`` / ``t.ngettext`` where ``t = texts(request)``,
-or ``N_()`` in a table whose sentence is translated where it is shown. The catalogs are in
-``ctai/web/locale`` (``.po`` edited, ``.mo`` compiled by ``pybabel compile``; see docs/translations.md).
+or ``N_()`` (``ctai.web.messages``) in a table whose sentence is translated where it is shown.
+The catalogs are in ``ctai/web/locale`` (``.po`` edited, ``.mo`` compiled by ``pybabel compile``;
+see docs/translations.md).
 
 A request's language: ``?lang=`` (kept in a cookie by the app), else that cookie, else the
 browser's ``Accept-Language``, else English.
@@ -24,11 +25,6 @@ from starlette.requests import Request
 LANGUAGES = {"en": "English", "zh-CN": "简体中文"}
 DEFAULT = "en"
 COOKIE = "ctai_lang"
-
-
-def N_(message: str) -> str:
-    """Marks ``message`` for the catalog; it is translated where it is shown."""
-    return message
 
 
 @cache

@@ -24,7 +24,8 @@ from ctai import audit
 from ctai.errors import TransientError
 from ctai.results import JobStore
 from ctai.site import drift, state
-from ctai.web.i18n import N_, texts
+from ctai.web.i18n import texts
+from ctai.web.messages import N_
 from ctai.web.sessions import Session, Upload, token_hash
 from ctai.web.state import Web, WebError, WebState
 
