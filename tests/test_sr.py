@@ -20,6 +20,7 @@ from ctai.builtin import sr as sr_plugin
 from ctai.inputs.wrap import PatientInfo, wrap_image
 from ctai.outputs import sr
 from ctai.outputs.codes import FINDINGS, PRESENCE, PROBABILITY
+from ctai.outputs.common import to_bytes
 from ctai.types import Flag, ModelInfo, Prediction, Result, SourceImage
 from tests.conftest import CHILD_BIRTH_DATE
 from tests.dciodvfy import errors
@@ -248,16 +249,22 @@ def radiograph_result(**attributes: object) -> Result:
     return Result(image, Prediction({"normal": 0.6, "bacterial": 0.3, "viral": 0.1}, MODEL))
 
 
+def _saved(dataset: Dataset) -> bytes:
+    """``dataset`` as pydicom writes it."""
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
 def _encoded(dataset: Dataset) -> bytes:
     """``dataset`` as a file, with the clock's attributes (InstanceCreation, highdicom's
-    ContributionDateTime) set to one value."""
+    ContributionDateTime) set to one value; ``to_bytes`` writes it as pydicom does."""
+    assert to_bytes(dataset) == _saved(dataset)
     dataset.InstanceCreationDate, dataset.InstanceCreationTime = "20000101", "000000"
     for item in dataset.ContributingEquipmentSequence:
         if item.Manufacturer == "Highdicom open-source contributors":
             item.ContributionDateTime = "20000101000000"
-    buffer = BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return _saved(dataset)
 
 
 def test_fast_sr_is_byte_for_byte_the_highdicom_one(tmp_path):

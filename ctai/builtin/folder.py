@@ -23,6 +23,7 @@ from pathlib import Path
 from ctai import hookimpl
 from ctai.config import Config
 from ctai.disk import fsync_path
+from ctai.outputs.common import to_bytes
 from ctai.types import Failure, Job, Output, Result
 
 #: Files written for each running job, by job id, not yet synced.
@@ -46,7 +47,7 @@ def write(folder: Path, output: Output) -> Path:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
-            output.dataset.save_as(file, enforce_file_format=True)
+            file.write(to_bytes(output.dataset))
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -9,8 +9,8 @@ module's own fill): byte for byte what highdicom would build, at a tenth of the 
 
 from __future__ import annotations
 
+import copy
 import functools
-import pickle
 from collections.abc import Callable, Hashable
 from datetime import date as date_type
 from datetime import datetime
@@ -21,6 +21,8 @@ import highdicom as hd
 from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map
 from pydicom import Dataset, dcmread
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.tag import BaseTag
 from pydicom.valuerep import DA, DT, TM
@@ -76,8 +78,8 @@ def common_attributes(source: Dataset, prediction: Prediction, kind: str, series
     )
 
 
-#: Pickled objects highdicom built (``copy_of``), by kind.
-_TEMPLATES: dict[Hashable, bytes] = {}
+#: The objects highdicom built (``copy_of``), by kind, kept encoded but the sequences.
+_TEMPLATES: dict[Hashable, Dataset] = {}
 
 
 def copy_of(key: Hashable, build: Callable[[], Dataset], fill: Callable[[Dataset], None],
@@ -86,9 +88,9 @@ def copy_of(key: Hashable, build: Callable[[], Dataset], fill: Callable[[Dataset
     ``drop``, filled by ``fill`` with what differs between objects of one kind.
 
     highdicom builds and validates each kind once. Its object is kept encoded and read back
-    lazily: ``fill`` decodes the sequences it goes through, every other element stays in its
-    encoded form (pydicom's raw elements), which the writer copies as it is. A copy is a pickle
-    load of that (sub-millisecond)."""
+    lazily: ``fill`` decodes what it sets and the sequences it goes through (it reads with
+    ``peek``), every other element stays in its encoded form (pydicom's raw elements), which
+    ``ctai.outputs.common.to_bytes`` copies as it is. A copy shares those (``_copy``)."""
     if key not in _TEMPLATES:
         buffer = BytesIO()
         build().save_as(buffer, enforce_file_format=True)
@@ -99,10 +101,38 @@ def copy_of(key: Hashable, build: Callable[[], Dataset], fill: Callable[[Dataset
         for keyword in drop:
             delattr(dataset, keyword)
         fill(dataset)  # decodes what it touches, once
-        _TEMPLATES[key] = pickle.dumps(dataset)
-    dataset = pickle.loads(_TEMPLATES[key])
+        _TEMPLATES[key] = dataset
+    dataset = _copy(_TEMPLATES[key])
     fill(dataset)
     return dataset
+
+
+def _copy(ds: Dataset) -> Dataset:
+    """A copy of ``ds`` and its file meta that shares with it only the undecoded elements (tuples):
+    every data set, sequence and decoded element is copied; 0.6 ms for an SR (a pickle: 2.2)."""
+    copied = copy.copy(ds)
+    copied._dict = {tag: element if isinstance(element, RawDataElement) else _copy_element(element)
+                    for tag, element in ds._dict.items()}
+    if "file_meta" in ds.__dict__:
+        copied.file_meta = _copy(ds.file_meta)
+    return copied
+
+
+def _copy_element(element: DataElement) -> DataElement:
+    copied = copy.copy(element)
+    if element.VR == "SQ":
+        copied.value = Sequence([_copy(item) for item in element.value])
+    return copied
+
+
+def peek(ds: Dataset, keyword: str) -> str:
+    """The value of ``ds``'s text element ``keyword``, without decoding the element for good as
+    reading an attribute does: a copy's undecoded elements are copied as they are when it is
+    encoded (``ctai.outputs.common.to_bytes``), the decoded ones re-encoded one by one."""
+    element = ds.get_item(keyword)
+    if isinstance(element, RawDataElement):
+        return element.value.decode("latin-1").rstrip(" \x00")
+    return str(element.value)
 
 
 #: Attributes highdicom's SOPClass sets from the source even when it lacks them, then empty (Type 2).
@@ -142,7 +172,7 @@ def fill_common(output: Dataset, source: Dataset, prediction: Prediction, kind: 
         elif tag in output:
             del output[tag]
     equipment = [item for item in output.ContributingEquipmentSequence
-                 if item.PurposeOfReferenceCodeSequence[0].CodeValue != codes.DCM.AcquisitionEquipment.value]
+                 if peek(item.PurposeOfReferenceCodeSequence[0], "CodeValue") != codes.DCM.AcquisitionEquipment.value]
     equipment[-1].ContributionDateTime = DT(now)  # highdicom's own item
     if source.get("Manufacturer"):
         equipment.insert(0, _acquisition_equipment(source))

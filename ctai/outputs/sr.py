@@ -69,6 +69,7 @@ from ctai.outputs.dicom import (
     copy_of,
     fill_common,
     patient_study_tags,
+    peek,
     source_kind,
 )
 from ctai.types import ModelInfo, Prediction, Result
@@ -217,20 +218,21 @@ def _fill_sr(sr: Dataset, result: Result, texts: list[str]) -> None:
     (instance,) = series.ReferencedSOPSequence
     instance.ReferencedSOPClassUID, instance.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
     model = prediction.model
-    containers = {item.ConceptNameCodeSequence[0].CodeValue: item for item in sr.ContentSequence
-                  if item.ValueType == "CONTAINER"}
+    containers = {peek(item.ConceptNameCodeSequence[0], "CodeValue"): item for item in sr.ContentSequence
+                  if peek(item, "ValueType") == "CONTAINER"}
     for label, group in zip(FINDINGS, containers[IMAGING_MEASUREMENTS].ContentSequence, strict=True):
         for item in group.ContentSequence:
-            if item.ValueType == "UIDREF":  # the tracking UID
+            kind = peek(item, "ValueType")
+            if kind == "UIDREF":  # the tracking UID
                 item.UID = uids.derived_uid(source.SOPInstanceUID, model.name, model.version, "sr", label)
-            elif item.ValueType == "IMAGE":
+            elif kind == "IMAGE":
                 (image,) = item.ReferencedSOPSequence
                 image.ReferencedSOPClassUID, image.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
-            elif item.ValueType == "NUM":
+            elif kind == "NUM":
                 (value,) = item.MeasuredValueSequence
                 probability = float(prediction.probabilities[label])
                 value.NumericValue, value.FloatingPointValue = DS(probability, auto_format=True), probability
-            elif item.ValueType == "CODE" and item.ConceptNameCodeSequence[0].CodeValue == PRESENCE.value:
+            elif kind == "CODE" and peek(item.ConceptNameCodeSequence[0], "CodeValue") == PRESENCE.value:
                 (concept,) = item.ConceptCodeSequence
                 presence = codes.SCT.Present if label == prediction.label else codes.SCT.Absent
                 concept.CodeValue, concept.CodeMeaning = presence.value, presence.meaning
