@@ -4,7 +4,7 @@
 
 On the committed test radiographs (tests/data/images, 224 x 224, wrapped as ``ctai.inputs`` wraps
 pictures; ``--large``: also one enlarged to 2500 x 2048, a DX detector's size): building the SR and the SC
-(picture included), the SC with a heat map, and writing each as a file, the way ``ctai.outputs.sr``
+(picture included), the SC with a heat map, and encoding each as a file (``to_bytes``), the way ``ctai.outputs.sr``
 and ``ctai.outputs.sc`` do it (``build_*``: a copy of the object highdicom built for the first
 image of its kind, filled in) and with highdicom building every object (``reference_*``).
 The two ways are measured alternately, image after image, and each figure is the median CPU time
@@ -22,7 +22,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from pydicom import Dataset
 
 from ctai.inputs.wrap import PatientInfo, wrap_image
 from ctai.outputs import sc, sr
+from ctai.outputs.common import to_bytes
 from ctai.outputs.picture import render_picture
 from ctai.types import CLASSES, ModelInfo, Prediction, Result, SourceImage
 
@@ -61,12 +61,6 @@ def cpu_ms(fn: Callable[..., object], *args: object) -> tuple[float, object]:
     return (time.thread_time() - t0) * 1000, value
 
 
-def written(dataset: Dataset) -> bytes:
-    buffer = BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def reference_sc(result: Result, series_number: int) -> Dataset:
     return sc.reference_sc(result, series_number, render_picture(result))
 
@@ -87,8 +81,8 @@ def measure(results: list[Result], repeat: int) -> dict[str, list[float]]:
                 ms, picture = cpu_ms(make_sc, result, 9902)
                 times[f"SC build, {way}"].append(ms)
                 times[f"SC build with heat map, {way}"].append(cpu_ms(make_sc, heated, 9902)[0])
-                times[f"SR write, {way}"].append(cpu_ms(written, report)[0])
-                times[f"SC write, {way}"].append(cpu_ms(written, picture)[0])
+                times[f"SR write, {way}"].append(cpu_ms(to_bytes, report)[0])
+                times[f"SC write, {way}"].append(cpu_ms(to_bytes, picture)[0])
             times["SC picture alone (render_picture)"].append(cpu_ms(render_picture, result)[0])
     return times
 

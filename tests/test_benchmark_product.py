@@ -26,5 +26,5 @@ def test_the_product_benchmark_prints_its_ratios_and_stages(tmp_path):
         assert f"{name}: median" in out
     assert out.count("x bare ONNX (CPU") >= 4 and "x bare Keras" in out
     for stage in ("start-up", "decode 8-bit", "decode rle", "select", "preprocess", "network", "heat map",
-                  "SR", "SC", "write", "total"):
+                  "SR", "SC", "write", "sync", "total"):
         assert stage in out, stage
