@@ -305,3 +305,15 @@ def test_fast_sr_is_byte_for_byte_the_highdicom_one(tmp_path):
                 assert _encoded(sr.build_sr(each, 9901, False)) == _encoded(sr.reference_sr(each, 9901, False))
     assert errors(fast) == []
     assert hd.sr.srread(_write(fast, tmp_path)).content.get_image_measurement_groups()
+
+
+
+def test_an_sr_is_not_changed_by_the_next_one_of_its_kind():
+    """Copies of one kind share the undecoded elements of the object highdicom built, nothing else."""
+    first = sr.build_sr(radiograph_result(), 9901)
+    encoded = to_bytes(first)
+    other = radiograph_result(PatientID="other", InstitutionName="General")
+    other.prediction = dataclasses.replace(other.prediction, probabilities={"normal": 0.1, "bacterial": 0.1,
+                                                                          "viral": 0.8})
+    second = sr.build_sr(other, 9901)
+    assert to_bytes(first) == encoded != to_bytes(second)
