@@ -7,6 +7,7 @@ highdicom here: the plugins that send outputs import this module in every comman
 
 from __future__ import annotations
 
+import copy
 import struct
 from datetime import datetime
 from io import BytesIO
@@ -52,7 +53,7 @@ def to_bytes(ds: Dataset) -> bytes:
 
 def _head(ds: Dataset) -> bytes:
     """Preamble, prefix and File Meta Information (PS3.10 7.1), as pydicom's ``dcmwrite`` writes them."""
-    meta = FileMetaDataset(ds.file_meta)
+    meta = copy.deepcopy(ds.file_meta)  # as dcmwrite: the caller's file meta stays as it is
     for keyword in ("SOPClassUID", "SOPInstanceUID"):
         value, media = ds.get(keyword), f"MediaStorage{keyword}"
         if meta.get(media) is None or (value and value != meta.get(media)):
@@ -102,8 +103,9 @@ def _element(elem: DataElement | RawDataElement, encoding: str | list[str]) -> l
         value = elem.value
         known = isinstance(value, bytes) and elem.length != 0xFFFFFFFF
     elif vr == "SQ" and not elem.is_undefined_length:
-        items = [_encoded(item, convert_encodings(encoding or [default_encoding])) for item in elem.value]
         known = not any(getattr(item, "is_undefined_length_sequence_item", False) for item in elem.value)
+        encodings = convert_encodings(encoding or [default_encoding])
+        items = [_encoded(item, encodings) for item in elem.value] if known else []
         value = b"".join(_ITEM_HEADER.pack(0xFFFE, 0xE000, sum(map(len, item))) + b"".join(item) for item in items)
     else:
         value = elem.value
