@@ -1,7 +1,7 @@
 """The disk guard: below a floor of free space under the data dir, ctai takes in no new work
 (the DICOM listener answers Out of Resources, the web app 507) and goes on classifying and
-delivering what it already holds. Nothing received is ever deleted to make room. And
-``fsync_path``, how a file or folder is made durable."""
+delivering what it already holds. Nothing received is ever deleted to make room. And how a
+file is written (``write_in_pieces``) and a file or folder made durable (``fsync_path``)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import BinaryIO
 
 from ctai.config import Config, data_dir
 
 log = logging.getLogger(__name__)
+
+#: The most bytes handed to one write. On the development machines (Linux 6.18, ext4) one write of
+#: 2 MiB or more into a new file took ten times the CPU time of the same bytes in 1 MiB pieces:
+#: 15 ms against 1.5 for 6.6 MB; up to 1 MiB, the piece's size made no difference.
+WRITE_PIECE = 1 << 20
 
 
 class DiskGuard:
@@ -50,3 +56,10 @@ def fsync_path(path: Path) -> None:
         os.fsync(handle)
     finally:
         os.close(handle)
+
+
+def write_in_pieces(file: BinaryIO, data: bytes) -> None:
+    """Write ``data`` to ``file`` at most ``WRITE_PIECE`` bytes at a time, without copying it."""
+    view = memoryview(data)
+    for start in range(0, len(view), WRITE_PIECE):
+        file.write(view[start:start + WRITE_PIECE])

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ctai import hookimpl
 from ctai.config import Config
-from ctai.disk import fsync_path
+from ctai.disk import fsync_path, write_in_pieces
 from ctai.outputs.common import to_bytes
 from ctai.types import Failure, Job, Output, Result
 
@@ -47,7 +47,7 @@ def write(folder: Path, output: Output) -> Path:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
-            file.write(to_bytes(output.dataset))
+            write_in_pieces(file, to_bytes(output.dataset))
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

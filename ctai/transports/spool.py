@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from ctai.config import Config, data_dir
-from ctai.disk import fsync_path
+from ctai.disk import fsync_path, write_in_pieces
 from ctai.types import Job
 
 #: ``Job.source`` of the jobs the listener queues.
@@ -59,7 +59,7 @@ class Spool:
         fd, tmp = tempfile.mkstemp(dir=self.tmp, suffix=".part")
         try:
             with os.fdopen(fd, "wb") as file:
-                file.write(data)
+                write_in_pieces(file, data)
                 file.flush()
                 os.fsync(file.fileno())
             with self._lock:
