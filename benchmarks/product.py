@@ -23,9 +23,9 @@ issue's targets: <= 1.5 with --out, <= 1.2 without) and to bare Keras. Then the 
 time of the product's own steps on the same set, one stage at a time in this process: decoding
 (per encoding), the selection (header rules and the gate's network), preprocessing, the network
 (heat maps included), the result picture (of which the heat map), the SR, the SC, writing them
-and syncing them (a fresh folder's files, at the job's end). The converted networks are made
-first (the one-time cost of a first start, shown apart) in ``--data-dir`` (default: a temporary
-folder).
+and syncing them (a fresh folder's files, in the background as the folder plugin does). The
+converted networks are made first (the one-time cost of a first start, shown apart) in
+``--data-dir`` (default: a temporary folder).
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def stage_costs(paths: list[Path], env: dict[str, str], out: Path) -> Stages:
     """The CPU time of each of the product's steps on ``paths``, a batch at a time, one step after
     the other in this thread, with the configuration ``ctai classify`` has under ``env``."""
     from ctai import config as configuration
-    from ctai.builtin.folder import sync, write
+    from ctai.builtin.folder import start_sync, write
     from ctai.inputs import load
     from ctai.outputs.picture import _draw_heatmap, _scaled_source, picture
     from ctai.outputs.sc import build_sc
@@ -200,8 +200,9 @@ def stage_costs(paths: list[Path], env: dict[str, str], out: Path) -> Stages:
                 sc = build_sc(result, series["sc_series_number"])
             with stages("write (SR + SC files)"):
                 written += [write(out, Output("sr", sr)), write(out, Output("sc", sc))]
-    with stages("sync (once, at the job's end)", len(written) // 2):
-        sync(written)  # as the folder plugin does when the job finishes
+    with stages("sync (in the background)", len(written) // 2):
+        for sync in [start_sync(path) for path in written]:  # as the folder plugin syncs them
+            sync.result()
     return stages
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import time
 from pathlib import Path
 
 import pydicom
@@ -70,24 +72,42 @@ def test_a_failed_write_leaves_no_file(tmp_path):
     assert files(tmp_path) == []
 
 
-def test_a_jobs_files_are_synced_when_it_finishes(tmp_path, config, monkeypatch):
+def test_a_job_finishes_once_its_files_and_their_folder_are_synced(tmp_path, config, monkeypatch):
     synced: list[int] = []
-    monkeypatch.setattr(folder.os, "fsync", synced.append)
+
+    def slow_fsync(handle: int) -> None:
+        time.sleep(0.05)  # a disk that keeps the job waiting
+        synced.append(handle)
+
+    monkeypatch.setattr(folder.os, "fsync", slow_fsync)
     job = Job(tmp_path.name, "cli", {"out_dir": str(tmp_path)})  # no other test's job
-    for _ in range(2):  # the same result twice: the same two files
+    for _ in range(2):  # the same result twice: the same two files, each written twice
         folder.ctai_deliver(result=delivered_result(), job=job, config=config)
-    assert synced == [] and len(files(tmp_path)) == 2
+    assert len(files(tmp_path)) == 2
     folder.ctai_job_finished(job=job, results=[], failures=[], config=config)
-    assert len(synced) == 3  # each file once, then their study's folder
+    assert len(synced) == 8  # each file written, then its study's folder
     folder.ctai_job_finished(job=job, results=[], failures=[], config=config)
-    assert len(synced) == 3  # nothing left to sync
+    assert len(synced) == 8  # nothing left to sync
+
+
+def test_a_failed_sync_fails_the_jobs_finish(tmp_path, config, monkeypatch):
+    def failing_fsync(handle: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(folder.os, "fsync", failing_fsync)
+    job = Job(tmp_path.name, "cli", {"out_dir": str(tmp_path)})
+    folder.ctai_deliver(result=delivered_result(), job=job, config=config)
+    with pytest.raises(OSError, match="I/O error"):  # not recorded as done: the job is done again
+        folder.ctai_job_finished(job=job, results=[], failures=[], config=config)
 
 
 def test_a_failed_job_forgets_its_files(tmp_path, config, monkeypatch):
-    synced: list[int] = []
-    monkeypatch.setattr(folder.os, "fsync", synced.append)
+    def failing_fsync(handle: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(folder.os, "fsync", failing_fsync)
     job = Job(tmp_path.name, "cli", {"out_dir": str(tmp_path)})  # no other test's job
     folder.ctai_deliver(result=delivered_result(), job=job, config=config)
     folder.ctai_job_failed(job=job, error=RuntimeError("stopped"), config=config)
-    folder.ctai_job_finished(job=job, results=[], failures=[], config=config)
-    assert synced == []
+    monkeypatch.undo()
+    folder.ctai_job_finished(job=job, results=[], failures=[], config=config)  # its next run's files only

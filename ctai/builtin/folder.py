@@ -4,11 +4,13 @@ The folder is the job's ``out_dir`` option, else ``[folder] path``; with neither
 written. Files appear whole (temporary file + rename) and re-processing overwrites them,
 since the output UIDs are deterministic (``ctai.uids``).
 
-A job's files are made durable (fsync) together when it finishes (``ctai_job_finished``), not
-one by one: the worker records a job as done only after that, and does again a job that did not
-finish, so a crash before then loses no file that the job would not write again. Synced together,
-several at a time, the disk's waits overlap: 1.5 ms of wall time per SR and SC pair, against
-about 15 ms synced one by one as they were written (ext4 on the 2-core machine).
+Each file is made durable (fsync, with its folder's entry of it) in the background as soon as it
+is written, and a job finishes (``ctai_job_finished``) only once all its files are: the worker
+records a job as done only after that, and does again a job that did not finish, so a crash
+before then loses no file that the job would not write again. The disk's waits overlap with the
+job's work: a job of 360 images ended 0.45 s after its last image when its files were synced
+together at its end, and 0.01 s after it when they are synced as they are written (ext4, the
+2-core machine).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import tempfile
 import threading
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from ctai import hookimpl
@@ -26,11 +28,11 @@ from ctai.disk import fsync_path, write_in_pieces
 from ctai.outputs.common import to_bytes
 from ctai.types import Failure, Job, Output, Result
 
-#: Files written for each running job, by job id, not yet synced.
-_unsynced: dict[str, list[Path]] = defaultdict(list)
+#: The syncs of each running job's files, by job id.
+_syncs: dict[str, list[Future[None]]] = defaultdict(list)
 _lock = threading.Lock()
 #: Syncs at once: each waits on the disk, not on the CPU.
-SYNCS = 8
+_syncer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ctai-sync")
 
 
 def output_path(folder: Path, output: Output) -> Path:
@@ -55,11 +57,14 @@ def write(folder: Path, output: Output) -> Path:
     return path
 
 
-def sync(paths: list[Path]) -> None:
-    """Make files and their folders durable (fsync), several at a time."""
-    with ThreadPoolExecutor(max_workers=SYNCS, thread_name_prefix="ctai-sync") as pool:
-        list(pool.map(fsync_path, set(paths)))  # a file written twice is synced once
-        list(pool.map(fsync_path, {path.parent for path in paths}))
+def start_sync(path: Path) -> Future[None]:
+    """Make the written file ``path`` and its folder's entry of it durable (fsync), in the background."""
+    return _syncer.submit(_sync, path)
+
+
+def _sync(path: Path) -> None:
+    fsync_path(path)
+    fsync_path(path.parent)  # the entry that ``write``'s rename made
 
 
 @hookimpl
@@ -68,22 +73,23 @@ def ctai_deliver(result: Result, job: Job, config: Config) -> None:
     folder = job.options.get("out_dir") or config.get("folder", {}).get("path")
     if not folder:
         return
-    written = [write(Path(folder).expanduser(), output) for output in result.outputs]
+    syncs = [start_sync(write(Path(folder).expanduser(), output)) for output in result.outputs]
     with _lock:
-        _unsynced[job.id].extend(written)
+        _syncs[job.id].extend(syncs)
 
 
 @hookimpl(tryfirst=True)  # before any other plugin says that the job is done
 def ctai_job_finished(job: Job, results: list[Result], failures: list[Failure], config: Config) -> None:
-    """Make the job's files durable before it is recorded as done."""
+    """Wait until the job's files are durable, before it is recorded as done; raise the first
+    error of their syncs (the job is not done, and is done again)."""
     with _lock:
-        paths = _unsynced.pop(job.id, [])
-    if paths:
-        sync(paths)
+        syncs = _syncs.pop(job.id, [])
+    for sync in syncs:
+        sync.result()
 
 
 @hookimpl
 def ctai_job_failed(job: Job, error: BaseException, config: Config) -> None:
     """Forget the job's files: it is done again, and writes them again."""
     with _lock:
-        _unsynced.pop(job.id, None)
+        _syncs.pop(job.id, None)
