@@ -11,8 +11,8 @@ processes, wall clock and CPU time (user + system, from the kernel's accounting 
 - a bare Keras process: import Keras, load the model, ``predict_on_batch`` the images' model
   inputs (prepared beforehand, as ctai prepares them) at batch 16;
 - a bare ONNX process: ONNX Runtime on the product's own converted file (with its heat-map
-  output, as the product runs it; threads that wait idle, ``ctai.model.converted.Network``), the
-  same inputs at batch 16;
+  output, as the product runs it: threads that wait idle, ``Network.concurrency`` batches at once,
+  ``ctai.model.converted.Network``), the same inputs at batch 16;
 - ``ctai classify --json --out DIR`` on the set, as configured by default ("product, --out");
 - ``ctai classify --json``: no outputs made or written ("product, no --out");
 - ``ctai classify --json`` of one file: its CPU time is the start-up (imports, plugins, networks);
@@ -63,13 +63,14 @@ print(len(x), "inputs")
 
 BARE_ONNX = """
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np
 from ctai.model.converted import Network
 x = np.load(sys.argv[1])
 network = Network(Path(sys.argv[2]), "onnxruntime")
-for i in range(0, len(x), 16):
-    network(x[i:i + 16])
+with ThreadPoolExecutor(network.concurrency) as pool:  # batches at once, as the product runs them
+    list(pool.map(network, [x[i:i + 16] for i in range(0, len(x), 16)]))
 print(len(x), "inputs")
 """
 

@@ -30,6 +30,9 @@ class Classifier(Protocol):
 
     info: ModelInfo
     input_size: int
+    #: How many batches run best at once, each ``analyse`` call in a thread of its own: the
+    #: pipeline and the worker's batcher give it that many at once (1: one after the other).
+    concurrency: int
 
     def analyse(self, batch: np.ndarray, heatmaps: bool = False) -> Analysis:
         """For a batch of model inputs, from one forward pass: calibrated probabilities, shape

@@ -10,8 +10,9 @@ import dataclasses
 import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from itertools import islice
 
@@ -126,12 +127,25 @@ class Pipeline:
 
     def _classified(self, sources: Iterable[SourceImage | Failure]) -> Iterator[Outcome]:
         """Outcomes in the order of the sources, classified a batch at a time. The next batches
-        are read, selected and preprocessed (``_prepared``) in another thread while the network
-        runs this one and its outputs are made."""
-        for outcomes, x in _ahead(self._prepared(sources), AHEAD):
-            predictions = iter(self._predictions(x) if x is not None else ())
-            for outcome in outcomes:
-                yield self._flagged(Result(outcome, next(predictions))) if isinstance(outcome, SourceImage) else outcome
+        are read, selected and preprocessed (``_prepared``) in another thread, and the network runs
+        up to ``classifier.concurrency`` of them at once while the outputs of earlier ones are made
+        (this job's: the worker's jobs run in threads of their own, each its own batches)."""
+        at_once = self.classifier.concurrency
+        running: deque[tuple[list[Outcome | SourceImage], Future[list[Prediction]] | None]] = deque()
+        with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="ctai-network") as network:
+            for outcomes, x in _ahead(self._prepared(sources), AHEAD):
+                running.append((outcomes, None if x is None else network.submit(self._predictions, x)))
+                if len(running) == at_once:
+                    yield from self._results(*running.popleft())
+            while running:
+                yield from self._results(*running.popleft())
+
+    def _results(self, outcomes: list[Outcome | SourceImage], predicted: Future[list[Prediction]] | None
+                 ) -> Iterator[Outcome]:
+        """A batch's outcomes, once the network has classified its selected images (``predicted``)."""
+        predictions = iter(predicted.result() if predicted is not None else ())
+        for outcome in outcomes:
+            yield self._flagged(Result(outcome, next(predictions))) if isinstance(outcome, SourceImage) else outcome
 
     def _flagged(self, result: Result) -> Result | Failure:
         """``result`` with its flags (``ctai_flags``), or why it is withheld."""

@@ -9,13 +9,14 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ctai.model.backend import KerasClassifier
-from ctai.model.converted import ConvertedClassifier, backend_name, converted_network
+from ctai.model.converted import ConvertedClassifier, Network, backend_name, converted_network
 from ctai.model.gate import ChestGate, shipped_gate_dir
 from ctai.types import CLASSES
 from tests.conftest import IMAGES
@@ -71,6 +72,17 @@ def test_a_two_stage_ensemble_converts_with_its_head(model, tmp_path):
     p, maps, _ = ConvertedClassifier(folder, "onnxruntime", tmp_path / "cache").analyse(x, heatmaps=True)
     np.testing.assert_allclose(p, p_ref, atol=1e-4)
     np.testing.assert_allclose(maps, maps_ref, atol=1e-3)
+
+
+def test_batches_run_at_once_give_their_own_outputs(model, cache):
+    network = Network(converted_network(model, cache, maps=True), "onnxruntime")
+    assert network.concurrency == min(2, len(os.sched_getaffinity(0)))  # on the CPU
+    batches = np.random.default_rng(2).standard_normal((4, 3, SIZE, SIZE, 1)).astype(np.float32)
+    with ThreadPoolExecutor(network.concurrency) as pool:
+        at_once = list(pool.map(network, batches))
+    for batch, outputs in zip(batches, at_once, strict=True):
+        for alone, together in zip(network(batch), outputs, strict=True):
+            np.testing.assert_allclose(together, alone, atol=1e-6)
 
 
 def test_the_conversion_is_cached_by_the_network_file(model, cache):

@@ -208,6 +208,32 @@ def test_batching_classifier_merges_concurrent_calls():
     assert batcher.batch_sizes.total() == len(inner.batch_sizes)
 
 
+def test_batching_classifier_runs_its_inners_concurrency_of_batches_at_once():
+    inner = FakeClassifier()
+    inner.concurrency = 2
+    running, most, lock = [0], [0], threading.Lock()
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return np.tile(PROBABILITIES, (len(batch), 1))
+
+    inner.predict = predict
+    batcher = BatchingClassifier(inner, max_batch=1, max_wait=0.0)  # a batch per call
+    threads = [threading.Thread(target=batcher.predict, args=(np.zeros((1, 16, 16, 1), np.float32),))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    assert batcher.concurrency == 2 and most[0] == 2 and batcher.batch_sizes == {1: 4}
+
+
 def test_ctai_jobs_lists_records(config, monkeypatch):
     store = JobStore(config)
     store.skipped(Job("orthanc:abc", "orthanc"), "modality SR is not a chest radiograph or CT")

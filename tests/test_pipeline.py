@@ -1,6 +1,7 @@
 """The pipeline's order of steps and its batching, with a stand-in classifier plugin."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -67,6 +68,35 @@ def test_images_are_classified_in_batches(recorder):
     outcomes = pipeline.run(Job(id="j", source="test"), sources(6))
     assert rec.classifier.batches == [4, 2]
     assert all(isinstance(o, Result) and o.prediction.label == "bacterial" for o in outcomes)
+
+
+class OverlappingClassifier(CountingClassifier):
+    """Two batches at once; each batch's probabilities say which batch it was (its first pixel)."""
+
+    concurrency = 2
+
+    def __init__(self):
+        super().__init__()
+        self.running = self.most = 0
+        self.lock = threading.Lock()
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.2)  # long enough for the next batch to start
+        with self.lock:
+            self.running -= 1
+        return np.tile([0.2, 0.5, 0.3], (len(batch), 1))
+
+
+def test_a_classifier_runs_its_concurrency_of_batches_at_once_and_outcomes_keep_their_order(recorder):
+    pipeline, rec = recorder
+    rec.classifier = OverlappingClassifier()
+    images = sources(6) * 2  # 12 images: 3 batches of 4
+    outcomes = pipeline.run(Job(id="j", source="test"), images)
+    assert [o.source.path for o in outcomes] == [image.path for image in images]
+    assert rec.classifier.most == 2
 
 
 def test_outputs_are_made_then_delivered_then_job_finishes(recorder):

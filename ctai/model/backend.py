@@ -57,6 +57,8 @@ class ProbabilityClassifier:
     """A classifier that gives probabilities only, no heat maps or typicality scores (a plugin's
     stand-in, say): a subclass defines ``info``, ``input_size`` and ``predict``."""
 
+    concurrency = 1
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
@@ -67,7 +69,10 @@ class ProbabilityClassifier:
 class CalibratedClassifier:
     """Reads ``model.json`` (name, version, input size, calibration) and the reference population
     (``ctai.model.typicality``), and turns a backend's raw network outputs into an ``Analysis``.
-    A backend subclass provides ``outputs``."""
+    A backend subclass provides ``outputs``, and its ``concurrency`` when it runs several batches
+    at once best."""
+
+    concurrency = 1
 
     def __init__(self, folder: Path) -> None:
         meta = json.loads((folder / "model.json").read_text())

@@ -26,6 +26,13 @@ BACKENDS = ("keras", "onnxruntime", "openvino")
 AUTO = "onnxruntime"
 #: Part of the cache key: raise it when the conversion changes.
 CONVERSION = 3
+#: Batches that ONNX Runtime runs at once on the CPU, each on its share of the cores (intra-op
+#: threads; ``Network.concurrency``). Batches at once wait for each other nowhere, where one batch
+#: on all the cores waits for its slowest thread at every operation's end: for a thread that the
+#: rest of the job (the outputs, the next batch's reading) has taken a core from. On the 2-core
+#: machine a ``classify --out`` of 360 images took 11.2-11.5 s with two batches at once on one core
+#: each, against 12.0-12.7 s with one on both (docs/model-experiments.md, "2026-12-06").
+CONCURRENCY = 2
 
 
 def backend_name(configured: str) -> str:
@@ -67,11 +74,14 @@ def export_onnx(folder: Path, path: Path, maps: bool) -> None:
 
 class Network:
     """An ONNX file run by ``engine`` ("onnxruntime" or "openvino"): called on a float32 batch,
-    it returns the network's outputs. Safe to call from several threads. OpenVINO computes in
-    float32 unless ``float32`` is False (then its device default: bfloat16 where the CPU has it)."""
+    it returns the network's outputs. Safe to call from several threads; ``concurrency`` batches
+    at once run best. OpenVINO computes in float32 unless ``float32`` is False (then its device
+    default: bfloat16 where the CPU has it)."""
 
     def __init__(self, path: Path, engine: str, float32: bool = True) -> None:
         self.engine = engine
+        #: How many batches to run at once: ``CONCURRENCY`` for ONNX Runtime on the CPU, else one.
+        self.concurrency = 1
         if engine == "onnxruntime":
             import onnxruntime
 
@@ -79,12 +89,17 @@ class Network:
             # Threads that spin between calls take the cores from the rest of the job (the gate's
             # network, the SR and SC, Orthanc): they wait idle instead.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            cores = len(os.sched_getaffinity(0))
+            concurrency = min(CONCURRENCY, cores)
+            options.intra_op_num_threads = cores // concurrency
             # A GPU when the installed ONNX Runtime has one (the onnxruntime-gpu wheel), else the CPU.
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                          if p in onnxruntime.get_available_providers()]
             self._session = onnxruntime.InferenceSession(str(path), options, providers=providers)
             self._input = self._session.get_inputs()[0].name
             self.outputs = len(self._session.get_outputs())
+            if self._session.get_providers()[0] == "CPUExecutionProvider":
+                self.concurrency = concurrency
         elif engine == "openvino":
             import openvino
 
@@ -111,6 +126,7 @@ class ConvertedClassifier(CalibratedClassifier):
     def __init__(self, folder: Path, engine: str, cache: Path) -> None:
         super().__init__(folder)
         self.network = Network(converted_network(folder, cache, maps=True), engine)
+        self.concurrency = self.network.concurrency
 
     def outputs(self, batch: np.ndarray) -> RawOutputs:
         return joined([self.network(batch[i:i + CHUNK]) for i in range(0, len(batch), CHUNK)])
