@@ -30,8 +30,9 @@ CONVERSION = 3
 #: threads; ``Network.concurrency``). Batches at once wait for each other nowhere, where one batch
 #: on all the cores waits for its slowest thread at every operation's end: for a thread that the
 #: rest of the job (the outputs, the next batch's reading) has taken a core from. On the 2-core
-#: machine a ``classify --out`` of 360 images took 11.2-11.5 s with two batches at once on one core
-#: each, against 12.0-12.7 s with one on both (docs/model-experiments.md, "2026-12-06").
+#: machine a ``classify --out`` of 360 images took 11.1-11.6 s with two batches at once on one core
+#: each, against 12.0-12.7 s with one on both; an image alone waits 42 ms instead of 26
+#: (docs/model-experiments.md, "2026-12-06 (later)").
 CONCURRENCY = 2
 
 
