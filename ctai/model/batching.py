@@ -63,7 +63,7 @@ class BatchingClassifier:
         free = threading.Semaphore(self.concurrency)
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="ctai-batch") as runners:
             while free.acquire() and (first := self._requests.get()) is not None:
-                runners.submit(self._run, self._gathered(first), free)
+                runners.submit(self._run, self._gathered(first)).add_done_callback(lambda _: free.release())
 
     def _gathered(self, first: _Request) -> list[_Request]:
         """``first`` and the requests that arrive within ``max_wait`` of it, up to ``max_batch`` rows."""
@@ -82,13 +82,7 @@ class BatchingClassifier:
             rows += len(request.batch)
         return pending
 
-    def _run(self, pending: list[_Request], free: threading.Semaphore) -> None:
-        try:
-            self._answer(pending)
-        finally:
-            free.release()
-
-    def _answer(self, pending: list[_Request]) -> None:
+    def _run(self, pending: list[_Request]) -> None:
         try:
             batch = np.concatenate([r.batch for r in pending])
             analysis = self.inner.analyse(batch, heatmaps=any(r.heatmaps for r in pending))
