@@ -38,17 +38,20 @@ class Pipeline:
         self.config = config
         self.pm = pm or plugin_manager(config)
         self._classifier: Classifier | None = None
+        self._loading = threading.Lock()
         self.site = SiteState(config)
         # Selects and preprocesses a batch's images in parallel (Pillow and numpy release the GIL).
         self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="ctai-prepare")
 
     @property
     def classifier(self) -> Classifier:
-        """The backend, loaded on first use (loading TensorFlow takes seconds)."""
-        if self._classifier is None:
-            self._classifier = self.pm.hook.ctai_classifier(config=self.config)
+        """The backend, loaded on first use (loading TensorFlow takes seconds) by one thread."""
+        with self._loading:
             if self._classifier is None:
-                raise RuntimeError("no classifier plugin is enabled")
+                classifier = self.pm.hook.ctai_classifier(config=self.config)
+                if classifier is None:
+                    raise RuntimeError("no classifier plugin is enabled")
+                self._classifier = classifier
         return self._classifier
 
     def warm_up(self) -> None:
@@ -106,6 +109,9 @@ class Pipeline:
         """
         if self.site.shadow:
             job = Job(job.id, job.source, {**job.options, "send": False})
+        # The network loads (ONNX Runtime: a third of a second, without the GIL) while the first
+        # batch is read and selected; if it cannot, the first use of ``classifier`` says why.
+        self._pool.submit(lambda: self.classifier)
         results: list[Result] = []
         failures: list[Failure] = []
         try:
@@ -130,12 +136,13 @@ class Pipeline:
         are read, selected and preprocessed (``_prepared``) in another thread, and the network runs
         up to ``classifier.concurrency`` of them at once while the outputs of earlier ones are made
         (this job's: the worker's jobs run in threads of their own, each its own batches)."""
-        at_once = self.classifier.concurrency
         running: deque[tuple[list[Outcome | SourceImage], Future[list[Prediction]] | None]] = deque()
-        with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="ctai-network") as network:
+        # At most ``concurrency`` batches are in the pool's threads; it is read once the first batch
+        # is prepared, so that the classifier loads meanwhile (``process``).
+        with ThreadPoolExecutor(thread_name_prefix="ctai-network") as network:
             for outcomes, x in _ahead(self._prepared(sources), AHEAD):
                 running.append((outcomes, None if x is None else network.submit(self._predictions, x)))
-                if len(running) == at_once:
+                if len(running) >= self.classifier.concurrency:
                     yield from self._results(*running.popleft())
             while running:
                 yield from self._results(*running.popleft())

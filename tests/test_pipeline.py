@@ -176,3 +176,25 @@ def test_an_error_while_reading_ahead_fails_the_job_after_the_batches_before_it(
         pipeline.run(Job(id="j", source="test"), reading())
     assert rec.classifier.batches == [4]
     assert rec.events[-1] == "failed disk gone"
+
+
+def test_the_classifier_loads_once_while_the_first_batch_is_read(recorder):
+    pipeline, rec = recorder
+    first_read, saw_it, loads = threading.Event(), [], []
+
+    def reading():
+        for image in sources(6):
+            first_read.set()
+            yield image
+
+    class SlowToLoad:
+        @hookimpl
+        def ctai_classifier(self, config):
+            loads.append(threading.current_thread().name)
+            saw_it.append(first_read.wait(timeout=10))
+            return rec.classifier
+
+    pipeline.pm.register(SlowToLoad(), "slow-to-load")
+    outcomes = pipeline.run(Job(id="j", source="test"), reading())
+    assert saw_it == [True] and len(loads) == 1  # loaded once, as the first image was read
+    assert [o.source.path for o in outcomes] == [image.path for image in sources(6)]
