@@ -1,5 +1,6 @@
 """`ctai classify` and `ctai evaluate` end to end, with the shipped model and real files."""
 
+import gc
 import json
 import shutil
 import subprocess
@@ -57,6 +58,20 @@ def test_folders_are_read_recursively(capsys, tmp_path: Path):
     shutil.copy(VIRAL, tmp_path / "a" / "b" / "v.jpeg")
     code, rows = classify_json(capsys, str(tmp_path))
     assert code == 0 and len(rows) == 2
+
+
+def test_classify_keeps_the_start_up_out_of_the_collector_while_it_runs(capsys, monkeypatch):
+    from ctai.pipeline import Pipeline
+
+    process, frozen = Pipeline.process, []
+
+    def recording(self, job, sources):
+        frozen.append(gc.get_freeze_count())
+        yield from process(self, job, sources)
+
+    monkeypatch.setattr(Pipeline, "process", recording)
+    assert classify_json(capsys, str(NORMAL))[0] == 0
+    assert frozen[0] > 0 and gc.get_freeze_count() == 0  # thawed again: the caller's objects are its own
 
 
 def test_readable_table(capsys):
