@@ -32,7 +32,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ctai.errors import TransientError, Undeliverable
-from ctai.tls import client_context
 
 START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\x0d"
@@ -122,6 +121,8 @@ def sender(settings: Mapping[str, Any]) -> Callable[[Mapping[str, Any], bytes], 
     read anew for each message, so that a fixed file serves the next retry."""
 
     def deliver(destination: Mapping[str, Any], payload: bytes) -> None:
+        from ctai.tls import client_context  # cryptography: only a sender pays its import
+
         context = client_context(settings["ca_file"], settings["client_cert"], settings["client_key"]) \
             if settings.get("tls") else None
         send(destination["host"], int(destination["port"]), payload.decode(ENCODING),
