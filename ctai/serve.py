@@ -9,6 +9,7 @@ for the CPU, and none waits for it.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -70,6 +71,9 @@ class WorkerService:
             with self._lock:
                 if self._stopping:
                     return
+                # What the start-up made (libraries, plugins, networks) lives as long as the worker:
+                # its jobs' full garbage collections need not go through it (as ``ctai classify``'s).
+                gc.freeze()
                 worker.start()
                 self.worker = worker
         except Exception as exc:  # noqa: BLE001 - alive() turns False, and serve stops with the reason logged
@@ -85,6 +89,7 @@ class WorkerService:
             worker = self.worker
         if worker:
             worker.stop()
+            gc.unfreeze()
 
     def alive(self) -> bool:
         """False once warming up failed or the running worker died; True while it warms up."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import socket
 import threading
@@ -243,3 +244,28 @@ def test_ctai_jobs_lists_records(config, monkeypatch):
         assert cli.main(["jobs"]) == 0
     assert "orthanc:abc" in out.getvalue() and "skipped" in out.getvalue()
     assert "modality SR" in out.getvalue()
+
+
+def test_the_served_worker_keeps_its_start_up_out_of_the_collector_while_it_runs(config, monkeypatch):
+    from ctai import serve
+
+    class Started:
+        def __init__(self, config):
+            pass
+
+        def warm_up(self):
+            pass
+
+        def start(self):
+            pass
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr("ctai.worker.Worker", Started)
+    service = serve.WorkerService(config)
+    service.start()
+    wait_until(service.ready, 10)
+    assert gc.get_freeze_count() > 0
+    service.stop()
+    assert gc.get_freeze_count() == 0
