@@ -9,7 +9,6 @@ module's own fill): byte for byte what highdicom would build, at a tenth of the 
 
 from __future__ import annotations
 
-import copy
 import functools
 from collections.abc import Callable, Hashable
 from datetime import date as date_type
@@ -21,13 +20,13 @@ import highdicom as hd
 from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map
 from pydicom import Dataset, dcmread
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.sequence import Sequence
+from pydicom.dataelem import RawDataElement
 from pydicom.sr.codedict import codes
 from pydicom.tag import BaseTag
 from pydicom.valuerep import DA, DT, TM
 
 from ctai import uids
+from ctai.outputs.common import dataset_copy
 from ctai.types import ModelInfo, Prediction
 
 #: Type 2 patient and study attributes highdicom reads from the evidence (PS3.3 C.7.1.1, C.7.2.1).
@@ -90,7 +89,7 @@ def copy_of(key: Hashable, build: Callable[[], Dataset], fill: Callable[[Dataset
     highdicom builds and validates each kind once. Its object is kept encoded and read back
     lazily: ``fill`` decodes what it sets and the sequences it goes through (it reads with
     ``peek``), every other element stays in its encoded form (pydicom's raw elements), which
-    ``ctai.outputs.common.to_bytes`` copies as it is. A copy shares those (``_copy``)."""
+    ``ctai.outputs.common.to_bytes`` copies as it is. A copy shares those (``ctai.outputs.common.dataset_copy``)."""
     if key not in _TEMPLATES:
         buffer = BytesIO()
         build().save_as(buffer, enforce_file_format=True)
@@ -102,28 +101,9 @@ def copy_of(key: Hashable, build: Callable[[], Dataset], fill: Callable[[Dataset
             delattr(dataset, keyword)
         fill(dataset)  # decodes what it touches, once
         _TEMPLATES[key] = dataset
-    dataset = _copy(_TEMPLATES[key])
+    dataset = dataset_copy(_TEMPLATES[key])
     fill(dataset)
     return dataset
-
-
-def _copy(ds: Dataset) -> Dataset:
-    """A copy of ``ds`` and its file meta that shares with it only the undecoded elements (tuples):
-    every data set, sequence and decoded element is copied; 0.6 ms for an SR (a pickle: 2.2)."""
-    copied = copy.copy(ds)  # the encoding and character set it was read with
-    copied._dict = {tag: element if isinstance(element, RawDataElement) else _copy_element(element)
-                    for tag, element in ds._dict.items()}
-    copied._private_blocks = {}  # pydicom's cache of blocks, each bound to its data set
-    if "file_meta" in ds.__dict__:
-        copied.file_meta = _copy(ds.file_meta)
-    return copied
-
-
-def _copy_element(element: DataElement) -> DataElement:
-    copied = copy.copy(element)
-    if element.VR == "SQ":
-        copied.value = Sequence([_copy(item) for item in element.value])
-    return copied
 
 
 def peek(ds: Dataset, keyword: str) -> str:
