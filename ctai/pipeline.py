@@ -109,9 +109,10 @@ class Pipeline:
         """
         if self.site.shadow:
             job = Job(job.id, job.source, {**job.options, "send": False})
-        # The network loads (ONNX Runtime: a third of a second, without the GIL) while the first
-        # batch is read and selected; if it cannot, the first use of ``classifier`` says why.
-        self._pool.submit(lambda: self.classifier)
+        if self._classifier is None:
+            # The network loads (ONNX Runtime: a third of a second, without the GIL) while the first
+            # batch is read and selected; if it cannot, the first use of ``classifier`` says why.
+            self._pool.submit(lambda: self.classifier)
         results: list[Result] = []
         failures: list[Failure] = []
         try:

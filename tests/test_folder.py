@@ -23,6 +23,10 @@ def delivered_result(result: Result | None = None) -> Result:
     return result
 
 
+def failing_fsync(handle: int) -> None:
+    raise OSError(errno.EIO, "I/O error")
+
+
 def files(root: Path) -> list[Path]:
     return sorted(path for path in root.rglob("*") if path.is_file())
 
@@ -91,9 +95,6 @@ def test_a_job_finishes_once_its_files_and_their_folder_are_synced(tmp_path, con
 
 
 def test_a_failed_sync_fails_the_jobs_finish(tmp_path, config, monkeypatch):
-    def failing_fsync(handle: int) -> None:
-        raise OSError(errno.EIO, "I/O error")
-
     monkeypatch.setattr(folder.os, "fsync", failing_fsync)
     job = Job(tmp_path.name, "cli", {"out_dir": str(tmp_path)})
     folder.ctai_deliver(result=delivered_result(), job=job, config=config)
@@ -102,9 +103,6 @@ def test_a_failed_sync_fails_the_jobs_finish(tmp_path, config, monkeypatch):
 
 
 def test_a_failed_job_forgets_its_files(tmp_path, config, monkeypatch):
-    def failing_fsync(handle: int) -> None:
-        raise OSError(errno.EIO, "I/O error")
-
     monkeypatch.setattr(folder.os, "fsync", failing_fsync)
     job = Job(tmp_path.name, "cli", {"out_dir": str(tmp_path)})  # no other test's job
     folder.ctai_deliver(result=delivered_result(), job=job, config=config)
