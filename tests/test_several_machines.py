@@ -77,8 +77,13 @@ else:
     def all_done_once(harness: Harness, workers: dict, answers: list[dict], timeout: float) -> None:
         wait_until(lambda: statuses(harness, answers) == ["done"] * len(answers), timeout)
         ran = sum((w.done() for w in workers.values()), Counter())
+        killed = tuple(w.owner for w in workers.values() if w.process.poll() is not None)
+        store = JobStore(harness.config)
         for answer in answers:
-            assert ran[f"orthanc:{answer['ParentSeries']}"] == 1  # ended once, on one of the machines
+            job_id = f"orthanc:{answer['ParentSeries']}"
+            # A worker killed between recording a job and logging it leaves no log line.
+            unlogged = ran[job_id] == 0 and store.get(job_id).owner.startswith(killed)
+            assert ran[job_id] + unlogged == 1  # ended once, on one of the machines
             assert {m: len(v) for m, v in harness.outputs(answer["ParentStudy"]).items()} == {"OT": 1, "SR": 1}
 
     def test_a_burst_is_done_once_between_two_workers_when_one_is_killed(cluster):
