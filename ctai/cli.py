@@ -406,10 +406,19 @@ def main(argv: list[str] | None = None) -> int:
     return args.func(args, config)
 
 
+#: The ``ctai`` command's garbage-collector thresholds (``gc.set_threshold``; Python's are 700,
+#: 10, 10): a young collection after 10,000 new objects. Each image makes thousands (pydicom's
+#: elements), and each full collection goes through the 300,000 that live on (highdicom's tables
+#: of the standard): a ``classify --out`` of 360 images spent 0.36 s of CPU in collections, with
+#: the GIL held, and 0.10 s with these (docs/model-experiments.md, "2026-12-06 (evening)").
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
 def run() -> None:
-    """The ``ctai`` command: ``main``, then exit without the interpreter's last garbage
-    collections, which would go through every object the command made (0.45 s after a
-    ``classify`` of 360 images); the system takes back the process's memory whole."""
+    """The ``ctai`` command: ``main`` with ``GC_THRESHOLDS``, then exit without the interpreter's
+    last garbage collections, which would go through every object the command made (0.45 s after
+    a ``classify`` of 360 images); the system takes back the process's memory whole."""
+    gc.set_threshold(*GC_THRESHOLDS)
     code = main()
     gc.freeze()
     sys.exit(code)
