@@ -19,7 +19,8 @@ processes, wall clock and CPU time (user + system, from the kernel's accounting 
 - with ``--keras-backend``, ``ctai classify --json --out DIR`` on ``[model] backend = "keras"``.
 
 Prints each one's median and the product's ratios to the bare network in the same backend (the
-issue's targets: <= 1.5 with --out, <= 1.2 without) and to bare Keras. Then the per-stage CPU
+issue's targets: <= 1.5 with --out, <= 1.2 without) and to bare Keras, each the median of the
+rounds' own ratios (``paired``). Then the per-stage CPU
 time of the product's own steps on the same set, one stage at a time in this process: decoding
 (per encoding), the selection (header rules and the gate's network), preprocessing, the network
 (heat maps included), the result picture (of which the heat map), the SR, the SC, writing them
@@ -221,6 +222,12 @@ def print_stages(stages: Stages, start: float) -> None:
     print(f"  {'total':<30} {start + total:6.2f} s")
 
 
+def paired(times: dict[str, list[float]], name: str, bare: str) -> float:
+    """The median of the rounds' own ratios of ``name`` to ``bare``: each round's processes ran
+    one after the other, so a machine that is slower for a while weighs on both sides alike."""
+    return statistics.median(t / b for t, b in zip(times[name], times[bare], strict=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="folder of chest radiograph pictures")
@@ -280,8 +287,8 @@ def main() -> None:
         start = cpu.pop("product, one file")
         for name in cpu:
             print(f"{name:>24}: median {wall[name]:6.1f} s wall ({len(paths) / wall[name]:5.1f} images/s), "
-                  f"{cpu[name]:6.1f} CPU-s; {wall[name] / wall['bare ONNX']:.2f}x bare ONNX "
-                  f"(CPU {cpu[name] / cpu['bare ONNX']:.2f}x), {wall[name] / wall['bare Keras']:.2f}x bare Keras")
+                  f"{cpu[name]:6.1f} CPU-s; {paired(walls, name, 'bare ONNX'):.2f}x bare ONNX "
+                  f"(CPU {paired(cpus, name, 'bare ONNX'):.2f}x), {paired(walls, name, 'bare Keras'):.2f}x bare Keras")
 
         stages = stage_costs(paths, base, work / "stages-out")
         print_stages(stages, start)
