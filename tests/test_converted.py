@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctai.model.backend import KerasClassifier
+from ctai.model.backend import CHUNK, KerasClassifier, in_calls
 from ctai.model.converted import ConvertedClassifier, Network, backend_name, converted_network
 from ctai.model.gate import ChestGate, shipped_gate_dir
 from ctai.types import CLASSES
@@ -83,6 +83,25 @@ def test_batches_run_at_once_give_their_own_outputs(model, cache):
     for batch, outputs in zip(batches, at_once, strict=True):
         for alone, together in zip(network(batch), outputs, strict=True):
             np.testing.assert_allclose(together, alone, atol=1e-6)
+
+
+def test_a_batch_goes_to_the_network_in_chunks_on_a_cpu_and_whole_on_an_accelerator(model, cache):
+    calls = []
+
+    def network(batch):
+        calls.append(len(batch))
+        return [batch[:, :3], batch[:, 3:]]  # logits, maps
+
+    batch = np.arange(2 * CHUNK + 2, dtype=np.float32)[:, None].repeat(5, axis=1)
+    for accelerated, expected in ((False, [CHUNK, CHUNK, 2]), (True, [2 * CHUNK + 2])):
+        calls.clear()
+        raw = in_calls(network, batch, accelerated)
+        assert calls == expected
+        np.testing.assert_array_equal(raw.logits, batch[:, :3])
+        np.testing.assert_array_equal(raw.maps, batch[:, 3:])
+    # This machine computes on its CPU, whichever backend runs the network.
+    assert not KerasClassifier(model).accelerated
+    assert not ConvertedClassifier(model, "onnxruntime", cache).network.accelerated
 
 
 def test_the_conversion_is_cached_by_the_network_file(model, cache):

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -18,7 +19,9 @@ from ctai.types import CLASSES, ModelInfo
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off stderr
 
-#: Rows per network call.
+#: Rows per network call on a CPU, where a larger call gains nothing and holds more memory. On a
+#: GPU a call costs 10-20 ms whatever its size, and 64 rows capped an H200 at about 3,800 images/s
+#: (docs/model-experiments.md, "Speed"): there a batch goes in one call (``in_calls``).
 CHUNK = 64
 
 
@@ -86,7 +89,7 @@ class CalibratedClassifier:
         self.reference = Reference.load(folder)
 
     def outputs(self, batch: np.ndarray) -> RawOutputs:
-        """The network's raw outputs for a batch of model inputs, in chunks of ``CHUNK`` rows."""
+        """The network's raw outputs for a batch of model inputs (``in_calls``)."""
         raise NotImplementedError
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
@@ -113,11 +116,26 @@ class KerasClassifier(CalibratedClassifier):
         model = load_network(folder)
         #: The network with its maps and features as more outputs, when its end allows (``with_class_maps``).
         self.model = with_class_maps(model) or model
+        self.accelerated = keras_on_accelerator()
 
     def outputs(self, batch: np.ndarray) -> RawOutputs:
         # predict_on_batch runs a compiled graph: 7x faster than an eager call for one image.
-        chunks = [self.model.predict_on_batch(batch[i:i + CHUNK]) for i in range(0, len(batch), CHUNK)]
-        return joined(chunks)
+        return in_calls(self.model.predict_on_batch, batch, self.accelerated)
+
+
+def keras_on_accelerator() -> bool:
+    """Whether Keras computes on a GPU or TPU: ``keras.distribution.list_devices`` lists the
+    devices of the default kind, the CPU's only when there is no other (JAX and TensorFlow)."""
+    import keras
+
+    return not keras.distribution.list_devices()[0].startswith("cpu")
+
+
+def in_calls(run: Callable[[np.ndarray], Any], batch: np.ndarray, accelerated: bool) -> RawOutputs:
+    """The ``RawOutputs`` of the network ``run`` on ``batch``: in calls of ``CHUNK`` rows on a CPU,
+    in one call on an accelerator."""
+    rows = max(1, len(batch)) if accelerated else CHUNK
+    return joined([run(batch[i:i + rows]) for i in range(0, len(batch), rows)])
 
 
 def joined(chunks: list) -> RawOutputs:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctai.model.backend import CHUNK, CalibratedClassifier, RawOutputs, joined, with_class_maps
+from ctai.model.backend import CalibratedClassifier, RawOutputs, in_calls, with_class_maps
 from ctai.model.storage import load_network, network_file
 
 #: The ``[model] backend`` names.
@@ -76,13 +76,14 @@ def export_onnx(folder: Path, path: Path, maps: bool) -> None:
 class Network:
     """An ONNX file run by ``engine`` ("onnxruntime" or "openvino"): called on a float32 batch,
     it returns the network's outputs. Safe to call from several threads; ``concurrency`` batches
-    at once run best. OpenVINO computes in float32 unless ``float32`` is False (then its device
-    default: bfloat16 where the CPU has it)."""
+    at once run best; ``accelerated`` on a GPU. OpenVINO computes in float32 unless ``float32`` is
+    False (then its device default: bfloat16 where the CPU has it)."""
 
     def __init__(self, path: Path, engine: str, float32: bool = True) -> None:
         self.engine = engine
         #: How many batches to run at once: ``CONCURRENCY`` for ONNX Runtime on the CPU, else one.
         self.concurrency = 1
+        self.accelerated = False
         if engine == "onnxruntime":
             import onnxruntime
 
@@ -99,7 +100,8 @@ class Network:
             self._session = onnxruntime.InferenceSession(str(path), options, providers=providers)
             self._input = self._session.get_inputs()[0].name
             self.outputs = len(self._session.get_outputs())
-            if self._session.get_providers()[0] == "CPUExecutionProvider":
+            self.accelerated = self._session.get_providers()[0] != "CPUExecutionProvider"
+            if not self.accelerated:
                 self.concurrency = concurrency
         elif engine == "openvino":
             import openvino
@@ -130,4 +132,4 @@ class ConvertedClassifier(CalibratedClassifier):
         self.concurrency = self.network.concurrency
 
     def outputs(self, batch: np.ndarray) -> RawOutputs:
-        return joined([self.network(batch[i:i + CHUNK]) for i in range(0, len(batch), CHUNK)])
+        return in_calls(self.network, batch, self.network.accelerated)
