@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Fill the git-ignored .gpu/ folder that training/gpu.sh needs on the lent GPU machine, which
-# has JAX but no TensorFlow, no Keras and no network: the training images and the wheels ctai's
-# training path imports that the machine lacks.
+# Fill the git-ignored .gpu/ folder that the lent GPU machine needs, which has JAX but no
+# TensorFlow, no Keras and no network: the wheels that ctai's training path and pipeline import
+# and the machine lacks, and the training images when a data folder is given.
 #
-#     bash scripts/gpu-prepare.sh ../shared/data/chest_xray/train
+#     bash scripts/gpu-prepare.sh ../shared/data/chest_xray/train   # training (training/gpu.sh)
+#     bash scripts/gpu-prepare.sh                                   # the wheels only (benchmarks/gpu_product.py)
 #
-# Then, for the device call only, move ctai/model/artifact/model.f16.npz aside (36 MB; the
-# transfer limit is 64 MiB), carry .gpu, and run `bash training/gpu.sh`.
+# For training, move ctai/model/artifact/model.f16.npz aside for the device call only (45 MB; the
+# transfer limit is 64 MiB), carry .gpu, and run `bash training/gpu.sh`. For the benchmark, carry
+# .gpu (the model travels: it is what is measured) and run the command in its docstring.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-data=${1:?usage: gpu-prepare.sh DATA_FOLDER}
+data=${1:-}
 rm -rf .gpu && mkdir -p .gpu/whl
-cp -r "$data" .gpu/data
+[ -z "$data" ] || cp -r "$data" .gpu/data
 for spec in keras==3.15.1 namex==0.1.0 optree==0.20.0 pydicom==3.0.2 highdicom==0.28.2 pylibjpeg==2.1.0 \
-            pylibjpeg-libjpeg==2.5.0 pylibjpeg-openjpeg==2.6.0 pylibjpeg-rle==2.2.0 pyjpegls==1.5.1; do
+            pylibjpeg-libjpeg==2.5.0 pylibjpeg-openjpeg==2.6.0 pylibjpeg-rle==2.2.0 pyjpegls==1.5.1 \
+            pluggy==1.7.0 tqdm==4.70.1; do
   .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_31_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu/whl "$spec"

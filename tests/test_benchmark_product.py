@@ -1,9 +1,10 @@
-"""A smoke run of benchmarks/product.py (issue 32): on a few files and a small untrained network
-it runs every process and prints the ratios and the per-stage breakdown. Speed itself is measured
-by the benchmark, never asserted by a test."""
+"""Smoke runs of benchmarks/product.py and benchmarks/gpu_product.py (issue 32): on a few files,
+each runs every step and prints its numbers. Speed itself is measured by the benchmarks, never
+asserted by a test."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +29,24 @@ def test_the_product_benchmark_prints_its_ratios_and_stages(tmp_path):
     for stage in ("start-up", "decode 8-bit", "decode rle", "select", "preprocess", "network", "heat map",
                   "SR", "SC", "write", "sync", "total"):
         assert stage in out, stage
+
+
+# As on the lent GPU machine: Keras on JAX, where TensorFlow is not installed (an import of it fails).
+GPU_PRODUCT_WITHOUT_TENSORFLOW = """
+import runpy, sys
+sys.modules["tensorflow"] = None
+sys.argv = [sys.argv[1], "--images", "8", "--batch", "4", "--repeat", "1", "--out"]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_the_gpu_benchmark_runs_the_pipeline_on_jax_without_tensorflow():
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    script = str(ROOT / "benchmarks" / "gpu_product.py")
+    run = subprocess.run([sys.executable, "-c", GPU_PRODUCT_WITHOUT_TENSORFLOW, script],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "on jax" in run.stdout and "accelerated: False" in run.stdout
+    assert "network alone one call" in run.stdout and "CHUNK rows a call" in run.stdout
+    assert "end to end" in run.stdout and "with SR and SC written" in run.stdout
+    assert "not classified" not in run.stdout

@@ -1,0 +1,163 @@
+"""The product's throughput end to end on a GPU against its network alone (issue 32, part 3a), in
+one run (prints numbers, asserts nothing).
+
+    KERAS_BACKEND=jax python benchmarks/gpu_product.py [--images 5000] [--batch 64 256 1024] [--out]
+
+The lent GPU machine has JAX but no TensorFlow and no ONNX Runtime for CUDA, so ctai runs there
+as ``[model] backend = "keras"`` on Keras's JAX backend. Prints, for each ``--batch``:
+
+- the network alone (``KerasClassifier.outputs`` on prepared model inputs, best of ``--repeat``):
+  in one call per batch, as ctai calls an accelerator, and in calls of ``CHUNK`` rows, as it
+  calls a CPU (``ctai.model.backend.in_calls``);
+- the pipeline end to end on ``--images`` 8-bit DX files (Digital X-Ray, MONOCHROME2, made from
+  the committed test pictures at their size), decoded, checked by the header rules and the gate,
+  preprocessed and classified with heat maps, ``[model] batch_size`` = the batch; with ``--out``
+  also with the SR and SC written to a folder. The plugins are the built-in ones that need no
+  peer, registered from the entry points in ``pyproject.toml`` (the lent machine has no
+  installed ctai).
+
+On the lent machine, with the wheels of ``bash scripts/gpu-prepare.sh`` (no data folder: the
+wheels only) carried as ``.gpu``:
+
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/whl/*.whl &&
+    PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=jax XLA_PYTHON_CLIENT_PREALLOCATE=false
+    python3 benchmarks/gpu_product.py --out
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+PICTURES = ROOT / "tests" / "data" / "images"
+#: Built-in plugins that reach no peer (no Orthanc, PACS, HIS, EHR, upload page or metrics).
+PLUGINS = ("chest", "gate", "tensorflow", "intended_use", "typicality", "sr", "sc", "folder")
+
+
+def dx_set(count: int, folder: Path) -> list[Path]:
+    """``count`` 8-bit DX files of the test pictures in turn, each its own patient and study."""
+    from pydicom import Dataset
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+
+    pictures = [np.asarray(Image.open(p).convert("L")) for p in sorted(PICTURES.glob("*.jpeg"))]
+    paths = []
+    for i in range(count):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.Modality, ds.BodyPartExamined, ds.PatientID, ds.PatientName = "DX", "CHEST", f"P{i}", "Bench^Mark"
+        ds.ViewPosition, ds.PresentationIntentType = "PA", "FOR PRESENTATION"
+        ds.set_pixel_data(pictures[i % len(pictures)], "MONOCHROME2", 8)
+        path = folder / f"{i:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def plugin_manager(config):
+    """The built-in ``PLUGINS`` registered as their entry points in ``pyproject.toml`` name them."""
+    import pluggy
+
+    from ctai import hookspecs
+
+    entry_points = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["ctai"]
+    pm = pluggy.PluginManager("ctai")
+    pm.add_hookspecs(hookspecs)
+    for name in PLUGINS:
+        pm.register(importlib.import_module(entry_points[name]), name)
+    return pm
+
+
+def network_alone(classifier, x: np.ndarray, repeat: int) -> dict[str, float]:
+    """Images a second of the network on ``x``: in one call, and in calls of ``CHUNK`` rows."""
+    rates = {}
+    accelerated = classifier.accelerated
+    for name, one_call in (("one call", True), ("CHUNK rows a call", False)):
+        classifier.accelerated = one_call
+        classifier.outputs(x)  # compiles this shape
+        best = min(_seconds(lambda: classifier.outputs(x)) for _ in range(repeat))
+        rates[name] = len(x) / best
+    classifier.accelerated = accelerated
+    return rates
+
+
+def end_to_end(paths: list[Path], batch: int, out: Path | None) -> float:
+    """Images a second of the pipeline on the whole batches of ``paths``, after a warm-up batch."""
+    from ctai import config as configuration
+    from ctai.inputs import load_files
+    from ctai.pipeline import Pipeline
+    from ctai.types import Job, Result
+
+    env = {**os.environ, "CTAI_MODEL__BACKEND": "keras", "CTAI_MODEL__BATCH_SIZE": str(batch),
+           "CTAI_DATA__DIR": tempfile.mkdtemp()}
+    config = configuration.load(environ=env)
+    pipeline = Pipeline(config, plugin_manager(config))
+    options = {"send": False, "outputs": out is not None, **({"out_dir": str(out)} if out else {})}
+    pipeline.run(Job("warm-up", "bench", options), load_files(paths[:batch]))  # compiles the batch's shape
+    paths = paths[:len(paths) // batch * batch]  # whole batches only: a new shape would compile again
+    start = time.perf_counter()
+    outcomes = pipeline.run(Job("bench", "bench", options), load_files(paths))
+    seconds = time.perf_counter() - start
+    classified = sum(isinstance(o, Result) for o in outcomes)
+    if classified < len(paths):
+        print(f"  ({len(paths) - classified} of {len(paths)} not classified)")
+    return classified / seconds
+
+
+def _seconds(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--batch", type=int, nargs="+", default=[64, 256, 1024])
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--out", action="store_true", help="also end to end with the SR and SC written")
+    args = parser.parse_args()
+
+    import keras
+
+    from ctai.model.backend import KerasClassifier, shipped_model_dir
+    from ctai.model.preprocess import to_model_input
+
+    print(f"Keras {keras.__version__} on {keras.backend.backend()}, devices {keras.distribution.list_devices()}, "
+          f"{os.cpu_count()} CPUs", flush=True)
+    classifier = KerasClassifier(shipped_model_dir())
+    print(f"accelerated: {classifier.accelerated}", flush=True)
+    with tempfile.TemporaryDirectory() as temporary:
+        work = Path(temporary)
+        (work / "set").mkdir()
+        t0 = time.perf_counter()
+        paths = dx_set(args.images, work / "set")
+        print(f"{len(paths)} DX files in {time.perf_counter() - t0:.1f} s", flush=True)
+        inputs = np.stack([to_model_input(np.asarray(Image.open(p).convert("L"), np.float32) / 255,
+                                          classifier.input_size) for p in sorted(PICTURES.glob("*.jpeg"))])
+        for batch in args.batch:
+            x = np.resize(inputs, (batch, *inputs.shape[1:])).astype(np.float32)
+            alone = network_alone(classifier, x, args.repeat)
+            print(f"batch {batch}: network alone " + ", ".join(f"{k} {v:,.0f} images/s" for k, v in alone.items()),
+                  flush=True)
+            for out in (None, work / f"out-{batch}") if args.out else (None,):
+                rate = end_to_end(paths, batch, out)
+                print(f"batch {batch}: end to end{' with SR and SC written' if out else ''} {rate:,.0f} images/s, "
+                      f"{rate / alone['one call']:.2f}x the network alone in one call", flush=True)
+
+
+if __name__ == "__main__":
+    main()
