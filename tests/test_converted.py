@@ -92,16 +92,26 @@ def test_a_batch_goes_to_the_network_in_chunks_on_a_cpu_and_whole_on_an_accelera
         calls.append(len(batch))
         return [batch[:, :3], batch[:, 3:]]  # logits, maps
 
-    batch = np.arange(2 * CHUNK + 2, dtype=np.float32)[:, None].repeat(5, axis=1)
-    for accelerated, expected in ((False, [CHUNK, CHUNK, 2]), (True, [2 * CHUNK + 2])):
+    # On an accelerator every size of batch is padded to a power of two rows: a few shapes to compile.
+    for rows, accelerated, expected in ((2 * CHUNK + 2, False, [CHUNK, CHUNK, 2]), (2 * CHUNK + 2, True, [4 * CHUNK]),
+                                        (5, True, [8]), (1, True, [1]), (CHUNK, True, [CHUNK])):
+        batch = np.arange(rows, dtype=np.float32)[:, None].repeat(5, axis=1) + 1
         calls.clear()
         raw = in_calls(network, batch, accelerated)
         assert calls == expected
         np.testing.assert_array_equal(raw.logits, batch[:, :3])
         np.testing.assert_array_equal(raw.maps, batch[:, 3:])
-    # This machine computes on its CPU, whichever backend runs the network.
-    assert not KerasClassifier(model).accelerated
+    # This machine computes on its CPU, whichever backend runs the network; padded, a network
+    # gives each image the outputs it gives it alone.
+    classifier = KerasClassifier(model)
+    assert not classifier.accelerated
     assert not ConvertedClassifier(model, "onnxruntime", cache).network.accelerated
+    x = np.random.default_rng(4).standard_normal((5, SIZE, SIZE, 1)).astype(np.float32)
+    classifier.accelerated = True
+    padded = classifier.outputs(x)
+    classifier.accelerated = False
+    for one, other in zip(padded, classifier.outputs(x), strict=True):
+        np.testing.assert_allclose(one, other, atol=1e-5)
 
 
 def test_the_conversion_is_cached_by_the_network_file(model, cache):

@@ -132,10 +132,17 @@ def keras_on_accelerator() -> bool:
 
 
 def in_calls(run: Callable[[np.ndarray], Any], batch: np.ndarray, accelerated: bool) -> RawOutputs:
-    """The ``RawOutputs`` of the network ``run`` on ``batch``: in calls of ``CHUNK`` rows on a CPU,
-    in one call on an accelerator."""
-    rows = max(1, len(batch)) if accelerated else CHUNK
-    return joined([run(batch[i:i + rows]) for i in range(0, len(batch), rows)])
+    """The ``RawOutputs`` of the network ``run`` on ``batch``: in calls of ``CHUNK`` rows on a CPU;
+    on an accelerator in one call, padded with zeros to a power of two rows. There each new shape
+    compiles the network again (JAX: seconds), so a few shapes serve every size of batch (the
+    worker's merged batches have any size), and a call costs about the same whatever its rows."""
+    if not accelerated:
+        return joined([run(batch[i:i + CHUNK]) for i in range(0, len(batch), CHUNK)])
+    rows = 1 << max(0, len(batch) - 1).bit_length()
+    padded = np.concatenate([batch, np.zeros((rows - len(batch), *batch.shape[1:]), batch.dtype)])
+    outputs = run(padded)
+    parts = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return joined([[np.asarray(part)[:len(batch)] for part in parts]])
 
 
 def joined(chunks: list) -> RawOutputs:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ctai.model.backend import in_calls, keras_on_accelerator
 from ctai.model.converted import Network, converted_network
 from ctai.model.preprocess import check_preprocessing, to_model_input
 from ctai.model.storage import load_network
@@ -52,12 +53,13 @@ class ChestGate:
         meta = json.loads((folder / "model.json").read_text())
         check_preprocessing(meta, folder)
         if backend == "keras":
-            self._network = load_network(folder).predict_on_batch
+            model, accelerated = load_network(folder), keras_on_accelerator()
+            self._network = lambda x: in_calls(model.predict_on_batch, x, accelerated).logits
         else:
             if cache is None:
                 raise ValueError(f"the {backend} backend needs a cache folder for its converted network")
             network = Network(converted_network(folder, cache, maps=False), backend)
-            self._network = lambda x: network(x)[0]
+            self._network = lambda x: in_calls(network, x, network.accelerated).logits
         self.version = str(meta["version"])
         self.input_size = int(meta["input_size"])
 
