@@ -20,13 +20,13 @@ processes, wall clock and CPU time (user + system, from the kernel's accounting 
 
 Prints each one's median and the product's ratios to the bare network in the same backend (the
 issue's targets: <= 1.5 with --out, <= 1.2 without) and to bare Keras, each the median of the
-rounds' own ratios (``paired``). Then the per-stage CPU
-time of the product's own steps on the same set, one stage at a time in this process: decoding
-(per encoding), the selection (header rules and the gate's network), preprocessing, the network
-(heat maps included), the result picture (of which the heat map), the SR, the SC, writing them
-and syncing them (a fresh folder's files, in the background as the folder plugin does). The
-converted networks are made first (the one-time cost of a first start, shown apart) in
-``--data-dir`` (default: a temporary folder).
+rounds' own ratios (``paired``). Then the per-stage CPU time of the product's own steps on the
+same set, one stage at a time in this process: decoding (per encoding), the selection (header
+rules and the gate's network), preprocessing, the network (heat maps included), the result
+picture (of which the heat map), the SR, the SC, writing them and syncing them (a fresh
+folder's files, in the background as the folder plugin does). The converted networks are made
+first (the one-time cost of a first start, shown apart) in ``--data-dir`` (default: a temporary
+folder).
 """
 
 from __future__ import annotations

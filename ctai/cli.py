@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
 #: 10, 10): a young collection after 10,000 new objects. Each image makes thousands (pydicom's
 #: elements), and each full collection goes through the 300,000 that live on (highdicom's tables
 #: of the standard): a ``classify --out`` of 360 images spent 0.36 s of CPU in collections, with
-#: the GIL held, and 0.10 s with these (docs/model-experiments.md, "2026-12-06 (evening)").
+#: the GIL held, and 0.10 s with these (docs/model-experiments.md, "2026-12-06 (night)").
 GC_THRESHOLDS = (10_000, 10, 10)
 
 
