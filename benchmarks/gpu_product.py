@@ -9,10 +9,10 @@ as ``[model] backend = "keras"`` on Keras's JAX backend. Prints, for each ``--ba
 - the network alone (``KerasClassifier.outputs`` on prepared model inputs, best of ``--repeat``):
   in one call per batch, as ctai calls an accelerator, and in calls of ``CHUNK`` rows, as it
   calls a CPU (``ctai.model.backend.in_calls``);
-- the pipeline end to end on ``--images`` 8-bit DX files (Digital X-Ray, MONOCHROME2, made from
-  the committed test pictures at their size), decoded, checked by the header rules and the gate,
-  preprocessed and classified with heat maps, ``[model] batch_size`` = the batch; with ``--out``
-  also with the SR and SC written to a folder. The plugins are the built-in ones that need no
+- the pipeline end to end on ``--images`` 8-bit radiographs (``benchmarks/product.py``'s 8-bit
+  files, made from the committed test pictures at their size), decoded, checked by the header
+  rules and the gate, preprocessed and classified with heat maps, ``[model] batch_size`` = the
+  batch; with ``--out`` also with the SR and SC written to a folder. The plugins are the built-in ones that need no
   peer, registered from the entry points in ``pyproject.toml`` (the lent machine has no
   installed ctai).
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import sys
 import tempfile
 import time
 import tomllib
@@ -38,33 +39,13 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.product import dicom_set  # noqa: E402
+
 PICTURES = ROOT / "tests" / "data" / "images"
 #: Built-in plugins that reach no peer (no Orthanc, PACS, HIS, EHR, upload page or metrics).
 PLUGINS = ("chest", "gate", "tensorflow", "intended_use", "typicality", "sr", "sc", "folder")
-
-
-def dx_set(count: int, folder: Path) -> list[Path]:
-    """``count`` 8-bit DX files of the test pictures in turn, each its own patient and study."""
-    from pydicom import Dataset
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
-
-    pictures = [np.asarray(Image.open(p).convert("L")) for p in sorted(PICTURES.glob("*.jpeg"))]
-    paths = []
-    for i in range(count):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-        ds.Modality, ds.BodyPartExamined, ds.PatientID, ds.PatientName = "DX", "CHEST", f"P{i}", "Bench^Mark"
-        ds.ViewPosition, ds.PresentationIntentType = "PA", "FOR PRESENTATION"
-        ds.set_pixel_data(pictures[i % len(pictures)], "MONOCHROME2", 8)
-        path = folder / f"{i:05d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
 
 
 def plugin_manager(config):
@@ -144,8 +125,9 @@ def main() -> None:
         work = Path(temporary)
         (work / "set").mkdir()
         t0 = time.perf_counter()
-        paths = dx_set(args.images, work / "set")
-        print(f"{len(paths)} DX files in {time.perf_counter() - t0:.1f} s", flush=True)
+        pictures = sorted(PICTURES.glob("*.jpeg"))
+        paths = dicom_set([pictures[i % len(pictures)] for i in range(args.images)], work / "set", ("8-bit",))
+        print(f"{len(paths)} 8-bit DICOM files in {time.perf_counter() - t0:.1f} s", flush=True)
         inputs = np.stack([to_model_input(np.asarray(Image.open(p).convert("L"), np.float32) / 255,
                                           classifier.input_size) for p in sorted(PICTURES.glob("*.jpeg"))])
         for batch in args.batch:

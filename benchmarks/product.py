@@ -76,15 +76,15 @@ print(len(x), "inputs")
 """
 
 
-def dicom_set(pictures: list[Path], folder: Path) -> list[Path]:
-    """One DICOM file per picture, the encodings taken in turn."""
+def dicom_set(pictures: list[Path], folder: Path, encodings: tuple[str, ...] = ENCODINGS) -> list[Path]:
+    """One DICOM file per picture, ``encodings`` (of ``ENCODINGS``) taken in turn."""
     from pydicom import Dataset
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
 
     paths = []
     for i, picture in enumerate(pictures):
-        encoding = ENCODINGS[i % len(ENCODINGS)]
+        encoding = encodings[i % len(encodings)]
         with Image.open(picture) as im:
             gray = im.convert("L")
             if encoding == "cr-1024":
