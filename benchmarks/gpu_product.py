@@ -36,12 +36,11 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.product import dicom_set  # noqa: E402
+from benchmarks.product import dicom_set, model_inputs  # noqa: E402
 
 PICTURES = ROOT / "tests" / "data" / "images"
 #: Built-in plugins that reach no peer (no Orthanc, PACS, HIS, EHR, upload page or metrics).
@@ -115,7 +114,6 @@ def main() -> None:
     import keras
 
     from ctai.model.backend import KerasClassifier, shipped_model_dir
-    from ctai.model.preprocess import to_model_input
 
     print(f"Keras {keras.__version__} on {keras.backend.backend()}, devices {keras.distribution.list_devices()}, "
           f"{os.cpu_count()} CPUs", flush=True)
@@ -128,8 +126,7 @@ def main() -> None:
         pictures = sorted(PICTURES.glob("*.jpeg"))
         paths = dicom_set([pictures[i % len(pictures)] for i in range(args.images)], work / "set", ("8-bit",))
         print(f"{len(paths)} 8-bit DICOM files in {time.perf_counter() - t0:.1f} s", flush=True)
-        inputs = np.stack([to_model_input(np.asarray(Image.open(p).convert("L"), np.float32) / 255,
-                                          classifier.input_size) for p in sorted(PICTURES.glob("*.jpeg"))])
+        inputs = np.load(model_inputs(paths[:len(pictures)], work / "inputs.npy", shipped_model_dir()))
         for batch in args.batch:
             x = np.resize(inputs, (batch, *inputs.shape[1:])).astype(np.float32)
             alone = network_alone(classifier, x, args.repeat)
