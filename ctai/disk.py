@@ -49,11 +49,18 @@ class DiskGuard:
         return f"disk space low on the receiving system ({free_mb:.0f} MB free)"
 
 
-def fsync_path(path: Path) -> None:
-    """Make a file, or a folder's entries, durable (fsync by path)."""
+def fsync_path(path: Path, uncache: bool = False) -> None:
+    """Make a file, or a folder's entries, durable (fsync by path). With ``uncache``, then let the
+    kernel drop the file's pages from its cache (``posix_fadvise`` DONTNEED, POSIX.1-2008): for a
+    file written for others to read, whose cached pages would only push out pages in use. The next
+    files' writes take the freed pages again instead of fresh memory, which costs the 2-core
+    development VM the hypervisor's page faults: writing and syncing 360 files of 1.6 MB took 0.25 s
+    of system time so, 0.88 s with the files left cached."""
     handle = os.open(path, os.O_RDONLY)
     try:
         os.fsync(handle)
+        if uncache:
+            os.posix_fadvise(handle, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(handle)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import subprocess
 import time
 from pathlib import Path
 
@@ -109,3 +110,21 @@ def test_a_failed_job_forgets_its_files(tmp_path, config, monkeypatch):
     folder.ctai_job_failed(job=job, error=RuntimeError("stopped"), config=config)
     monkeypatch.undo()
     folder.ctai_job_finished(job=job, results=[], failures=[], config=config)  # its next run's files only
+
+
+def test_a_finished_jobs_files_leave_the_page_cache_whole(tmp_path, config):
+    """ctai does not read its files again: once durable, their pages are given back (``fsync_path``'s
+    ``uncache``), as util-linux's ``fincore`` sees, and the files read back whole from the disk."""
+    job = Job(tmp_path.name, "cli", {"out_dir": str(tmp_path)})
+    result = delivered_result()
+    folder.ctai_deliver(result=result, job=job, config=config)
+    written = files(tmp_path)
+    resident = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", *map(str, written)],
+                              capture_output=True, text=True, check=True).stdout.split()
+    assert len(resident) == 2
+    folder.ctai_job_finished(job=job, results=[result], failures=[], config=config)
+    resident = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", *map(str, written)],
+                              capture_output=True, text=True, check=True).stdout.split()
+    assert resident == ["0", "0"]
+    for path, output in zip(written, sorted(result.outputs, key=lambda o: o.kind == "sr"), strict=True):
+        assert pydicom.dcmread(path).SOPInstanceUID == output.dataset.SOPInstanceUID
