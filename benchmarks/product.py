@@ -42,6 +42,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -175,7 +176,7 @@ def stage_costs(paths: list[Path], env: dict[str, str], out: Path) -> Stages:
     hook, series = pipeline.pm.hook, config["outputs"]
     size = pipeline.classifier.input_size
     stages = Stages()
-    written: list[Path] = []
+    syncs: list[Future[None]] = []
     for start in range(0, len(paths), int(config["model"]["batch_size"])):
         images = []
         for path in paths[start:start + int(config["model"]["batch_size"])]:
@@ -200,10 +201,10 @@ def stage_costs(paths: list[Path], env: dict[str, str], out: Path) -> Stages:
                 sr = build_sr(result, series["sr_series_number"], True)
             with stages("SC"):
                 sc = build_sc(result, series["sc_series_number"])
-            with stages("write (SR + SC files)"):
-                written += [write(out, Output("sr", sr)), write(out, Output("sc", sc))]
-    with stages("sync (in the background)", len(written) // 2):
-        for sync in [start_sync(path) for path in written]:  # as the folder plugin syncs them
+            with stages("write (SR + SC files)"):  # each synced in the background, as the folder plugin does
+                syncs += [start_sync(write(out, Output("sr", sr))), start_sync(write(out, Output("sc", sc)))]
+    with stages("sync (waits at the end)", len(syncs) // 2):
+        for sync in syncs:
             sync.result()
     return stages
 
