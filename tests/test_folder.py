@@ -13,6 +13,7 @@ from pydicom import Dataset
 
 from ctai.builtin import folder
 from ctai.outputs import sc, sr
+from ctai.outputs.common import to_bytes
 from ctai.types import Job, Output, Prediction, Result
 from tests.test_sr import make_result
 
@@ -115,16 +116,17 @@ def test_a_failed_job_forgets_its_files(tmp_path, config, monkeypatch):
 def test_a_finished_jobs_files_leave_the_page_cache_whole(tmp_path, config):
     """ctai does not read its files again: once durable, their pages are given back (``fsync_path``'s
     ``uncache``), as util-linux's ``fincore`` sees, and the files read back whole from the disk."""
+    filesystem = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True).stdout
+    if filesystem.strip() == "tmpfs":
+        pytest.skip("a tmpfs file is its pages: there is no disk copy to fall back on, nothing to drop")
     job = Job(tmp_path.name, "cli", {"out_dir": str(tmp_path)})
     result = delivered_result()
     folder.ctai_deliver(result=result, job=job, config=config)
     written = files(tmp_path)
-    resident = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", *map(str, written)],
-                              capture_output=True, text=True, check=True).stdout.split()
-    assert len(resident) == 2
+    assert len(written) == 2
     folder.ctai_job_finished(job=job, results=[result], failures=[], config=config)
     resident = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", *map(str, written)],
                               capture_output=True, text=True, check=True).stdout.split()
     assert resident == ["0", "0"]
     for path, output in zip(written, sorted(result.outputs, key=lambda o: o.kind == "sr"), strict=True):
-        assert pydicom.dcmread(path).SOPInstanceUID == output.dataset.SOPInstanceUID
+        assert path.read_bytes() == to_bytes(output.dataset)
