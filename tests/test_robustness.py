@@ -11,7 +11,7 @@ import pytest
 
 from ctai.inputs.images import read_gray
 from ctai.labelled_folder import Sample
-from ctai.model.preprocess import to_model_input, trim_blank_margins
+from ctai.model.preprocess import BLANK_RANGE, MAX_TRIM, content_box, to_model_input, trim_blank_margins
 from tests.conftest import IMAGES, kermany_layout, requires_model
 from training import augment, data, shifts
 
@@ -142,6 +142,29 @@ def test_blank_frames_are_trimmed_before_the_model_sees_them(image, fraction, va
     assert trim_blank_margins(framed).shape < image.shape
     difference = np.abs(to_model_input(framed, 64) - to_model_input(image, 64))
     assert np.median(difference) < 0.1  # the same picture, resampled twice
+
+
+def _margin(spans: np.ndarray, limit: int) -> int:
+    """The definition: blank lines (values spanning at most BLANK_RANGE) before the first that is not."""
+    content = np.flatnonzero(spans[:limit] > BLANK_RANGE)
+    return int(content[0]) if content.size else limit
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_content_box_is_its_definition_for_frames_of_any_width(seed):
+    """``content_box`` reads an edge's first rows before the rest of it; the box stays the one
+    that the value span of every row and column within a quarter of each side gives."""
+    rng = np.random.default_rng(seed)
+    for _ in range(200):
+        h, w = (int(n) for n in rng.integers(1, 120, 2))
+        pixels = rng.random((h, w)) * rng.choice([1.0, 0.01])  # some images blank throughout
+        top, bottom, left, right = (int(n) for n in rng.integers(0, 40, 4) * (rng.random(4) < 0.6))
+        pixels[:top], pixels[h - bottom:], pixels[:, :left], pixels[:, w - right:] = rng.random(4)
+        rows, cols = int(h * MAX_TRIM), int(w * MAX_TRIM)
+        row_spans, col_spans = np.ptp(pixels, axis=1), np.ptp(pixels, axis=0)
+        expected = (_margin(row_spans, rows), _margin(col_spans, cols),
+                    h - _margin(row_spans[::-1], rows), w - _margin(col_spans[::-1], cols))
+        assert content_box(pixels) == expected
 
 
 def test_trimming_keeps_images_without_margins_and_flat_images(image):
