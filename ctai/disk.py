@@ -5,6 +5,7 @@ file is written (``write_in_pieces``) and a file or folder made durable (``fsync
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -60,7 +61,8 @@ def fsync_path(path: Path, uncache: bool = False) -> None:
     try:
         os.fsync(handle)
         if uncache:
-            os.posix_fadvise(handle, 0, 0, os.POSIX_FADV_DONTNEED)
+            with contextlib.suppress(OSError):  # advice, which the file is durable without
+                os.posix_fadvise(handle, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(handle)
 

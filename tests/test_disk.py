@@ -1,9 +1,11 @@
-"""How ctai writes a file: whole, in pieces of at most ``WRITE_PIECE`` bytes."""
+"""How ctai writes a file (whole, in pieces of at most ``WRITE_PIECE`` bytes) and makes it durable."""
 
 from __future__ import annotations
 
+import errno
 import io
 
+from ctai import disk
 from ctai.disk import WRITE_PIECE, write_in_pieces
 
 
@@ -29,3 +31,14 @@ def test_nothing_is_written_for_no_data():
     file = Recording()
     write_in_pieces(file, b"")
     assert file.sizes == []
+
+
+def test_advice_the_system_refuses_does_not_fail_a_sync(tmp_path, monkeypatch):
+    path = tmp_path / "file"
+    path.write_bytes(b"x")
+
+    def refuse(*args: object) -> None:
+        raise OSError(errno.ESPIPE, "Illegal seek")
+
+    monkeypatch.setattr(disk.os, "posix_fadvise", refuse)
+    disk.fsync_path(path, uncache=True)
