@@ -19,8 +19,8 @@ PEEK = 8
 def _blank_run(lines: np.ndarray, limit: int) -> int:
     """How many of the first ``limit`` rows of ``lines`` are blank before the first that is not
     (``limit`` if all are). Most images have no margin at an edge: its first ``PEEK`` rows are
-    read first, and the rest only if they are all blank (0.3 ms instead of 1.8 for a 2500 x 2048
-    radiograph without a frame)."""
+    read first, and the rest only if they are all blank: ``content_box`` of a 2500 x 2048
+    radiograph without a frame took 0.35 ms so, 1.85 ms reading a quarter of each side."""
     peek = min(PEEK, limit)
     for start, stop in ((0, peek), (peek, limit)):
         rows = lines[start:stop]
