@@ -40,6 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.inference import best_time  # noqa: E402
 from benchmarks.product import dicom_set, model_inputs  # noqa: E402
 
 PICTURES = ROOT / "tests" / "data" / "images"
@@ -67,9 +68,7 @@ def network_alone(classifier, x: np.ndarray, repeat: int) -> dict[str, float]:
     accelerated = classifier.accelerated
     for name, one_call in (("one call", True), ("CHUNK rows a call", False)):
         classifier.accelerated = one_call
-        classifier.outputs(x)  # compiles this shape
-        best = min(_seconds(lambda: classifier.outputs(x)) for _ in range(repeat))
-        rates[name] = len(x) / best
+        rates[name] = len(x) / best_time(lambda: classifier.outputs(x), repeat)
     classifier.accelerated = accelerated
     return rates
 
@@ -95,12 +94,6 @@ def end_to_end(paths: list[Path], batch: int, out: Path | None) -> float:
     if classified < len(paths):
         print(f"  ({len(paths) - classified} of {len(paths)} not classified)")
     return classified / seconds
-
-
-def _seconds(call) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ def _blank_run(lines: np.ndarray, limit: int) -> int:
     peek = min(PEEK, limit)
     for start, stop in ((0, peek), (peek, limit)):
         rows = lines[start:stop]
-        content = np.flatnonzero(rows.max(axis=1) - rows.min(axis=1) > BLANK_RANGE)
+        content = np.flatnonzero(np.ptp(rows, axis=1) > BLANK_RANGE)
         if content.size:
             return start + int(content[0])
     return limit
