@@ -9,7 +9,8 @@
 #      shift (benchmarks/ensembles.py combines them into candidate ensembles afterwards);
 #   3. packs logs and reports (results.tgz) and the float16 weights (weights.tar.NN, 15 MB
 #      pieces) into $OUT, within the machine's transfer limits.
-# The 3.0.0 GPU members (m21-m24) came from this script at commit 4e0971a.
+# The 3.0.0 GPU members (m21-m24) came from this script at commit 4e0971a; 5.0.0's and issue 32's
+# black-corner members: the RUNS in docs/model-experiments.md.
 # Prepare with scripts/gpu-prepare.sh. Back here: cat weights.tar.* | tar x gives half/<run>/,
 # model folders with float16 weights that ctai and training.ensemble load as they are.
 set -uo pipefail
