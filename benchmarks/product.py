@@ -24,9 +24,10 @@ rounds' own ratios (``paired``). Then the per-stage CPU time of the product's ow
 same set, one stage at a time in this process: decoding (per encoding), the selection (header
 rules and the gate's network), preprocessing, the network (heat maps included), the result
 picture (of which the heat map), the SR, the SC, writing them and syncing them (a fresh
-folder's files, in the background as the folder plugin does). The converted networks are made
-first (the one-time cost of a first start, shown apart) in ``--data-dir`` (default: a temporary
-folder).
+folder's files, in the background as the folder plugin does). Last, the pipeline in this
+process with the network replaced by an instant one (``without_network``): the most images a
+second that one process can give an accelerator. The converted networks are made first (the
+one-time cost of a first start, shown apart) in ``--data-dir`` (default: a temporary folder).
 """
 
 from __future__ import annotations
@@ -209,6 +210,42 @@ def stage_costs(paths: list[Path], env: dict[str, str], out: Path) -> Stages:
     return stages
 
 
+class InstantNetwork:
+    """A classifier that answers at once, with ``real``'s answer for its first rows (any batch of
+    up to ``len(analysis)``): what is left of a pipeline is everything but the network."""
+
+    def __init__(self, real, analysis) -> None:
+        self.info, self.input_size, self.concurrency = real.info, real.input_size, real.concurrency
+        self.analysis = analysis
+
+    def analyse(self, batch: np.ndarray, heatmaps: bool = False):
+        return type(self.analysis)(*(None if part is None else part[:len(batch)] for part in self.analysis))
+
+
+def without_network(paths: list[Path], env: dict[str, str], rounds: int) -> tuple[float, float]:
+    """The best of ``rounds`` runs of one pipeline, in this process, over ``paths`` with an instant
+    network and no outputs: images a second and CPU-ms an image (all its threads). The most that
+    one process can give a network that takes no time, as on a fast accelerator."""
+    from ctai import config as configuration
+    from ctai.inputs import load_files
+    from ctai.pipeline import Pipeline
+    from ctai.types import Job
+
+    config = configuration.load(environ={**os.environ, **env})
+    pipeline = Pipeline(config)
+    pipeline.warm_up()
+    size, batch = pipeline.classifier.input_size, int(config["model"]["batch_size"])
+    real = pipeline.analyse(np.random.default_rng(0).random((batch, size, size, 1), dtype=np.float32))
+    pipeline._classifier = InstantNetwork(pipeline.classifier, real)
+    runs = []
+    for _ in range(rounds):
+        t0, c0 = time.perf_counter(), time.process_time()
+        pipeline.run(Job("bench", "bench", {"send": False, "outputs": False}), load_files(paths))
+        runs.append((time.perf_counter() - t0, time.process_time() - c0))
+    wall, cpu = min(runs)
+    return len(paths) / wall, 1000 * cpu / len(paths)
+
+
 def print_stages(stages: Stages, start: float) -> None:
     """The stages' CPU time, after ``start``: the CPU time of a ``ctai classify`` of one file
     (its start-up: imports, plugins, both networks loaded)."""
@@ -293,6 +330,9 @@ def main() -> None:
 
         stages = stage_costs(paths, base, work / "stages-out")
         print_stages(stages, start)
+        rate, cpu_ms = without_network(paths, base, args.rounds)
+        print(f"one process without its network (an instant one), no --out: {rate:.0f} images/s, "
+              f"{cpu_ms:.2f} CPU-ms an image (best of {args.rounds})")
 
 
 if __name__ == "__main__":

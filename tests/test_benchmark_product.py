@@ -29,6 +29,7 @@ def test_the_product_benchmark_prints_its_ratios_and_stages(tmp_path):
     for stage in ("start-up", "decode 8-bit", "decode rle", "select", "preprocess", "network", "heat map",
                   "SR", "SC", "write", "sync", "total"):
         assert stage in out, stage
+    assert "one process without its network (an instant one), no --out:" in out
 
 
 # As on the lent GPU machine: Keras on JAX, where TensorFlow is not installed (an import of it fails).
