@@ -9,9 +9,10 @@ import pytest
 from ctai import hookimpl
 from ctai.inputs import load
 from ctai.model.backend import ProbabilityClassifier
-from ctai.pipeline import Pipeline
+from ctai.pipeline import Pipeline, released
 from ctai.plugins import plugin_manager
 from ctai.types import Failure, Job, ModelInfo, Result
+from tests import dicomfactory
 from tests.conftest import IMAGES
 
 
@@ -198,3 +199,19 @@ def test_the_classifier_loads_once_while_the_first_batch_is_read(recorder):
     outcomes = pipeline.run(Job(id="j", source="test"), reading())
     assert saw_it == [True] and len(loads) == 1  # loaded once, as the first image was read
     assert [o.source.path for o in outcomes] == [image.path for image in sources(6)]
+
+
+def test_a_released_result_keeps_its_header_and_drops_its_pixels(tmp_path):
+    """``released`` keeps what the job's summary and hooks read (every element but the pixels,
+    private ones included, undecoded) and leaves the delivered result as it was."""
+    ds = dicomfactory.dataset(dicomfactory.picture()[:64, :64], AccessionNumber="A1")
+    ds.private_block(0x0009, "ACME", create=True).add_new(0x01, "LO", "vendor value")
+    [image] = load(dicomfactory.save(ds, tmp_path / "a.dcm"))
+    result = Result(image, None, outputs=["an output"])
+    kept = released(result)
+    header = kept.source.dataset
+    assert "PixelData" not in header and kept.source.pixels.size == 0
+    assert kept.outputs == [] and kept.picture is None
+    assert header.AccessionNumber == "A1" and header.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+    assert header.private_block(0x0009, "ACME")[0x01].value == "vendor value"
+    assert "PixelData" in result.source.dataset and result.source.pixels.size and result.outputs == ["an output"]
