@@ -46,9 +46,14 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from ctai.hookspecs import Classifier
+    from ctai.model.backend import Analysis
 
 ENCODINGS = ("8-bit", "16-bit", "monochrome1", "cr-1024", "jpeg", "rle")
 
@@ -214,12 +219,15 @@ class InstantNetwork:
     """A classifier that answers at once, with ``real``'s answer for its first rows (any batch of
     up to ``len(analysis)``): what is left of a pipeline is everything but the network."""
 
-    def __init__(self, real, analysis) -> None:
+    def __init__(self, real: Classifier, analysis: Analysis) -> None:
         self.info, self.input_size, self.concurrency = real.info, real.input_size, real.concurrency
         self.analysis = analysis
 
-    def analyse(self, batch: np.ndarray, heatmaps: bool = False):
-        return type(self.analysis)(*(None if part is None else part[:len(batch)] for part in self.analysis))
+    def analyse(self, batch: np.ndarray, heatmaps: bool = False) -> Analysis:
+        return self.analysis._make(None if part is None else part[:len(batch)] for part in self.analysis)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self.analyse(batch).probabilities
 
 
 def without_network(paths: list[Path], env: dict[str, str], rounds: int) -> tuple[float, float]:
