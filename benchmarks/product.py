@@ -52,8 +52,10 @@ import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:
+    from ctai.config import Config
     from ctai.hookspecs import Classifier
     from ctai.model.backend import Analysis
+    from ctai.pipeline import Pipeline
 
 ENCODINGS = ("8-bit", "16-bit", "monochrome1", "cr-1024", "jpeg", "rle")
 
@@ -164,21 +166,28 @@ class Stages:
         self.counts[name] += count
 
 
+def warm_pipeline(env: dict[str, str]) -> tuple[Config, Pipeline]:
+    """The configuration ``ctai classify`` has under ``env``, and a pipeline with its networks loaded."""
+    from ctai import config as configuration
+    from ctai.pipeline import Pipeline
+
+    config = configuration.load(environ={**os.environ, **env})
+    pipeline = Pipeline(config)
+    pipeline.warm_up()
+    return config, pipeline
+
+
 def stage_costs(paths: list[Path], env: dict[str, str], out: Path) -> Stages:
     """The CPU time of each of the product's steps on ``paths``, a batch at a time, one step after
     the other in this thread, with the configuration ``ctai classify`` has under ``env``."""
-    from ctai import config as configuration
     from ctai.builtin.folder import start_sync, write
     from ctai.inputs import load
     from ctai.outputs.picture import _draw_heatmap, _scaled_source, picture
     from ctai.outputs.sc import build_sc
     from ctai.outputs.sr import build_sr
-    from ctai.pipeline import Pipeline
     from ctai.types import Output, Result, SourceImage
 
-    config = configuration.load(environ={**os.environ, **env})
-    pipeline = Pipeline(config)
-    pipeline.warm_up()
+    config, pipeline = warm_pipeline(env)
     hook, series = pipeline.pm.hook, config["outputs"]
     size = pipeline.classifier.input_size
     stages = Stages()
@@ -234,14 +243,10 @@ def without_network(paths: list[Path], env: dict[str, str], rounds: int) -> tupl
     """The best of ``rounds`` runs of one pipeline, in this process, over ``paths`` with an instant
     network and no outputs: images a second and CPU-ms an image (all its threads). The most that
     one process can give a network that takes no time, as on a fast accelerator."""
-    from ctai import config as configuration
     from ctai.inputs import load_files
-    from ctai.pipeline import Pipeline
     from ctai.types import Job
 
-    config = configuration.load(environ={**os.environ, **env})
-    pipeline = Pipeline(config)
-    pipeline.warm_up()
+    config, pipeline = warm_pipeline(env)
     size, batch = pipeline.classifier.input_size, int(config["model"]["batch_size"])
     real = pipeline.analyse(np.random.default_rng(0).random((batch, size, size, 1), dtype=np.float32))
     pipeline._classifier = InstantNetwork(pipeline.classifier, real)

@@ -139,7 +139,8 @@ def in_calls(run: Callable[[np.ndarray], Any], batch: np.ndarray, accelerated: b
     if not accelerated:
         return joined([run(batch[i:i + CHUNK]) for i in range(0, len(batch), CHUNK)])
     rows = 1 << max(0, len(batch) - 1).bit_length()
-    padded = np.concatenate([batch, np.zeros((rows - len(batch), *batch.shape[1:]), batch.dtype)])
+    padded = batch if rows == len(batch) else np.concatenate(
+        [batch, np.zeros((rows - len(batch), *batch.shape[1:]), batch.dtype)])  # no copy of a whole batch
     outputs = run(padded)
     parts = outputs if isinstance(outputs, (list, tuple)) else [outputs]
     return joined([[np.asarray(part)[:len(batch)] for part in parts]])
