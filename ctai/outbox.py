@@ -59,7 +59,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     done REAL,
     last_error TEXT
 );
-CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (channel, key, id) WHERE state = 'pending';
+-- What picks the messages due answers from these indexes alone: a row's columns after its
+-- payload (megabytes for an SC) are read through the payload's overflow pages.
+DROP INDEX IF EXISTS outbox_pending;
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (channel, key, id, next_attempt, attempts)
+    WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, channel);
 -- Before dead letters had a name of their own they were 'failed'.
 UPDATE outbox SET state = 'dead' WHERE state = 'failed';
 """
@@ -89,11 +94,12 @@ _put = _Wakeup()
 
 @dataclass(frozen=True)
 class Message:
+    """A queued message; its payload, up to megabytes, is read when it is sent (``Outbox.payloads``)."""
+
     id: int
     channel: str
     key: str
     destination: dict[str, Any]
-    payload: bytes
     attempts: int
     state: str = "pending"
     last_error: str | None = None
@@ -151,12 +157,20 @@ class Outbox:
         """The oldest pending message of each key of ``channel`` whose retry time has come, oldest first."""
         with self._db() as db:
             rows = db.execute(
-                "SELECT id, channel, key, destination, payload, attempts FROM outbox o"
+                "SELECT id, channel, key, destination, attempts FROM outbox o INDEXED BY outbox_due"
                 " WHERE channel = ? AND state = 'pending' AND next_attempt <= ?"
-                " AND id = (SELECT MIN(id) FROM outbox WHERE channel = o.channel AND key = o.key"
-                "           AND state = 'pending')"
+                " AND id = (SELECT MIN(id) FROM outbox INDEXED BY outbox_due"
+                "           WHERE channel = o.channel AND key = o.key AND state = 'pending')"
                 " ORDER BY id", (channel, now)).fetchall()
-        return [Message(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
+        return [Message(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]
+
+    def payloads(self, messages: list[Message]) -> list[bytes]:
+        """The payload of each of ``messages`` (empty once delivered)."""
+        ids = [m.id for m in messages]
+        with self._db() as db:
+            rows = dict(db.execute(f"SELECT id, payload FROM outbox WHERE id IN ({', '.join('?' * len(ids))})",
+                                   ids).fetchall())
+        return [rows[i] for i in ids]
 
     def mark_delivered(self, message: Message) -> None:
         """Record the delivery; the payload is dropped, the row stays to recognise the content again."""
@@ -220,9 +234,9 @@ class Outbox:
         """Messages in ``state`` (all if None), oldest first."""
         with self._db() as db:
             rows = db.execute(
-                "SELECT id, channel, key, destination, payload, attempts, state, last_error FROM outbox"
+                "SELECT id, channel, key, destination, attempts, state, last_error FROM outbox"
                 " WHERE ? IS NULL OR state = ? ORDER BY id", (state, state)).fetchall()
-        return [Message(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
+        return [Message(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
 
 
 def send_due(outbox: Outbox, channel: str, sender: Sender, now: float | None = None) -> int:
@@ -239,7 +253,8 @@ def send_due(outbox: Outbox, channel: str, sender: Sender, now: float | None = N
     while progress:
         progress = False
         for batch in _batches(outbox.due(channel, now), sender, failing):
-            for message, outcome in zip(batch, _attempt(sender, batch), strict=False):
+            outcomes = _attempt(sender, batch, outbox.payloads(batch))
+            for message, outcome in zip(batch, outcomes, strict=False):
                 result = _record(outbox, message, outcome, now)
                 if result == "retry":
                     failing.add(_where(message))
@@ -267,12 +282,12 @@ def _batches(due: list[Message], sender: Sender, failing: set[str]) -> Iterator[
             yield messages[start:start + size]
 
 
-def _attempt(sender: Sender, batch: list[Message]) -> list[Outcome]:
-    """The outcome of each message of ``batch`` that was tried (the first one at least)."""
+def _attempt(sender: Sender, batch: list[Message], payloads: list[bytes]) -> list[Outcome]:
+    """The outcome of each message of ``batch`` (with its ``payloads``) that was tried (the first one at least)."""
     try:
         if isinstance(sender, BatchSender):
-            return sender.send_many(batch[0].destination, [m.payload for m in batch])
-        sender(batch[0].destination, batch[0].payload)
+            return sender.send_many(batch[0].destination, payloads)
+        sender(batch[0].destination, payloads[0])
     except Exception as exc:  # noqa: BLE001 - classified in _record
         return [exc]
     return [None]

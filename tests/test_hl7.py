@@ -104,12 +104,14 @@ def test_deliver_queues_one_message_per_result_keyed_by_patient(config):
     hl7.ctai_deliver(result=classified, job=Job("j", "test"), config=config)
     hl7.ctai_deliver(result=classified, job=Job("j", "test"), config=config)  # a job that ran again
     hl7.ctai_deliver(result=result(patient=PatientInfo()), job=Job("j", "test"), config=config)  # no Patient ID
-    [message] = Outbox.from_config(config).messages()
+    outbox = Outbox.from_config(config)
+    [message] = outbox.messages()
     assert (message.channel, message.key) == ("hl7", "/PAT-1")
-    segments = message.payload.decode().split("\r")
+    [payload] = outbox.payloads([message])
+    segments = payload.decode().split("\r")
     assert segments[0].startswith("MSH|") and segments[-1] == ""  # every segment ends with <CR>, the last too
     assert all(segments[:-1])
-    assert mllp.control_id(message.payload.decode()) == control_id(
+    assert mllp.control_id(payload.decode()) == control_id(
         f"hl7:{classified.source.dataset.SOPInstanceUID}:resnet18-test:0.0")
 
 
@@ -162,7 +164,7 @@ def test_ar_or_ce_is_sent_again_later_and_every_message_arrives_once_in_order(co
     config["hl7"]["port"] = his.start().port
     other = PatientInfo(id="PAT-2", name="Doe^John")
     outbox = queue_results(fast_outbox(config), [PATIENT, other, PATIENT])
-    queued = [mllp.control_id(m.payload.decode()) for m in outbox.messages()]
+    queued = [mllp.control_id(p.decode()) for p in outbox.payloads(outbox.messages())]
     sender = OutboxSender(config, {"hl7": mllp.deliver})
     sender.start()
     try:
@@ -207,16 +209,16 @@ def test_no_answer_in_time_means_retry(config):
         silent.listen()
         config["hl7"]["port"] = silent.getsockname()[1]
         outbox = queue_results(config, [PATIENT])
-        outbox_message = outbox.due("hl7", now=9e9)[0]
+        due = outbox.due("hl7", now=9e9)[:1]
         with pytest.raises(TimeoutError):
-            mllp.deliver({**outbox_message.destination, "ack_timeout": 0.3}, outbox_message.payload)
+            mllp.deliver({**due[0].destination, "ack_timeout": 0.3}, outbox.payloads(due)[0])
 
 
 def test_his_down_then_back_gets_every_message_once_in_order(config, his):
     config["hl7"]["port"] = his.port  # nothing listens yet
     other = PatientInfo(id="PAT-2", name="Doe^John")
     outbox = queue_results(fast_outbox(config), [PATIENT, other, PATIENT])
-    first, second, third = (mllp.control_id(m.payload.decode()) for m in outbox.messages())
+    first, second, third = (mllp.control_id(p.decode()) for p in outbox.payloads(outbox.messages()))
     sender = OutboxSender(config, {"hl7": mllp.deliver})
     sender.start()
     try:

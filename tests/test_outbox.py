@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import tracemalloc
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,7 +56,8 @@ def test_delivers_in_order_and_marks_each_message_once(outbox):
     assert send_due(outbox, "hl7", peer, now=T) == 4
     assert peer.received == [b"m0", b"other", b"m1", b"m2"]
     assert send_due(outbox, "hl7", peer, now=T) == 0
-    assert [(m.state, m.payload) for m in outbox.messages()] == [("delivered", b"")] * 4  # payload dropped
+    assert [m.state for m in outbox.messages()] == ["delivered"] * 4
+    assert outbox.payloads(outbox.messages()) == [b""] * 4  # payload dropped
 
 
 def test_same_content_is_queued_once(outbox):
@@ -105,6 +107,25 @@ def test_a_down_destination_costs_one_attempt_per_pass(outbox):
     assert peer.calls == 1
 
 
+def test_a_backlog_is_not_read_into_memory_to_find_what_is_due(outbox):
+    """After an outage a PACS may have thousands of studies waiting, an SC of megabytes each: a
+    pass reads the payloads it sends, not those of every waiting key."""
+    peer = Peer()
+    peer.down.add("pacs")
+    for n in range(40):
+        outbox.put("cstore", f"study-{n}", PACS, bytes([n]) * 1_000_000, dedup=str(n))
+    tracemalloc.start()
+    try:
+        send_due(outbox, "cstore", peer, now=T)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peer.calls == 1 and peak < 5_000_000
+    peer.down.clear()
+    assert send_due(outbox, "cstore", peer, now=T + 1000) == 40
+    assert peer.received == [bytes([n]) * 1_000_000 for n in range(40)]
+
+
 def test_a_refused_message_is_a_dead_letter_at_once_and_its_key_goes_on(outbox, caplog):
     peer = Peer()
     peer.refused.add(b"bad")
@@ -114,7 +135,8 @@ def test_a_refused_message_is_a_dead_letter_at_once_and_its_key_goes_on(outbox, 
     send_due(outbox, "cstore", peer, now=T)
     assert peer.received == [b"good"]
     [dead] = outbox.messages("dead")
-    assert dead.payload == b"bad" and dead.attempts == 1 and "refused: SOP class not supported" in dead.last_error
+    assert outbox.payloads([dead]) == [b"bad"] and dead.attempts == 1
+    assert "refused: SOP class not supported" in dead.last_error
     assert [r.levelname for r in caplog.records if "dead letter" in r.message] == ["ERROR"]  # once
 
 
@@ -166,8 +188,9 @@ def test_an_outbox_of_an_older_version_keeps_its_rows(tmp_path):
     Outbox(path).put("hl7", "p", HIS, b"m", dedup="m")
     with sqlite3.connect(path) as db:
         db.execute("UPDATE outbox SET state = 'failed'")  # what a refused message was before dead letters
-    [dead] = Outbox(path).messages()
-    assert (dead.state, dead.payload) == ("dead", b"m")
+    outbox = Outbox(path)
+    [dead] = outbox.messages()
+    assert (dead.state, outbox.payloads([dead])) == ("dead", [b"m"])
 
 
 def test_pending_messages_survive_a_restart(tmp_path):
