@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -13,9 +14,10 @@ import pytest
 
 from ctai.cli import build_parser
 from ctai.errors import TransientError, Undeliverable
-from ctai.outbox import Outbox, OutboxSender, send_due
+from ctai.outbox import ORPHAN_AGE, Outbox, OutboxSender, send_due
 from ctai.outputs.common import to_bytes
 from ctai.transports import dicom_scu, mllp
+from ctai.types import BatchSender
 from tests.peers import fast_outbox, free_port, result, wait_until
 
 T = time.time() + 86_400  # a clock far enough ahead that every message queued by the tests is due
@@ -191,6 +193,85 @@ def test_an_outbox_of_an_older_version_keeps_its_rows(tmp_path):
     outbox = Outbox(path)
     [dead] = outbox.messages()
     assert (dead.state, outbox.payloads([dead])) == ("dead", [b"m"])
+
+
+def test_an_outbox_with_payloads_in_its_rows_delivers_them(tmp_path):
+    """Before payloads had files of their own, they were in the rows."""
+    path = tmp_path / "outbox.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL,"
+                   " key TEXT NOT NULL, destination TEXT NOT NULL, payload BLOB NOT NULL,"
+                   " dedup TEXT NOT NULL UNIQUE, state TEXT NOT NULL DEFAULT 'pending', created REAL NOT NULL,"
+                   " attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL, done REAL, last_error TEXT)")
+        db.execute("INSERT INTO outbox (channel, key, destination, payload, dedup, created, next_attempt)"
+                   " VALUES ('hl7', 'p', '{\"host\": \"his\"}', X'6F6C64', 'old', 0, 0)")
+    outbox = Outbox(path)
+    outbox.put("hl7", "p", HIS, b"new", dedup="new")
+    peer = Peer()
+    assert send_due(outbox, "hl7", peer, now=T) == 2
+    assert peer.received == [b"old", b"new"]
+    assert outbox.payloads(outbox.messages()) == [b"", b""]
+
+
+def payload_files(outbox: Outbox) -> list[bytes]:
+    return sorted(f.read_bytes() for f in outbox.payloads_dir.iterdir())
+
+
+def test_each_payload_has_a_file_until_it_is_delivered_or_dropped(outbox):
+    peer = Peer()
+    peer.refused.add(b"refused")
+    for name in ("sent", "refused", "dropped"):
+        assert outbox.put("cstore", name, PACS, name.encode(), dedup=name)
+    assert not outbox.put("cstore", "sent", PACS, b"again", dedup="sent")  # queued before: no file
+    assert payload_files(outbox) == [b"dropped", b"refused", b"sent"]
+    dropped = outbox.messages()[2]
+    assert outbox.drop(dropped.id)
+    send_due(outbox, "cstore", peer, now=T)
+    assert peer.received == [b"sent"]
+    assert payload_files(outbox) == [b"refused"]  # a dead letter keeps its payload, to be revived
+    peer.refused.clear()
+    outbox.revive()
+    send_due(outbox, "cstore", peer, now=T)
+    assert peer.received == [b"sent", b"refused"] and payload_files(outbox) == []
+
+
+def test_a_message_whose_payload_file_is_gone_is_a_dead_letter_and_its_key_goes_on(outbox):
+    peer = Peer()
+    outbox.put("cstore", "study-1", PACS, b"lost", dedup="1")
+    outbox.put("cstore", "study-1", PACS, b"kept", dedup="2")
+    next(f for f in outbox.payloads_dir.iterdir() if f.read_bytes() == b"lost").unlink()
+    assert send_due(outbox, "cstore", peer, now=T) == 1
+    assert peer.received == [b"kept"]
+    [dead] = outbox.messages("dead")
+    assert dead.last_error.startswith("its payload file ") and dead.last_error.endswith(" is gone from "
+                                                                                      f"{outbox.payloads_dir}")
+
+
+def test_a_batch_goes_out_up_to_a_message_whose_payload_file_is_gone(outbox):
+    batches: list[list[bytes]] = []
+
+    def send_many(destination: Mapping[str, Any], payloads: list[bytes]) -> list[None]:
+        batches.append(list(payloads))
+        return [None] * len(payloads)
+
+    for n in range(4):
+        outbox.put("cstore", f"study-{n}", PACS, b"m%d" % n, dedup=str(n))
+    next(f for f in outbox.payloads_dir.iterdir() if f.read_bytes() == b"m2").unlink()
+    assert send_due(outbox, "cstore", BatchSender(send_many, 64), now=T) == 3
+    assert batches == [[b"m0", b"m1"], [b"m3"]]
+    assert [m.state for m in outbox.messages()] == ["delivered", "delivered", "dead", "delivered"]
+
+
+def test_payload_files_that_no_message_names_are_removed_once_old(outbox):
+    outbox.put("cstore", "study-1", PACS, b"queued", dedup="1")
+    old, young = outbox.payloads_dir / "old.bin", outbox.payloads_dir / "young.bin"
+    old.write_bytes(b"a crash's leftover")
+    young.write_bytes(b"another process's, about to be queued")
+    os.utime(old, (time.time() - ORPHAN_AGE - 1,) * 2)
+    os.utime(next(f for f in outbox.payloads_dir.iterdir() if f.read_bytes() == b"queued"),
+             (time.time() - ORPHAN_AGE - 1,) * 2)
+    assert outbox.remove_orphans() == 1
+    assert payload_files(outbox) == [b"another process's, about to be queued", b"queued"]
 
 
 def test_pending_messages_survive_a_restart(tmp_path):

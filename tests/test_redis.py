@@ -15,6 +15,7 @@ import pydicom
 import pytest
 
 from ctai import cli, hookimpl, jobs
+from ctai.outbox import Outbox
 from ctai.plugins import plugin_manager
 from ctai.redisdb import RedisMisconfigured, RedisUnavailable
 from ctai.results import JobStore
@@ -197,10 +198,13 @@ class DicomSource(FakeSource):
 
 def outbox_contents(config) -> dict[str, str]:
     """Dedup key -> what the receiver recognises a message by (SOP Instance UID, or MSH-10)."""
-    with sqlite3.connect(Path(config["data"]["dir"]) / "outbox.sqlite3") as db:
-        rows = db.execute("select channel, dedup, payload from outbox").fetchall()
-    return {dedup: (pydicom.dcmread(io.BytesIO(payload)).SOPInstanceUID if channel == "cstore"
-                    else payload.decode().split("|")[9]) for channel, dedup, payload in rows}
+    outbox = Outbox.from_config(config)
+    with sqlite3.connect(outbox.path) as db:
+        dedups = dict(db.execute("select id, dedup from outbox").fetchall())
+    messages = outbox.messages()
+    return {dedups[m.id]: (pydicom.dcmread(io.BytesIO(payload)).SOPInstanceUID if m.channel == "cstore"
+                           else payload.decode().split("|")[9])
+            for m, payload in zip(messages, outbox.payloads(messages), strict=True)}
 
 
 def test_a_job_run_again_after_a_lost_lease_sends_nothing_twice(two, make_worker):
