@@ -38,7 +38,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,11 +187,15 @@ class Outbox:
         """A new durable file holding ``payload`` (its contents and its name synced); its name."""
         self.payloads_dir.mkdir(exist_ok=True)
         name = f"{uuid.uuid4().hex}.bin"
-        with open(self.payloads_dir / name, "xb") as file:
-            write_in_pieces(file, payload)
-            file.flush()
-            os.fsync(file.fileno())
-        fsync_path(self.payloads_dir)
+        try:
+            with open(self.payloads_dir / name, "xb") as file:
+                write_in_pieces(file, payload)
+                file.flush()
+                os.fsync(file.fileno())
+            fsync_path(self.payloads_dir)
+        except BaseException:  # a full disk, say: no half-written file stays behind
+            self._remove_payload(name)
+            raise
         return name
 
     def _remove_payload(self, name: str | None) -> None:
@@ -293,10 +297,13 @@ class Outbox:
             named = {row[0] for row in db.execute(
                 "SELECT file FROM outbox WHERE state IN ('pending', 'dead') AND file IS NOT NULL")}
         cutoff = (time.time() if now is None else now) - ORPHAN_AGE
-        orphans = [f for f in self.payloads_dir.iterdir() if f.name not in named and f.stat().st_mtime < cutoff]
-        for orphan in orphans:
-            orphan.unlink(missing_ok=True)
-        return len(orphans)
+        removed = 0
+        for file in self.payloads_dir.iterdir():
+            with suppress(FileNotFoundError):  # another process removed it meanwhile
+                if file.name not in named and file.stat().st_mtime < cutoff:
+                    file.unlink()
+                    removed += 1
+        return removed
 
     def retry_now(self, channel: str | None = None) -> None:
         """Make every pending message due now (``ctai outbox --send``)."""
