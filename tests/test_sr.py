@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from io import BytesIO
 from pathlib import Path
@@ -317,3 +319,25 @@ def test_an_sr_is_not_changed_by_the_next_one_of_its_kind():
                                                                           "viral": 0.8})
     second = sr.build_sr(other, 9901)
     assert to_bytes(first) == encoded != to_bytes(second)
+
+
+def test_threads_that_start_together_build_a_kind_once(monkeypatch):
+    """A worker's threads take their first jobs at once: one of them has highdicom build the kind."""
+    built = []
+    reference = sr.reference_sr
+
+    def counted(*args, **kwargs):
+        built.append(threading.get_ident())
+        return reference(*args, **kwargs)
+
+    monkeypatch.setattr(sr, "reference_sr", counted)
+    results = [radiograph_result() for _ in range(4)]
+    start = threading.Barrier(len(results))
+
+    def build(result: Result) -> bytes:
+        start.wait()
+        return to_bytes(sr.build_sr(result, 9902))
+
+    with ThreadPoolExecutor(len(results)) as pool:
+        encoded = list(pool.map(build, results))
+    assert len(built) == 1 and all(encoded)
