@@ -4,11 +4,12 @@ a real Orthanc with ctai's plugin, a private redis-server, in a private network 
 
 For each count of workers: radiographs are sent to Orthanc with no worker running, their jobs
 are held aside in Redis while the workers start (loading the model), then released at once;
-throughput is the jobs over the time from the first claim to the last job done. Each worker has its own data dir, as on
-its own machine. On one machine the workers share its cores: two cannot be twice as fast as
-one here; on two machines each brings its own.
+throughput is the jobs over the time from the first claim to the last job done, beside the CPU
+time the workers and Orthanc took meanwhile. Each worker has its own data dir, as on its own
+machine. On one machine the workers share its cores: two cannot be twice as fast as one here; on
+two machines each brings its own.
 
-    .venv/bin/python benchmarks/workers.py [--radiographs 60] [--threads 4]
+    .venv/bin/python benchmarks/workers.py [--radiographs 240] [--threads 4]
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ def wait_status(store: JobStore, ids: list[str], statuses: tuple[str, ...], time
         time.sleep(0.1)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds the process ``pid`` has taken (proc(5): utime, stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run(harness: Harness, server: RedisServer, root: Path, workers: int, count: int, tag: str) -> float:
     """Images per second of ``workers`` worker processes over ``count`` queued radiographs."""
     names = image_names()
@@ -56,8 +63,11 @@ def run(harness: Harness, server: RedisServer, root: Path, workers: int, count: 
     try:
         for process in processes:
             process.wait_started()
+        pids = [p.process.pid for p in processes] + [harness.orthanc.process.pid]
+        before = [cpu_seconds(pid) for pid in pids]
         queue.rename("held", "huey.redis.ctai")
         wait_status(store, ids, ("done", "failed"))
+        taken = [cpu_seconds(pid) - start for pid, start in zip(pids, before, strict=True)]
     finally:
         for process in processes:
             process.stop()
@@ -65,14 +75,17 @@ def run(harness: Harness, server: RedisServer, root: Path, workers: int, count: 
     failed = sum(r.status != "done" for r in records)
     span = max(r.finished for r in records) - min(r.started for r in records)
     shares = "+".join(str(sum(p.done().values())) for p in processes)
+    workers_cpu = sum(taken[:-1])
     print(f"{workers} worker process(es): {count} radiographs in {span:.1f} s = {count / span:.1f}/s"
-          f" (jobs per process: {shares}){f', {failed} failed' if failed else ''}", flush=True)
+          f" (jobs per process: {shares}){f', {failed} failed' if failed else ''}; CPU time meanwhile:"
+          f" workers {workers_cpu:.1f} s ({1000 * workers_cpu / count:.0f} ms a radiograph), Orthanc"
+          f" {taken[-1]:.1f} s", flush=True)
     return count / span
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--radiographs", type=int, default=60)
+    parser.add_argument("--radiographs", type=int, default=240)
     parser.add_argument("--threads", type=int, default=4, help="[worker] threads of each worker")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
