@@ -243,8 +243,8 @@ def test_a_message_whose_payload_file_is_gone_is_a_dead_letter_and_its_key_goes_
     assert send_due(outbox, "cstore", peer, now=T) == 1
     assert peer.received == [b"kept"]
     [dead] = outbox.messages("dead")
-    assert dead.last_error.startswith("its payload file ") and dead.last_error.endswith(" is gone from "
-                                                                                      f"{outbox.payloads_dir}")
+    assert dead.last_error.startswith("its payload file ")
+    assert dead.last_error.endswith(f" is gone from {outbox.payloads_dir}")
 
 
 def test_a_batch_goes_out_up_to_a_message_whose_payload_file_is_gone(outbox):
