@@ -185,10 +185,11 @@ class Outbox:
 
     def _write_payload(self, payload: bytes) -> str:
         """A new durable file holding ``payload`` (its contents and its name synced); its name."""
-        self.payloads_dir.mkdir(exist_ok=True)
+        self.payloads_dir.mkdir(mode=0o700, exist_ok=True)  # patient data: for ctai's user only
         name = f"{uuid.uuid4().hex}.bin"
+        handle = os.open(self.payloads_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            with open(self.payloads_dir / name, "xb") as file:
+            with os.fdopen(handle, "wb") as file:
                 write_in_pieces(file, payload)
                 file.flush()
                 os.fsync(file.fileno())

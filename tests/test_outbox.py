@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import threading
 import time
 import tracemalloc
@@ -224,6 +225,8 @@ def test_each_payload_has_a_file_until_it_is_delivered_or_dropped(outbox):
         assert outbox.put("cstore", name, PACS, name.encode(), dedup=name)
     assert not outbox.put("cstore", "sent", PACS, b"again", dedup="sent")  # queued before: no file
     assert payload_files(outbox) == [b"dropped", b"refused", b"sent"]
+    assert stat.S_IMODE(outbox.payloads_dir.stat().st_mode) == 0o700  # patient data: ctai's user only
+    assert {stat.S_IMODE(f.stat().st_mode) for f in outbox.payloads_dir.iterdir()} == {0o600}
     dropped = outbox.messages()[2]
     assert outbox.drop(dropped.id)
     send_due(outbox, "cstore", peer, now=T)
