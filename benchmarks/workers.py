@@ -9,7 +9,10 @@ time the workers and Orthanc took meanwhile. Each worker has its own data dir, a
 machine. On one machine the workers share its cores: two cannot be twice as fast as one here; on
 two machines each brings its own.
 
-    .venv/bin/python benchmarks/workers.py [--radiographs 240] [--threads 4]
+    .venv/bin/python benchmarks/workers.py [--radiographs 240] [--threads 4] [--height 2500]
+
+The radiographs are the committed 224-px pictures; ``--height`` enlarges them to a detector's
+size, 12 bits stored in 16 with a window, as a DX is.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pydicom import Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -42,16 +49,31 @@ def wait_status(store: JobStore, ids: list[str], statuses: tuple[str, ...], time
         time.sleep(0.1)
 
 
+def detector_sized(ds: Dataset, height: int) -> Dataset:
+    """``ds``'s 8-bit picture enlarged to ``height`` rows, as 12-bit values a window shows whole."""
+    picture = Image.fromarray(ds.pixel_array)
+    picture = picture.resize((round(picture.width * height / picture.height), height), Image.Resampling.BICUBIC)
+    values = np.asarray(picture, dtype=np.uint16) * 16
+    ds.Rows, ds.Columns = values.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.PixelData = values.tobytes()
+    return ds
+
+
 def cpu_seconds(pid: int) -> float:
     """User and system CPU seconds the process ``pid`` has taken (proc(5): utime, stime)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(harness: Harness, server: RedisServer, root: Path, workers: int, count: int, tag: str) -> float:
-    """Images per second of ``workers`` worker processes over ``count`` queued radiographs."""
+def run(harness: Harness, server: RedisServer, root: Path, workers: int, count: int, tag: str,
+        height: int | None = None) -> float:
+    """Images per second of ``workers`` worker processes over ``count`` queued radiographs (enlarged
+    to ``height`` rows if given)."""
     names = image_names()
-    answers = [harness.upload(radiograph(names[i % len(names)], f"{tag}{i}")) for i in range(count)]
+    datasets = (radiograph(names[i % len(names)], f"{tag}{i}") for i in range(count))
+    answers = [harness.upload(detector_sized(ds, height) if height else ds) for ds in datasets]
     ids = [f"orthanc:{a['ParentSeries']}" for a in answers]
     store = JobStore(harness.config)
     wait_status(store, ids, ("pending",))
@@ -87,6 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--radiographs", type=int, default=240)
     parser.add_argument("--threads", type=int, default=4, help="[worker] threads of each worker")
+    parser.add_argument("--height", type=int, help="enlarge the radiographs to this many rows (a DX: 2500)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -100,8 +123,8 @@ def main() -> None:
         harness.start_orthanc()
         try:
             print(f"{os.cpu_count()} CPU cores; Redis on a Unix socket; {args.threads} threads per worker")
-            one = run(harness, server, root, 1, args.radiographs, "ONE")
-            two = run(harness, server, root, 2, args.radiographs, "TWO")
+            one = run(harness, server, root, 1, args.radiographs, "ONE", args.height)
+            two = run(harness, server, root, 2, args.radiographs, "TWO", args.height)
             print(f"two worker processes / one: {two / one:.2f}x")
         finally:
             harness.close()
