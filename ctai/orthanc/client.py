@@ -61,6 +61,10 @@ class OrthancClient:
         self.session = requests.Session()
         self.session.auth = auth
         self.session.verify = verify
+        # Orthanc gzips an answer when asked (HttpCompressionEnabled, on by default), and requests
+        # asks: a 10 MB radiograph's file took Orthanc 212 ms of CPU time to compress and ctai 20 ms
+        # to inflate, against 3.5 and 12 sent as it is (2 cores, loopback).
+        self.session.headers["Accept-Encoding"] = "identity"
 
     @classmethod
     def from_config(cls, config: Config, timeout: float | None = None) -> OrthancClient:
