@@ -4,9 +4,10 @@ Runs in a private network namespace (re-executes itself under ``unshare -n``, li
 benchmarks/orthanc_latency.py) with a real Orthanc, the DICOM listener, a pynetdicom Storage
 SCP as the PACS and hl7apy's MLLP server as the HIS. Prints:
 
-- serve start-up: how long after Orthanc answered the worker is ready (the model loads while
-  Orthanc starts), on the default backend with its networks already converted (the one-time
-  conversion of a first start is done before, in a process of its own, and shown apart);
+- serve start-up: how long after Orthanc answered the worker is ready (as ``ctai serve``: the
+  worker starts last and warms up in a thread of its own), on the default backend with its
+  networks already converted (the one-time conversion of a first start is done before, in a
+  process of its own, and shown apart);
 - listener: last instance answered -> ORU received by the HIS, and -> SR received by the PACS
   (median over --series one-radiograph series sent one after another, idle_seconds 2);
 - Orthanc: last instance stored -> SR stored in Orthanc for a lone radiograph (median of 3),
@@ -50,8 +51,8 @@ from ctai.results import JobStore  # noqa: E402
 from ctai.serve import WorkerService  # noqa: E402
 from ctai.transports.dicom_scp import DicomListener  # noqa: E402
 from tests.conftest import IMAGES  # noqa: E402
-from tests.orthanc_harness import Harness, fast_config  # noqa: E402
-from tests.peers import HIS, StoreSCP, free_port  # noqa: E402
+from tests.orthanc_harness import Harness, cpu_seconds, fast_config  # noqa: E402
+from tests.peers import HIS, StoreSCP, free_port, wait_until  # noqa: E402
 from tests.phantoms import image_names, radiograph  # noqa: E402
 
 
@@ -182,19 +183,17 @@ def report_orthanc_lone(harness: Harness) -> None:
           f"({', '.join(f'{r:.2f}' for r in runs)})")
 
 
-def cpu_seconds(harness: Harness) -> tuple[float, float]:
+def cpu_seconds_so_far(harness: Harness) -> tuple[float, float]:
     """CPU seconds used so far by this process (the worker) and by Orthanc."""
-    fields = Path(f"/proc/{harness.orthanc.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    orthanc = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
     own = os.times()
-    return own.user + own.system, orthanc
+    return own.user + own.system, cpu_seconds(harness.orthanc.process.pid)
 
 
 def report_orthanc_burst(harness: Harness, count: int) -> None:
     """Each series' last instance stored -> its job done (its SR and SC already stored in Orthanc)."""
     names = image_names()
     received: dict[str, float] = {}
-    cpu = cpu_seconds(harness)
+    cpu = cpu_seconds_so_far(harness)
     for number in range(count):
         answer = harness.upload(radiograph(names[number % len(names)], f"BURST{number}"))
         received[answer["ParentSeries"]] = time.time()
@@ -204,7 +203,7 @@ def report_orthanc_burst(harness: Harness, count: int) -> None:
         return all((r := store.get(f"orthanc:{s}")) and r.status == "done" for s in received)
 
     wait_for(all_done, timeout=600, interval=0.2)  # the records time the jobs: looking less often is fair
-    ctai_cpu, orthanc_cpu = (after - before for after, before in zip(cpu_seconds(harness), cpu, strict=True))
+    ctai_cpu, orthanc_cpu = (after - before for after, before in zip(cpu_seconds_so_far(harness), cpu, strict=True))
     records = {s: store.get(f"orthanc:{s}") for s in received}
     latencies = sorted(r.finished - received[s] for s, r in records.items())
     stable = statistics.median(r.enqueued - received[s] for s, r in records.items())
@@ -262,10 +261,12 @@ def main() -> None:
         harness = Harness(config)
         worker = WorkerService(config)
         began = time.monotonic()
-        worker.prepare()  # as ctai serve: the model loads while Orthanc starts
         harness.start_orthanc()
         answered = time.monotonic()
-        worker.start()
+        worker.start()  # as ctai serve: last, warming up in a thread of its own
+        wait_until(lambda: worker.worker or worker.error, 600)
+        if worker.error:
+            raise worker.error
         ready = time.monotonic()
         harness.worker = worker.worker
         try:
@@ -275,6 +276,7 @@ def main() -> None:
             print(f"start-up: Orthanc answered after {answered - began:.2f} s; worker ready "
                   f"{ready - answered:.2f} s after that ({ready - began:.2f} s in all)")
             report_listener(config, args.series)
+            harness.sender.start()  # Orthanc's deliveries; report_listener's own sender has stopped
             report_orthanc_lone(harness)
             report_orthanc_burst(harness, args.burst)
             report_phone(config, args.uploads)

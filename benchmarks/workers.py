@@ -36,7 +36,7 @@ from benchmarks.netns import enter_private_network  # noqa: E402
 enter_private_network()
 
 from ctai.results import JobStore  # noqa: E402
-from tests.orthanc_harness import Harness, WorkerProcess, fast_config  # noqa: E402
+from tests.orthanc_harness import Harness, WorkerProcess, cpu_seconds, fast_config  # noqa: E402
 from tests.phantoms import image_names, radiograph  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
@@ -59,12 +59,6 @@ def detector_sized(ds: Dataset, height: int) -> Dataset:
     ds.WindowCenter, ds.WindowWidth = 2048, 4096
     ds.PixelData = values.tobytes()
     return ds
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds the process ``pid`` has taken (proc(5): utime, stime)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run(harness: Harness, server: RedisServer, root: Path, workers: int, count: int, tag: str,
