@@ -29,6 +29,7 @@ for a person: ``ctai outbox retry`` makes it pending again, ``ctai outbox drop``
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import json
 import logging
@@ -80,22 +81,31 @@ UPDATE outbox SET state = 'dead' WHERE state = 'failed';
 
 
 class _Wakeup:
-    """Counts the messages put in this process, so that its senders wake for them at once
-    instead of at their next poll (another process's messages wait for the poll)."""
+    """Counts the messages put in this process per channel, so that a channel's sender wakes for
+    its own at once instead of at its next poll (another process's messages wait for the poll).
+    The other channels' senders stay asleep: each pass costs a database query or more."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
-        self.count = 0
+        self._counts: collections.Counter[str | None] = collections.Counter()
 
-    def notify(self) -> None:
+    def count(self, channel: str) -> int:
         with self._changed:
-            self.count += 1
+            return self._count(channel)
+
+    def _count(self, channel: str) -> int:
+        return self._counts[channel] + self._counts[None]
+
+    def notify(self, channel: str | None = None) -> None:
+        """A message was put on ``channel``; None wakes every channel's sender (to stop)."""
+        with self._changed:
+            self._counts[channel] += 1
             self._changed.notify_all()
 
-    def wait(self, seen: int, timeout: float) -> None:
-        """Return when the count differs from ``seen``, or after ``timeout`` seconds."""
+    def wait(self, channel: str, seen: int, timeout: float) -> None:
+        """Return when ``channel``'s count differs from ``seen``, or after ``timeout`` seconds."""
         with self._changed:
-            self._changed.wait_for(lambda: self.count != seen, timeout)
+            self._changed.wait_for(lambda: self._count(channel) != seen, timeout)
 
 
 _put = _Wakeup()
@@ -180,7 +190,7 @@ class Outbox:
         if cursor.rowcount != 1:
             self._remove_payload(file)
             return False
-        _put.notify()
+        _put.notify(channel)
         return True
 
     def _write_payload(self, payload: bytes) -> str:
@@ -504,10 +514,10 @@ class OutboxSender:
         while not self._stop.is_set():
             with sending_lock(self.config, channel) as locked:
                 while locked and not self._stop.is_set():
-                    seen = _put.count
+                    seen = _put.count(channel)
                     try:
                         send_due(self.outbox, channel, sender)
                     except sqlite3.Error:
                         log.exception("outbox %s: database error; trying again", channel)
-                    _put.wait(seen, self.poll_seconds)
+                    _put.wait(channel, seen, self.poll_seconds)
             self._stop.wait(self.poll_seconds)

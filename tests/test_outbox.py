@@ -315,6 +315,25 @@ def test_a_message_put_in_the_process_is_sent_at_once_not_at_the_next_poll(confi
         sender.stop()
 
 
+def test_a_message_wakes_only_its_own_channels_sender(config, monkeypatch):
+    config["outbox"]["poll_seconds"] = 3600
+    passes: list[str] = []
+    due = Outbox.due
+    monkeypatch.setattr(Outbox, "due", lambda self, channel, now: passes.append(channel) or due(self, channel, now))
+    peer = Peer()
+    sender = OutboxSender(config, {"hl7": peer, "cstore": Peer()})
+    sender.start()
+    try:
+        wait_until(lambda: sorted(passes) == ["cstore", "hl7"], timeout=10)  # the first rounds
+        outbox = Outbox.from_config(config)
+        for n in range(3):
+            outbox.put("hl7", "p", HIS, b"m%d" % n, dedup=str(n))
+        wait_until(lambda: len(peer.received) == 3, timeout=10)
+    finally:
+        sender.stop()  # wakes every channel's sender at once, not at its next poll
+    assert passes.count("cstore") == 1
+
+
 def test_ctai_outbox_retry_all_and_its_exit_status(config, capsys):
     def ctai_outbox(*args: str) -> int:
         parsed = build_parser().parse_args(["outbox", *args])
