@@ -9,8 +9,10 @@ from __future__ import annotations
 import io
 import json
 import re
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -23,7 +25,8 @@ from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
 from ctai import cli, jobs
 from ctai import config as configuration
 from ctai.inputs.selection import OWN_OUTPUT
-from ctai.orthanc.client import OUTPUTS_METADATA, STATUS_METADATA
+from ctai.errors import TransientError
+from ctai.orthanc.client import OUTPUTS_METADATA, STATUS_METADATA, OrthancClient
 from ctai.orthanc.series import instance_id, series_job, series_skip_reason
 from ctai.outbox import Outbox
 from ctai.outputs.common import to_bytes
@@ -47,6 +50,25 @@ from tests.phantoms import ct_series, image_names, radiograph
 ])
 def test_series_eligibility(tags, reason):
     assert series_skip_reason(tags, configuration.load(environ={})) == reason
+
+
+def test_a_file_that_orthanc_breaks_off_is_a_transient_error():
+    """The client reads a file in pieces as it comes: one cut short is retried later, not a
+    decoding error of a file that is whole in Orthanc."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        def answer() -> None:
+            connection, _ = server.accept()
+            with connection:
+                connection.recv(65536)
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom\r\n"
+                                   b"Content-Length: 3000000\r\n\r\n" + bytes(1_500_000))
+
+        thread = threading.Thread(target=answer)
+        thread.start()
+        client = OrthancClient(f"http://127.0.0.1:{server.getsockname()[1]}", ("ctai", "secret"))
+        with pytest.raises(TransientError, match="broke off a file"):
+            client.instance_file("1")
+        thread.join()
 
 
 if not IN_NAMESPACE:
@@ -148,8 +170,10 @@ else:
         """Not gzipped on the way (Orthanc compresses an answer when asked): a 10 MB radiograph cost
         Orthanc 212 ms of CPU time so."""
         ds = radiograph("IM-0133-0001.jpeg", "PLAIN1", body_part="KNEE")  # skipped: no job of its own
-        answer = harness.client.request("GET", f"/instances/{harness.upload(ds)['ID']}/file")
+        instance = harness.upload(ds)["ID"]
+        answer = harness.client.request("GET", f"/instances/{instance}/file")
         assert "Content-Encoding" not in answer.headers and answer.content == to_bytes(ds)
+        assert harness.client.instance_file(instance) == to_bytes(ds)
 
     def test_storescu_upload_gets_sr_and_sc(worker):
         ds = radiograph("person1000_virus_1681.jpeg", "SCU1")
