@@ -35,6 +35,7 @@ from benchmarks.netns import enter_private_network  # noqa: E402
 
 enter_private_network()
 
+from ctai.config import load as load_config  # noqa: E402
 from ctai.results import JobStore  # noqa: E402
 from tests.orthanc_harness import Harness, WorkerProcess, cpu_seconds, fast_config  # noqa: E402
 from tests.phantoms import image_names, radiograph  # noqa: E402
@@ -113,6 +114,8 @@ def main() -> None:
         config["queue"].update(backend="redis", url=server.url)
         config["orthanc"]["password"] = "benchmark"
         config["worker"]["threads"] = args.threads
+        # The product's poll, not the tests' tenth of a second: each poll of each channel costs a query.
+        config["outbox"]["poll_seconds"] = load_config(environ={})["outbox"]["poll_seconds"]
         harness = Harness(config)
         harness.start_orthanc()
         try:
