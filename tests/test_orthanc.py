@@ -24,8 +24,8 @@ from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
 
 from ctai import cli, jobs
 from ctai import config as configuration
-from ctai.inputs.selection import OWN_OUTPUT
 from ctai.errors import TransientError
+from ctai.inputs.selection import OWN_OUTPUT
 from ctai.orthanc.client import OUTPUTS_METADATA, STATUS_METADATA, OrthancClient
 from ctai.orthanc.series import instance_id, series_job, series_skip_reason
 from ctai.outbox import Outbox
