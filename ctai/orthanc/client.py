@@ -79,6 +79,7 @@ class OrthancClient:
         except requests.RequestException as exc:
             raise TransientError(f"Orthanc at {self.url} is unreachable ({type(exc).__name__})") from exc
         if response.status_code >= 500:
+            response.close()  # a streamed answer lets its connection go now, not when it is collected
             raise TransientError(f"Orthanc answered {method} {path} with HTTP {response.status_code}")
         if response.status_code >= 400:
             raise OrthancError(
