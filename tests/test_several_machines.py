@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from ctai import cli
+from ctai.outbox import Outbox
 from ctai.results import JobStore
 from tests.orthanc_harness import (
     IN_NAMESPACE,
@@ -74,8 +75,20 @@ else:
         store = JobStore(harness.config)
         return [(r.status if (r := store.get(f"orthanc:{a['ParentSeries']}")) else "none") for a in answers]
 
+    def delivered(workers: dict) -> None:
+        """Wait until each worker's outbox has sent what it queued for Orthanc: a job is "done" once
+        its outputs are queued. A killed worker's queue goes out as its machine's admin would send
+        it, with ``ctai outbox --send``."""
+        for worker in workers.values():
+            if worker.process.poll() is not None:
+                with redirect_stdout(io.StringIO()):
+                    assert cli.main(["--config", str(worker.config_path), "outbox", "--send"]) == 0
+            outbox = Outbox.from_config(worker.config)
+            wait_until(lambda outbox=outbox: not outbox.counts().get(("orthanc", "pending")), 30)
+
     def all_done_once(harness: Harness, workers: dict, answers: list[dict], timeout: float) -> None:
         wait_until(lambda: statuses(harness, answers) == ["done"] * len(answers), timeout)
+        delivered(workers)
         ran = sum((w.done() for w in workers.values()), Counter())
         killed = tuple(w.owner for w in workers.values() if w.process.poll() is not None)
         store = JobStore(harness.config)
