@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctai import audit
+from ctai import audit, sqlite
 from ctai.config import Config, data_dir
 from ctai.disk import fsync_path, write_in_pieces
 from ctai.errors import Undeliverable
@@ -78,6 +78,10 @@ CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, channel);
 -- Before dead letters had a name of their own they were 'failed'.
 UPDATE outbox SET state = 'dead' WHERE state = 'failed';
 """
+
+
+def _synchronous(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA synchronous=FULL")  # a message is durable once ``put`` returns
 
 
 class _Wakeup:
@@ -160,14 +164,9 @@ class Outbox:
         outbox.config = config
         return outbox
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA synchronous=FULL")
-            yield db
-        finally:
-            db.close()
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection (``ctai.sqlite``), in autocommit mode: each statement a transaction."""
+        return sqlite.connection(self.path, _synchronous, isolation_level=None)
 
     def put(self, channel: str, key: str, destination: Mapping[str, Any], payload: bytes, dedup: str) -> bool:
         """Queue a message; False (and nothing queued) if one with the same ``dedup`` was queued before.

@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from ctai import sqlite
 from ctai.config import Config, data_dir
 from ctai.inputs.intended_use import OUTSIDE, patient_age
 from ctai.model.typicality import ATYPICAL
@@ -197,18 +197,24 @@ class JobStore:
         raise NotImplementedError
 
 
-_local = threading.local()
 _COLUMNS = ("id, source, status, label, probabilities, seconds, error, enqueued, started, finished,"
             " attempts, owner, options, lease, details")
 
 
+def _set_up(db: sqlite3.Connection) -> None:
+    db.execute("pragma journal_mode=wal")
+    db.execute("pragma synchronous=normal")  # durable once committed, except on power loss
+    db.execute(_SCHEMA)
+    columns = {row[1] for row in db.execute("pragma table_info(jobs)")}
+    if "lease" not in columns:
+        db.execute("alter table jobs add column lease real")  # records written before leases
+    if "details" not in columns:
+        db.execute("alter table jobs add column details text")  # records written before details
+
+
 class SqliteJobStore(JobStore):
     """The job records of one data dir (``jobs.sqlite3``); safe to use from several threads and
-    processes of one machine.
-
-    Each thread keeps its connection open: closing the last one checkpoints the write-ahead log,
-    which would cost every write several milliseconds.
-    """
+    processes of one machine (each thread with its connection, ``ctai.sqlite``)."""
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
@@ -216,19 +222,7 @@ class SqliteJobStore(JobStore):
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        connections = _local.__dict__.setdefault("connections", {})
-        if self.path not in connections:
-            db = sqlite3.connect(self.path, timeout=30)
-            db.execute("pragma journal_mode=wal")
-            db.execute("pragma synchronous=normal")  # durable once committed, except on power loss
-            db.execute(_SCHEMA)
-            columns = {row[1] for row in db.execute("pragma table_info(jobs)")}
-            if "lease" not in columns:
-                db.execute("alter table jobs add column lease real")  # records written before leases
-            if "details" not in columns:
-                db.execute("alter table jobs add column details text")  # records written before details
-            connections[self.path] = db
-        with connections[self.path] as db:
+        with sqlite.connection(self.path, _set_up) as db:
             yield db
 
     def _write(self, job: Job, values: dict[str, object], owner: str | None = None) -> None:

@@ -12,11 +12,10 @@ import secrets
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ctai import sqlite
 from ctai.config import Config, data_dir
 
 SCHEMA = """
@@ -31,6 +30,12 @@ CREATE TABLE IF NOT EXISTS uploads (
     label TEXT, probabilities TEXT, error TEXT);
 CREATE TABLE IF NOT EXISTS staff (token_hash TEXT PRIMARY KEY, csrf TEXT NOT NULL, expires REAL NOT NULL);
 """
+
+
+def _set_up(db: sqlite3.Connection) -> None:
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA journal_mode=WAL")
+
 
 #: File suffix of a stored upload, by kind.
 SUFFIX = {"image": ".png", "dicom": ".dcm"}
@@ -97,16 +102,9 @@ class Store:
             if "ended" not in {row["name"] for row in db.execute("PRAGMA table_info(sessions)")}:
                 db.execute("ALTER TABLE sessions ADD COLUMN ended REAL")  # a data dir of ctai 0.x
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            with db:
-                yield db
-        finally:
-            db.close()
+    def _connect(self) -> sqlite3.Connection:
+        """This thread's connection (``ctai.sqlite``); ``with`` it, a transaction."""
+        return sqlite.connection(self.path, _set_up)
 
     # Upload sessions
 

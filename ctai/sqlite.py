@@ -1,0 +1,54 @@
+"""The SQLite files that several threads and processes of ctai share (the job records, the
+outbox, the upload sessions): each thread keeps its own connection to each file open.
+
+Closing a database's last connection checkpoints its write-ahead log into the file and deletes
+the log (https://www.sqlite.org/wal.html, "Automatic Checkpoint"); a connection opened and closed
+for each operation made every write pay for a checkpoint and the next one for a new log. An
+outbox message queued, read and marked delivered took 2.4 ms of CPU time and 3.7 ms of wall time
+that way, 0.5 and 1.0 with the connection kept.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+_local = threading.local()
+
+
+def connection(path: Path, setup: Callable[[sqlite3.Connection], None],
+               isolation_level: str | None = "") -> sqlite3.Connection:
+    """This thread's connection to the database ``path``, opened and given to ``setup`` (its
+    pragmas, and the schema where each connection checks it) at its first use in this thread.
+
+    A connection is made afresh in a forked process (SQLite's connections must not cross a
+    fork) and for a file removed since (its data folder made anew, say): the kept one would go
+    on writing to the removed file.
+    ``isolation_level``: Python's ``sqlite3`` transaction handling, None for autocommit."""
+    connections: dict[Path, tuple[int, tuple[int, int] | None, sqlite3.Connection]] = (
+        _local.__dict__.setdefault("connections", {}))
+    kept = connections.get(path)
+    if kept and kept[0] == os.getpid():
+        if kept[1] == _identity(path):
+            return kept[2]
+        kept[2].close()
+    db = sqlite3.connect(path, timeout=30, isolation_level=isolation_level)
+    try:
+        setup(db)
+    except BaseException:
+        db.close()
+        raise
+    connections[path] = os.getpid(), _identity(path), db
+    return db
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The file's device and inode; None if there is none."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
