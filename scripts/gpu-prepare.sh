@@ -14,9 +14,10 @@ cd "$(dirname "$0")/.."
 data=${1:-}
 rm -rf .gpu && mkdir -p .gpu/whl
 [ -z "$data" ] || cp -r "$data" .gpu/data
-for spec in keras==3.15.1 namex==0.1.0 optree==0.20.0 pydicom==3.0.2 highdicom==0.28.2 pylibjpeg==2.1.0 \
-            pylibjpeg-libjpeg==2.5.0 pylibjpeg-openjpeg==2.6.0 pylibjpeg-rle==2.2.0 pyjpegls==1.5.1 \
-            pluggy==1.7.0 tqdm==4.70.1; do
+# No decoders of compressed DICOM (8 MB of wheels): the benchmark's files and the training
+# pictures need none, and the model and the wheels must fit the transfer limit together.
+for spec in keras==3.15.1 namex==0.1.0 optree==0.20.0 pydicom==3.0.2 highdicom==0.28.2 pluggy==1.7.0 \
+            tqdm==4.70.1; do
   .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_31_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu/whl "$spec"
