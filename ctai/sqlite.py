@@ -17,6 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 _local = threading.local()
+#: The most connections a thread keeps (ctai uses three files; a test process, one set per test):
+#: the least recently used beyond it are closed.
+KEPT = 8
 
 
 def connection(path: Path, setup: Callable[[sqlite3.Connection], None],
@@ -26,15 +29,18 @@ def connection(path: Path, setup: Callable[[sqlite3.Connection], None],
 
     A connection is made afresh in a forked process (SQLite's connections must not cross a
     fork) and for a file removed since (its data folder made anew, say): the kept one would go
-    on writing to the removed file.
+    on writing to the removed file. A thread keeps ``KEPT`` connections at most.
     ``isolation_level``: Python's ``sqlite3`` transaction handling, None for autocommit."""
     connections: dict[Path, tuple[int, tuple[int, int] | None, sqlite3.Connection]] = (
         _local.__dict__.setdefault("connections", {}))
-    kept = connections.get(path)
-    if kept and kept[0] == os.getpid():
-        if kept[1] == _identity(path):
+    if path in connections:
+        kept = connections.pop(path)
+        if kept[0] == os.getpid() and kept[1] == _identity(path):
+            connections[path] = kept  # the most recently used last
             return kept[2]
-        kept[2].close()
+        _close(kept)
+    while len(connections) >= KEPT:
+        _close(connections.pop(next(iter(connections))))
     db = sqlite3.connect(path, timeout=30, isolation_level=isolation_level)
     try:
         setup(db)
@@ -43,6 +49,11 @@ def connection(path: Path, setup: Callable[[sqlite3.Connection], None],
         raise
     connections[path] = os.getpid(), _identity(path), db
     return db
+
+
+def _close(kept: tuple[int, tuple[int, int] | None, sqlite3.Connection]) -> None:
+    if kept[0] == os.getpid():  # another process's copy is left alone
+        kept[2].close()
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

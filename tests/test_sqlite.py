@@ -6,7 +6,9 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from ctai.sqlite import connection
+import pytest
+
+from ctai.sqlite import KEPT, connection
 
 
 class Setup:
@@ -61,3 +63,14 @@ def test_a_forked_process_makes_its_own_connection(tmp_path: Path):
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert connection(path, setup) is parents
+
+
+def test_a_thread_keeps_a_bounded_number_of_connections(tmp_path: Path):
+    setup = Setup()
+    first = connection(tmp_path / "0.sqlite3", setup)
+    for index in range(1, KEPT + 1):
+        connection(tmp_path / f"{index}.sqlite3", setup)
+    with pytest.raises(sqlite3.ProgrammingError):  # closed: the least recently used
+        first.execute("SELECT 1")
+    assert connection(tmp_path / f"{KEPT}.sqlite3", setup).execute("SELECT 1").fetchone() == (1,)
+    assert setup.count == KEPT + 1
