@@ -11,8 +11,6 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ctai import sqlite
@@ -220,10 +218,9 @@ class SqliteJobStore(JobStore):
         super().__init__(config)
         self.path = data_dir(config) / "jobs.sqlite3"
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        with sqlite.connection(self.path, _set_up) as db:
-            yield db
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection (``ctai.sqlite``); ``with`` it, a transaction."""
+        return sqlite.connection(self.path, _set_up)
 
     def _write(self, job: Job, values: dict[str, object], owner: str | None = None) -> None:
         columns = "".join(f", {k}" for k in values)
