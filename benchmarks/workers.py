@@ -5,9 +5,10 @@ a real Orthanc with ctai's plugin, a private redis-server, in a private network 
 For each count of workers: radiographs are sent to Orthanc with no worker running, their jobs
 are held aside in Redis while the workers start (loading the model), then released at once;
 throughput is the jobs over the time from the first claim to the last job done, beside the CPU
-time the workers and Orthanc took meanwhile. Each worker has its own data dir, as on its own
-machine. On one machine the workers share its cores: two cannot be twice as fast as one here; on
-two machines each brings its own.
+time the workers and Orthanc took meanwhile and each worker's resident memory when it is ready,
+at its peak while the jobs run, and when the last job is done. Each worker has its own data dir,
+as on its own machine. On one machine the workers share its cores: two cannot be twice as fast
+as one here; on two machines each brings its own.
 
     .venv/bin/python benchmarks/workers.py [--radiographs 240] [--threads 4] [--height 2500]
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +38,8 @@ from benchmarks.netns import enter_private_network  # noqa: E402
 enter_private_network()
 
 from ctai.config import load as load_config  # noqa: E402
+from ctai.config import to_toml  # noqa: E402
+from ctai.model.converted import cache_dir  # noqa: E402
 from ctai.results import JobStore  # noqa: E402
 from tests.orthanc_harness import Harness, WorkerProcess, cpu_seconds, fast_config  # noqa: E402
 from tests.phantoms import image_names, radiograph  # noqa: E402
@@ -62,10 +66,33 @@ def detector_sized(ds: Dataset, height: int) -> Dataset:
     return ds
 
 
-def run(harness: Harness, server: RedisServer, root: Path, workers: int, count: int, tag: str,
+def memory_mb(pid: int) -> tuple[float, float]:
+    """The peak and the present resident memory of process ``pid`` (proc(5): VmHWM, VmRSS), MB."""
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    peak, now = (int(status[key].split()[0]) / 1024 for key in ("VmHWM", "VmRSS"))
+    return peak, now
+
+
+def reset_peak(pid: int) -> None:
+    """Start process ``pid``'s peak resident memory afresh from now (proc(5), clear_refs: 5)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def prepared_networks(config: dict, folder: Path) -> Path:
+    """The networks converted once (``ctai prepare``) into ``folder``'s data dir, for every worker
+    to find in its own, as after ``scripts/setup.sh``: a worker that converts them itself keeps
+    TensorFlow's memory."""
+    config = {**config, "data": {**config["data"], "dir": str(folder)}}
+    folder.mkdir()
+    (folder / "ctai.toml").write_text(to_toml(config))
+    subprocess.run([sys.executable, "-m", "ctai.cli", "--config", str(folder / "ctai.toml"), "prepare"], check=True)
+    return cache_dir(str(folder))
+
+
+def run(harness: Harness, server: RedisServer, root: Path, networks: Path, workers: int, count: int, tag: str,
         height: int | None = None) -> float:
-    """Images per second of ``workers`` worker processes over ``count`` queued radiographs (enlarged
-    to ``height`` rows if given)."""
+    """Images per second of ``workers`` worker processes, with the converted ``networks``, over
+    ``count`` queued radiographs (enlarged to ``height`` rows if given)."""
     names = image_names()
     datasets = (radiograph(names[i % len(names)], f"{tag}{i}") for i in range(count))
     answers = [harness.upload(detector_sized(ds, height) if height else ds) for ds in datasets]
@@ -76,15 +103,21 @@ def run(harness: Harness, server: RedisServer, root: Path, workers: int, count: 
     queue.rename("huey.redis.ctai", "held")  # while the workers start
     processes = [WorkerProcess(harness.config, root / f"{tag}-{n}") for n in range(workers)]
     for process in processes:
+        cache_dir(process.config["data"]["dir"]).symlink_to(networks)
         process.launch()
     try:
         for process in processes:
             process.wait_started()
         pids = [p.process.pid for p in processes] + [harness.orthanc.process.pid]
         before = [cpu_seconds(pid) for pid in pids]
+        ready = [memory_mb(pid)[1] for pid in pids[:-1]]
+        for pid in pids[:-1]:
+            reset_peak(pid)
         queue.rename("held", "huey.redis.ctai")
         wait_status(store, ids, ("done", "failed"))
         taken = [cpu_seconds(pid) - start for pid, start in zip(pids, before, strict=True)]
+        memory = ", ".join(f"{start:.0f}/{peak:.0f}/{end:.0f}" for start, (peak, end)
+                           in zip(ready, map(memory_mb, pids[:-1]), strict=True))
     finally:
         for process in processes:
             process.stop()
@@ -96,7 +129,7 @@ def run(harness: Harness, server: RedisServer, root: Path, workers: int, count: 
     print(f"{workers} worker process(es): {count} radiographs in {span:.1f} s = {count / span:.1f}/s"
           f" (jobs per process: {shares}){f', {failed} failed' if failed else ''}; CPU time meanwhile:"
           f" workers {workers_cpu:.1f} s ({1000 * workers_cpu / count:.0f} ms a radiograph), Orthanc"
-          f" {taken[-1]:.1f} s", flush=True)
+          f" {taken[-1]:.1f} s; memory of each worker, ready/peak/at the end: {memory} MB", flush=True)
     return count / span
 
 
@@ -116,12 +149,13 @@ def main() -> None:
         config["worker"]["threads"] = args.threads
         # The product's poll, not the tests' tenth of a second: each poll of each channel costs a query.
         config["outbox"]["poll_seconds"] = load_config(environ={})["outbox"]["poll_seconds"]
+        networks = prepared_networks(config, root / "networks")
         harness = Harness(config)
         harness.start_orthanc()
         try:
             print(f"{os.cpu_count()} CPU cores; Redis on a Unix socket; {args.threads} threads per worker")
-            one = run(harness, server, root, 1, args.radiographs, "ONE", args.height)
-            two = run(harness, server, root, 2, args.radiographs, "TWO", args.height)
+            one = run(harness, server, root, networks, 1, args.radiographs, "ONE", args.height)
+            two = run(harness, server, root, networks, 2, args.radiographs, "TWO", args.height)
             print(f"two worker processes / one: {two / one:.2f}x")
         finally:
             harness.close()
