@@ -1,8 +1,8 @@
 """Faster CPU backends: the Keras network converted to ONNX, run by ONNX Runtime or OpenVINO.
 
 The network is converted once, on first load (``keras.Model.export(format="onnx")``, which
-needs TensorFlow and tf2onnx but no network access), and cached under the data dir keyed by
-the hash of the network file: later start-ups read the ONNX file without importing
+needs TensorFlow and tf2onnx but no network access), in a process of its own, and cached under
+the data dir keyed by the hash of the network file: neither that start-up nor later ones import
 TensorFlow. OpenVINO reads the same ONNX file and runs it in float32 (its bfloat16 default
 moves probabilities too far: docs/model-experiments.md, "Backends (CPU)").
 """
@@ -10,8 +10,10 @@ moves probabilities too far: docs/model-experiments.md, "Backends (CPU)").
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import threading
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -51,14 +53,17 @@ def cache_dir(data: str) -> Path:
 
 def converted_network(folder: Path, cache: Path, maps: bool) -> Path:
     """The ONNX file of the network stored in ``folder`` (with its class-activation maps and
-    features as more outputs when ``maps`` and the network has them), converted now if not cached yet."""
+    features as more outputs when ``maps`` and the network has them), converted now if not cached
+    yet, by a new Python process (spawned): TensorFlow, once imported, kept its 4.5 GB in a worker
+    that had converted its networks for good."""
     digest = hashlib.sha256(network_file(folder).read_bytes()).hexdigest()[:24]
     path = cache / f"{digest}-{'maps' if maps else 'logits'}-v{CONVERSION}.onnx"
     if not path.exists():
         cache.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.part")
         try:
-            export_onnx(folder, partial, maps)
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as converter:
+                converter.submit(export_onnx, folder, partial, maps).result()
             partial.replace(path)  # atomic: another process never reads half a file
         finally:
             partial.unlink(missing_ok=True)
