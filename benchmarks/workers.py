@@ -38,7 +38,6 @@ from benchmarks.netns import enter_private_network  # noqa: E402
 enter_private_network()
 
 from ctai.config import load as load_config  # noqa: E402
-from ctai.config import to_toml  # noqa: E402
 from ctai.model.converted import cache_dir  # noqa: E402
 from ctai.results import JobStore  # noqa: E402
 from tests.orthanc_harness import Harness, WorkerProcess, cpu_seconds, fast_config  # noqa: E402
@@ -78,14 +77,12 @@ def reset_peak(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
-def prepared_networks(config: dict, folder: Path) -> Path:
-    """The networks converted once (``ctai prepare``) into ``folder``'s data dir, for every worker
-    to find in its own, as after ``scripts/setup.sh``: a worker that converts them itself keeps
-    TensorFlow's memory."""
-    config = {**config, "data": {**config["data"], "dir": str(folder)}}
-    folder.mkdir()
-    (folder / "ctai.toml").write_text(to_toml(config))
-    subprocess.run([sys.executable, "-m", "ctai.cli", "--config", str(folder / "ctai.toml"), "prepare"], check=True)
+def prepared_networks(folder: Path) -> Path:
+    """The networks converted once (``ctai prepare``, as ``benchmarks/memory.py`` does) into the data
+    dir ``folder``, for every worker to find in its own, as after ``scripts/setup.sh``: a worker
+    that converted them itself would measure the conversion's memory."""
+    subprocess.run([sys.executable, "-m", "ctai.cli", "prepare"], env={**os.environ, "CTAI_DATA__DIR": str(folder)},
+                   check=True, capture_output=True)
     return cache_dir(str(folder))
 
 
@@ -149,7 +146,7 @@ def main() -> None:
         config["worker"]["threads"] = args.threads
         # The product's poll, not the tests' tenth of a second: each poll of each channel costs a query.
         config["outbox"]["poll_seconds"] = load_config(environ={})["outbox"]["poll_seconds"]
-        networks = prepared_networks(config, root / "networks")
+        networks = prepared_networks(root / "networks")
         harness = Harness(config)
         harness.start_orthanc()
         try:

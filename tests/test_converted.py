@@ -126,7 +126,6 @@ def test_the_gate_scores_alike_on_a_converted_backend(cache):
     np.testing.assert_allclose(fast_gate.scores(images), keras_gate.scores(images), atol=1e-4)
 
 
-
 # A conversion asked for by a process that cannot import TensorFlow or Keras.
 CONVERT_WITHOUT_TENSORFLOW = """
 import sys
@@ -143,6 +142,7 @@ def test_a_network_is_converted_by_a_process_of_its_own(model, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert [Path(run.stdout.strip())] == list(tmp_path.iterdir())  # the ONNX file, no partial one
+
 
 # `ctai classify` with TensorFlow and Keras made unimportable: the cached networks must do.
 CLASSIFY_WITHOUT_TENSORFLOW = """
