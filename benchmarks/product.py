@@ -14,17 +14,20 @@ processes, wall clock and CPU time (user + system, from the kernel's accounting 
   output, as the product runs it: threads that wait idle, ``Network.concurrency`` batches at once,
   ``ctai.model.converted.Network``), the same inputs at batch 16;
 - ``ctai classify --json --out DIR`` on the set, as configured by default ("product, --out");
+- the same without the SC, and without the SR ("product, --out, no SC": ``[plugins] disabled``);
 - ``ctai classify --json``: no outputs made or written ("product, no --out");
 - ``ctai classify --json`` of one file: its CPU time is the start-up (imports, plugins, networks);
 - with ``--keras-backend``, ``ctai classify --json --out DIR`` on ``[model] backend = "keras"``.
 
 Prints each one's median and the product's ratios to the bare network in the same backend (the
 issue's targets: <= 1.5 with --out, <= 1.2 without) and to bare Keras, each the median of the
-rounds' own ratios (``paired``). Then the per-stage CPU time of the product's own steps on the
-same set, one stage at a time in this process: decoding (per encoding), the selection (header
-rules and the gate's network), preprocessing, the network (heat maps included), the result
-picture (of which the heat map), the SR, the SC, writing them and syncing them (a fresh
-folder's files, in the background as the folder plugin does). Last, the pipeline in this
+rounds' own ratios (``paired``), and what each output costs in a whole run (``output_cost``): more
+than its stages below, each of which runs alone (docs/model-experiments.md, "2026-12-07
+(evening)"). Then the per-stage CPU time of the product's own steps on the same set, one stage
+at a time in this process: decoding (per encoding), the selection (header rules and the gate's
+network), preprocessing, the network (heat maps included), the result picture (of which the heat
+map), the SR, the SC, writing them and syncing them (a fresh folder's files, in the background
+as the folder plugin does). Last, the pipeline in this
 process with the network replaced by an instant one (``without_network``): the most images a
 second that one process can give an accelerator. The converted networks are made first (the
 one-time cost of a first start, shown apart) in ``--data-dir`` (default: a temporary folder).
@@ -58,6 +61,8 @@ if TYPE_CHECKING:
     from ctai.pipeline import Pipeline
 
 ENCODINGS = ("8-bit", "16-bit", "monochrome1", "cr-1024", "jpeg", "rle")
+#: The DICOM outputs, each also left out of one process (``[plugins] disabled``, by its plugin's name).
+OUTPUTS = ("SR", "SC")
 
 BARE = """
 import sys
@@ -279,6 +284,13 @@ def paired(times: dict[str, list[float]], name: str, bare: str) -> float:
     return statistics.median(t / b for t, b in zip(times[name], times[bare], strict=True))
 
 
+def output_cost(cpus: dict[str, list[float]], kind: str, images: int) -> float:
+    """CPU-ms an image that the output ``kind`` costs in a whole ``--out`` run: the median of the
+    rounds' differences between the product with it and without it."""
+    with_it, without = cpus["product, --out"], cpus[f"product, --out, no {kind}"]
+    return 1000 * statistics.median(a - b for a, b in zip(with_it, without, strict=True)) / images
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="folder of chest radiograph pictures")
@@ -320,6 +332,8 @@ def main() -> None:
             "bare Keras": ([sys.executable, "-c", BARE, str(x), str(model)], {}),
             "bare ONNX": ([sys.executable, "-c", BARE_ONNX, str(x), str(onnx)], {}),
             "product, --out": (with_out, base),
+            **{f"product, --out, no {kind}": (with_out, {**base, "CTAI_PLUGINS__DISABLED": f'["{kind.lower()}"]'})
+               for kind in OUTPUTS},
             "product, no --out": ([*classify, str(work / "set")], base),
             "product, one file": ([*classify, str(paths[0])], base),
         }
@@ -340,6 +354,10 @@ def main() -> None:
             print(f"{name:>24}: median {wall[name]:6.1f} s wall ({len(paths) / wall[name]:5.1f} images/s), "
                   f"{cpu[name]:6.1f} CPU-s; {paired(walls, name, 'bare ONNX'):.2f}x bare ONNX "
                   f"(CPU {paired(cpus, name, 'bare ONNX'):.2f}x), {paired(walls, name, 'bare Keras'):.2f}x bare Keras")
+
+        for kind in OUTPUTS:
+            print(f"the {kind} in a whole run: {output_cost(cpus, kind, len(paths)):.1f} CPU-ms an image "
+                  f"(product, --out less product, --out, no {kind}; median of the rounds)")
 
         stages = stage_costs(paths, base, work / "stages-out")
         print_stages(stages, start)

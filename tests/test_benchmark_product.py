@@ -23,9 +23,11 @@ def test_the_product_benchmark_prints_its_ratios_and_stages(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.stdout
-    for name in ("bare Keras", "bare ONNX", "product, --out", "product, no --out"):
+    for name in ("bare Keras", "bare ONNX", "product, --out", "product, --out, no SR", "product, --out, no SC",
+                 "product, no --out"):
         assert f"{name}: median" in out
-    assert out.count("x bare ONNX (CPU") >= 4 and "x bare Keras" in out
+    assert out.count("x bare ONNX (CPU") >= 6 and "x bare Keras" in out
+    assert "the SR in a whole run:" in out and "the SC in a whole run:" in out
     for stage in ("start-up", "decode 8-bit", "decode rle", "select", "preprocess", "network", "heat map",
                   "SR", "SC", "write", "sync", "total"):
         assert stage in out, stage
