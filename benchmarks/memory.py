@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from product import ENCODINGS, dicom_set
+from product import ENCODINGS, dicom_set, prepared_networks
 
 BARE_ONNX = """
 import sys
@@ -55,14 +55,13 @@ def main() -> None:
         pictures = pictures[:: max(1, len(pictures) // args.images)][: args.images]
         (work / "set").mkdir()
         paths = dicom_set(pictures, work / "set")
-        subprocess.run([sys.executable, "-m", "ctai.cli", "prepare"], env={**os.environ, **env}, check=True,
-                       capture_output=True)
+        networks = prepared_networks(work / "ctai-data")
         print(f"{len(paths)} DICOM files ({', '.join(ENCODINGS)}); networks converted", flush=True)
 
         from ctai.model.backend import CalibratedClassifier, shipped_model_dir
 
         size = CalibratedClassifier(shipped_model_dir()).input_size
-        [network] = [p for p in (work / "ctai-data" / "converted-models").glob("*-maps-*.onnx")]
+        [network] = [p for p in networks.glob("*-maps-*.onnx")]
         classify = [sys.executable, "-m", "ctai.cli", "classify", "--json", "--out", str(work / "out"),
                     str(work / "set")]
         runs = {

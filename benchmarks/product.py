@@ -141,6 +141,15 @@ def model_inputs(paths: list[Path], out: Path, model: Path) -> Path:
     return out
 
 
+def prepared_networks(data_dir: Path) -> Path:
+    """The folder of the networks converted once (``ctai prepare``) into the data dir ``data_dir``."""
+    from ctai.model.converted import cache_dir
+
+    subprocess.run([sys.executable, "-m", "ctai.cli", "prepare"], env={**os.environ, "CTAI_DATA__DIR": str(data_dir)},
+                   check=True, capture_output=True)
+    return cache_dir(str(data_dir))
+
+
 def timed(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     """Seconds the command took, wall and CPU (its process and theirs), and its output.
     ``ctai classify`` exits with 1 when some input was refused (the gate may refuse a few of the
@@ -332,7 +341,7 @@ def main() -> None:
             "bare Keras": ([sys.executable, "-c", BARE, str(x), str(model)], {}),
             "bare ONNX": ([sys.executable, "-c", BARE_ONNX, str(x), str(onnx)], {}),
             "product, --out": (with_out, base),
-            **{f"product, --out, no {kind}": (with_out, {**base, "CTAI_PLUGINS__DISABLED": f'["{kind.lower()}"]'})
+            **{f"product, --out, no {kind}": (with_out, {**base, "CTAI_PLUGINS__DISABLED": json.dumps([kind.lower()])})
                for kind in OUTPUTS},
             "product, no --out": ([*classify, str(work / "set")], base),
             "product, one file": ([*classify, str(paths[0])], base),

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.netns import enter_private_network  # noqa: E402
+from benchmarks.product import prepared_networks  # noqa: E402
 
 enter_private_network()
 
@@ -75,15 +75,6 @@ def memory_mb(pid: int) -> tuple[float, float]:
 def reset_peak(pid: int) -> None:
     """Start process ``pid``'s peak resident memory afresh from now (proc(5), clear_refs: 5)."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
-
-
-def prepared_networks(folder: Path) -> Path:
-    """The networks converted once (``ctai prepare``, as ``benchmarks/memory.py`` does) into the data
-    dir ``folder``, for every worker to find in its own, as after ``scripts/setup.sh``: a worker
-    that converted them itself would measure the conversion's memory."""
-    subprocess.run([sys.executable, "-m", "ctai.cli", "prepare"], env={**os.environ, "CTAI_DATA__DIR": str(folder)},
-                   check=True, capture_output=True)
-    return cache_dir(str(folder))
 
 
 def run(harness: Harness, server: RedisServer, root: Path, networks: Path, workers: int, count: int, tag: str,
@@ -146,6 +137,8 @@ def main() -> None:
         config["worker"]["threads"] = args.threads
         # The product's poll, not the tests' tenth of a second: each poll of each channel costs a query.
         config["outbox"]["poll_seconds"] = load_config(environ={})["outbox"]["poll_seconds"]
+        # For every worker to find in its own data dir, as after scripts/setup.sh: a worker that
+        # converted them itself would measure the conversion's memory.
         networks = prepared_networks(root / "networks")
         harness = Harness(config)
         harness.start_orthanc()
