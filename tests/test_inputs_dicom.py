@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import Dataset
+from pydicom.pixels import apply_modality_lut
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -35,7 +36,7 @@ from pydicom.uid import (
 from ctai import inputs
 from ctai.cli import main
 from ctai.errors import InputError
-from ctai.inputs.dicom import display_pixels, read_dataset, source_images
+from ctai.inputs.dicom import _voi, display_pixels, read_dataset, source_images
 from ctai.inputs.images import read_gray
 from ctai.model.preprocess import to_model_input
 from ctai.types import CLASSES
@@ -226,6 +227,25 @@ def test_modality_lut_sequence_then_window(expected: np.ndarray) -> None:
                  ModalityLUTSequence=[lut_item(1000, 16, np.arange(256) * 16, "US")],
                  WindowCenter=8 * (low + high), WindowWidth=16 * (high - low), VOILUTFunction="LINEAR_EXACT")
     np.testing.assert_allclose(display_pixels(ds), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("attributes", [
+    dict(RescaleSlope="0.7", RescaleIntercept="-100", WindowCenter=1000, WindowWidth=1500),
+    dict(WindowCenter=2048, WindowWidth=4096, VOILUTFunction="SIGMOID"),
+    dict(WindowCenter=300.5, WindowWidth=901, VOILUTFunction="LINEAR_EXACT"),
+    dict(VOILUTSequence=[lut_item(100, 16, np.arange(0, 65536, 16), "OW")]),
+    dict(ModalityLUTSequence=[lut_item(0, 16, np.arange(4096) * 3, "US")], WindowCenter=6000, WindowWidth=9000),
+])
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_values_through_a_table_equal_the_arithmetic_on_the_whole_image(attributes: dict, photometric: str) -> None:
+    """Integer values under a window or VOI LUT go through a table of 0..their maximum
+    (``display_pixels``): bit for bit what the same steps give on the whole image."""
+    values = np.random.default_rng(0).integers(0, 4096, (128, 128), dtype=np.uint16)
+    ds = dataset(values, photometric, bits_stored=12, **attributes)
+    direct = _voi(apply_modality_lut(values, ds), ds)
+    if photometric == "MONOCHROME1":
+        direct = 1.0 - direct
+    np.testing.assert_array_equal(display_pixels(ds), direct.astype(np.float32))
 
 
 def test_dx_for_presentation_with_window(expected: np.ndarray) -> None:
