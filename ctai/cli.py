@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from ctai import config as configuration
+from ctai.inputs import pool
 from ctai.memory import keep_freed_memory
 from ctai.types import CLASSES, Failure, Job, Result, SourceImage
 
@@ -419,8 +420,10 @@ def run() -> None:
     """The ``ctai`` command: ``main`` with ``GC_THRESHOLDS``, then exit without the interpreter's
     last garbage collections, which would go through every object the command made (0.45 s after
     a ``classify`` of 360 images); the system takes back the process's memory whole. Large arrays
-    come from the heap (``ctai.memory.keep_freed_memory``)."""
+    come from the heap (``ctai.memory.keep_freed_memory``); large compressed frames are decoded
+    in other processes (``ctai.inputs.pool``)."""
     keep_freed_memory()
+    pool.enable()
     gc.set_threshold(*GC_THRESHOLDS)
     code = main()
     gc.freeze()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -54,9 +56,9 @@ def load_files(paths: Iterable[Path], patient: PatientInfo | None = None) -> Ite
     cannot be used; the CT slices among them, after the other files, as one projection per series
     (``series_images``, as the listener and Orthanc load a series)."""
     volumes: dict[str, list[tuple[str, Dataset]]] = {}
-    for path in map(Path, paths):
+    for path, reading in _read_ahead(map(Path, paths), patient or PatientInfo()):
         try:
-            loaded = _load_or_slice(path, patient or PatientInfo())
+            loaded = reading.result()
         except InputError as exc:
             yield Failure(str(path), str(exc))
             continue
@@ -66,6 +68,19 @@ def load_files(paths: Iterable[Path], patient: PatientInfo | None = None) -> Ite
             yield from loaded
     for instances in volumes.values():
         yield from series_images(instances, os.path.commonpath([path for path, _ in instances]))
+
+
+def _read_ahead(paths: Iterable[Path], patient: PatientInfo) -> Iterator[tuple[Path, Future]]:
+    """Each path with its file being read (``_load_or_slice``), in order, as many read at once as
+    there are cores: large compressed frames decode in other processes (``ctai.inputs.pool``)."""
+    readers = os.cpu_count() or 1
+    with ThreadPoolExecutor(readers, thread_name_prefix="ctai-read") as pool:
+        pending: deque[tuple[Path, Future]] = deque()
+        for path in paths:
+            pending.append((path, pool.submit(_load_or_slice, path, patient)))
+            if len(pending) > readers:
+                yield pending.popleft()
+        yield from pending
 
 
 def _load_or_slice(path: Path, patient: PatientInfo) -> list[SourceImage] | Dataset:

@@ -1,0 +1,126 @@
+"""Large compressed frames decoded in other processes (``ctai.inputs.pool``): the same values as
+decoded in the caller's thread, the thread's decoding back when the pool breaks, and no decoding
+process outliving a killed parent."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom import Dataset
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
+
+from ctai.inputs import pool
+from ctai.inputs.dicom import POOL_PIXELS, display_pixels, read_dataset
+from tests.dicomfactory import compressed, dataset, picture, save
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def large_values() -> np.ndarray:
+    """The committed radiograph enlarged to 640 x 640, 12 bits stored: a frame the pool decodes."""
+    enlarged = Image.fromarray(picture()).resize((640, 640), Image.Resampling.BICUBIC)
+    return np.asarray(enlarged, dtype=np.uint16) * 16
+
+
+@pytest.fixture
+def decoded_in_pool(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The frames that went to the pool, by number."""
+    frames: list[int] = []
+    decode = pool.decode
+    monkeypatch.setattr(pool, "_enabled", True)
+
+    def spy(ds: Dataset, frame: int) -> tuple[np.ndarray, dict]:
+        frames.append(frame)
+        return decode(ds, frame)
+
+    monkeypatch.setattr(pool, "decode", spy)
+    return frames
+
+
+@pytest.mark.parametrize("syntax", [JPEG2000Lossless, JPEGLSLossless])
+def test_a_large_compressed_frame_decodes_in_the_pool_as_in_the_thread(
+        syntax: str, tmp_path: Path, decoded_in_pool: list[int]) -> None:
+    values = large_values()
+    assert values.size >= POOL_PIXELS
+    plain = dataset(values, bits_stored=12, WindowCenter=2048, WindowWidth=4096)
+    ds = read_dataset(compressed(plain, syntax, tmp_path / "large.dcm"))
+    np.testing.assert_array_equal(display_pixels(ds), display_pixels(plain))
+    assert decoded_in_pool == [0]
+
+
+@pytest.mark.parametrize(("values", "syntax"), [(picture(), JPEG2000Lossless), (large_values(), RLELossless)],
+                         ids=["small JPEG 2000", "large RLE"])
+def test_a_small_or_rle_frame_decodes_in_the_thread(
+        values: np.ndarray, syntax: str, tmp_path: Path, decoded_in_pool: list[int]) -> None:
+    ds = read_dataset(compressed(dataset(values), syntax, tmp_path / "frame.dcm"))
+    np.testing.assert_array_equal(display_pixels(ds), display_pixels(dataset(values)))
+    assert decoded_in_pool == []
+
+
+DECODE = pool._as_array
+
+
+def crash_in_the_pool(ds: Dataset, frame: int) -> tuple[np.ndarray, dict]:
+    """A decoder that brings a decoding process down, as one may on a hostile stream."""
+    if multiprocessing.parent_process() is not None:
+        os._exit(70)
+    return DECODE(ds, frame)
+
+
+def test_a_pool_that_breaks_twice_leaves_decoding_to_the_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A decoder that crashes its decoding process each time: the frame, and every later one,
+    decodes in the caller's thread, as it would without the pool."""
+    plain = dataset(large_values(), bits_stored=12)
+    ds = read_dataset(compressed(plain, JPEG2000Lossless, tmp_path / "a.dcm"))
+    monkeypatch.setattr(pool, "_enabled", True)
+    monkeypatch.setattr(pool, "_as_array", crash_in_the_pool)
+    np.testing.assert_array_equal(display_pixels(ds), display_pixels(plain))
+    assert not pool._enabled
+    assert "decoding in other processes failed twice" in caplog.text
+
+
+CHILD = """
+import os, sys
+from pathlib import Path
+from ctai.inputs import pool
+from ctai.inputs.dicom import display_pixels, read_dataset
+pool.enable()
+display_pixels(read_dataset(sys.argv[1]))
+parent = str(os.getpid())
+print(*(p.name for p in Path("/proc").iterdir() if p.name.isdigit()
+        and p.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1] == parent), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_the_decoding_processes_end_with_a_killed_parent(tmp_path: Path) -> None:
+    path = save(dataset(large_values(), bits_stored=12), tmp_path / "plain.dcm")
+    path = compressed(read_dataset(path), JPEG2000Lossless, tmp_path / "large.dcm")
+    parent = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    children = [int(pid) for pid in parent.stdout.readline().split()]
+    assert children, "no decoding process was started"
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while any(map(running, children)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(running, children))
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (an ended one waits as a zombie for its reaper)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
