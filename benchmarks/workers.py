@@ -11,9 +11,12 @@ as on its own machine. On one machine the workers share its cores: two cannot be
 as one here; on two machines each brings its own.
 
     .venv/bin/python benchmarks/workers.py [--radiographs 240] [--threads 4] [--height 2500]
+                                           [--syntax JPEG2000Lossless]
 
 The radiographs are the committed 224-px pictures; ``--height`` enlarges them to a detector's
-size, 12 bits stored in 16 with a window, as a DX is.
+size, 12 bits stored in 16 with a window, as a DX is; ``--syntax`` compresses them (a pydicom
+transfer syntax name), as an archive may store them. A worker's CPU time includes that of its
+decoding processes (``ctai.inputs.pool``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pydicom.uid
 from PIL import Image
 from pydicom import Dataset
 
@@ -65,6 +69,29 @@ def detector_sized(ds: Dataset, height: int) -> Dataset:
     return ds
 
 
+def family_cpu(pid: int) -> float:
+    """CPU seconds of process ``pid`` and of its living children (a worker's decoding processes)."""
+    children = [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat")
+                if _parent(stat) == pid]
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children)
+
+
+def _parent(stat: Path) -> int | None:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):  # the process has ended meanwhile
+        return None
+
+
+def stored(ds: Dataset, height: int | None, syntax: str | None) -> Dataset:
+    """``ds`` enlarged to ``height`` rows and compressed in ``syntax``, each if given."""
+    if height:
+        ds = detector_sized(ds, height)
+    if syntax:
+        ds.compress(getattr(pydicom.uid, syntax), generate_instance_uid=False)
+    return ds
+
+
 def memory_mb(pid: int) -> tuple[float, float]:
     """The peak and the present resident memory of process ``pid`` (proc(5): VmHWM, VmRSS), MB."""
     status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
@@ -78,12 +105,12 @@ def reset_peak(pid: int) -> None:
 
 
 def run(harness: Harness, server: RedisServer, root: Path, networks: Path, workers: int, count: int, tag: str,
-        height: int | None = None) -> float:
+        height: int | None = None, syntax: str | None = None) -> float:
     """Images per second of ``workers`` worker processes, with the converted ``networks``, over
-    ``count`` queued radiographs (enlarged to ``height`` rows if given)."""
+    ``count`` queued radiographs (enlarged to ``height`` rows, compressed in ``syntax``, if given)."""
     names = image_names()
     datasets = (radiograph(names[i % len(names)], f"{tag}{i}") for i in range(count))
-    answers = [harness.upload(detector_sized(ds, height) if height else ds) for ds in datasets]
+    answers = [harness.upload(stored(ds, height, syntax)) for ds in datasets]
     ids = [f"orthanc:{a['ParentSeries']}" for a in answers]
     store = JobStore(harness.config)
     wait_status(store, ids, ("pending",))
@@ -97,13 +124,13 @@ def run(harness: Harness, server: RedisServer, root: Path, networks: Path, worke
         for process in processes:
             process.wait_started()
         pids = [p.process.pid for p in processes] + [harness.orthanc.process.pid]
-        before = [cpu_seconds(pid) for pid in pids]
+        before = [family_cpu(pid) for pid in pids]
         ready = [memory_mb(pid)[1] for pid in pids[:-1]]
         for pid in pids[:-1]:
             reset_peak(pid)
         queue.rename("held", "huey.redis.ctai")
         wait_status(store, ids, ("done", "failed"))
-        taken = [cpu_seconds(pid) - start for pid, start in zip(pids, before, strict=True)]
+        taken = [family_cpu(pid) - start for pid, start in zip(pids, before, strict=True)]
         memory = ", ".join(f"{start:.0f}/{peak:.0f}/{end:.0f}" for start, (peak, end)
                            in zip(ready, map(memory_mb, pids[:-1]), strict=True))
     finally:
@@ -126,6 +153,7 @@ def main() -> None:
     parser.add_argument("--radiographs", type=int, default=240)
     parser.add_argument("--threads", type=int, default=4, help="[worker] threads of each worker")
     parser.add_argument("--height", type=int, help="enlarge the radiographs to this many rows (a DX: 2500)")
+    parser.add_argument("--syntax", help="compress them in this transfer syntax (pydicom's name: JPEG2000Lossless)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -144,8 +172,8 @@ def main() -> None:
         harness.start_orthanc()
         try:
             print(f"{os.cpu_count()} CPU cores; Redis on a Unix socket; {args.threads} threads per worker")
-            one = run(harness, server, root, networks, 1, args.radiographs, "ONE", args.height)
-            two = run(harness, server, root, networks, 2, args.radiographs, "TWO", args.height)
+            one = run(harness, server, root, networks, 1, args.radiographs, "ONE", args.height, args.syntax)
+            two = run(harness, server, root, networks, 2, args.radiographs, "TWO", args.height, args.syntax)
             print(f"two worker processes / one: {two / one:.2f}x")
         finally:
             harness.close()
