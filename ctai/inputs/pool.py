@@ -29,6 +29,8 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
+from ctai.memory import keep_freed_memory
+
 #: The groups of the Image Pixel Module and its LUTs (0028) and of the Pixel Data and its offset
 #: tables (7FE0): all a decoder reads of a data set (PS3.3 C.7.6.3, PS3.5 A.4).
 _PIXEL_GROUPS = (0x0028, 0x7FE0)
@@ -75,7 +77,7 @@ def _started() -> ProcessPoolExecutor:
         if _pool is None:
             # "spawn": the caller has threads (the network's among them), which a fork would not carry.
             _pool = ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_follow_parent, initargs=(os.getpid(),))
+                                        initializer=_prepare, initargs=(os.getpid(),))
         return _pool
 
 
@@ -92,8 +94,11 @@ def _as_array(ds: Dataset, frame: int) -> tuple[np.ndarray, dict]:
     return get_decoder(UID(ds.file_meta.TransferSyntaxUID)).as_array(ds, index=frame)
 
 
-def _follow_parent(parent: int) -> None:
-    """End this decoding process when its parent has gone, even killed (an orphan would wait for work forever)."""
+def _prepare(parent: int) -> None:
+    """Start a decoding process: its frames' blocks kept for the next (``ctai.memory``), and its
+    end when its parent has gone, even killed (an orphan would wait for work forever)."""
+    keep_freed_memory()
+
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1)
