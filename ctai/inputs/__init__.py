@@ -73,12 +73,12 @@ def load_files(paths: Iterable[Path], patient: PatientInfo | None = None) -> Ite
 def _read_ahead(paths: Iterable[Path], patient: PatientInfo) -> Iterator[tuple[Path, Future]]:
     """Each path with its file being read (``_load_or_slice``), in order, as many read at once as
     there are cores: large compressed frames decode in other processes (``ctai.inputs.pool``)."""
-    readers = os.cpu_count() or 1
-    with ThreadPoolExecutor(readers, thread_name_prefix="ctai-read") as pool:
+    at_once = os.cpu_count() or 1
+    with ThreadPoolExecutor(at_once, thread_name_prefix="ctai-read") as readers:
         pending: deque[tuple[Path, Future]] = deque()
         for path in paths:
-            pending.append((path, pool.submit(_load_or_slice, path, patient)))
-            if len(pending) > readers:
+            pending.append((path, readers.submit(_load_or_slice, path, patient)))
+            if len(pending) > at_once:
                 yield pending.popleft()
         yield from pending
 
