@@ -1,6 +1,6 @@
 """Large compressed frames decoded in other processes (``ctai.inputs.pool``): the same values as
-decoded in the caller's thread, the thread's decoding back when the pool breaks, and no decoding
-process outliving a killed parent."""
+decoded in the caller's thread, a frame that crashes its decoder failing alone, the thread's
+decoding where no process can start, and no decoding process outliving a killed parent."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from PIL import Image
 from pydicom import Dataset
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
+from ctai.errors import InputError
 from ctai.inputs import pool
 from ctai.inputs.dicom import POOL_PIXELS, display_pixels, read_dataset
 from tests.dicomfactory import compressed, dataset, picture, save
@@ -75,22 +76,39 @@ def crash_in_the_pool(ds: Dataset, frame: int) -> tuple[np.ndarray, dict]:
     return DECODE(ds, frame)
 
 
-def test_a_pool_that_breaks_twice_leaves_decoding_to_the_thread(
+def test_a_frame_that_crashes_the_decoder_fails_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, decoded_in_pool: list[int]) -> None:
+    """Once the decoding processes have answered, a frame that brings down the one it is decoded
+    in alone is reported (InputError), and the next frame decodes in the pool again."""
+    plain = dataset(large_values(), bits_stored=12)
+    ds = read_dataset(compressed(plain, JPEG2000Lossless, tmp_path / "a.dcm"))
+    display_pixels(ds)
+    monkeypatch.setattr(pool, "_as_array", crash_in_the_pool)
+    with pytest.raises(InputError, match=r"cannot decode the pixel data \(JPEG 2000 .*: the decoder crashed on it"):
+        display_pixels(ds)
+    monkeypatch.setattr(pool, "_as_array", DECODE)
+    np.testing.assert_array_equal(display_pixels(ds), display_pixels(plain))
+    assert decoded_in_pool == [0, 0, 0] and pool._enabled
+
+
+def test_without_decoding_processes_frames_decode_in_the_thread(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """A decoder that crashes its decoding process each time: the frame, and every later one,
-    decodes in the caller's thread, as it would without the pool."""
+    """No decoding process has ever answered (here: each crashes): the frame, and every later
+    one, decodes in the caller's thread, as it would without the pool."""
     plain = dataset(large_values(), bits_stored=12)
     ds = read_dataset(compressed(plain, JPEG2000Lossless, tmp_path / "a.dcm"))
     monkeypatch.setattr(pool, "_enabled", True)
+    monkeypatch.setattr(pool, "_answered", False)
     monkeypatch.setattr(pool, "_as_array", crash_in_the_pool)
     np.testing.assert_array_equal(display_pixels(ds), display_pixels(plain))
     assert not pool._enabled
-    assert "decoding in other processes failed twice" in caplog.text
+    assert "no decoding process could be started" in caplog.text
 
 
 CHILD = """
 import os, sys
 from pathlib import Path
+from ctai.errors import InputError
 from ctai.inputs import pool
 from ctai.inputs.dicom import display_pixels, read_dataset
 pool.enable()

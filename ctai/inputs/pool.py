@@ -38,8 +38,11 @@ _PIXEL_GROUPS = (0x0028, 0x7FE0)
 log = logging.getLogger(__name__)
 _pool: ProcessPoolExecutor | None = None
 _lock = threading.Lock()
-#: Whether ``decode`` uses the pool: from ``enable`` until the pool has broken twice in a row.
+#: Whether ``decode`` uses the pool: from ``enable`` until no decoding process could be started.
 _enabled = False
+#: Whether a decoding process has answered: after that, a frame that brings down a process of
+#: its own was the cause (a decoder crashing on a hostile stream), not the processes' start.
+_answered = False
 
 
 def enable() -> None:
@@ -50,24 +53,43 @@ def enable() -> None:
 
 def decode(ds: Dataset, frame: int) -> tuple[np.ndarray, dict]:
     """``frame`` of ``ds``'s compressed pixel data: pydicom's ``Decoder.as_array`` (the values
-    and what it says of them), in the pool once ``enable``d, else in this thread. A pool whose
-    process ends while it decodes (a crash on a hostile stream, perhaps another frame's) is
-    replaced and the frame tried again; when that one breaks too, this and every later frame
-    decode in this thread, as without the pool."""
-    global _enabled
-    if _enabled:
-        pixels = Dataset({tag: ds[tag] for tag in ds.keys() if tag.group in _PIXEL_GROUPS})
-        pixels.file_meta = FileMetaDataset()
-        pixels.file_meta.TransferSyntaxUID = ds.file_meta.TransferSyntaxUID
-        for _ in range(2):
-            pool = _started()
-            try:
-                return pool.submit(_as_array, pixels, frame).result()
-            except BrokenProcessPool:
-                _discard(pool)
+    and what it says of them), in the pool once ``enable``d, else in this thread.
+
+    When the pool breaks while it decodes (a decoder crashed, on this frame or on another one
+    decoded at the time), it is replaced and the frame tried again in a process of its own; if
+    that one ends too, RuntimeError: this frame crashes the decoder, which never takes the
+    caller down. If no decoding process has ever answered, they cannot start here (a program
+    whose main module cannot be imported again, such as a script read from standard input):
+    this and every later frame decode in this thread, as without the pool."""
+    global _enabled, _answered
+    if not _enabled:
+        return _as_array(ds, frame)
+    pixels = Dataset({tag: ds[tag] for tag in ds.keys() if tag.group in _PIXEL_GROUPS})
+    pixels.file_meta = FileMetaDataset()
+    pixels.file_meta.TransferSyntaxUID = ds.file_meta.TransferSyntaxUID
+    pool = _started()
+    try:
+        decoded = pool.submit(_as_array, pixels, frame).result()
+    except BrokenProcessPool:
+        _discard(pool)
+        decoded = _alone(pixels, frame)
+    if decoded is None:
         _enabled = False
-        log.warning("decoding in other processes failed twice: compressed frames are decoded in this one")
-    return _as_array(ds, frame)
+        log.warning("no decoding process could be started: compressed frames are decoded in this one")
+        return _as_array(ds, frame)
+    _answered = True
+    return decoded
+
+
+def _alone(pixels: Dataset, frame: int) -> tuple[np.ndarray, dict] | None:
+    """``frame`` decoded in a process of its own; None if none could start (``decode``)."""
+    try:
+        with _new_pool(1) as alone:
+            return alone.submit(_as_array, pixels, frame).result()
+    except BrokenProcessPool:
+        if _answered:
+            raise RuntimeError("the decoder crashed on it (its process ended)") from None
+        return None
 
 
 def _started() -> ProcessPoolExecutor:
@@ -75,10 +97,14 @@ def _started() -> ProcessPoolExecutor:
     global _pool
     with _lock:
         if _pool is None:
-            # "spawn": the caller has threads (the network's among them), which a fork would not carry.
-            _pool = ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_prepare, initargs=(os.getpid(),))
+            _pool = _new_pool(os.cpu_count() or 1)
         return _pool
+
+
+def _new_pool(processes: int) -> ProcessPoolExecutor:
+    # "spawn": the caller has threads (the network's among them), which a fork would not carry.
+    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_prepare, initargs=(os.getpid(),))
 
 
 def _discard(pool: ProcessPoolExecutor) -> None:
