@@ -12,7 +12,7 @@ from pathlib import Path
 from pydicom import Dataset
 
 from ctai.errors import InputError
-from ctai.inputs import ct, dicom
+from ctai.inputs import ct, dicom, pool
 from ctai.inputs.images import open_image, to_gray
 from ctai.inputs.wrap import PatientInfo, wrap_image
 from ctai.types import Failure, SourceImage
@@ -71,9 +71,9 @@ def load_files(paths: Iterable[Path], patient: PatientInfo | None = None) -> Ite
 
 
 def _read_ahead(paths: Iterable[Path], patient: PatientInfo) -> Iterator[tuple[Path, Future]]:
-    """Each path with its file being read (``_load_or_slice``), in order, as many read at once as
-    there are cores: large compressed frames decode in other processes (``ctai.inputs.pool``)."""
-    at_once = os.cpu_count() or 1
+    """Each path with its file being read (``_load_or_slice``), in order, as many at once as there
+    are decoding processes (``ctai.inputs.pool``), for large compressed frames to decode in parallel."""
+    at_once = pool.PROCESSES
     with ThreadPoolExecutor(at_once, thread_name_prefix="ctai-read") as readers:
         pending: deque[tuple[Path, Future]] = deque()
         for path in paths:

@@ -5,7 +5,7 @@ they decode: a 2500 x 2500 frame takes 0.33 s (JPEG 2000 Lossless), 0.21 s (JPEG
 or 0.15 s (JPEG Lossless), and two threads decode two frames no faster than one. A worker's
 threads, the listener's associations or ``ctai classify``'s readers would decode one such
 image at a time whatever the machine's cores. Once ``enable``d (the ``ctai`` command does),
-large frames of these are decoded in as many processes as there are cores, started when first
+large frames of these are decoded in other processes (``PROCESSES``), started when first
 needed; small ones are cheaper to decode where they are than to hand over
 (``ctai.inputs.dicom.POOL_PIXELS``).
 
@@ -31,6 +31,9 @@ from pydicom.uid import UID
 
 from ctai.memory import keep_freed_memory
 
+#: Decoding processes at most: one per core, and no more than 8 (about 140 MB each with a
+#: 2500-row frame), enough for the worker's threads (``[worker] threads``, 8).
+PROCESSES = min(os.cpu_count() or 1, 8)
 #: The groups of the Image Pixel Module and its LUTs (0028) and of the Pixel Data and its offset
 #: tables (7FE0): all a decoder reads of a data set (PS3.3 C.7.6.3, PS3.5 A.4).
 _PIXEL_GROUPS = (0x0028, 0x7FE0)
@@ -97,7 +100,7 @@ def _started() -> ProcessPoolExecutor:
     global _pool
     with _lock:
         if _pool is None:
-            _pool = _new_pool(os.cpu_count() or 1)
+            _pool = _new_pool(PROCESSES)
         return _pool
 
 
