@@ -1,6 +1,7 @@
 """Large compressed frames decoded in other processes (``ctai.inputs.pool``): the same values as
-decoded in the caller's thread, a frame that crashes its decoder failing alone, the thread's
-decoding where no process can start, and no decoding process outliving a killed parent."""
+decoded in the caller's thread (radiographs and a CT series' slices), a frame that crashes its
+decoder failing alone, the thread's decoding where no process can start, and no decoding
+process outliving a killed parent."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ from pydicom import Dataset
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from ctai.errors import InputError
-from ctai.inputs import pool
+from ctai.inputs import ct, pool
+from ctai.inputs.ct import MIN_SLICES
 from ctai.inputs.dicom import POOL_PIXELS, display_pixels, read_dataset
 from tests.dicomfactory import compressed, dataset, picture, save
+from tests.phantoms import ct_series
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +58,15 @@ def test_a_large_compressed_frame_decodes_in_the_pool_as_in_the_thread(
     ds = read_dataset(compressed(plain, syntax, tmp_path / "large.dcm"))
     np.testing.assert_array_equal(display_pixels(ds), display_pixels(plain))
     assert decoded_in_pool == [0]
+
+
+def test_a_compressed_ct_series_projects_as_the_uncompressed_one(
+        tmp_path: Path, decoded_in_pool: list[int]) -> None:
+    """Its 512 x 512 slices are decoded in the pool, several at once (``ctai.inputs.ct``)."""
+    plain = ct_series(slices=MIN_SLICES, size=512, spacing=320 / 512)
+    slices = [read_dataset(compressed(ds, JPEG2000Lossless, tmp_path / f"{n}.dcm")) for n, ds in enumerate(plain)]
+    np.testing.assert_array_equal(ct.project(slices, "series").pixels, ct.project(plain, "series").pixels)
+    assert decoded_in_pool == [0] * MIN_SLICES
 
 
 @pytest.mark.parametrize(("values", "syntax"), [(picture(), JPEG2000Lossless), (large_values(), RLELossless)],
@@ -109,7 +121,8 @@ CHILD = """
 import os, sys
 from pathlib import Path
 from ctai.errors import InputError
-from ctai.inputs import pool
+from ctai.inputs import ct, pool
+from ctai.inputs.ct import MIN_SLICES
 from ctai.inputs.dicom import display_pixels, read_dataset
 pool.enable()
 display_pixels(read_dataset(sys.argv[1]))

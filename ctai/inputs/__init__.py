@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,9 +55,10 @@ def load_files(paths: Iterable[Path], patient: PatientInfo | None = None) -> Ite
     cannot be used; the CT slices among them, after the other files, as one projection per series
     (``series_images``, as the listener and Orthanc load a series)."""
     volumes: dict[str, list[tuple[str, Dataset]]] = {}
-    for path, reading in _read_ahead(map(Path, paths), patient or PatientInfo()):
+    reading = functools.partial(_load_or_slice, patient=patient or PatientInfo())
+    for path, read in pool.ahead(reading, map(Path, paths)):
         try:
-            loaded = reading.result()
+            loaded = read.result()
         except InputError as exc:
             yield Failure(str(path), str(exc))
             continue
@@ -68,19 +68,6 @@ def load_files(paths: Iterable[Path], patient: PatientInfo | None = None) -> Ite
             yield from loaded
     for instances in volumes.values():
         yield from series_images(instances, os.path.commonpath([path for path, _ in instances]))
-
-
-def _read_ahead(paths: Iterable[Path], patient: PatientInfo) -> Iterator[tuple[Path, Future]]:
-    """Each path with its file being read (``_load_or_slice``), in order, as many at once as there
-    are decoding processes (``ctai.inputs.pool``), for large compressed frames to decode in parallel."""
-    at_once = pool.PROCESSES
-    with ThreadPoolExecutor(at_once, thread_name_prefix="ctai-read") as readers:
-        pending: deque[tuple[Path, Future]] = deque()
-        for path in paths:
-            pending.append((path, readers.submit(_load_or_slice, path, patient)))
-            if len(pending) > at_once:
-                yield pending.popleft()
-        yield from pending
 
 
 def _load_or_slice(path: Path, patient: PatientInfo) -> list[SourceImage] | Dataset:

@@ -9,12 +9,16 @@ right on the viewer's left.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from PIL import Image
 from pydicom import Dataset
 from pydicom.pixels import apply_modality_lut
 
 from ctai.errors import InputError
+from ctai.inputs import pool
+from ctai.inputs.dicom import one_line, stored_values
 from ctai.inputs.images import skipped
 from ctai.types import SourceImage
 
@@ -40,12 +44,12 @@ def project(datasets: list[Dataset], path: str) -> SourceImage:
     row_spacing, column_spacing = (float(s) for s in stack[0].PixelSpacing)
     ap = [a for a, _ in axes].index(1)
     if ap == 0:
-        image = sum(_attenuation(ds) for ds in stack) / len(stack)
+        image = sum(_attenuations(stack)) / len(stack)
         kept = [(axes[1], row_spacing), (axes[2], column_spacing)]
     else:
         from scipy.interpolate import interp1d  # imported when used: half a second that radiographs never need
 
-        profiles = np.stack([_attenuation(ds).mean(axis=ap - 1) for ds in stack])
+        profiles = np.stack([attenuation.mean(axis=ap - 1) for attenuation in _attenuations(stack)])
         step = float(np.median(np.diff(positions)))
         grid = np.arange(positions[0], positions[-1] + step / 2, step)
         image = interp1d(positions, profiles, axis=0, bounds_error=False,
@@ -109,13 +113,18 @@ def _patient_axis(direction: np.ndarray) -> tuple[int, int]:
     return axis, 1 if direction[axis] > 0 else -1
 
 
+def _attenuations(stack: list[Dataset]) -> Iterator[np.ndarray]:
+    """Each slice's ``_attenuation``, in order, several slices decoded at once (``ctai.inputs.pool``)."""
+    for _, attenuation in pool.ahead(_attenuation, stack):
+        yield attenuation.result()
+
+
 def _attenuation(ds: Dataset) -> np.ndarray:
     """Attenuation relative to air (HU + 1000) after the window, as float32."""
     try:
-        hu = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
+        hu = apply_modality_lut(stored_values(ds, 0)[0], ds).astype(np.float32)
     except Exception as exc:
-        number = ds.get("InstanceNumber", "?")
-        raise InputError(f"cannot decode the pixels of CT slice {number}: {exc}") from exc
+        raise InputError(f"CT slice {ds.get('InstanceNumber', '?')}: {one_line(exc)}") from exc
     return np.clip(hu, *WINDOW) - WINDOW[0]
 
 

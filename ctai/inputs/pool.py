@@ -3,8 +3,8 @@
 pydicom's JPEG 2000, JPEG-LS and JPEG decoders (OpenJPEG, CharLS, libjpeg) hold the GIL while
 they decode: a 2500 x 2500 frame takes 0.33 s (JPEG 2000 Lossless), 0.21 s (JPEG-LS Lossless)
 or 0.15 s (JPEG Lossless), and two threads decode two frames no faster than one. A worker's
-threads, the listener's associations or ``ctai classify``'s readers would decode one such
-image at a time whatever the machine's cores. Once ``enable``d (the ``ctai`` command does),
+threads, the listener's associations, ``ctai classify``'s files or a CT series' slices would
+be decoded one at a time whatever the machine's cores. Once ``enable``d (the ``ctai`` command does),
 large frames of these are decoded in other processes (``PROCESSES``), started when first
 needed; small ones are cheaper to decode where they are than to hand over
 (``ctai.inputs.dicom.POOL_PIXELS``).
@@ -20,8 +20,11 @@ import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import TypeVar
 
 import numpy as np
 from pydicom import Dataset
@@ -38,6 +41,9 @@ PROCESSES = min(os.cpu_count() or 1, 8)
 #: tables (7FE0): all a decoder reads of a data set (PS3.3 C.7.6.3, PS3.5 A.4).
 _PIXEL_GROUPS = (0x0028, 0x7FE0)
 
+T = TypeVar("T")
+R = TypeVar("R")
+
 log = logging.getLogger(__name__)
 _pool: ProcessPoolExecutor | None = None
 _lock = threading.Lock()
@@ -52,6 +58,18 @@ def enable() -> None:
     """Decode large compressed frames in other processes from now on (``decode``)."""
     global _enabled
     _enabled = True
+
+
+def ahead(function: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[T, Future[R]]]:
+    """Each of ``items``, in order, with ``function`` of it running in a thread, ``PROCESSES`` of
+    them ahead of the one the caller waits for: enough to keep the decoding processes busy."""
+    with ThreadPoolExecutor(PROCESSES, thread_name_prefix="ctai-read") as threads:
+        pending: deque[tuple[T, Future[R]]] = deque()
+        for item in items:
+            pending.append((item, threads.submit(function, item)))
+            if len(pending) > PROCESSES:
+                yield pending.popleft()
+        yield from pending
 
 
 def decode(ds: Dataset, frame: int) -> tuple[np.ndarray, dict]:
