@@ -51,9 +51,10 @@ from ctai.results import JobStore  # noqa: E402
 from ctai.serve import WorkerService  # noqa: E402
 from ctai.transports.dicom_scp import DicomListener  # noqa: E402
 from tests.conftest import IMAGES  # noqa: E402
-from tests.orthanc_harness import Harness, cpu_seconds, fast_config  # noqa: E402
+from tests.orthanc_harness import Harness, fast_config  # noqa: E402
 from tests.peers import HIS, StoreSCP, free_port, wait_until  # noqa: E402
 from tests.phantoms import image_names, radiograph  # noqa: E402
+from tests.processes import cpu_seconds  # noqa: E402
 
 
 class TimedPACS(StoreSCP):

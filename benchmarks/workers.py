@@ -44,8 +44,9 @@ enter_private_network()
 from ctai.config import load as load_config  # noqa: E402
 from ctai.model.converted import cache_dir  # noqa: E402
 from ctai.results import JobStore  # noqa: E402
-from tests.orthanc_harness import Harness, WorkerProcess, cpu_seconds, fast_config  # noqa: E402
+from tests.orthanc_harness import Harness, WorkerProcess, fast_config  # noqa: E402
 from tests.phantoms import image_names, radiograph  # noqa: E402
+from tests.processes import children, cpu_seconds  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
 
@@ -71,16 +72,7 @@ def detector_sized(ds: Dataset, height: int) -> Dataset:
 
 def family_cpu(pid: int) -> float:
     """CPU seconds of process ``pid`` and of its living children (a worker's decoding processes)."""
-    children = [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat")
-                if _parent(stat) == pid]
-    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children)
-
-
-def _parent(stat: Path) -> int | None:
-    try:
-        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):  # the process has ended meanwhile
-        return None
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children(pid))
 
 
 def stored(ds: Dataset, height: int | None, syntax: str | None) -> Dataset:

@@ -83,12 +83,6 @@ def fast_config(folder: Path) -> configuration.Config:
     return config
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds the process ``pid`` (Orthanc, a worker) has taken (proc(5): utime, stime)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def model_missing(config: configuration.Config) -> bool:
     folder = Path(config["model"]["path"]) if config["model"]["path"] else shipped_model_dir()
     return not has_network(folder)

@@ -24,6 +24,7 @@ from ctai.inputs.ct import MIN_SLICES
 from ctai.inputs.dicom import POOL_PIXELS, display_pixels, read_dataset
 from tests.dicomfactory import compressed, dataset, picture, save
 from tests.phantoms import ct_series
+from tests.processes import running
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,16 +120,12 @@ def test_without_decoding_processes_frames_decode_in_the_thread(
 
 CHILD = """
 import os, sys
-from pathlib import Path
-from ctai.errors import InputError
-from ctai.inputs import ct, pool
-from ctai.inputs.ct import MIN_SLICES
+from ctai.inputs import pool
 from ctai.inputs.dicom import display_pixels, read_dataset
+from tests.processes import children
 pool.enable()
 display_pixels(read_dataset(sys.argv[1]))
-parent = str(os.getpid())
-print(*(p.name for p in Path("/proc").iterdir() if p.name.isdigit()
-        and p.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1] == parent), flush=True)
+print(*children(os.getpid()), flush=True)
 sys.stdin.read()
 """
 
@@ -148,10 +145,3 @@ def test_the_decoding_processes_end_with_a_killed_parent(tmp_path: Path) -> None
         time.sleep(0.1)
     assert not any(map(running, children))
 
-
-def running(pid: int) -> bool:
-    """Whether process ``pid`` exists and has not ended (an ended one waits as a zombie for its reaper)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
