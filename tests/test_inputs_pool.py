@@ -1,6 +1,6 @@
 """Large compressed frames decoded in other processes (``ctai.inputs.pool``): the same values as
 decoded in the caller's thread (radiographs and a CT series' slices), a frame that crashes its
-decoder failing alone, the thread's decoding where no process can start, and no decoding
+decoder failing alone (the first one too), the thread's decoding where no process can start, and no decoding
 process outliving a killed parent."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 from ctai.errors import InputError
 from ctai.inputs import ct, pool
 from ctai.inputs.ct import MIN_SLICES
-from ctai.inputs.dicom import POOL_PIXELS, display_pixels, read_dataset
+from ctai.inputs.dicom import display_pixels, read_dataset
 from tests.dicomfactory import compressed, dataset, picture, save
 from tests.phantoms import ct_series
 from tests.processes import running
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def large_values() -> np.ndarray:
-    """The committed radiograph enlarged to 640 x 640, 12 bits stored: a frame the pool decodes."""
+    """The committed radiograph enlarged to 640 x 640, 12 bits stored."""
     enlarged = Image.fromarray(picture()).resize((640, 640), Image.Resampling.BICUBIC)
     return np.asarray(enlarged, dtype=np.uint16) * 16
 
@@ -51,11 +51,9 @@ def decoded_in_pool(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 @pytest.mark.parametrize("syntax", [JPEG2000Lossless, JPEGLSLossless])
-def test_a_large_compressed_frame_decodes_in_the_pool_as_in_the_thread(
+def test_a_compressed_frame_decodes_in_the_pool_as_in_the_thread(
         syntax: str, tmp_path: Path, decoded_in_pool: list[int]) -> None:
-    values = large_values()
-    assert values.size >= POOL_PIXELS
-    plain = dataset(values, bits_stored=12, WindowCenter=2048, WindowWidth=4096)
+    plain = dataset(large_values(), bits_stored=12, WindowCenter=2048, WindowWidth=4096)
     ds = read_dataset(compressed(plain, syntax, tmp_path / "large.dcm"))
     np.testing.assert_array_equal(display_pixels(ds), display_pixels(plain))
     assert decoded_in_pool == [0]
@@ -70,13 +68,14 @@ def test_a_compressed_ct_series_projects_as_the_uncompressed_one(
     assert decoded_in_pool == [0] * MIN_SLICES
 
 
-@pytest.mark.parametrize(("values", "syntax"), [(picture(), JPEG2000Lossless), (large_values(), RLELossless)],
-                         ids=["small JPEG 2000", "large RLE"])
-def test_a_small_or_rle_frame_decodes_in_the_thread(
-        values: np.ndarray, syntax: str, tmp_path: Path, decoded_in_pool: list[int]) -> None:
-    ds = read_dataset(compressed(dataset(values), syntax, tmp_path / "frame.dcm"))
-    np.testing.assert_array_equal(display_pixels(ds), display_pixels(dataset(values)))
-    assert decoded_in_pool == []
+@pytest.mark.parametrize(("syntax", "pooled"), [(JPEGLSLossless, [0]), (RLELossless, [])], ids=["JPEG-LS", "RLE"])
+def test_a_small_jpeg_family_frame_decodes_in_the_pool_and_rle_in_the_thread(
+        syntax: str, pooled: list[int], tmp_path: Path, decoded_in_pool: list[int]) -> None:
+    """Even a small JPEG-family frame goes to the pool, where a stream that crashes its decoder
+    cannot take the caller down; RLE's decoder is Rust, and quicker than the handing over."""
+    ds = read_dataset(compressed(dataset(picture()), syntax, tmp_path / "frame.dcm"))
+    np.testing.assert_array_equal(display_pixels(ds), display_pixels(dataset(picture())))
+    assert decoded_in_pool == pooled
 
 
 DECODE = pool._as_array
@@ -104,15 +103,37 @@ def test_a_frame_that_crashes_the_decoder_fails_alone(
     assert decoded_in_pool == [0, 0, 0] and pool._enabled
 
 
-def test_without_decoding_processes_frames_decode_in_the_thread(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """No decoding process has ever answered (here: each crashes): the frame, and every later
-    one, decodes in the caller's thread, as it would without the pool."""
+def test_a_first_frame_that_crashes_the_decoder_fails_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No decoding process has answered yet, and the first frame brings each one down: the frame
+    is reported, as it would be later, and not decoded in the caller's thread, where it would
+    bring the caller down (a hostile file as the first image after a start)."""
     plain = dataset(large_values(), bits_stored=12)
     ds = read_dataset(compressed(plain, JPEG2000Lossless, tmp_path / "a.dcm"))
+    monkeypatch.setattr(pool, "_pool", None)
     monkeypatch.setattr(pool, "_enabled", True)
     monkeypatch.setattr(pool, "_answered", False)
     monkeypatch.setattr(pool, "_as_array", crash_in_the_pool)
+    with pytest.raises(InputError, match="the decoder crashed on it"):
+        display_pixels(ds)
+    assert pool._enabled and pool._answered
+
+
+def fail_to_start(parent: int) -> None:
+    """A decoding process that ends before it can take work, as where none can start."""
+    os._exit(70)
+
+
+def test_without_decoding_processes_frames_decode_in_the_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """No decoding process can start: the frame, and every later one, decodes in the caller's
+    thread, as it would without the pool."""
+    plain = dataset(large_values(), bits_stored=12)
+    ds = read_dataset(compressed(plain, JPEG2000Lossless, tmp_path / "a.dcm"))
+    monkeypatch.setattr(pool, "_pool", None)
+    monkeypatch.setattr(pool, "_enabled", True)
+    monkeypatch.setattr(pool, "_answered", False)
+    monkeypatch.setattr(pool, "_prepare", fail_to_start)
     np.testing.assert_array_equal(display_pixels(ds), display_pixels(plain))
     assert not pool._enabled
     assert "no decoding process could be started" in caplog.text

@@ -33,10 +33,6 @@ from ctai.types import SourceImage
 _PREFIX = slice(128, 132)
 #: A data set written without preamble starts with a File Meta (0002) or Identifying (0008) group tag.
 _FIRST_GROUPS = (0x0002, 0x0008)
-#: Pixels from which a JPEG-family frame is decoded in another process (``ctai.inputs.pool``): a
-#: 512 x 512 JPEG 2000 one takes 22 ms to decode, 2 ms more through the pool. An RLE frame never
-#: is: 2500 x 2500 take 27 ms in the thread, 47 through the pool.
-POOL_PIXELS = 512 * 512
 #: Percentiles of the values windowed for a DX "for processing" image that carries no VOI.
 PROCESSING_PERCENTILES = (0.5, 99.5)
 _PIXEL_DATA = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -274,9 +270,8 @@ def stored_values(ds: Dataset, frame: int) -> tuple[np.ndarray, str]:
     except NotImplementedError as exc:
         raise InputError(f"transfer syntax {syntax.name} is not supported") from exc
     _check_pixel_data(ds)
-    elsewhere = syntax in _JPEG_FAMILY and _integer(ds, "Rows") * _integer(ds, "Columns") >= POOL_PIXELS
     try:
-        values, meta = pool.decode(ds, frame) if elsewhere else decoder.as_array(ds, index=frame)
+        values, meta = pool.decode(ds, frame) if syntax in _JPEG_FAMILY else decoder.as_array(ds, index=frame)
     except Exception as exc:  # decoder plugins raise many exception types on damaged data
         raise InputError(f"cannot decode the pixel data ({syntax.name}): {one_line(exc)}") from exc
     return values, str(meta["photometric_interpretation"])
