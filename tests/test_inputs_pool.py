@@ -103,19 +103,26 @@ def test_a_frame_that_crashes_the_decoder_fails_alone(
     assert decoded_in_pool == [0, 0, 0] and pool._enabled
 
 
-def test_a_first_frame_that_crashes_the_decoder_fails_alone(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No decoding process has answered yet, and the first frame brings each one down: the frame
-    is reported, as it would be later, and not decoded in the caller's thread, where it would
-    bring the caller down (a hostile file as the first image after a start)."""
+@pytest.fixture
+def first_frame(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Dataset, Dataset]:
+    """A JPEG 2000 radiograph and its uncompressed original, the pool enabled and no decoding
+    process started or answered yet: as after a start."""
     plain = dataset(large_values(), bits_stored=12)
     ds = read_dataset(compressed(plain, JPEG2000Lossless, tmp_path / "a.dcm"))
     monkeypatch.setattr(pool, "_pool", None)
     monkeypatch.setattr(pool, "_enabled", True)
     monkeypatch.setattr(pool, "_answered", False)
+    return ds, plain
+
+
+def test_a_first_frame_that_crashes_the_decoder_fails_alone(
+        first_frame: tuple[Dataset, Dataset], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first frame brings each decoding process down: it is reported, as it would be later,
+    and not decoded in the caller's thread, where it would bring the caller down (a hostile file
+    as the first image after a start)."""
     monkeypatch.setattr(pool, "_as_array", crash_in_the_pool)
     with pytest.raises(InputError, match="the decoder crashed on it"):
-        display_pixels(ds)
+        display_pixels(first_frame[0])
     assert pool._enabled and pool._answered
 
 
@@ -125,15 +132,12 @@ def fail_to_start(parent: int) -> None:
 
 
 def test_without_decoding_processes_frames_decode_in_the_thread(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        first_frame: tuple[Dataset, Dataset], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     """No decoding process can start: the frame, and every later one, decodes in the caller's
     thread, as it would without the pool."""
-    plain = dataset(large_values(), bits_stored=12)
-    ds = read_dataset(compressed(plain, JPEG2000Lossless, tmp_path / "a.dcm"))
-    monkeypatch.setattr(pool, "_pool", None)
-    monkeypatch.setattr(pool, "_enabled", True)
-    monkeypatch.setattr(pool, "_answered", False)
     monkeypatch.setattr(pool, "_prepare", fail_to_start)
+    ds, plain = first_frame
     np.testing.assert_array_equal(display_pixels(ds), display_pixels(plain))
     assert not pool._enabled
     assert "no decoding process could be started" in caplog.text
