@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -88,15 +89,27 @@ def crash_in_the_pool(ds: Dataset, frame: int) -> tuple[np.ndarray, dict]:
     return DECODE(ds, frame)
 
 
-def test_a_frame_that_crashes_the_decoder_fails_alone(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, decoded_in_pool: list[int]) -> None:
+def loop_in_the_pool(ds: Dataset, frame: int) -> tuple[np.ndarray, dict]:
+    """A decoder that never finishes, as one may on a hostile stream."""
+    while multiprocessing.parent_process() is not None:
+        pass
+    return DECODE(ds, frame)
+
+
+@pytest.mark.parametrize("decoder", [crash_in_the_pool, loop_in_the_pool], ids=["crashes", "never finishes"])
+def test_a_frame_that_brings_its_decoder_down_fails_alone(
+        decoder: Callable[[Dataset, int], tuple[np.ndarray, dict]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, decoded_in_pool: list[int]) -> None:
     """Once the decoding processes have answered, a frame that brings down the one it is decoded
-    in alone is reported (InputError), and the next frame decodes in the pool again."""
+    in alone, or keeps it past ``DECODE_SECONDS``, is reported (InputError), and the next frame
+    decodes in the pool again."""
     plain = dataset(large_values(), bits_stored=12)
     ds = read_dataset(compressed(plain, JPEG2000Lossless, tmp_path / "a.dcm"))
     display_pixels(ds)
-    monkeypatch.setattr(pool, "_as_array", crash_in_the_pool)
-    with pytest.raises(InputError, match=r"cannot decode the pixel data \(JPEG 2000 .*: the decoder crashed on it"):
+    monkeypatch.setattr(pool, "DECODE_SECONDS", 1)
+    monkeypatch.setattr(pool, "_as_array", decoder)
+    with pytest.raises(InputError, match=r"cannot decode the pixel data \(JPEG 2000 .*: the decoder crashed on it or "
+                                         r"ran over 1 s"):
         display_pixels(ds)
     monkeypatch.setattr(pool, "_as_array", DECODE)
     np.testing.assert_array_equal(display_pixels(ds), display_pixels(plain))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections import deque
@@ -41,6 +42,10 @@ from ctai.memory import keep_freed_memory
 #: Decoding processes at most: one per core, and no more than 8 (about 140 MB each with a
 #: 2500-row frame), enough for the worker's threads (``[worker] threads``, 8).
 PROCESSES = min(os.cpu_count() or 1, 8)
+#: Seconds a decoding process may spend on one frame before it is ended (SIGALRM): a stream on
+#: which a decoder loops forever must not hold a process and its caller's thread for good. A
+#: 2500 x 2500 JPEG 2000 Lossless frame takes 0.33 s.
+DECODE_SECONDS = 60
 #: The groups of the Image Pixel Module and its LUTs (0028) and of the Pixel Data and its offset
 #: tables (7FE0): all a decoder reads of a data set (PS3.3 C.7.6.3, PS3.5 A.4).
 _PIXEL_GROUPS = (0x0028, 0x7FE0)
@@ -80,10 +85,10 @@ def decode(ds: Dataset, frame: int) -> tuple[np.ndarray, dict]:
     """``frame`` of ``ds``'s compressed pixel data: pydicom's ``Decoder.as_array`` (the values
     and what it says of them), in the pool once ``enable``d, else in this thread.
 
-    When the pool breaks while it decodes (a decoder crashed, on this frame or on another one
-    decoded at the time), it is replaced and the frame tried again in a process of its own; if
-    that one ends too, RuntimeError: this frame crashes the decoder, which never takes the
-    caller down, even as the first frame after a start. Only if no decoding process can start
+    When the pool breaks while it decodes (a decoder crashed or ran over ``DECODE_SECONDS``, on
+    this frame or on another one decoded at the time), it is replaced and the frame tried again
+    in a process of its own; if that one ends too, RuntimeError: this frame crashes the decoder,
+    which never takes the caller down, even as the first frame after a start. Only if no decoding process can start
     here (a program whose main module cannot be imported again, such as a script read from
     standard input) do this and every later frame decode in this thread, as without the pool."""
     global _enabled, _answered
@@ -94,7 +99,7 @@ def decode(ds: Dataset, frame: int) -> tuple[np.ndarray, dict]:
     pixels.file_meta.TransferSyntaxUID = ds.file_meta.TransferSyntaxUID
     pool = _started()
     try:
-        decoded = pool.submit(_as_array, pixels, frame).result()
+        decoded = pool.submit(_within, DECODE_SECONDS, _as_array, pixels, frame).result()
     except BrokenProcessPool:
         _discard(pool)
         decoded = _alone(pixels, frame)
@@ -110,10 +115,10 @@ def _alone(pixels: Dataset, frame: int) -> tuple[np.ndarray, dict] | None:
     """``frame`` decoded in a process of its own; None if no process can start (``decode``)."""
     try:
         with _new_pool(1) as alone:
-            return alone.submit(_as_array, pixels, frame).result()
+            return alone.submit(_within, DECODE_SECONDS, _as_array, pixels, frame).result()
     except BrokenProcessPool:
         if _answered or _can_start():
-            raise RuntimeError("the decoder crashed on it (its process ended)") from None
+            raise RuntimeError(f"the decoder crashed on it or ran over {DECODE_SECONDS} s") from None
         return None
 
 
@@ -151,6 +156,16 @@ def _discard(pool: ProcessPoolExecutor) -> None:
         if _pool is pool:
             _pool = None
     pool.shutdown(wait=False)
+
+
+def _within(seconds: int, decode: Callable[[Dataset, int], T], ds: Dataset, frame: int) -> T:
+    """``decode(ds, frame)`` in a decoding process, which ends if it takes over ``seconds``: the
+    default action of SIGALRM, which stops a decoder even inside its C code."""
+    signal.alarm(seconds)
+    try:
+        return decode(ds, frame)
+    finally:
+        signal.alarm(0)
 
 
 def _as_array(ds: Dataset, frame: int) -> tuple[np.ndarray, dict]:
