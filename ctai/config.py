@@ -1,11 +1,18 @@
-"""Configuration: embedded defaults, one TOML file, environment-variable overrides."""
+"""Configuration: embedded defaults, one TOML file, environment-variable overrides.
+
+The defaults name every setting and its type: a setting they do not name, or a value of another
+type or below zero, is refused when the configuration is loaded, with what was meant where a
+name is close, rather than ignored or failing later inside a running service. A plugin's own
+settings go in a table under ``[plugins]``, e.g. ``[plugins.my_ris]``.
+"""
 
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -35,26 +42,65 @@ def _parse_env_value(text: str) -> Any:
         return text
 
 
-def _from_env(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+def _from_env(environ: Mapping[str, str], known: Config) -> dict[str, dict[str, Any]]:
+    """``CTAI_<SECTION>__<KEY>`` variables; the text as it is for a setting whose default is text
+    (a password or AE title of digits stays text), else as a TOML value."""
     found: dict[str, dict[str, Any]] = {}
     for name, text in environ.items():
         if name.startswith(ENV_PREFIX) and "__" in name:
             section, key = name[len(ENV_PREFIX):].lower().split("__", 1)
-            found.setdefault(section, {})[key] = _parse_env_value(text)
+            textual = isinstance(known.get(section, {}).get(key), str)
+            found.setdefault(section, {})[key] = text if textual else _parse_env_value(text)
     return found
 
 
 def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """The effective configuration: defaults < file (``path`` or $CTAI_CONFIG) < environment."""
+    """The effective configuration: defaults < file (``path`` or $CTAI_CONFIG) < environment;
+    ValueError if it names a setting the defaults do not, or gives one a value of the wrong kind."""
     environ = os.environ if environ is None else environ
-    config = defaults()
+    config = known = defaults()
     path = path or (Path(environ["CTAI_CONFIG"]) if environ.get("CTAI_CONFIG") else None)
     if path is not None:
         try:
             config = _merge(config, tomllib.loads(path.read_text()))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ValueError(f"configuration file {path}: {exc}") from exc
-    return _merge(config, _from_env(environ))
+    config = _merge(config, _from_env(environ, known))
+    if problems := [problem for section, values in config.items() for key, value in values.items()
+                    if (problem := _problem(section, key, value, known))]:
+        raise ValueError("\n  ".join([f"configuration{f' file {path}' if path else ''}:", *problems]))
+    return config
+
+
+def _problem(section: str, key: str, value: Any, known: Config) -> str | None:
+    """What is wrong with setting ``[section] key = value``, or None."""
+    if section not in known:
+        return f"no section [{section}]{_close(section, known, '[{}]')}; a plugin's own go under [plugins.NAME]"
+    if key not in known[section]:
+        if section == "plugins" and isinstance(value, dict):
+            return None  # a plugin's own settings
+        return f"no setting {key} in [{section}]{_close(key, known[section], '{}')}"
+    default = known[section][key]
+    kind, accepted = next((kind, accepted) for of, kind, accepted in _KINDS if isinstance(default, of))
+    if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, accepted):
+        return f"[{section}] {key} = {_toml_value(value)}: expected {kind}, such as {_toml_value(default)}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        return f"[{section}] {key} = {_toml_value(value)}: expected a number not below 0"
+    return None
+
+
+#: A setting's kind by its default's type (``bool`` before ``int``, of which it is one), and the
+#: types its value may have: a whole number also where a decimal one is expected.
+_KINDS: tuple[tuple[type, str, type | tuple[type, ...]], ...] = (
+    (bool, "true or false", bool), (int, "a whole number", int), (float, "a number", (int, float)),
+    (str, "text", str), (list, "a list", list))
+
+
+def _close(name: str, names: Iterable[str], shown: str) -> str:
+    """" (did you mean X?)" for the one of ``names`` closest to a misspelt ``name``, written as
+    ``shown`` says, else nothing."""
+    close = difflib.get_close_matches(name, list(names), n=1)
+    return f" (did you mean {shown.format(close[0])}?)" if close else ""
 
 
 def data_dir(config: Config) -> Path:
@@ -81,4 +127,6 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # a plugin's own settings (``[plugins.NAME]``), as an inline table
+        return "{" + ", ".join(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,3 +1,4 @@
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -35,8 +36,6 @@ def test_broken_file_is_a_clear_error(tmp_path: Path):
 
 
 def test_ctai_config_prints_valid_toml(capsys, monkeypatch):
-    import tomllib
-
     monkeypatch.setenv("CTAI_MODEL__BATCH_SIZE", "3")
     assert main(["config"]) == 0
     printed = tomllib.loads(capsys.readouterr().out)
@@ -47,3 +46,41 @@ def test_ctai_config_prints_valid_toml(capsys, monkeypatch):
 def test_missing_config_file_exits_cleanly(capsys, tmp_path: Path):
     assert main(["--config", str(tmp_path / "nope.toml"), "config"]) == 2
     assert "nope.toml" in capsys.readouterr().err
+
+
+def test_every_mistake_is_named_with_what_was_meant(tmp_path: Path, capsys):
+    """A misspelt section or setting, a value of the wrong kind or below zero: refused when the
+    configuration is loaded, each named, rather than ignored or failing later in a service."""
+    file = tmp_path / "ctai.toml"
+    file.write_text('[modle]\nbatch_size = 4\n[listener]\nenabeld = true\nport = "104"\n'
+                    '[inputs]\ngate = "yes"\ngate_threshold = 1\n')
+    assert main(["--config", str(file), "config"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"ctai: configuration file {file}:",
+        '  [inputs] gate = "yes": expected true or false, such as true',
+        '  [listener] port = "104": expected a whole number, such as 11112',
+        "  no setting enabeld in [listener] (did you mean enabled?)",
+        "  no section [modle] (did you mean [model]?); a plugin's own go under [plugins.NAME]",
+    ]
+    with pytest.raises(ValueError, match=r"\[model\] batch_size = -4: expected a number not below 0"):
+        configuration.load(environ={"CTAI_MODEL__BATCH_SIZE": "-4"})
+    with pytest.raises(ValueError, match=r"\[worker\] threads = 2.5: expected a whole number"):
+        configuration.load(environ={"CTAI_WORKER__THREADS": "2.5"})
+
+
+def test_environment_values_take_their_settings_kind():
+    """Text settings keep the variable's text (a password or AE title of digits); the others are
+    read as TOML values."""
+    cfg = configuration.load(environ={"CTAI_ORTHANC__PASSWORD": "12345", "CTAI_LISTENER__AE_TITLE": "0042",
+                                      "CTAI_WORKER__RETRY_DELAY": "3", "CTAI_INPUTS__GATE": "false"})
+    assert cfg["orthanc"]["password"] == "12345" and cfg["listener"]["ae_title"] == "0042"
+    assert cfg["worker"]["retry_delay"] == 3 and cfg["inputs"]["gate"] is False
+
+
+def test_a_plugins_own_settings_go_under_plugins(tmp_path: Path):
+    """They are the plugin's to check; ``ctai config`` prints them back."""
+    file = tmp_path / "ctai.toml"
+    file.write_text('[plugins]\ndisabled = ["sc"]\n[plugins.my_ris]\nurl = "https://ris.example"\nretries = 3\n')
+    cfg = configuration.load(file, environ={})
+    assert cfg["plugins"]["my_ris"] == {"url": "https://ris.example", "retries": 3}
+    assert tomllib.loads(configuration.to_toml(cfg)) == cfg
