@@ -420,8 +420,8 @@ def run() -> None:
     """The ``ctai`` command: ``main`` with ``GC_THRESHOLDS``, then exit without the interpreter's
     last garbage collections, which would go through every object the command made (0.45 s after
     a ``classify`` of 360 images); the system takes back the process's memory whole. Large arrays
-    come from the heap (``ctai.memory.keep_freed_memory``); large compressed frames are decoded
-    in other processes (``ctai.inputs.pool``)."""
+    come from the heap (``ctai.memory.keep_freed_memory``); JPEG-family frames are decoded in
+    other processes (``ctai.inputs.pool``)."""
     keep_freed_memory()
     pool.enable()
     gc.set_threshold(*GC_THRESHOLDS)

@@ -60,6 +60,16 @@ def test_folders_are_read_recursively(capsys, tmp_path: Path):
     assert code == 0 and len(rows) == 2
 
 
+def test_a_folder_without_files_is_an_error_line(capsys, tmp_path: Path):
+    """Not silence and success: a mistyped or unmounted folder is said to be empty."""
+    (tmp_path / "empty" / ".hidden").mkdir(parents=True)
+    code, rows = classify_json(capsys, str(tmp_path / "empty"), str(NORMAL))
+    assert code == 1
+    assert rows[0] == {"path": str(tmp_path / "empty"),
+                       "error": "a folder without files to classify (hidden ones are left out)"}
+    assert set(rows[1]) == RESULT_KEYS
+
+
 def test_classify_keeps_the_start_up_out_of_the_collector_while_it_runs(capsys, monkeypatch):
     from ctai.pipeline import Pipeline
 

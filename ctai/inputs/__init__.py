@@ -20,10 +20,11 @@ __all__ = ["PatientInfo", "iter_files", "load", "load_files", "series_images"]
 
 
 def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
-    """Files as given; the files in folders recursively, sorted, skipping hidden files and folders."""
+    """Files as given; the files in folders recursively, sorted, skipping hidden files and folders;
+    a folder without any, itself (loading it says so)."""
     for path in map(Path, paths):
         if path.is_dir():
-            yield from _walk(path)
+            yield from _walk(path) or [path]
         else:
             yield path
 
@@ -45,6 +46,8 @@ def load(path: Path, patient: PatientInfo | None = None) -> list[SourceImage]:
     """
     path = Path(path)
     with _one_error():
+        if path.is_dir():
+            raise InputError("a folder without files to classify (hidden ones are left out)")
         if dicom.is_dicom(path):
             return dicom.source_images(dicom.read_dataset(path), str(path))
         return [_picture(path, patient or PatientInfo())]
@@ -73,6 +76,8 @@ def load_files(paths: Iterable[Path], patient: PatientInfo | None = None) -> Ite
 def _load_or_slice(path: Path, patient: PatientInfo) -> list[SourceImage] | Dataset:
     """As ``load``, but a CT volume slice comes back as its data set, to be projected with its series."""
     with _one_error():
+        if path.is_dir():
+            raise InputError("a folder without files to classify (hidden ones are left out)")
         if dicom.is_dicom(path):
             ds = dicom.read_dataset(path)
             return ds if is_volume_slice(ds) else dicom.source_images(ds, str(path))
