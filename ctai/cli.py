@@ -89,7 +89,11 @@ def cmd_evaluate(args: argparse.Namespace, config: configuration.Config) -> int:
     from ctai.labelled_folder import scan
     from ctai.pipeline import Pipeline
 
-    samples = scan(args.folder)
+    try:
+        samples = scan(args.folder)
+    except ValueError as exc:  # no labelled images there
+        print(f"ctai evaluate: {exc}", file=sys.stderr)
+        return 2
     by_path = {str(s.path): s for s in samples}
     sources = _inputs([s.path for s in samples], PatientInfo())
     y, probs, patients = [], [], []

@@ -162,6 +162,16 @@ def test_evaluate_prints_every_metric(capsys, tmp_path: Path):
     assert "balanced accuracy" in out and "95 % intervals (bootstrap over patients)" in out
 
 
+def test_evaluate_says_why_a_folder_cannot_be_evaluated(capsys, tmp_path: Path):
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"ctai evaluate: {tmp_path}: no images found (expected NORMAL/ and PNEUMONIA/" \
+                                      " folders)\n"
+    (tmp_path / "PNEUMONIA").mkdir()
+    shutil.copy(NORMAL, tmp_path / "PNEUMONIA" / "unnamed.jpeg")
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "unnamed.jpeg: cannot tell the class from folder and name" in capsys.readouterr().err
+
+
 def test_stdout_holds_only_json_lines(tmp_path: Path):
     proc = subprocess.run([sys.executable, "-m", "ctai.cli", "classify", "--json", str(NORMAL)],
                           capture_output=True, text=True, timeout=300)
