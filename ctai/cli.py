@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from ctai import config as configuration
+from ctai.errors import TlsError
 from ctai.inputs import pool
 from ctai.memory import keep_freed_memory
 from ctai.types import CLASSES, Failure, Job, Result, SourceImage
@@ -409,7 +410,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"ctai: {exc}", file=sys.stderr)
         return 2
-    return args.func(args, config)
+    try:
+        return args.func(args, config)
+    except TlsError as exc:  # found once a service is set up from the configuration
+        print(f"ctai: {exc}", file=sys.stderr)
+        return 2
 
 
 #: The ``ctai`` command's garbage-collector thresholds (``gc.set_threshold``; Python's are 700,

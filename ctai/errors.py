@@ -13,3 +13,8 @@ class Undeliverable(Exception):
     """The peer refused a message for good (e.g. a SOP class it does not store): the outbox
     keeps it as a dead letter instead of retrying it. Any other exception a sender raises is
     transient."""
+
+
+class TlsError(ValueError):
+    """A certificate, key or CA file that cannot be used, or TLS settings that cannot serve,
+    naming the file or setting and why: the configuration's to fix."""

@@ -19,13 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ctai.config import Config, data_dir
+from ctai.errors import TlsError
 
 #: How long ``ctai tls init``'s certificates last.
 CA_DAYS, LEAF_DAYS = 3650, 825
-
-
-class TlsError(ValueError):
-    """A certificate, key or CA file that cannot be used, naming the file and why."""
 
 
 def _readable(path: str | Path, what: str) -> Path:

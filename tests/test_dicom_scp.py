@@ -36,6 +36,7 @@ from ctai.model.backend import ProbabilityClassifier
 from ctai.outbox import OutboxSender
 from ctai.pipeline import Pipeline
 from ctai.plugins import plugin_manager
+from ctai.serve import run_services
 from ctai.transports.dicom_scp import CANNOT_UNDERSTAND, NOT_OF_SOP_CLASS, DicomListener
 from ctai.transports.spool import SOURCE, Spool
 from ctai.types import Failure, Job, ModelInfo, SourceImage
@@ -491,3 +492,21 @@ def _listening(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_a_port_in_use_is_one_error_line_and_the_started_services_stop(config, caplog, monkeypatch):
+    """``run_services`` (``ctai serve``): the listener cannot bind; the outbox started before it
+    is stopped again, and the exit status is 2 with the reason in one line, not a traceback."""
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # pytest keeps its own handlers
+    caplog.set_level("INFO", logger="ctai.serve")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config["listener"].update(host="127.0.0.1", port=taken.getsockname()[1])
+        services = [OutboxSender(config), DicomListener(config, enqueue=lambda job: None)]
+        assert run_services(services) == 2
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == [
+        "serve: could not start dicom-listener: [Errno 98] Address already in use"]
+    assert errors[0].exc_info is None and "serve: stopping outbox" in caplog.text
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("outbox-")]

@@ -24,6 +24,7 @@ from ctai import tls
 from ctai.builtin import cstore, hl7
 from ctai.cli import main
 from ctai.config import data_dir, to_toml
+from ctai.errors import TlsError
 from ctai.outbox import Outbox, send_due
 from ctai.plugins import outbox_senders, plugin_manager
 from ctai.transports import mllp
@@ -54,28 +55,28 @@ def test_init_makes_a_ca_and_certificates_with_private_keys(config, tmp_path):
     server = tls.check_certificate(folder / "server.pem")
     names = server.extensions.get_extension_for_class(tls.x509.SubjectAlternativeName).value
     assert {str(n.value) for n in names} == {"ctai.example", "10.0.0.5"}
-    with pytest.raises(tls.TlsError, match="exists already"):
+    with pytest.raises(TlsError, match="exists already"):
         tls.init(config)
 
 
 def test_bad_files_are_refused_naming_the_file(config, made, tmp_path):
     server, server_key = made.server
     client, client_key = made.client
-    with pytest.raises(tls.TlsError, match=f"private key {tmp_path / 'none.pem'} does not exist"):
+    with pytest.raises(TlsError, match=f"private key {tmp_path / 'none.pem'} does not exist"):
         tls.server_context(server, tmp_path / "none.pem")
-    with pytest.raises(tls.TlsError, match=f"private key {client_key} does not match the certificate {server}"):
+    with pytest.raises(TlsError, match=f"private key {client_key} does not match the certificate {server}"):
         tls.server_context(server, client_key)
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate")
-    with pytest.raises(tls.TlsError, match=f"certificate {garbage} is not a PEM certificate"):
+    with pytest.raises(TlsError, match=f"certificate {garbage} is not a PEM certificate"):
         tls.server_context(garbage, server_key)
     unreadable = tmp_path / "unreadable"
     unreadable.mkdir()
-    with pytest.raises(tls.TlsError, match="does not exist"):
+    with pytest.raises(TlsError, match="does not exist"):
         tls.server_context(server, unreadable)
     expired = tmp_path / "expired.pem"
     expired.write_bytes(_expired_copy(server))
-    with pytest.raises(tls.TlsError, match=f"certificate {expired} expired on"):
+    with pytest.raises(TlsError, match=f"certificate {expired} expired on"):
         tls.server_context(expired, server_key)
 
 
@@ -93,16 +94,23 @@ def _expired_copy(path) -> bytes:
 
 def test_plain_http_beyond_loopback_is_refused_unless_allowed(config, caplog):
     config["web"].update(host="0.0.0.0", port=free_port(), staff_token=STAFF_TOKEN)
-    with pytest.raises(tls.TlsError, match="reachable from the network"):
+    with pytest.raises(TlsError, match="reachable from the network"):
         WebService(config)
     config["web"]["allow_plain_http"] = True
     WebService(config)  # built, never started: it would listen on every interface
     assert "serving plain HTTP on 0.0.0.0" in caplog.text
 
 
+def test_ctai_web_says_in_one_line_what_to_set(config, capsys, tmp_path):
+    config["web"].update(host="0.0.0.0", port=free_port())
+    (tmp_path / "ctai.toml").write_text(to_toml(config))
+    assert main(["--config", str(tmp_path / "ctai.toml"), "web"]) == 2
+    assert capsys.readouterr().err.startswith("ctai: [web] host 0.0.0.0 is reachable from the network: set tls_cert")
+
+
 def test_half_a_tls_setting_is_refused(config, made):
     config["web"]["tls_cert"] = str(made.server[0])
-    with pytest.raises(tls.TlsError, match="go together"):
+    with pytest.raises(TlsError, match="go together"):
         WebService(config)
 
 
@@ -150,7 +158,7 @@ def test_the_listener_speaks_tls_only_and_checks_client_certificates(config, mad
 def test_require_tls_without_certificates_refuses_to_start(config):
 
     config["listener"]["require_tls"] = True
-    with pytest.raises(tls.TlsError, match="require_tls"):
+    with pytest.raises(TlsError, match="require_tls"):
         DicomListener(config, enqueue=lambda job: None)
 
 

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from ctai.config import Config, data_dir, to_toml
-from ctai.errors import TransientError
+from ctai.errors import TlsError, TransientError
 from ctai.orthanc.client import OrthancClient, credentials
-from ctai.tls import TlsError, server_context
+from ctai.tls import server_context
 
 #: orthanc/ in the source tree: the configuration template and the script Orthanc runs.
 ORTHANC_DIR = Path(__file__).resolve().parents[2] / "orthanc"

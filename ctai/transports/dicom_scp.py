@@ -49,9 +49,9 @@ from pynetdicom.sop_class import Verification
 
 from ctai.config import Config
 from ctai.disk import DiskGuard
-from ctai.errors import InputError
+from ctai.errors import InputError, TlsError
 from ctai.inputs.dicom import check_decodable
-from ctai.tls import TlsError, server_context
+from ctai.tls import server_context
 from ctai.transports.spool import Spool, is_uid, job_for
 from ctai.types import Job
 

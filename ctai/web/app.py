@@ -27,7 +27,8 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from ctai.config import Config
-from ctai.tls import TlsError, server_context
+from ctai.errors import TlsError
+from ctai.tls import server_context
 from ctai.web import i18n, phone, staff
 from ctai.web.messages import LABELS, NOTICE, STATUS
 from ctai.web.sessions import Store, token_hash
