@@ -66,6 +66,12 @@ def cmd_classify(args: argparse.Namespace, config: configuration.Config) -> int:
     from ctai.inputs.wrap import PatientInfo
     from ctai.pipeline import Pipeline
 
+    if args.out:
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file of that name, no permission, a read-only disk
+            print(f"ctai classify: --out {args.out}: cannot be a folder of results ({exc.strerror})", file=sys.stderr)
+            return 2
     patient = PatientInfo(id=args.patient_id, name=args.patient_name, accession=args.accession)
     options = {"send": args.deliver, "outputs": bool(args.out or args.deliver or config["folder"]["path"]),
                **({"out_dir": str(args.out)} if args.out else {})}

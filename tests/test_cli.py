@@ -60,6 +60,13 @@ def test_folders_are_read_recursively(capsys, tmp_path: Path):
     assert code == 0 and len(rows) == 2
 
 
+def test_out_that_cannot_be_a_folder_is_refused_before_any_work(capsys, tmp_path: Path):
+    (tmp_path / "results").write_text("a file")
+    assert main(["classify", "--out", str(tmp_path / "results"), str(NORMAL)]) == 2
+    assert capsys.readouterr() == ("", f"ctai classify: --out {tmp_path / 'results'}: cannot be a folder of results "
+                                       "(File exists)\n")
+
+
 def test_a_folder_without_files_is_an_error_line(capsys, tmp_path: Path):
     """Not silence and success: a mistyped or unmounted folder is said to be empty."""
     (tmp_path / "empty" / ".hidden").mkdir(parents=True)
