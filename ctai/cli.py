@@ -72,7 +72,11 @@ def cmd_classify(args: argparse.Namespace, config: configuration.Config) -> int:
         except OSError as exc:  # a file of that name, no permission, a read-only disk
             print(f"ctai classify: --out {args.out}: cannot be a folder of results ({exc.strerror})", file=sys.stderr)
             return 2
-    patient = PatientInfo(id=args.patient_id, name=args.patient_name, accession=args.accession)
+    try:
+        patient = PatientInfo(id=args.patient_id, name=args.patient_name, accession=args.accession)
+    except ValueError as exc:
+        print(f"ctai classify: patient {exc}", file=sys.stderr)
+        return 2
     options = {"send": args.deliver, "outputs": bool(args.out or args.deliver or config["folder"]["path"]),
                **({"out_dir": str(args.out)} if args.out else {})}
     job = Job(id="cli", source="cli", options=options)

@@ -67,6 +67,15 @@ def test_out_that_cannot_be_a_folder_is_refused_before_any_work(capsys, tmp_path
                                        "(File exists)\n")
 
 
+def test_patient_details_dicom_cannot_hold_are_refused(capsys):
+    too_long = "A" * 17
+    assert main(["classify", "--accession", too_long, str(NORMAL)]) == 2
+    assert capsys.readouterr().err == f"ctai classify: patient accession '{too_long}' is longer than 16 characters" \
+                                      " (DICOM)\n"
+    assert main(["classify", "--patient-id", "P\\1", str(NORMAL)]) == 2
+    assert "holds a backslash or a control character" in capsys.readouterr().err
+
+
 def test_a_folder_without_files_is_an_error_line(capsys, tmp_path: Path):
     """Not silence and success: a mistyped or unmounted folder is said to be empty."""
     (tmp_path / "empty" / ".hidden").mkdir(parents=True)

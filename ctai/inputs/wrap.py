@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 import uuid
 from dataclasses import astuple, dataclass
 
@@ -20,15 +21,35 @@ MANUFACTURER = "ctai"
 SERIES_DESCRIPTION = "Imported image"
 
 
+#: PS3.5 6.2: Patient ID (LO) and a Patient's Name component group (PN) hold 64 characters,
+#: Accession Number (SH) 16.
+MAX_LENGTH = {"id": 64, "name": 64, "accession": 16}
+
+
 @dataclass(frozen=True)
 class PatientInfo:
-    """Patient and order details for a picture, which carries none; empty means unknown."""
+    """Patient and order details for a picture, which carries none; empty means unknown.
+    ValueError for a detail that DICOM cannot hold (``MAX_LENGTH``, ``unfit``)."""
 
     id: str = ""
     name: str = ""  # DICOM PN, e.g. Doe^Jane
     birth_date: str = ""  # DICOM DA, YYYYMMDD
     sex: str = ""  # M, F or O
     accession: str = ""
+
+    def __post_init__(self) -> None:
+        for field, limit in MAX_LENGTH.items():
+            value = getattr(self, field)
+            if len(value) > limit:
+                raise ValueError(f"{field} {value!r} is longer than {limit} characters (DICOM)")
+            if unfit(value):
+                raise ValueError(f"{field} {value!r} holds a backslash or a control character (DICOM)")
+
+
+def unfit(value: str) -> bool:
+    """Whether ``value`` holds what no DICOM text of one value may (PS3.5 6.1.2.3, 6.2): a
+    backslash (the value separator) or a control character."""
+    return "\\" in value or any(unicodedata.category(c).startswith("C") for c in value)
 
 
 def wrap_image(image: Image.Image, patient: PatientInfo, origin: str) -> Dataset:

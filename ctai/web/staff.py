@@ -13,7 +13,6 @@ import io
 import logging
 import secrets
 import time
-import unicodedata
 from typing import Annotated
 
 import qrcode
@@ -22,6 +21,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from ctai import audit
 from ctai.errors import TransientError
+from ctai.inputs import wrap
 from ctai.results import JobStore
 from ctai.site import drift, state
 from ctai.web.i18n import texts
@@ -38,8 +38,9 @@ RECENT_JOBS = 30
 EXPIRED_FORM = N_("This form has expired. Reload the page and try again.")
 LOG_IN_FIRST = N_("Please log in first.")
 NO_SESSION = N_("No such upload session.")
-#: DICOM limits: Patient ID (LO) and Patient's Name (PN group) 64 characters, Accession Number (SH) 16.
-MAX_LENGTH = {N_("patient ID"): 64, N_("patient name"): 64, N_("accession number"): 16}
+#: Each form field's name, and the DICOM limit of what it holds (``ctai.inputs.wrap.MAX_LENGTH``).
+MAX_LENGTH = {N_("patient ID"): wrap.MAX_LENGTH["id"], N_("patient name"): wrap.MAX_LENGTH["name"],
+              N_("accession number"): wrap.MAX_LENGTH["accession"]}
 
 Field = Annotated[str, Form()]
 
@@ -89,7 +90,7 @@ def _patient_field(value: str, name: str, required: bool = True) -> str:
         raise WebError(422, N_("Please enter the {field}."), field=name)
     if len(value) > MAX_LENGTH[name]:
         raise WebError(422, N_("The {field} is longer than {n} characters."), field=name, n=MAX_LENGTH[name])
-    if "\\" in value or any(unicodedata.category(c).startswith("C") for c in value):
+    if wrap.unfit(value):
         raise WebError(422, N_("The {field} contains characters that are not allowed."), field=name)
     return value
 
