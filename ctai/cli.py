@@ -244,7 +244,7 @@ def cmd_site(args: argparse.Namespace, config: configuration.Config) -> int:
         else:
             print(workflow.status(config))
     except (SourceError, workflow.Refused, ValueError) as exc:
-        print(f"ctai site {args.action}: {exc}", file=sys.stderr)
+        print(f"ctai site {args.action or 'status'}: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,9 +1,10 @@
 """Configuration: embedded defaults, one TOML file, environment-variable overrides.
 
-The defaults name every setting and its type: a setting they do not name, or a value of another
-type or below zero, is refused when the configuration is loaded, with what was meant where a
-name is close, rather than ignored or failing later inside a running service. A plugin's own
-settings go in a table under ``[plugins]``, e.g. ``[plugins.my_ris]``.
+The defaults name every setting and its type, and ``CHOICES`` the values of some: a setting they
+do not name, or a value of another type, below zero or not among the choices, is refused when
+the configuration is loaded, with what was meant where a name is close, rather than ignored or
+failing later inside a running service. A plugin's own settings go in a table under
+``[plugins]``, e.g. ``[plugins.my_ris]``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ from typing import Any
 
 Config = dict[str, dict[str, Any]]
 ENV_PREFIX = "CTAI_"
+#: The values a text setting may take, where any text will not do.
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("model", "backend"): ("auto", "keras", "onnxruntime", "openvino"),
+    ("site", "mode"): ("live", "shadow"),
+    ("inputs", "intended_use"): ("withhold", "flag", "off"),
+    ("inputs", "atypical"): ("flag", "withhold", "off"),
+    ("queue", "backend"): ("sqlite", "redis"),
+}
 
 
 def defaults() -> Config:
@@ -86,6 +95,8 @@ def _problem(section: str, key: str, value: Any, known: Config) -> str | None:
         return f"[{section}] {key} = {_toml_value(value)}: expected {kind}, such as {_toml_value(default)}"
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
         return f"[{section}] {key} = {_toml_value(value)}: expected a number not below 0"
+    if value not in CHOICES.get((section, key), (value,)):
+        return f"[{section}] {key} = {_toml_value(value)}: expected one of {', '.join(CHOICES[section, key])}"
     return None
 
 

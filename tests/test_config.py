@@ -66,6 +66,9 @@ def test_every_mistake_is_named_with_what_was_meant(tmp_path: Path, capsys):
         configuration.load(environ={"CTAI_MODEL__BATCH_SIZE": "-4"})
     with pytest.raises(ValueError, match=r"\[worker\] threads = 2.5: expected a whole number"):
         configuration.load(environ={"CTAI_WORKER__THREADS": "2.5"})
+    with pytest.raises(ValueError, match=r'\[inputs\] intended_use = "maybe": expected one of withhold, flag, off\n'
+                                         r'  \[queue\] backend = "mongo": expected one of sqlite, redis'):
+        configuration.load(environ={"CTAI_QUEUE__BACKEND": "mongo", "CTAI_INPUTS__INTENDED_USE": "maybe"})
 
 
 def test_environment_values_take_their_settings_kind():

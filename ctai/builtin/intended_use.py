@@ -13,8 +13,6 @@ from ctai.inputs.intended_use import IntendedUse, reasons
 from ctai.model.backend import model_meta
 from ctai.types import Flag, Result, SourceImage
 
-ACTIONS = ("withhold", "flag", "off")
-
 
 @cache  # read once per model, not per image
 def _model_ages(path: str) -> tuple[float, float] | None:
@@ -28,13 +26,6 @@ def _intended(config: Config) -> IntendedUse | None:
     return IntendedUse(float(ages[0]), float(ages[1])) if ages else None
 
 
-def _action(config: Config) -> str:
-    action = config["inputs"]["intended_use"]
-    if action not in ACTIONS:
-        raise ValueError(f"[inputs] intended_use must be one of {', '.join(ACTIONS)}, not {action!r}")
-    return action
-
-
 def _reasons(image: SourceImage, config: Config) -> list[str]:
     intended = _intended(config)
     return reasons(image.dataset, intended) if intended else []
@@ -42,13 +33,13 @@ def _reasons(image: SourceImage, config: Config) -> list[str]:
 
 @hookimpl  # per image, so before the gate (per batch): an adult's film is withheld for its age, not its looks
 def ctai_skip_reason(image: SourceImage, config: Config) -> str | None:
-    if _action(config) != "withhold":
+    if config["inputs"]["intended_use"] != "withhold":
         return None
     return "; ".join(_reasons(image, config)) or None
 
 
 @hookimpl
 def ctai_flags(result: Result, config: Config) -> list[Flag] | None:
-    if _action(config) != "flag":
+    if config["inputs"]["intended_use"] != "flag":
         return None
     return [Flag("intended-use", reason) for reason in _reasons(result.source, config)] or None

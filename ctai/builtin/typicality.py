@@ -9,14 +9,10 @@ from ctai.config import Config
 from ctai.model.typicality import ATYPICAL
 from ctai.types import Flag, Result
 
-ACTIONS = ("flag", "withhold", "off")
-
 
 @hookimpl
 def ctai_flags(result: Result, config: Config) -> list[Flag] | None:
-    action = config["inputs"]["atypical"]
-    if action not in ACTIONS:
-        raise ValueError(f"[inputs] atypical must be one of {', '.join(ACTIONS)}, not {action!r}")
+    action = config["inputs"]["atypical"]  # one of ctai.config.CHOICES
     score = result.prediction.typicality
     if action == "off" or score is None or score <= 1:
         return None

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ctai.config import CHOICES
 from ctai.model.backend import CalibratedClassifier, RawOutputs, in_calls, with_class_maps
 from ctai.model.storage import load_network, network_file
 
-#: The ``[model] backend`` names.
-BACKENDS = ("keras", "onnxruntime", "openvino")
+#: The backends that ``[model] backend`` may name, less "auto".
+BACKENDS = tuple(name for name in CHOICES["model", "backend"] if name != "auto")
 #: What ``backend = "auto"`` means: the fastest that kept every validation label and moved no
 #: probability more than 0.005 (benchmarks/backends.py; docs/model-experiments.md, "Backends (CPU)").
 AUTO = "onnxruntime"
