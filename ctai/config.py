@@ -1,7 +1,7 @@
 """Configuration: embedded defaults, one TOML file, environment-variable overrides.
 
-The defaults name every setting and its type, and ``CHOICES`` the values of some: a setting they
-do not name, or a value of another type, below zero or not among the choices, is refused when
+The defaults name every setting and its type, ``CHOICES`` and ``CONDITIONS`` what some may be: a
+setting they do not name, or a value of another type, below zero or not as said, is refused when
 the configuration is loaded, with what was meant where a name is close, rather than ignored or
 failing later inside a running service. A plugin's own settings go in a table under
 ``[plugins]``, e.g. ``[plugins.my_ris]``.
@@ -13,7 +13,7 @@ import copy
 import difflib
 import os
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,27 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("inputs", "intended_use"): ("withhold", "flag", "off"),
     ("inputs", "atypical"): ("flag", "withhold", "off"),
     ("queue", "backend"): ("sqlite", "redis"),
+}
+
+
+def _ages(value: list) -> bool:
+    return value == [] or (len(value) == 2 and all(isinstance(age, (int, float)) for age in value)
+                           and 0 <= value[0] <= value[1])
+
+
+_PORT = ("a port number, at most 65535", lambda value: value <= 65535)
+_PROBABILITY = ("a probability, at most 1", lambda value: value <= 1)
+#: What some settings must be besides their kind, and the test of it.
+CONDITIONS: dict[tuple[str, str], tuple[str, Callable[[Any], bool]]] = {
+    ("model", "batch_size"): ("at least 1", lambda value: value >= 1),
+    ("worker", "threads"): ("at least 1", lambda value: value >= 1),
+    ("site", "folds"): ("at least 2", lambda value: value >= 2),
+    ("site", "min_sensitivity"): _PROBABILITY,
+    ("inputs", "gate_threshold"): _PROBABILITY,
+    ("inputs", "intended_ages"): ("[] or the youngest and oldest age in years, such as [1, 5]", _ages),
+    **{(section, key): _PORT for section, key in (("web", "port"), ("listener", "port"), ("cstore", "port"),
+                                                  ("hl7", "port"), ("metrics", "port"), ("orthanc", "http_port"),
+                                                  ("orthanc", "dicom_port"))},
 }
 
 
@@ -97,6 +118,8 @@ def _problem(section: str, key: str, value: Any, known: Config) -> str | None:
         return f"[{section}] {key} = {_toml_value(value)}: expected a number not below 0"
     if value not in CHOICES.get((section, key), (value,)):
         return f"[{section}] {key} = {_toml_value(value)}: expected one of {', '.join(CHOICES[section, key])}"
+    if (condition := CONDITIONS.get((section, key))) and not condition[1](value):
+        return f"[{section}] {key} = {_toml_value(value)}: expected {condition[0]}"
     return None
 
 

@@ -1,3 +1,4 @@
+import re
 import tomllib
 from pathlib import Path
 
@@ -87,3 +88,18 @@ def test_a_plugins_own_settings_go_under_plugins(tmp_path: Path):
     cfg = configuration.load(file, environ={})
     assert cfg["plugins"]["my_ris"] == {"url": "https://ris.example", "retries": 3}
     assert tomllib.loads(configuration.to_toml(cfg)) == cfg
+
+
+@pytest.mark.parametrize(("variable", "value", "expected"), [
+    ("MODEL__BATCH_SIZE", "0", "at least 1"),
+    ("WORKER__THREADS", "0", "at least 1"),
+    ("INPUTS__GATE_THRESHOLD", "5", "a probability, at most 1"),
+    ("LISTENER__PORT", "70000", "a port number, at most 65535"),
+    ("INPUTS__INTENDED_AGES", "[5, 1]", "[] or the youngest and oldest age in years, such as [1, 5]"),
+    ("INPUTS__INTENDED_AGES", '["a", "b"]', "[] or the youngest and oldest age in years, such as [1, 5]"),
+])
+def test_a_value_a_setting_cannot_have_is_refused(variable: str, value: str, expected: str):
+    """Where it would classify nothing (a batch of 0), refuse every image (a threshold of 5) or
+    fail on every image (ages the wrong way round)."""
+    with pytest.raises(ValueError, match=re.escape(f": expected {expected}")):
+        configuration.load(environ={f"CTAI_{variable}": value})
