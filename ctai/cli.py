@@ -161,7 +161,11 @@ def cmd_outbox(args: argparse.Namespace, config: configuration.Config) -> int:
     if args.action == "retry":
         revived = outbox.revive(None if args.all else args.id)
         audit.record(config, audit.Event("outbox.retry", audit.cli_actor(),
-                                         {"message": "all" if args.all else args.id, "count": revived}))
+                                         {"message": "all" if args.all else args.id, "count": revived},
+                                         audit.SUCCESS if revived or args.all else audit.FAILURE))
+        if not (revived or args.all):
+            print(f"ctai: no dead letter #{args.id}", file=sys.stderr)
+            return 2
         print(f"{revived} dead letter(s) pending again")
     elif args.action == "drop":
         dropped = outbox.drop(args.id)

@@ -104,10 +104,11 @@ def test_deliveries_dead_letters_and_outbox_commands_are_audited(config, tmp_pat
         main(["--config", str(path), "outbox", "retry", str(dead)])
         main(["--config", str(path), "outbox", "drop", str(dead)])
         main(["--config", str(path), "outbox", "drop", "999"])
+        assert main(["--config", str(path), "outbox", "retry", "999"]) == 2  # no such dead letter
     found = records(config)
     assert [(r["action"], r["outcome"]) for r in found] == [
         ("outbox.delivered", "success"), ("outbox.dead", "failure"), ("outbox.retry", "success"),
-        ("outbox.drop", "success"), ("outbox.drop", "failure")]
+        ("outbox.drop", "success"), ("outbox.drop", "failure"), ("outbox.retry", "failure")]
     assert found[1]["detail"] == "refused: the receiver answered AE"
     assert found[2]["actor"]["kind"] == "cli" and found[2]["object"] == {"message": dead, "count": 1}
     out = StringIO()
