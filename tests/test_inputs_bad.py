@@ -4,6 +4,7 @@ anything else."""
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -148,6 +149,12 @@ def test_tiny_png(tmp_path: Path) -> None:
 def test_folder_named_dcm(tmp_path: Path) -> None:
     (tmp_path / "x.dcm").mkdir()
     fails(tmp_path / "x.dcm", "this is a folder, not a file")
+
+
+def test_named_pipe(tmp_path: Path) -> None:
+    """Reading it would wait for a writer: the whole job with it."""
+    os.mkfifo(tmp_path / "x.dcm")
+    fails(tmp_path / "x.dcm", "not a regular file: a pipe, socket or device")
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -46,8 +46,6 @@ def load(path: Path, patient: PatientInfo | None = None) -> list[SourceImage]:
     """
     path = Path(path)
     with _one_error():
-        if path.is_dir():
-            raise InputError("a folder without files to classify (hidden ones are left out)")
         if dicom.is_dicom(path):
             return dicom.source_images(dicom.read_dataset(path), str(path))
         return [_picture(path, patient or PatientInfo())]
@@ -74,7 +72,8 @@ def load_files(paths: Iterable[Path], patient: PatientInfo | None = None) -> Ite
 
 
 def _load_or_slice(path: Path, patient: PatientInfo) -> list[SourceImage] | Dataset:
-    """As ``load``, but a CT volume slice comes back as its data set, to be projected with its series."""
+    """As ``load``, but a CT volume slice comes back as its data set, to be projected with its series;
+    a folder is one that ``iter_files`` found without files."""
     with _one_error():
         if path.is_dir():
             raise InputError("a folder without files to classify (hidden ones are left out)")

@@ -66,6 +66,8 @@ def _head(path: Path) -> bytes:
     """The first 132 bytes of a file, or InputError saying why it cannot be read."""
     if path.is_dir():
         raise InputError("this is a folder, not a file")
+    if path.exists() and not path.is_file():  # reading would wait for a writer, or for ever
+        raise InputError("not a regular file: a pipe, socket or device")
     try:
         with path.open("rb") as file:
             head = file.read(_PREFIX.stop)
