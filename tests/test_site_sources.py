@@ -31,6 +31,11 @@ def test_a_bad_csv_is_refused_naming_each_row(tmp_path, text, message):
         read_csv(write(tmp_path / "truth.csv", text))
 
 
+def test_a_source_that_is_not_there_is_named(config, tmp_path):
+    with pytest.raises(SourceError, match=f"^{tmp_path / 'typo'}: no such folder or CSV file$"):
+        load(tmp_path / "typo", config)
+
+
 def test_a_file_that_fails_to_load_is_named_and_nothing_is_stored(config, tmp_path, capsys):
     (tmp_path / "broken.jpeg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
     truth = write(tmp_path / "truth.csv", "path,label\nbroken.jpeg,normal\n")

@@ -38,6 +38,8 @@ class Matching:
 
 def load(source: Path, config: Config) -> tuple[Cases, Matching | None]:
     """The labelled cases of ``source`` (a folder or a CSV), and for a RIS export how its rows matched."""
+    if not source.exists():
+        raise SourceError(f"{source}: no such folder or CSV file")
     if source.is_dir():
         samples = _scan(source)
         return _classified([(s.path, s.label, s.patient) for s in samples], config), None
