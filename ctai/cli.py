@@ -133,7 +133,13 @@ def cmd_evaluate(args: argparse.Namespace, config: configuration.Config) -> int:
 
 
 def cmd_config(args: argparse.Namespace, config: configuration.Config) -> int:
-    print(configuration.to_toml(config), end="")
+    """``ctai config [--secrets]``: the effective configuration; its secrets only when asked, and
+    that is audited."""
+    from ctai import audit
+
+    if args.secrets:
+        audit.record(config, audit.Event("config.secrets", audit.cli_actor()))
+    print(configuration.to_toml(config if args.secrets else configuration.redacted(config)), end="")
     return 0
 
 
@@ -359,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--use", metavar="ID", help="put an earlier version in force again")
     actions.add_parser("drift", help="the last studies against the expectation (exit 1 on an alarm)")
 
-    p = commands.add_parser("config", help="print the effective configuration")
+    p = commands.add_parser("config", help="print the effective configuration, its secrets hidden")
+    p.add_argument("--secrets", action="store_true", help="show the passwords and tokens too")
     p.set_defaults(func=cmd_config)
 
     p = commands.add_parser("plugins", help="list loaded plugins and the hooks each implements")

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 Config = dict[str, dict[str, Any]]
 ENV_PREFIX = "CTAI_"
@@ -142,6 +143,25 @@ def data_dir(config: Config) -> Path:
     path = Path(config["data"]["dir"]).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+#: Settings that hold a secret, and ``[queue] url``, which may hold Redis's password.
+SECRETS = (("orthanc", "password"), ("web", "staff_token"), ("fhir", "authorization"),
+           ("dicomweb", "authorization"))
+HIDDEN = "(set; hidden)"
+
+
+def redacted(config: Config) -> Config:
+    """``config`` with its secrets that are set shown as ``HIDDEN``, and the password of
+    ``[queue] url`` too: for printing, where a copy may reach a ticket or a chat."""
+    shown = copy.deepcopy(config)
+    for section, key in SECRETS:
+        if shown[section][key]:
+            shown[section][key] = HIDDEN
+    url = urlsplit(shown["queue"]["url"])
+    if url.password:
+        shown["queue"]["url"] = url._replace(netloc=url.netloc.replace(f":{url.password}@", f":{HIDDEN}@")).geturl()
+    return shown
 
 
 def to_toml(config: Config) -> str:

@@ -103,3 +103,21 @@ def test_a_value_a_setting_cannot_have_is_refused(variable: str, value: str, exp
     fail on every image (ages the wrong way round)."""
     with pytest.raises(ValueError, match=re.escape(f": expected {expected}")):
         configuration.load(environ={f"CTAI_{variable}": value})
+
+
+def test_ctai_config_hides_the_secrets_unless_asked_and_audits_that(capsys, monkeypatch, tmp_path):
+    from ctai.audit import read
+
+    monkeypatch.setenv("CTAI_DATA__DIR", str(tmp_path))
+    monkeypatch.setenv("CTAI_ORTHANC__PASSWORD", "hunter2")
+    monkeypatch.setenv("CTAI_FHIR__AUTHORIZATION", "Bearer s3cr3t")
+    monkeypatch.setenv("CTAI_QUEUE__URL", "redis://:pw0rd@10.0.0.5:6379/0")
+    assert main(["config"]) == 0
+    printed = tomllib.loads(capsys.readouterr().out)
+    assert printed["orthanc"]["password"] == printed["fhir"]["authorization"] == configuration.HIDDEN
+    assert printed["queue"]["url"] == f"redis://:{configuration.HIDDEN}@10.0.0.5:6379/0"
+    assert printed["web"]["staff_token"] == printed["dicomweb"]["authorization"] == ""  # not set: none to hide
+    assert not list(read(configuration.load()))
+    assert main(["config", "--secrets"]) == 0
+    assert tomllib.loads(capsys.readouterr().out) == configuration.load()
+    assert [event["action"] for event in read(configuration.load())] == ["config.secrets"]
