@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 Config = dict[str, dict[str, Any]]
 ENV_PREFIX = "CTAI_"
@@ -158,10 +158,16 @@ def redacted(config: Config) -> Config:
     for section, key in SECRETS:
         if shown[section][key]:
             shown[section][key] = HIDDEN
-    url = urlsplit(shown["queue"]["url"])
-    if url.password:
-        shown["queue"]["url"] = url._replace(netloc=url.netloc.replace(f":{url.password}@", f":{HIDDEN}@")).geturl()
+    shown["queue"]["url"] = masked(shown["queue"]["url"])
     return shown
+
+
+def masked(url: str) -> str:
+    """``url`` with its password, if it has one, shown as ``***``: for messages and printouts."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
 
 
 def to_toml(config: Config) -> str:

@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
+from ctai.config import masked
 from ctai.errors import TransientError
 
 log = logging.getLogger(__name__)
@@ -38,15 +38,6 @@ class RedisMisconfigured(RuntimeError):
     """Redis refuses ctai's credentials, or would silently drop data: a person must fix it."""
 
 
-def shown(url: str) -> str:
-    """The URL with its password masked, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def client(url: str) -> redis.Redis:
     """One client (connection pool) per URL and process; strings come back decoded."""
     import redis
@@ -66,15 +57,15 @@ def translated(url: str) -> Iterator[None]:
     try:
         yield
     except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
-        raise RedisMisconfigured(f"Redis at {shown(url)} refused ctai's credentials ({exc}): check the "
+        raise RedisMisconfigured(f"Redis at {masked(url)} refused ctai's credentials ({exc}): check the "
                                  "password in [queue] url") from exc
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise RedisUnavailable(f"Redis at {shown(url)} is unreachable ({exc})") from exc
+        raise RedisUnavailable(f"Redis at {masked(url)} is unreachable ({exc})") from exc
     except redis.exceptions.OutOfMemoryError as exc:
-        raise RedisUnavailable(f"Redis at {shown(url)} is full (maxmemory reached), nothing was written: "
+        raise RedisUnavailable(f"Redis at {masked(url)} is full (maxmemory reached), nothing was written: "
                                "raise maxmemory or free memory") from exc
     except redis.exceptions.ReadOnlyError as exc:
-        raise RedisUnavailable(f"Redis at {shown(url)} is a read-only replica ({exc})") from exc
+        raise RedisUnavailable(f"Redis at {masked(url)} is a read-only replica ({exc})") from exc
 
 
 def check(url: str) -> None:
@@ -83,7 +74,7 @@ def check(url: str) -> None:
     with translated(url):
         policy = client(url).info("memory").get("maxmemory_policy", "noeviction")
     if policy != "noeviction":
-        raise RedisMisconfigured(f"Redis at {shown(url)} has maxmemory-policy {policy}: it would delete "
+        raise RedisMisconfigured(f"Redis at {masked(url)} has maxmemory-policy {policy}: it would delete "
                                  "queued jobs when full; set maxmemory-policy noeviction")
 
 
