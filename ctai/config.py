@@ -145,15 +145,15 @@ def data_dir(config: Config) -> Path:
     return path
 
 
-#: Settings that hold a secret, and ``[queue] url``, which may hold Redis's password.
+#: Settings that hold a secret (``[queue] url`` may hold one too: ``masked``).
 SECRETS = (("orthanc", "password"), ("web", "staff_token"), ("fhir", "authorization"),
            ("dicomweb", "authorization"))
 HIDDEN = "(set; hidden)"
 
 
 def redacted(config: Config) -> Config:
-    """``config`` with its secrets that are set shown as ``HIDDEN``, and the password of
-    ``[queue] url`` too: for printing, where a copy may reach a ticket or a chat."""
+    """``config`` with its secrets that are set shown as ``HIDDEN`` and the password in ``[queue]
+    url`` masked: for printing, where a copy may reach a ticket or a chat."""
     shown = copy.deepcopy(config)
     for section, key in SECRETS:
         if shown[section][key]:
