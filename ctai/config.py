@@ -32,6 +32,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 
 
 def _ages(value: list) -> bool:
+    """Whether ``[inputs] intended_ages`` is empty (the model's own) or a range of ages."""
     return value == [] or (len(value) == 2 and all(isinstance(age, (int, float)) for age in value)
                            and 0 <= value[0] <= value[1])
 
@@ -87,7 +88,8 @@ def _from_env(environ: Mapping[str, str], known: Config) -> dict[str, dict[str, 
 
 def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """The effective configuration: defaults < file (``path`` or $CTAI_CONFIG) < environment;
-    ValueError if it names a setting the defaults do not, or gives one a value of the wrong kind."""
+    ValueError naming each setting the defaults do not have, and each value of the wrong kind or
+    one its setting cannot take (``CHOICES``, ``CONDITIONS``)."""
     environ = os.environ if environ is None else environ
     config = known = defaults()
     path = path or (Path(environ["CTAI_CONFIG"]) if environ.get("CTAI_CONFIG") else None)
