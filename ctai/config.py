@@ -37,6 +37,16 @@ def _ages(value: list) -> bool:
                            and 0 <= value[0] <= value[1])
 
 
+def _url(*schemes: str) -> tuple[str, Callable[[Any], bool]]:
+    """The condition of a URL setting: empty (not used), or a URL of one of ``schemes`` with a host
+    (a socket's path for unix://)."""
+    def test(value: str) -> bool:
+        parts = urlsplit(value)
+        return not value or (parts.scheme in schemes and bool(parts.path if parts.scheme == "unix" else parts.netloc))
+    return f"nothing, or a URL starting {' or '.join(f'{scheme}://' for scheme in schemes)}", test
+
+
+_WEB_URL = _url("http", "https")
 _PORT = ("a port number, at most 65535", lambda value: value <= 65535)
 _PROBABILITY = ("a probability, at most 1", lambda value: value <= 1)
 #: What some settings must be besides their kind, and the test of it.
@@ -47,6 +57,11 @@ CONDITIONS: dict[tuple[str, str], tuple[str, Callable[[Any], bool]]] = {
     ("site", "min_sensitivity"): _PROBABILITY,
     ("inputs", "gate_threshold"): _PROBABILITY,
     ("inputs", "intended_ages"): ("[] or the youngest and oldest age in years, such as [1, 5]", _ages),
+    ("web", "public_url"): _WEB_URL,
+    ("fhir", "base_url"): _WEB_URL,
+    ("dicomweb", "url"): _WEB_URL,
+    ("orthanc", "url"): _WEB_URL,
+    ("queue", "url"): _url("redis", "rediss", "unix"),
     **{(section, key): _PORT for section, key in (("web", "port"), ("listener", "port"), ("cstore", "port"),
                                                   ("hl7", "port"), ("metrics", "port"), ("orthanc", "http_port"),
                                                   ("orthanc", "dicom_port"))},

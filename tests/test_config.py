@@ -97,12 +97,20 @@ def test_a_plugins_own_settings_go_under_plugins(tmp_path: Path):
     ("LISTENER__PORT", "70000", "a port number, at most 65535"),
     ("INPUTS__INTENDED_AGES", "[5, 1]", "[] or the youngest and oldest age in years, such as [1, 5]"),
     ("INPUTS__INTENDED_AGES", '["a", "b"]', "[] or the youngest and oldest age in years, such as [1, 5]"),
+    ("FHIR__BASE_URL", "fhir.hospital.local/fhir", "nothing, or a URL starting http:// or https://"),
+    ("QUEUE__URL", "localhost:6379", "nothing, or a URL starting redis:// or rediss:// or unix://"),
 ])
 def test_a_value_a_setting_cannot_have_is_refused(variable: str, value: str, expected: str):
-    """Where it would classify nothing (a batch of 0), refuse every image (a threshold of 5) or
-    fail on every image (ages the wrong way round)."""
+    """Where it would classify nothing (a batch of 0), refuse every image (a threshold of 5), fail
+    on every image (ages the wrong way round) or every delivery (a URL without its scheme)."""
     with pytest.raises(ValueError, match=re.escape(f": expected {expected}")):
         configuration.load(environ={f"CTAI_{variable}": value})
+
+
+def test_urls_that_serve_are_taken():
+    config = configuration.load(environ={"CTAI_QUEUE__URL": "unix:///run/redis.sock",
+                                         "CTAI_ORTHANC__URL": "https://pacs.hospital.local:8042"})
+    assert config["queue"]["url"] == "unix:///run/redis.sock"
 
 
 def test_ctai_config_hides_the_secrets_unless_asked_and_audits_that(capsys, monkeypatch, tmp_path):
