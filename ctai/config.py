@@ -129,7 +129,9 @@ def _problem(section: str, key: str, value: Any, known: Config) -> str | None:
             return None  # a plugin's own settings
         return f"no setting {key} in [{section}]{_close(key, known[section], '{}')}"
     default = known[section][key]
-    kind, accepted = next((kind, accepted) for of, kind, accepted in _KINDS if isinstance(default, of))
+    measure = key.endswith(_QUANTITIES) and not isinstance(default, bool)
+    kind, accepted = next((kind, accepted) for of, kind, accepted in _KINDS
+                          if isinstance(float(default) if measure else default, of))
     if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, accepted):
         return f"[{section}] {key} = {_toml_value(value)}: expected {kind}, such as {_toml_value(default)}"
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
@@ -141,6 +143,9 @@ def _problem(section: str, key: str, value: Any, known: Config) -> str | None:
     return None
 
 
+#: Settings named for a unit, which take a fraction even where their default is whole (the code
+#: reads them with ``float``): ``lease_seconds = 2.5``, ``[orthanc] timeout = 7.5``.
+_QUANTITIES = ("_seconds", "_minutes", "_hours", "_days", "_mb", "_ms", "timeout")
 #: A setting's kind by its default's type (``bool`` before ``int``, of which it is one), and the
 #: types its value may have: a whole number also where a decimal one is expected.
 _KINDS: tuple[tuple[type, str, type | tuple[type, ...]], ...] = (

@@ -107,6 +107,13 @@ def test_a_value_a_setting_cannot_have_is_refused(variable: str, value: str, exp
         configuration.load(environ={f"CTAI_{variable}": value})
 
 
+def test_a_setting_named_for_a_unit_takes_a_fraction():
+    config = configuration.load(environ={"CTAI_WORKER__LEASE_SECONDS": "2.5", "CTAI_ORTHANC__TIMEOUT": "7.5"})
+    assert config["worker"]["lease_seconds"] == 2.5 and config["orthanc"]["timeout"] == 7.5
+    with pytest.raises(ValueError, match=r"\[orthanc\] stable_age = 2.5: expected a whole number"):
+        configuration.load(environ={"CTAI_ORTHANC__STABLE_AGE": "2.5"})  # Orthanc's StableAge is whole seconds
+
+
 def test_urls_that_serve_are_taken():
     config = configuration.load(environ={"CTAI_QUEUE__URL": "unix:///run/redis.sock",
                                          "CTAI_ORTHANC__URL": "https://pacs.hospital.local:8042"})
