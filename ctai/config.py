@@ -129,7 +129,7 @@ def _problem(section: str, key: str, value: Any, known: Config) -> str | None:
             return None  # a plugin's own settings
         return f"no setting {key} in [{section}]{_close(key, known[section], '{}')}"
     default = known[section][key]
-    measure = key.endswith(_QUANTITIES) and not isinstance(default, bool)
+    measure = isinstance(default, int) and not isinstance(default, bool) and key.endswith(_QUANTITIES)
     kind, accepted = next((kind, accepted) for of, kind, accepted in _KINDS
                           if isinstance(float(default) if measure else default, of))
     if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, accepted):
