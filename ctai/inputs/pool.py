@@ -64,7 +64,7 @@ _answered = False
 
 
 def enable() -> None:
-    """Decode large compressed frames in other processes from now on (``decode``)."""
+    """Decode JPEG-family frames in other processes from now on (``decode``)."""
     global _enabled
     _enabled = True
 
@@ -88,9 +88,10 @@ def decode(ds: Dataset, frame: int) -> tuple[np.ndarray, dict]:
     When the pool breaks while it decodes (a decoder crashed or ran over ``DECODE_SECONDS``, on
     this frame or on another one decoded at the time), it is replaced and the frame tried again
     in a process of its own; if that one ends too, RuntimeError: this frame crashes the decoder,
-    which never takes the caller down, even as the first frame after a start. Only if no decoding process can start
-    here (a program whose main module cannot be imported again, such as a script read from
-    standard input) do this and every later frame decode in this thread, as without the pool."""
+    which never takes the caller down, even as the first frame after a start. Only if no
+    decoding process can start here (a program whose main module cannot be imported again, such
+    as a script read from standard input) do this and every later frame decode in this thread,
+    as without the pool."""
     global _enabled, _answered
     if not _enabled:
         return _as_array(ds, frame)
@@ -99,7 +100,7 @@ def decode(ds: Dataset, frame: int) -> tuple[np.ndarray, dict]:
     pixels.file_meta.TransferSyntaxUID = ds.file_meta.TransferSyntaxUID
     pool = _started()
     try:
-        decoded = pool.submit(_within, DECODE_SECONDS, _as_array, pixels, frame).result()
+        decoded = _decoded_in(pool, pixels, frame)
     except BrokenProcessPool:
         _discard(pool)
         decoded = _alone(pixels, frame)
@@ -115,11 +116,16 @@ def _alone(pixels: Dataset, frame: int) -> tuple[np.ndarray, dict] | None:
     """``frame`` decoded in a process of its own; None if no process can start (``decode``)."""
     try:
         with _new_pool(1) as alone:
-            return alone.submit(_within, DECODE_SECONDS, _as_array, pixels, frame).result()
+            return _decoded_in(alone, pixels, frame)
     except BrokenProcessPool:
         if _answered or _can_start():
             raise RuntimeError(f"the decoder crashed on it or ran over {DECODE_SECONDS} s") from None
         return None
+
+
+def _decoded_in(pool: ProcessPoolExecutor, pixels: Dataset, frame: int) -> tuple[np.ndarray, dict]:
+    """``frame`` of ``pixels`` decoded in one of ``pool``'s processes, within ``DECODE_SECONDS``."""
+    return pool.submit(_within, DECODE_SECONDS, _as_array, pixels, frame).result()
 
 
 def _can_start() -> bool:
