@@ -1,7 +1,7 @@
 """JPEG-family frames decoded in other processes (``ctai.inputs.pool``): the same values as
 decoded in the caller's thread (radiographs and a CT series' slices), a frame that crashes its
-decoder failing alone (the first one too), the thread's decoding where no process can start, and no decoding
-process outliving a killed parent."""
+decoder or never finishes failing alone (the first one too), the thread's decoding where no
+process can start, and no decoding process outliving a killed parent."""
 
 from __future__ import annotations
 
