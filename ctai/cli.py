@@ -83,13 +83,51 @@ def cmd_classify(args: argparse.Namespace, config: configuration.Config) -> int:
     pipeline = Pipeline(config)
     if args.deliver and pipeline.site.shadow:
         print("ctai classify: shadow mode (`ctai site`): nothing is delivered", file=sys.stderr)
+    sends = args.deliver and not pipeline.site.shadow
+    queued = _outbox_size(config) if sends else 0
     sources = _inputs(args.paths, patient)
-    failed = 0
+    failed = classified = 0
     with _settled():
         for outcome in pipeline.process(job, sources):
             failed += isinstance(outcome, Failure)
+            classified += isinstance(outcome, Result)
             print(json.dumps(_outcome_json(outcome)) if args.json else _outcome_row(outcome), flush=True)
+    if sends and classified:
+        failed += not _delivered_now(config, _outbox_size(config) - queued)
     return 1 if failed else 0
+
+
+def _outbox_size(config: configuration.Config) -> int:
+    """Messages ever queued in the outbox and not purged yet, delivered ones included."""
+    from ctai.outbox import Outbox
+
+    return sum(Outbox.from_config(config).counts().values())
+
+
+def _delivered_now(config: configuration.Config, queued: int) -> bool:
+    """``classify --deliver``'s end, once ``queued`` messages were put in the outbox: send every
+    pending message now (``send_now``), saying on stderr what each channel delivered and what
+    still waits; whether nothing waits."""
+    from ctai.outbox import Outbox, send_now
+
+    if not queued:
+        print("ctai classify: --deliver: nothing to send: no destination is configured ([cstore] host, "
+              "[dicomweb] url, [hl7] host, [fhir] base_url, [orthanc] deliver), or these results were "
+              "queued before (`ctai outbox`)", file=sys.stderr)
+    for channel, delivered in send_now(config).items():
+        if delivered is None:
+            print(f"ctai classify: {channel}: being sent by another ctai process", file=sys.stderr)
+        elif delivered:
+            print(f"ctai classify: {channel}: {delivered} delivered", file=sys.stderr)
+    outbox = Outbox.from_config(config)
+    waiting = outbox.messages("pending") + outbox.messages("dead")
+    for m in waiting:
+        print(f"ctai classify: not delivered: #{m.id} {m.channel} {m.state} {m.key} {m.last_error or ''}".rstrip(),
+              file=sys.stderr)
+    if waiting:
+        print("ctai classify: the outbox keeps them: `ctai serve` or `ctai outbox --send` sends them, "
+              "`ctai outbox` lists them", file=sys.stderr)
+    return not waiting
 
 
 def cmd_evaluate(args: argparse.Namespace, config: configuration.Config) -> int:
@@ -336,8 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patient-name", default="", help="patient name (DICOM PN, e.g. Doe^Jane) for PNG/JPEG inputs")
     p.add_argument("--accession", default="", help="accession number for PNG/JPEG inputs")
     p.add_argument("--deliver", action="store_true",
-                   help="also send the results to the configured PACS, HIS and Orthanc ([cstore], [hl7], "
-                        "[orthanc] deliver); without it nothing leaves this machine")
+                   help="also send the results to the configured PACS, HIS, EHR and Orthanc ([cstore], "
+                        "[dicomweb], [hl7], [fhir], [orthanc] deliver) before the command ends; what cannot "
+                        "be sent stays in the outbox (exit 1). Without it nothing leaves this machine")
     p.set_defaults(func=cmd_classify)
 
     p = commands.add_parser("evaluate", help="metrics on a labelled folder (NORMAL/, PNEUMONIA/); "

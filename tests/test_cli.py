@@ -211,5 +211,31 @@ def test_only_an_explicit_deliver_sends_anything(capsys, tmp_path: Path, monkeyp
     assert main(["classify", "--patient-id", "P1", str(NORMAL)]) == 0
     assert main(["evaluate", str(kermany_layout(tmp_path / "set"))]) == 0
     assert outbox.messages() == []
-    assert main(["classify", "--deliver", "--patient-id", "P1", str(NORMAL)]) == 0
-    assert {m.channel for m in outbox.messages()} == {"cstore", "hl7"}
+    capsys.readouterr()
+    assert main(["classify", "--deliver", "--patient-id", "P1", str(NORMAL)]) == 1  # nobody listens there
+    assert {(m.channel, m.state) for m in outbox.messages()} == {("cstore", "pending"), ("hl7", "pending")}
+    errors = capsys.readouterr().err
+    assert "ctai classify: not delivered: #" in errors and "ConnectionRefusedError" in errors
+    assert "`ctai serve` or `ctai outbox --send` sends them" in errors
+
+
+def test_deliver_sends_at_once_and_says_when_there_is_nowhere_to_send(capsys, tmp_path: Path, monkeypatch):
+    """`classify --deliver` sends what it queued before it ends (an HL7 receiver acknowledges it
+    with AA); with no destination configured, or a result queued before, it says so."""
+    from tests.peers import HIS, free_port
+
+    his = HIS(free_port()).start()
+    try:
+        monkeypatch.setenv("CTAI_DATA__DIR", str(tmp_path / "data"))
+        assert main(["classify", "--deliver", "--patient-id", "P1", str(NORMAL)]) == 0
+        assert "nothing to send: no destination is configured" in capsys.readouterr().err
+        monkeypatch.setenv("CTAI_HL7__HOST", "127.0.0.1")
+        monkeypatch.setenv("CTAI_HL7__PORT", str(his.port))
+        assert main(["classify", "--deliver", "--patient-id", "P1", str(NORMAL)]) == 0
+        assert "ctai classify: hl7: 1 delivered" in capsys.readouterr().err
+        assert len(his.accepted) == 1
+        assert main(["classify", "--deliver", "--patient-id", "P1", str(NORMAL)]) == 0  # the same result again
+        assert "or these results were queued before" in capsys.readouterr().err
+        assert len(his.accepted) == 1
+    finally:
+        his.stop()
