@@ -10,6 +10,7 @@ moves probabilities too far: docs/model-experiments.md, "Backends (CPU)").
 from __future__ import annotations
 
 import hashlib
+import logging
 import multiprocessing
 import os
 import threading
@@ -38,6 +39,8 @@ CONVERSION = 3
 #: (docs/model-experiments.md, "2026-12-06 (later)").
 CONCURRENCY = 2
 
+log = logging.getLogger(__name__)
+
 
 def backend_name(configured: str) -> str:
     """The backend that ``[model] backend`` names ("auto" resolved)."""
@@ -60,6 +63,9 @@ def converted_network(folder: Path, cache: Path, maps: bool) -> Path:
     digest = hashlib.sha256(network_file(folder).read_bytes()).hexdigest()[:24]
     path = cache / f"{digest}-{'maps' if maps else 'logits'}-v{CONVERSION}.onnx"
     if not path.exists():
+        # A warning, so that a command line shows it too: the wait (about a minute on 2 cores) and
+        # TensorFlow's start-up lines that follow have a reason (``ctai prepare`` does it ahead).
+        log.warning("converting the network in %s once, into %s", folder, cache)
         cache.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.part")
         try:
