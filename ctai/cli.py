@@ -361,6 +361,17 @@ def cmd_tls_init(args: argparse.Namespace, config: configuration.Config) -> int:
     return 0
 
 
+def _at_least_one(text: str) -> int:
+    """A whole number of at least 1, for argparse (SQLite reads a negative LIMIT as none)."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctai", description="AI chest-image classification for PACS and HIS.")
     parser.add_argument("--config", type=Path, help="TOML configuration file (default: $CTAI_CONFIG)")
@@ -456,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(func=cmd_tls_init)
 
     p = commands.add_parser("jobs", help="list jobs: status, label, probabilities, time, error")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=_at_least_one, default=50, help="how many jobs, the latest first (default: 50)")
     p.add_argument("--status", choices=["pending", "running", "done", "failed", "skipped"])
     p.add_argument("--json", action="store_true", help="one JSON object per line per job")
     p.set_defaults(func=cmd_jobs)

@@ -246,6 +246,15 @@ def test_ctai_jobs_lists_records(config, monkeypatch):
     assert "modality SR" in out.getvalue()
 
 
+@pytest.mark.parametrize("limit", ["0", "-3", "x"])
+def test_ctai_jobs_refuses_a_limit_below_one(limit, capsys):
+    """SQLite reads a negative LIMIT as none, Redis's listing as all but the last: neither is asked for."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["jobs", "--limit", limit])
+    assert exited.value.code == 2
+    assert "is not a whole number of at least 1" in capsys.readouterr().err
+
+
 def test_the_served_worker_keeps_its_start_up_out_of_the_collector_while_it_runs(config, monkeypatch):
     from ctai import serve
 
