@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import ssl
 from dataclasses import dataclass
@@ -23,6 +24,11 @@ from ctai.errors import TlsError
 
 #: How long ``ctai tls init``'s certificates last.
 CA_DAYS, LEAF_DAYS = 3650, 825
+#: A host name's label (RFC 1123 2.1: letters, digits and hyphens, not at either end, 63 at most);
+#: the first may be a wildcard (RFC 6125 6.4.3).
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+#: ub-common-name (RFC 5280 A.1): a longer server name goes in the subject alternative names only.
+_COMMON_NAME_LENGTH = 64
 
 
 def _readable(path: str | Path, what: str) -> Path:
@@ -100,9 +106,9 @@ def default_hosts() -> list[str]:
 def init(config: Config, hosts: list[str] | None = None, force: bool = False) -> Made:
     """A private CA, a server certificate for ``hosts`` and a client certificate, signed by it, in
     ``<data dir>/tls`` (keys mode 0600). Existing files are kept unless ``force``."""
+    hosts = [_checked(host) for host in hosts] if hosts else default_hosts()
     folder = data_dir(config) / "tls"
     folder.mkdir(mode=0o700, exist_ok=True)
-    hosts = hosts or default_hosts()
     made = Made(folder, folder / "ca.pem", (folder / "server.pem", folder / "server-key.pem"),
                 (folder / "client.pem", folder / "client-key.pem"), tuple(hosts))
     if made.ca.exists() and not force:
@@ -111,7 +117,8 @@ def init(config: Config, hosts: list[str] | None = None, force: bool = False) ->
     ca = _certificate("ctai private CA", ca_key.public_key(), ca_key, None, CA_DAYS, ca=True)
     made.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     _write_key(folder / "ca-key.pem", ca_key)
-    for (cert_path, key_path), usage, name in ((made.server, ExtendedKeyUsageOID.SERVER_AUTH, hosts[0]),
+    server_name = hosts[0] if len(hosts[0]) <= _COMMON_NAME_LENGTH else "ctai server"
+    for (cert_path, key_path), usage, name in ((made.server, ExtendedKeyUsageOID.SERVER_AUTH, server_name),
                                                 (made.client, ExtendedKeyUsageOID.CLIENT_AUTH, "ctai client")):
         key = _new_key()
         leaf = _certificate(name, key.public_key(), ca_key, ca, LEAF_DAYS, usage=usage, hosts=hosts)
@@ -142,6 +149,23 @@ def _certificate(common_name: str, public_key: rsa.RSAPublicKey, signing_key: rs
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         builder = builder.add_extension(x509.SubjectAlternativeName([_name(h) for h in hosts or []]), critical=False)
     return builder.sign(signing_key, hashes.SHA256())
+
+
+def _checked(host: str) -> str:
+    """``host`` if it is an IP address or a host name a certificate can name, else TlsError."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    name = host.removesuffix(".")  # a certificate names hosts without the root's dot (RFC 5280 4.2.1.6)
+    labels = name.split(".")
+    if labels[0] == "*":
+        labels = labels[1:]
+    if len(name) > 253 or not labels or not all(_LABEL.fullmatch(label) for label in labels):
+        raise TlsError(f"--host {host!r} is neither an IP address nor a host name (letters, digits, hyphens and "
+                       f"dots; an international name in its xn-- form)")
+    return name
 
 
 def _name(host: str) -> x509.GeneralName:

@@ -59,6 +59,24 @@ def test_init_makes_a_ca_and_certificates_with_private_keys(config, tmp_path):
         tls.init(config)
 
 
+@pytest.mark.parametrize("host", ["", "a b", "h\u00e9llo.example", "-x.example", "*.", "a..example", "x" * 64])
+def test_init_refuses_a_host_no_certificate_can_name(config, host):
+    with pytest.raises(TlsError, match="neither an IP address nor a host name"):
+        tls.init(config, [host])
+    assert not (data_dir(config) / "tls" / "ca.pem").exists()
+
+
+def test_init_names_a_long_or_rooted_host_as_a_certificate_may(config):
+    """A host name over 64 characters (ub-common-name) is only a subject alternative name; the
+    root's trailing dot is left out."""
+    long_name = f"{'a' * 63}.{'b' * 20}.example"
+    made = tls.init(config, [long_name, "ctai.hospital.example."])
+    server = tls.check_certificate(made.server[0])
+    names = server.extensions.get_extension_for_class(tls.x509.SubjectAlternativeName).value
+    assert {str(n.value) for n in names} == {long_name, "ctai.hospital.example"}
+    assert server.subject.rfc4514_string() == "CN=ctai server"
+
+
 def test_bad_files_are_refused_naming_the_file(config, made, tmp_path):
     server, server_key = made.server
     client, client_key = made.client
