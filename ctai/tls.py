@@ -24,9 +24,9 @@ from ctai.errors import TlsError
 
 #: How long ``ctai tls init``'s certificates last.
 CA_DAYS, LEAF_DAYS = 3650, 825
-#: A host name's label (RFC 1123 2.1: letters, digits and hyphens, not at either end, 63 at most);
-#: the first may be a wildcard (RFC 6125 6.4.3).
-_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+#: A host name's label (RFC 1123 2.1: letters, digits and hyphens, not at either end, 63 at most;
+#: and underscores, which some hospitals' Windows hosts have); the first may be a wildcard (RFC 6125 6.4.3).
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 #: ub-common-name (RFC 5280 A.1): a longer server name goes in the subject alternative names only.
 _COMMON_NAME_LENGTH = 64
 
@@ -163,8 +163,8 @@ def _checked(host: str) -> str:
     if labels[0] == "*":
         labels = labels[1:]
     if len(name) > 253 or not labels or not all(_LABEL.fullmatch(label) for label in labels):
-        raise TlsError(f"--host {host!r} is neither an IP address nor a host name (letters, digits, hyphens and "
-                       f"dots; an international name in its xn-- form)")
+        raise TlsError(f"--host {host!r} is neither an IP address nor a host name (letters, digits, hyphens, "
+                       f"underscores and dots; an international name in its xn-- form)")
     return name
 
 
