@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from ctai import config as configuration
-from ctai.errors import TlsError
+from ctai.errors import ConfigError
 from ctai.inputs import pool
 from ctai.memory import keep_freed_memory
 from ctai.types import CLASSES, Failure, Job, Result, SourceImage
@@ -482,8 +482,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ctai: {exc}", file=sys.stderr)
         return 2
     try:
+        if args.command not in ("config", "plugins"):  # these two read no state: they show a wrong dir
+            configuration.data_dir(config)
         return args.func(args, config)
-    except TlsError as exc:  # found once a service is set up from the configuration
+    except ConfigError as exc:  # found once the command uses the setting (the data dir, TLS files)
         print(f"ctai: {exc}", file=sys.stderr)
         return 2
 

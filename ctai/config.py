@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from ctai.errors import ConfigError
+
 Config = dict[str, dict[str, Any]]
 ENV_PREFIX = "CTAI_"
 #: The values a text setting may take, where any text will not do.
@@ -161,9 +163,16 @@ def _close(name: str, names: Iterable[str], shown: str) -> str:
 
 
 def data_dir(config: Config) -> Path:
-    """The folder that holds all of ctai's state, created on first use."""
+    """The folder that holds all of ctai's state, created on first use; ConfigError if it cannot
+    be made or written to."""
     path = Path(config["data"]["dir"]).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file of that name, a parent it may not write to, a read-only disk
+        reason = "a file of that name is there" if isinstance(exc, FileExistsError) else exc.strerror
+        raise ConfigError(f"[data] dir {path}: cannot be ctai's data folder ({reason})") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"[data] dir {path}: ctai's user may not write to it")
     return path
 
 

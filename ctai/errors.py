@@ -15,6 +15,11 @@ class Undeliverable(Exception):
     transient."""
 
 
-class TlsError(ValueError):
+class ConfigError(ValueError):
+    """A setting that cannot work on this machine (a data folder that cannot be made or written
+    to, say), naming the setting and why: the configuration's to fix."""
+
+
+class TlsError(ConfigError):
     """A certificate, key or CA file that cannot be used, or TLS settings that cannot serve,
     naming the file or setting and why: the configuration's to fix."""

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from ctai.config import Config, data_dir
-from ctai.errors import TlsError
+from ctai.errors import ConfigError
 from ctai.monitoring import MetricsService
 from ctai.orthanc.client import base_url, credentials, password_file
 from ctai.orthanc.service import OrthancService
@@ -146,7 +146,7 @@ def run_services(running: list[Service]) -> int:
                 log.error("serve: %s stopped unexpectedly; stopping everything", ", ".join(dead))
                 status = 1
                 break
-    except (OSError, TlsError) as exc:  # a port in use; a file or setting that cannot serve
+    except (OSError, ConfigError) as exc:  # a port in use; a file or setting that cannot serve
         log.error("serve: could not start %s: %s", service.name, exc)
         status = 2
     except Exception:

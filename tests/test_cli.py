@@ -239,3 +239,21 @@ def test_deliver_sends_at_once_and_says_when_there_is_nowhere_to_send(capsys, tm
         assert len(his.accepted) == 1
     finally:
         his.stop()
+
+
+@pytest.mark.parametrize("command", [["classify", str(NORMAL)], ["jobs"], ["outbox"], ["audit"], ["site", "status"],
+                                     ["tls", "init"], ["prepare"]])
+def test_a_data_dir_that_cannot_be_made_is_one_line(command, capsys, tmp_path: Path, monkeypatch):
+    """Each command that keeps state says so before it starts (they were tracebacks, and
+    `classify` fell back to Keras for want of a folder for the converted networks); `ctai
+    config` still shows the setting."""
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("CTAI_DATA__DIR", str(tmp_path / "file"))
+    assert main(command) == 2
+    assert capsys.readouterr().err == (f"ctai: [data] dir {tmp_path / 'file'}: cannot be ctai's data folder "
+                                       "(a file of that name is there)\n")
+    monkeypatch.setenv("CTAI_DATA__DIR", str(tmp_path / "file" / "below"))
+    assert main(command) == 2
+    assert "(Not a directory)" in capsys.readouterr().err
+    assert main(["config"]) == 0
+    assert str(tmp_path / "file") in capsys.readouterr().out
