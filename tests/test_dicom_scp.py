@@ -112,6 +112,32 @@ def test_storescu_series_becomes_one_job_with_its_images(config, listen, series)
     assert not Spool.from_config(config).batch(job.options["batch"]).exists()
 
 
+def test_its_job_takes_each_frame_the_listener_decoded_and_decodes_none_again(config, listen, series, monkeypatch):
+    """The listener decodes each compressed image to answer (here JPEG Baseline); the job that
+    loads them moments later takes those values (``pool.decode(keep=True)``), the same as a
+    fresh decoding gives."""
+    from ctai.inputs import dicom, pool
+
+    decoded: list[int] = []
+    as_array = pool._as_array
+
+    def counted(ds: Dataset, frame: int):
+        decoded.append(frame)
+        return as_array(ds, frame)
+
+    monkeypatch.setattr(pool, "_as_array", counted)
+    monkeypatch.setattr(pool, "_kept", pool._Kept(pool.KEPT_BYTES))
+    listener = listen()
+    assert listener.storescu(series).returncode == 0
+    [job] = wait_until(lambda: listener.jobs)
+    assert len(decoded) == 3
+    images = plugin_manager(config).hook.ctai_load_job(job=job, config=config)
+    assert len(decoded) == 3 and not pool._kept
+    for image, path in zip(sorted(images, key=lambda i: i.dataset.SOPInstanceUID),
+                           sorted(series, key=lambda p: dcmread(p).SOPInstanceUID), strict=True):
+        np.testing.assert_array_equal(image.pixels, dicom.display_pixels(dcmread(path)))
+
+
 def test_echoscu_is_answered(listen):
     listener = listen()
     run = subprocess.run([tool("echoscu"), "-aet", "MODALITY", "-aec", "CTAI", "127.0.0.1",

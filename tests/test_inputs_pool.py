@@ -22,7 +22,7 @@ from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 from ctai.errors import InputError
 from ctai.inputs import ct, pool
 from ctai.inputs.ct import MIN_SLICES
-from ctai.inputs.dicom import display_pixels, read_dataset
+from ctai.inputs.dicom import check_decodable, display_pixels, read_dataset
 from tests.dicomfactory import compressed, dataset, picture, save
 from tests.phantoms import ct_series
 from tests.processes import running
@@ -40,14 +40,15 @@ def large_values() -> np.ndarray:
 def decoded_in_pool(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The frames that went to the pool, by number."""
     frames: list[int] = []
-    decode = pool.decode
+    in_pool = pool._in_pool
     monkeypatch.setattr(pool, "_enabled", True)
+    monkeypatch.setattr(pool, "_kept", pool._Kept(pool.KEPT_BYTES))
 
-    def spy(ds: Dataset, frame: int) -> tuple[np.ndarray, dict]:
+    def spy(pixels: Dataset, frame: int) -> tuple[np.ndarray, dict]:
         frames.append(frame)
-        return decode(ds, frame)
+        return in_pool(pixels, frame)
 
-    monkeypatch.setattr(pool, "decode", spy)
+    monkeypatch.setattr(pool, "_in_pool", spy)
     return frames
 
 
@@ -159,7 +160,7 @@ def test_without_decoding_processes_frames_decode_in_the_thread(
 CHILD = """
 import os, sys
 from ctai.inputs import pool
-from ctai.inputs.dicom import display_pixels, read_dataset
+from ctai.inputs.dicom import check_decodable, display_pixels, read_dataset
 from tests.processes import children
 pool.enable()
 display_pixels(read_dataset(sys.argv[1]))
@@ -183,3 +184,31 @@ def test_the_decoding_processes_end_with_a_killed_parent(tmp_path: Path) -> None
         time.sleep(0.1)
     assert not any(map(running, children))
 
+
+
+def test_a_kept_frame_is_taken_once_by_the_same_pixel_data_only(tmp_path: Path, decoded_in_pool: list[int]):
+    """``check_decodable(keep=True)`` (the listener) keeps the values; the next decoding of the same
+    pixel data, read again from its file, takes them; other pixel data with the same UIDs does not."""
+    path = compressed(dataset(large_values(), bits_stored=12), JPEG2000Lossless, tmp_path / "j2k.dcm")
+    check_decodable(read_dataset(path), keep=True)
+    assert decoded_in_pool == [0] and pool._kept
+    kept = display_pixels(read_dataset(path))
+    assert decoded_in_pool == [0] and not pool._kept
+    np.testing.assert_array_equal(kept, display_pixels(read_dataset(path)))
+    assert decoded_in_pool == [0, 0]
+
+    check_decodable(read_dataset(path), keep=True)
+    other = read_dataset(path)
+    other.LargestImagePixelValue = 1  # a pixel-module element, which a decoder may read
+    display_pixels(other)
+    assert decoded_in_pool == [0, 0, 0, 0] and pool._kept
+
+
+def test_kept_frames_let_the_oldest_go_beyond_their_capacity():
+    kept = pool._Kept(capacity=250)
+    frames = {key: (np.zeros(100, np.uint8), {}) for key in (b"a", b"b", b"c")}
+    for key, frame in frames.items():
+        kept.put(key, frame)
+    assert kept.take(b"a") is None and kept.take(b"b") is frames[b"b"] and kept.take(b"b") is None
+    kept.put(b"big", (np.zeros(251, np.uint8), {}))
+    assert kept.take(b"big") is None and kept.take(b"c") is frames[b"c"] and not kept

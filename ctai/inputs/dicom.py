@@ -256,16 +256,19 @@ def _check_rle_header(frame: bytes, number: int) -> None:
         raise InputError(f"pixel data truncated or damaged: RLE frame {number} has a bad segment table")
 
 
-def check_decodable(ds: Dataset) -> None:
+def check_decodable(ds: Dataset, keep: bool = False) -> None:
     """InputError unless a received data set is whole and its pixel data decodes (its first frame,
-    every frame complete): what a Storage SCP checks before it answers Success (PS3.4 B.2.3)."""
+    every frame complete): what a Storage SCP checks before it answers Success (PS3.4 B.2.3).
+    With ``keep``, a compressed frame's values are kept for the job that loads it next
+    (``pool.decode``), which then does not decode it again."""
     if _last_value_cut(ds):
         raise InputError("truncated data set: it ends inside a data element")
-    stored_values(ds, 0)
+    stored_values(ds, 0, keep)
 
 
-def stored_values(ds: Dataset, frame: int) -> tuple[np.ndarray, str]:
-    """Stored values of one frame, colour as RGB, with the photometric interpretation they are in."""
+def stored_values(ds: Dataset, frame: int, keep: bool = False) -> tuple[np.ndarray, str]:
+    """Stored values of one frame, colour as RGB, with the photometric interpretation they are in;
+    ``keep`` as ``pool.decode``'s."""
     syntax = UID(ds.file_meta.TransferSyntaxUID)
     try:
         decoder = get_decoder(syntax)
@@ -273,7 +276,7 @@ def stored_values(ds: Dataset, frame: int) -> tuple[np.ndarray, str]:
         raise InputError(f"transfer syntax {syntax.name} is not supported") from exc
     _check_pixel_data(ds)
     try:
-        values, meta = pool.decode(ds, frame) if syntax in _JPEG_FAMILY else decoder.as_array(ds, index=frame)
+        values, meta = pool.decode(ds, frame, keep) if syntax in _JPEG_FAMILY else decoder.as_array(ds, index=frame)
     except Exception as exc:  # decoder plugins raise many exception types on damaged data
         raise InputError(f"cannot decode the pixel data ({syntax.name}): {one_line(exc)}") from exc
     return values, str(meta["photometric_interpretation"])

@@ -19,13 +19,14 @@ a program that enables the pool keeps its own work under ``if __name__ == "__mai
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing
 import os
 import signal
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -49,6 +50,9 @@ DECODE_SECONDS = 60
 #: The groups of the Image Pixel Module and its LUTs (0028) and of the Pixel Data and its offset
 #: tables (7FE0): all a decoder reads of a data set (PS3.3 C.7.6.3, PS3.5 A.4).
 _PIXEL_GROUPS = (0x0028, 0x7FE0)
+#: Bytes of decoded frames kept for their next decoding (``decode(keep=True)``), the oldest let go
+#: first: about 25 radiographs of 2500 x 2048 (10 MB each), or 500 CT slices of 512 x 512.
+KEPT_BYTES = 256 * 2**20
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -81,9 +85,56 @@ def ahead(function: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[T, F
         yield from pending
 
 
-def decode(ds: Dataset, frame: int) -> tuple[np.ndarray, dict]:
+class _Kept:
+    """Decoded frames kept for the next decoding of the same pixel data, each taken once: the
+    DICOM listener decodes each image to answer (PS3.4 B.2.3), and its job, in the same process
+    moments later, would decode it again (a 2500 x 2048 JPEG 2000 frame: 0.3 s each time). A
+    frame is known by a digest of its transfer syntax and everything a decoder reads (the pixel
+    groups), so that other pixel data never takes it."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._frames: OrderedDict[bytes, tuple[np.ndarray, dict]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(pixels: Dataset, frame: int) -> bytes:
+        digest = hashlib.blake2b(f"{pixels.file_meta.TransferSyntaxUID} {frame}".encode(), digest_size=16)
+        for element in pixels:
+            value = element.value
+            digest.update(f"{element.tag} {element.VR} ".encode())
+            digest.update(value if isinstance(value, bytes) else repr(value).encode())
+        return digest.digest()
+
+    def put(self, key: bytes, decoded: tuple[np.ndarray, dict]) -> None:
+        with self._lock:
+            if key in self._frames or decoded[0].nbytes > self.capacity:
+                return
+            self._frames[key] = decoded
+            self._bytes += decoded[0].nbytes
+            while self._bytes > self.capacity:
+                self._bytes -= self._frames.popitem(last=False)[1][0].nbytes
+
+    def take(self, key: bytes) -> tuple[np.ndarray, dict] | None:
+        with self._lock:
+            decoded = self._frames.pop(key, None)
+            if decoded is not None:
+                self._bytes -= decoded[0].nbytes
+            return decoded
+
+    def __bool__(self) -> bool:
+        return bool(self._frames)
+
+
+_kept = _Kept(KEPT_BYTES)
+
+
+def decode(ds: Dataset, frame: int, keep: bool = False) -> tuple[np.ndarray, dict]:
     """``frame`` of ``ds``'s compressed pixel data: pydicom's ``Decoder.as_array`` (the values
-    and what it says of them), in the pool once ``enable``d, else in this thread.
+    and what it says of them), in the pool once ``enable``d, else in this thread. With ``keep``,
+    the values are also kept for the next decoding of the same pixel data, which takes them
+    instead (the listener's check, then its job).
 
     When the pool breaks while it decodes (a decoder crashed or ran over ``DECODE_SECONDS``, on
     this frame or on another one decoded at the time), it is replaced and the frame tried again
@@ -92,12 +143,27 @@ def decode(ds: Dataset, frame: int) -> tuple[np.ndarray, dict]:
     decoding process can start here (a program whose main module cannot be imported again, such
     as a script read from standard input) do this and every later frame decode in this thread,
     as without the pool."""
-    global _enabled, _answered
-    if not _enabled:
-        return _as_array(ds, frame)
+    pixels = _pixel_module(ds)
+    key = _Kept.key(pixels, frame) if keep or _kept else b""
+    if not keep and (decoded := _kept.take(key)) is not None:
+        return decoded
+    decoded = _in_pool(pixels, frame) if _enabled else _as_array(pixels, frame)
+    if keep:
+        _kept.put(key, decoded)
+    return decoded
+
+
+def _pixel_module(ds: Dataset) -> Dataset:
+    """What a decoder reads of ``ds``: its pixel groups and transfer syntax."""
     pixels = Dataset({tag: ds[tag] for tag in ds.keys() if tag.group in _PIXEL_GROUPS})
     pixels.file_meta = FileMetaDataset()
     pixels.file_meta.TransferSyntaxUID = ds.file_meta.TransferSyntaxUID
+    return pixels
+
+
+def _in_pool(pixels: Dataset, frame: int) -> tuple[np.ndarray, dict]:
+    """``frame`` of ``pixels`` decoded in the pool (``decode``)."""
+    global _enabled, _answered
     pool = _started()
     try:
         decoded = _decoded_in(pool, pixels, frame)
@@ -107,7 +173,7 @@ def decode(ds: Dataset, frame: int) -> tuple[np.ndarray, dict]:
     if decoded is None:
         _enabled = False
         log.warning("no decoding process could be started: compressed frames are decoded in this one")
-        return _as_array(ds, frame)
+        return _as_array(pixels, frame)
     _answered = True
     return decoded
 

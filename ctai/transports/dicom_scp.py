@@ -266,7 +266,7 @@ class DicomListener:
             return _status(SUCCESS)
         ds.file_meta = event.file_meta  # the transfer syntax the decoders need
         try:
-            check_decodable(ds)
+            check_decodable(ds, keep=True)  # its job, in this process, takes the decoded frame
         except InputError as exc:
             log.warning("C-STORE from %s refused: %s %s: %s", peer, ds.SOPClassUID.name, ds.SOPInstanceUID, exc)
             return _status(CANNOT_UNDERSTAND, str(exc))
