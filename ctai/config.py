@@ -51,6 +51,17 @@ def _url(*schemes: str) -> tuple[str, Callable[[Any], bool]]:
 _WEB_URL = _url("http", "https")
 _PORT = ("a port number, at most 65535", lambda value: value <= 65535)
 _PROBABILITY = ("a probability, at most 1", lambda value: value <= 1)
+
+
+def _ae_title(value: object) -> bool:
+    """Whether ``value`` is an Application Entity title (PS3.5 6.2, VR AE): 1 to 16 characters of
+    the default repertoire, no backslash or control character, not only spaces. pynetdicom refuses
+    anything else only when it connects, which the outbox would take for a peer down and retry."""
+    return (isinstance(value, str) and 0 < len(value) <= 16 and value.isascii() and value.isprintable()
+            and "\\" not in value and bool(value.strip()))
+
+
+_AE_TITLE = ("an AE title: 1 to 16 ASCII characters, no backslash, not only spaces (DICOM PS3.5 6.2)", _ae_title)
 #: What some settings must be besides their kind, and the test of it.
 CONDITIONS: dict[tuple[str, str], tuple[str, Callable[[Any], bool]]] = {
     ("model", "batch_size"): ("at least 1", lambda value: value >= 1),
@@ -64,6 +75,10 @@ CONDITIONS: dict[tuple[str, str], tuple[str, Callable[[Any], bool]]] = {
     ("dicomweb", "url"): _WEB_URL,
     ("orthanc", "url"): _WEB_URL,
     ("queue", "url"): _url("redis", "rediss", "unix"),
+    **{key: _AE_TITLE for key in (("listener", "ae_title"), ("cstore", "ae_title"), ("cstore", "calling_ae_title"),
+                                  ("orthanc", "aet"))},
+    ("listener", "allowed_aets"): (f"a list of AE titles, each {_AE_TITLE[0].removeprefix('an AE title: ')}",
+                                   lambda value: all(map(_ae_title, value))),
     **{(section, key): _PORT for section, key in (("web", "port"), ("listener", "port"), ("cstore", "port"),
                                                   ("hl7", "port"), ("metrics", "port"), ("orthanc", "http_port"),
                                                   ("orthanc", "dicom_port"))},

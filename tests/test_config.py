@@ -99,10 +99,16 @@ def test_a_plugins_own_settings_go_under_plugins(tmp_path: Path):
     ("INPUTS__INTENDED_AGES", '["a", "b"]', "[] or the youngest and oldest age in years, such as [1, 5]"),
     ("FHIR__BASE_URL", "fhir.hospital.local/fhir", "nothing, or a URL starting http:// or https://"),
     ("QUEUE__URL", "localhost:6379", "nothing, or a URL starting redis:// or rediss:// or unix://"),
+    ("CSTORE__AE_TITLE", "HOSPITAL_MAIN_PACS", "an AE title: 1 to 16 ASCII characters"),
+    ("CSTORE__CALLING_AE_TITLE", "CT\\AI", "an AE title: 1 to 16 ASCII characters"),
+    ("LISTENER__AE_TITLE", "  ", "an AE title: 1 to 16 ASCII characters"),
+    ("ORTHANC__AET", "", "an AE title: 1 to 16 ASCII characters"),
+    ("LISTENER__ALLOWED_AETS", '["MODALITY", "R\u00d6NTGEN"]', "a list of AE titles, each 1 to 16 ASCII characters"),
 ])
 def test_a_value_a_setting_cannot_have_is_refused(variable: str, value: str, expected: str):
     """Where it would classify nothing (a batch of 0), refuse every image (a threshold of 5), fail
-    on every image (ages the wrong way round) or every delivery (a URL without its scheme)."""
+    on every image (ages the wrong way round) or every delivery (a URL without its scheme; an AE
+    title pynetdicom refuses at each association, which the outbox would retry for days)."""
     with pytest.raises(ValueError, match=re.escape(f": expected {expected}")):
         configuration.load(environ={f"CTAI_{variable}": value})
 
