@@ -111,9 +111,9 @@ def _delivered_now(config: configuration.Config, queued: int) -> bool:
     from ctai.outbox import Outbox, send_now
 
     if not queued:
-        print("ctai classify: --deliver: nothing to send: no destination is configured ([cstore] host, "
-              "[dicomweb] url, [hl7] host, [fhir] base_url, [orthanc] deliver), or these results were "
-              "queued before (`ctai outbox`)", file=sys.stderr)
+        print("ctai classify: --deliver: nothing was queued: no destination is configured ([cstore] host, "
+              "[dicomweb] url, [hl7] host, [fhir] base_url, [orthanc] deliver), these results were queued "
+              "before (`ctai outbox`), or they lack what a destination needs (said above)", file=sys.stderr)
     for channel, delivered in send_now(config).items():
         if delivered is None:
             print(f"ctai classify: {channel}: being sent by another ctai process", file=sys.stderr)
