@@ -627,3 +627,24 @@ def test_in_shadow_mode_the_phone_is_told_and_the_staff_see_the_result(client, w
     staff = client.get("/staff").text
     assert "Shadow mode: results are recorded" in staff and "Bacterial pneumonia" in staff
     assert "Drift: too few studies to judge yet." in staff
+
+
+def test_a_port_in_use_is_one_error_line(config, caplog, monkeypatch):
+    """``ctai web`` and ``ctai serve``: uvicorn cannot bind; its error says why, and serve adds one
+    line and exit status 2, not a traceback."""
+    import signal
+    import socket
+
+    from ctai.serve import run_services
+    from ctai.web.app import WebService
+
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # pytest keeps its own handlers
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config["web"].update(host="127.0.0.1", port=taken.getsockname()[1])
+        assert run_services([WebService(config)]) == 2
+    [error] = [r for r in caplog.records if r.name == "ctai.serve" and r.levelname == "ERROR"]
+    assert error.getMessage() == (f"serve: could not start web: cannot serve on {config['web']['host']}:"
+                                  f"{config['web']['port']} (uvicorn's error above says why)")
+    assert error.exc_info is None

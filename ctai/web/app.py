@@ -180,7 +180,8 @@ class WebService:
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"web: cannot serve on {self.address}")
+                # uvicorn logs why (a port in use, say) and ends; serve reports an OSError in one line.
+                raise OSError(f"cannot serve on {self.address} (uvicorn's error above says why)")
             time.sleep(0.05)
         log.info("web: staff page at %s/staff", self.public_url)
 
