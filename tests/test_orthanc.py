@@ -71,6 +71,20 @@ def test_a_file_that_orthanc_breaks_off_is_a_transient_error():
         thread.join()
 
 
+def test_a_port_another_program_listens_on_stops_orthancs_start_in_one_line(config):
+    """Orthanc listens on every interface; a program already on its HTTP port would answer in its
+    place (ctai's start read its 404 page as Orthanc's and ended in a traceback)."""
+    from ctai.orthanc.service import OrthancService
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        config["orthanc"]["http_port"] = taken.getsockname()[1]
+        service = OrthancService(config)
+        with pytest.raises(OSError, match=rf"^\[orthanc\] http_port {config['orthanc']['http_port']} is taken "
+                                          r"by another program \(Address already in use\)$"):
+            service.start()
+    assert service.process is None
+
+
 if not IN_NAMESPACE:
 
     def test_orthanc_suite_in_a_private_network_namespace():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sysconfig
 import time
@@ -70,6 +71,11 @@ class OrthancService:
                 "DicomTlsRemoteCertificateRequired": bool(settings["require_client_certificate"])}
 
     def start(self, timeout: float = 60) -> None:
+        """Start Orthanc and return once it answers; OSError (one line in ``ctai serve``) if a port
+        it needs is taken, or it ends or stays silent."""
+        settings = self.config["orthanc"]
+        for key in ("http_port", "dicom_port"):
+            _free(int(settings[key]), f"[orthanc] {key}")
         folder = self.write_config()
         env = dict(os.environ, CTAI_SITE_PACKAGES=sysconfig.get_paths()["purelib"],
                    CTAI_CONFIG=str(self.folder / "ctai.toml"))
@@ -82,7 +88,7 @@ class OrthancService:
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with {self.process.returncode}: {self._log_tail()}")
+                raise OSError(f"Orthanc exited with {self.process.returncode}: {self._log_tail()}")
             try:
                 client.system()
                 return
@@ -90,7 +96,7 @@ class OrthancService:
                 if time.monotonic() > deadline:
                     self.stop()
                     tail = self._log_tail()
-                    raise RuntimeError(f"Orthanc did not answer within {timeout:.0f} s: {tail}") from None
+                    raise OSError(f"Orthanc did not answer within {timeout:.0f} s: {tail}") from None
                 time.sleep(0.1)
 
     def stop(self) -> None:
@@ -110,3 +116,14 @@ class OrthancService:
         lines = self.log_path.read_text(errors="replace").splitlines()
         errors = [line for line in lines if line.startswith("E")]
         return (errors or lines or ["(no log)"])[-1]
+
+
+def _free(port: int, setting: str) -> None:
+    """OSError naming ``setting`` if another program listens on ``port``, on any interface, as
+    Orthanc would (else Orthanc's start fails, or the other program answers in its place)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closing Orthanc's TIME_WAIT is no obstacle
+        try:
+            probe.bind(("", port))
+        except OSError as exc:
+            raise OSError(f"{setting} {port} is taken by another program ({exc.strerror})") from None
