@@ -17,11 +17,12 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from ctai.config import Config, data_dir
-from ctai.errors import ConfigError
+from ctai.errors import ConfigError, TransientError
 from ctai.monitoring import MetricsService
 from ctai.orthanc.client import base_url, credentials, password_file
 from ctai.orthanc.service import OrthancService
 from ctai.outbox import OutboxSender
+from ctai.redisdb import RedisMisconfigured
 from ctai.transports.dicom_scp import DicomListener
 from ctai.types import ModelInfo
 
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
     from ctai.worker import Worker
 
 log = logging.getLogger(__name__)
+#: What a service may raise as it starts whose message says all: a port in use, a file or setting
+#: that cannot serve, a peer that is not there (Redis) or refuses ctai. Logged in one line; any
+#: other exception with its traceback.
+START_ERRORS = (OSError, ConfigError, TransientError, RedisMisconfigured)
 
 
 class Service(Protocol):
@@ -78,7 +83,10 @@ class WorkerService:
                 worker.start()
                 self.worker = worker
         except Exception as exc:  # noqa: BLE001 - alive() turns False, and serve stops with the reason logged
-            log.exception("worker: could not start")
+            if isinstance(exc, START_ERRORS):
+                log.error("worker: could not start: %s", exc)
+            else:
+                log.exception("worker: could not start")
             self.error = exc
             return
         log.info("worker: ready after %.1f s", time.monotonic() - started)
@@ -146,7 +154,7 @@ def run_services(running: list[Service]) -> int:
                 log.error("serve: %s stopped unexpectedly; stopping everything", ", ".join(dead))
                 status = 1
                 break
-    except (OSError, ConfigError) as exc:  # a port in use; a file or setting that cannot serve
+    except START_ERRORS as exc:
         log.error("serve: could not start %s: %s", service.name, exc)
         status = 2
     except Exception:

@@ -255,6 +255,29 @@ def test_ctai_jobs_refuses_a_limit_below_one(limit, capsys):
     assert "is not a whole number of at least 1" in capsys.readouterr().err
 
 
+def test_a_worker_that_cannot_reach_its_queue_says_why_in_one_line(config, caplog, monkeypatch):
+    """``ctai serve`` and ``ctai worker``: Redis is not there; the log has the reason, not a traceback."""
+    from ctai import redisdb, serve
+
+    class Unreachable:
+        def __init__(self, config):
+            pass
+
+        def warm_up(self):
+            pass
+
+        def start(self):  # as Worker.start, before it takes jobs
+            redisdb.wait_until_ready("redis://127.0.0.1:9/0", 0.5)
+
+    monkeypatch.setattr("ctai.worker.Worker", Unreachable)
+    service = serve.WorkerService(config)
+    service.start()
+    wait_until(lambda: not service.alive(), 10)
+    [error] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert error.getMessage().startswith("worker: could not start: Redis at redis://127.0.0.1:9/0 is unreachable")
+    assert error.exc_info is None
+
+
 def test_the_served_worker_keeps_its_start_up_out_of_the_collector_while_it_runs(config, monkeypatch):
     from ctai import serve
 
