@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from ctai.model.backend import CHUNK, KerasClassifier, in_calls
-from ctai.model.converted import ConvertedClassifier, Network, backend_name, converted_network
+from ctai.model.converted import CONVERSION_LOG, ConvertedClassifier, Network, backend_name, converted_network
 from ctai.model.gate import ChestGate, shipped_gate_dir
 from ctai.types import CLASSES
 from tests.conftest import IMAGES
@@ -137,11 +137,14 @@ print(converted_network(Path(sys.argv[1]), Path(sys.argv[2]), maps=False))
 
 
 def test_a_network_is_converted_by_a_process_of_its_own(model, tmp_path):
-    """TensorFlow, imported to convert, would keep its memory in the process for good."""
+    """TensorFlow, imported to convert, would keep its memory in the process for good. What it
+    writes to standard error goes to the cache's conversion log; the caller says one line."""
     run = subprocess.run([sys.executable, "-c", CONVERT_WITHOUT_TENSORFLOW, str(model), str(tmp_path)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert [Path(run.stdout.strip())] == list(tmp_path.iterdir())  # the ONNX file, no partial one
+    log = tmp_path / CONVERSION_LOG
+    assert sorted(tmp_path.iterdir()) == sorted([Path(run.stdout.strip()), log])  # no partial file
+    assert run.stderr == f"converting the network in {model} once, into {tmp_path} (TensorFlow's output: {log})\n"
 
 
 # `ctai classify` with TensorFlow and Keras made unimportable: the cached networks must do.

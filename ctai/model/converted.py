@@ -39,6 +39,9 @@ CONVERSION = 3
 #: (docs/model-experiments.md, "2026-12-06 (later)").
 CONCURRENCY = 2
 
+#: The file under the cache that keeps what the converting processes wrote to standard error.
+CONVERSION_LOG = "conversion.log"
+
 log = logging.getLogger(__name__)
 
 
@@ -63,18 +66,29 @@ def converted_network(folder: Path, cache: Path, maps: bool) -> Path:
     digest = hashlib.sha256(network_file(folder).read_bytes()).hexdigest()[:24]
     path = cache / f"{digest}-{'maps' if maps else 'logits'}-v{CONVERSION}.onnx"
     if not path.exists():
-        # A warning, so that a command line shows it too: the wait (about a minute on 2 cores) and
-        # TensorFlow's start-up lines that follow have a reason (``ctai prepare`` does it ahead).
-        log.warning("converting the network in %s once, into %s", folder, cache)
         cache.mkdir(parents=True, exist_ok=True)
+        output = cache / CONVERSION_LOG
+        # A warning, so that a command line shows it too: the wait (about a minute on 2 cores) has
+        # a reason (``ctai prepare`` does it ahead).
+        log.warning("converting the network in %s once, into %s (TensorFlow's output: %s)", folder, cache, output)
         partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.part")
         try:
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as converter:
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_errors_to, initargs=(output,)) as converter:
                 converter.submit(export_onnx, folder, partial, maps).result()
             partial.replace(path)  # atomic: another process never reads half a file
         finally:
             partial.unlink(missing_ok=True)
     return path
+
+
+def _errors_to(output: Path) -> None:
+    """A converting process's standard error goes to the end of ``output``: TensorFlow writes its
+    start-up lines there whatever ``TF_CPP_MIN_LOG_LEVEL`` says, and a failure still reaches the
+    caller as the exception it raised."""
+    handle = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(handle, 2)
+    os.close(handle)
 
 
 def export_onnx(folder: Path, path: Path, maps: bool) -> None:
