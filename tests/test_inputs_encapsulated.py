@@ -3,13 +3,16 @@ several fragments with or without an offset table, subsampled native data; trunc
 
 from __future__ import annotations
 
+import io
+import struct
 from copy import deepcopy
 
 import numpy as np
 import pytest
+from PIL import Image
 from pydicom import Dataset
 from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
-from pydicom.uid import JPEG2000Lossless
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
 
 from ctai.errors import InputError
 from ctai.inputs.dicom import check_decodable, display_pixels
@@ -89,4 +92,54 @@ def test_ybr_full_422_native_size() -> None:
     check_decodable(ds)
     ds.PixelData = ds.PixelData[: -ds.Columns * 2]
     with pytest.raises(InputError, match="pixel data truncated"):
+        check_decodable(ds)
+
+
+def test_a_frame_claiming_more_pixels_than_ctai_decodes_is_refused_before_decoding(multiframe, monkeypatch) -> None:
+    """A compressed frame of a few kilobytes may claim 10,000 x 10,000 pixels (200 MB to decode, and
+    a codestream can claim far more): the listener's check and a CT slice refuse it unread."""
+    from ctai.inputs import pool
+
+    monkeypatch.setattr(pool, "decode", lambda *args: pytest.fail("decoded"))
+    ds, frames = multiframe
+    with pytest.raises(InputError, match=r"image of 10000x10000 pixels is too large \(limit 50,000,000 pixels\)"):
+        check_decodable(with_frames(ds, encapsulate(frames), Rows=10000, Columns=10000))
+
+
+def declaring(stream: bytes, offset: int, fmt: str, *size: int) -> bytes:
+    """``stream`` with the size in its header, at ``offset``, replaced by ``size``."""
+    patched = bytearray(stream)
+    struct.pack_into(fmt, patched, offset, *size)
+    return bytes(patched)
+
+
+def test_a_jpeg_2000_stream_declaring_another_size_is_refused_before_decoding(multiframe, monkeypatch) -> None:
+    """A few hundred bytes may declare 20,000 x 20,000 pixels: OpenJPEG allocated 2.4 GB for them
+    before pydicom found them too many. The SIZ marker segment (ISO/IEC 15444-1 A.5.1) is read first."""
+    from ctai.inputs import pool
+
+    monkeypatch.setattr(pool, "decode", lambda *args: pytest.fail("decoded"))
+    ds, frames = multiframe
+    bomb = declaring(frames[1], 8, ">4I", 20000, 20000, 0, 0)
+    with pytest.raises(InputError, match=rf"stream of frame 2 is 20000x20000 pixels, the data set says "
+                                         rf"{ds.Columns}x{ds.Rows}"):
+        check_decodable(with_frames(ds, encapsulate([frames[0], bomb, frames[2]])))
+
+
+def test_a_jpeg_stream_declaring_another_size_is_refused_before_decoding(monkeypatch) -> None:
+    """The same for JPEG: its frame header (SOF, ISO/IEC 10918-1 B.2.2) as pydicom reads it."""
+    from ctai.inputs import pool
+
+    image = picture()
+    stream = io.BytesIO()
+    Image.fromarray(image).save(stream, "JPEG", quality=90)
+    jpeg = stream.getvalue()
+    ds = dataset(image)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([jpeg])
+    check_decodable(ds)  # as it is, it decodes
+    monkeypatch.setattr(pool, "decode", lambda *args: pytest.fail("decoded"))
+    ds.PixelData = encapsulate([declaring(jpeg, jpeg.index(b"\xff\xc0") + 5, ">HH", 65000, 65000)])
+    with pytest.raises(InputError, match=rf"stream of frame 1 is 65000x65000 pixels, the data set says "
+                                         rf"{ds.Columns}x{ds.Rows}"):
         check_decodable(ds)

@@ -3,6 +3,7 @@ Presentation LUT turn stored values into what a viewer shows."""
 
 from __future__ import annotations
 
+import struct
 from itertools import islice
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.encaps import generate_frames
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, get_decoder
+from pydicom.pixels.utils import _get_jpg_parameters
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -26,7 +28,7 @@ from pydicom.uid import (
 
 from ctai.errors import InputError
 from ctai.inputs import pool
-from ctai.inputs.images import MIN_SIDE, check_size, skipped
+from ctai.inputs.images import MAX_PIXELS, MIN_SIDE, check_size, skipped
 from ctai.types import SourceImage
 
 #: PS3.10 7.1: a 128-byte preamble, then the prefix "DICM".
@@ -201,8 +203,10 @@ def _check_pixel_data(ds: Dataset) -> None:
         raise InputError(f"pixel data truncated or damaged: {one_line(exc)}") from exc
     if len(frames) < expected:
         raise InputError(f"pixel data truncated: {len(frames)} of {expected} frames")
+    size = (_integer(ds, "Columns"), _integer(ds, "Rows"))
     for number, frame in enumerate(frames, 1):
         _check_frame(frame, syntax, number)
+        _check_stream_size(frame, syntax, number, size)
 
 
 def _frames(ds: Dataset, expected: int) -> list[bytes]:
@@ -240,6 +244,29 @@ def _check_frame(frame: bytes, syntax: UID, number: int) -> None:
         _check_rle_header(frame, number)
 
 
+def _check_stream_size(frame: bytes, syntax: UID, number: int, size: tuple[int, int]) -> None:
+    """A JPEG-family stream declares the size of the image the data set says (Columns x Rows):
+    its decoder allocates what the stream declares, and a stream of a few hundred bytes may
+    declare 20,000 x 20,000 pixels (2.4 GB to decode, before pydicom finds them too many)."""
+    declared = _stream_size(frame, syntax)
+    if declared is not None and declared != size:
+        raise InputError(f"pixel data damaged: the {syntax.name} stream of frame {number} is "
+                         f"{declared[0]}x{declared[1]} pixels, the data set says {size[0]}x{size[1]}")
+
+
+def _stream_size(frame: bytes, syntax: UID) -> tuple[int, int] | None:
+    """The width and height a JPEG-family stream declares: JPEG 2000's SIZ marker segment, second
+    after SOC (ISO/IEC 15444-1 A.5.1), JPEG's and JPEG-LS's frame header (read by pydicom); None
+    where the header cannot be read (the decoder then says why) or leaves the height to later."""
+    if syntax in JPEG2000TransferSyntaxes:
+        if frame[:4] != b"\xff\x4f\xff\x51" or len(frame) < 24:
+            return None
+        width, height, left, top = struct.unpack(">4I", frame[8:24])
+        return width - left, height - top
+    header = _get_jpg_parameters(frame)
+    return (header["width"], header["height"]) if header.get("height") else None
+
+
 def _ends_with_marker(frame: bytes) -> bool:
     """Whether a JPEG-family stream ends with 0xFFD9, padding or fill bytes after it allowed."""
     return frame.rstrip(_FILL).endswith(_END_MARKER)
@@ -274,6 +301,11 @@ def stored_values(ds: Dataset, frame: int, keep: bool = False) -> tuple[np.ndarr
         decoder = get_decoder(syntax)
     except NotImplementedError as exc:
         raise InputError(f"transfer syntax {syntax.name} is not supported") from exc
+    # A compressed frame of a few bytes may claim any size: what a decoder would allocate is
+    # refused first (the listener's check and CT slices come here without display_pixels's check).
+    columns, rows = _integer(ds, "Columns"), _integer(ds, "Rows")
+    if columns * rows > MAX_PIXELS:
+        raise InputError(f"image of {columns}x{rows} pixels is too large (limit {MAX_PIXELS:,} pixels)")
     _check_pixel_data(ds)
     try:
         values, meta = pool.decode(ds, frame, keep) if syntax in _JPEG_FAMILY else decoder.as_array(ds, index=frame)
