@@ -402,6 +402,34 @@ def test_truncated_pixel_data_gets_a_failure_status_and_is_not_kept(config, list
     assert len(spooled(config)) == 2
 
 
+def test_a_deflated_data_set_that_inflates_beyond_any_image_gets_a_failure_status(config, listen, tmp_path,
+                                                                                   monkeypatch, caplog):
+    """pynetdicom inflates a deflated data set whole; the listener inflates it a piece at a time
+    first (its limit lowered to 1 MB here), answers 0xC000 (Cannot Understand) and keeps nothing."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from ctai.inputs import dicom
+
+    monkeypatch.setattr(dicom, "MAX_INFLATED", 2**20)
+    listener = listen(idle_seconds=3600)
+    ds = dataset(np.zeros((300, 200), np.uint8))
+    bomb = deepcopy(ds)
+    bomb.SOPInstanceUID = generate_uid()
+    bomb.PixelData = bytes(2 * 2**20)
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ds.SOPClassUID, [DeflatedExplicitVRLittleEndian])  # the peer offers nothing else
+    assoc = ae.associate("127.0.0.1", listener.server.port, ae_title="CTAI")
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_store(bomb).Status == CANNOT_UNDERSTAND
+        assert spooled(config) == []
+        assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+    assert "its deflated data set inflates to over 1 MB" in caplog.text
+    assert len(spooled(config)) == 1
+
+
 def test_data_set_cut_inside_pixel_data_gets_a_failure_status(config, listen, tmp_path, monkeypatch):
     monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)  # send files as they are
     listener = listen(idle_seconds=3600)

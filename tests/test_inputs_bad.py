@@ -15,7 +15,14 @@ from PIL import Image
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.uid import MPEG2MPML, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
+from pydicom.uid import (
+    MPEG2MPML,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+    generate_uid,
+)
 
 from ctai import inputs
 from ctai.cli import main
@@ -94,6 +101,22 @@ def test_absurd_size(rows: int, columns: int, reason: str, radiograph: Path, tmp
     ds = read_dataset(radiograph)
     ds.Rows, ds.Columns = rows, columns  # the 224x224 pixel data stays: only the header lies
     fails(save(ds, tmp_path / "size.dcm"), reason)
+
+
+def test_a_deflated_data_set_that_inflates_beyond_any_image_is_refused_unread(monkeypatch, tmp_path: Path) -> None:
+    """PS3.5 A.5: pydicom inflates a deflated data set whole as it reads it, and 1 MB of deflated
+    zeros is 1 GB. ctai inflates it a piece at a time first (its limit is lowered here to 1 MB)."""
+    from ctai.inputs import dicom
+
+    ds = dataset(picture())
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    plain = save(ds, tmp_path / "plain.dcm")
+    assert inputs.load(plain)  # 50 KB inflated: read as before
+    ds.PixelData = bytes(2 * 2**20)  # more than the image needs: pydicom reads it all the same
+    bomb = save(ds, tmp_path / "bomb.dcm")
+    monkeypatch.setattr(dicom, "MAX_INFLATED", 2**20)
+    monkeypatch.setattr(dicom.pydicom, "dcmread", lambda *args, **kwargs: pytest.fail("read whole"))
+    fails(bomb, "its deflated data set inflates to over 1 MB, more than any image ctai reads")
 
 
 def test_palette_colour_is_not_supported() -> None:

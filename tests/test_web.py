@@ -468,6 +468,24 @@ def test_dicom_of_another_patient_is_refused(client, web_config, jobs, tmp_path)
     assert stored.suffix == ".dcm" and stored.read_bytes() == own  # kept as it came
 
 
+def test_a_deflated_dicom_that_inflates_beyond_any_image_is_refused_unread(client, web_config, jobs, tmp_path,
+                                                                            monkeypatch):
+    """pydicom inflates a deflated data set whole as it reads it (1 MB of deflated zeros is 1 GB):
+    the upload is inflated a piece at a time first (the limit lowered to 1 MB here)."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from ctai.inputs import dicom
+
+    monkeypatch.setattr(dicom, "MAX_INFLATED", 2**20)
+    ds = dataset(picture(), PatientID=PATIENT_ID)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.PixelData = bytes(2 * 2**20)
+    content = save(ds, tmp_path / "bomb.dcm").read_bytes()
+    assert len(content) < 20_000
+    assert_refused(client.post(f"{new_session(client)}/files", content=content), 422, PHONE["dicom_unreadable"],
+                   web_config, jobs)
+
+
 def test_dicom_without_image_is_refused(client, web_config, jobs, tmp_path):
     ds = dataset(picture(), PatientID=PATIENT_ID)
     del ds.PixelData

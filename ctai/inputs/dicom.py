@@ -4,8 +4,10 @@ Presentation LUT turn stored values into what a viewer shows."""
 from __future__ import annotations
 
 import struct
+import zlib
 from itertools import islice
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pydicom
@@ -17,6 +19,7 @@ from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.pixels.utils import _get_jpg_parameters
 from pydicom.uid import (
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -31,6 +34,9 @@ from ctai.inputs import pool
 from ctai.inputs.images import MAX_PIXELS, MIN_SIDE, check_size, skipped
 from ctai.types import SourceImage
 
+#: The most a deflated data set may inflate to: an image of MAX_PIXELS in 16 bits is 100 MB,
+#: one in 8-bit colour 150 MB.
+MAX_INFLATED = 256 * 2**20
 #: PS3.10 7.1: a 128-byte preamble, then the prefix "DICM".
 _PREFIX = slice(128, 132)
 #: A data set written without preamble starts with a File Meta (0002) or Identifying (0008) group tag.
@@ -96,6 +102,7 @@ def read_dataset(path: Path) -> Dataset:
     """Read a DICOM file, with or without preamble and File Meta Information (PS3.10 7.1)."""
     if not is_dicom(path):
         raise InputError("not a DICOM file: no 'DICM' prefix and no data set at its start")
+    check_inflated_file(path)
     try:
         ds = pydicom.dcmread(path, force=True)
     except Exception as exc:  # pydicom raises many exception types on damaged files
@@ -107,6 +114,44 @@ def read_dataset(path: Path) -> Dataset:
     if "TransferSyntaxUID" not in ds.file_meta:
         ds.file_meta.TransferSyntaxUID = _SYNTAX_OF_ENCODING[ds.original_encoding]
     return ds
+
+
+def check_inflated_file(path: Path) -> None:
+    """``check_inflated_size`` of the data set of a Deflated Explicit VR Little Endian file; nothing
+    for any other file."""
+    if (start := _deflated_from(path)) is not None:
+        with open(path, "rb") as file:
+            file.seek(start)
+            check_inflated_size(file)
+
+
+def _deflated_from(path: Path) -> int | None:
+    """Where the data set of a Deflated Explicit VR Little Endian file (PS3.5 A.5) starts, after
+    its preamble and File Meta Information (PS3.10 7.1); None for any other file."""
+    try:
+        meta = pydicom.filereader.read_file_meta_info(path)
+    except Exception:  # noqa: BLE001 - no meta to read: pydicom's reading of the file says why
+        return None
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian or "FileMetaInformationGroupLength" not in meta:
+        return None
+    return 128 + 4 + 12 + int(meta.FileMetaInformationGroupLength)  # preamble, "DICM", (0002,0000) itself
+
+
+def check_inflated_size(deflated: BinaryIO) -> None:
+    """InputError if the deflated data set read from ``deflated`` inflates to more than
+    ``MAX_INFLATED`` bytes, inflated here a piece at a time: pydicom and pynetdicom inflate it
+    whole, and a 1 MB file of zeros became 1 GB (2.8 GB at the reading's peak)."""
+    inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    try:
+        while piece := deflated.read(1 << 16):
+            while piece:
+                total += len(inflater.decompress(piece, 1 << 20))
+                if total > MAX_INFLATED:
+                    raise InputError(f"its deflated data set inflates to over {MAX_INFLATED >> 20} MB, "
+                                     f"more than any image ctai reads")
+                piece = inflater.unconsumed_tail
+    except zlib.error as exc:
+        raise InputError(f"damaged DICOM file: its deflated data set does not inflate ({exc})") from exc
 
 
 def _last_value_cut(ds: Dataset) -> bool:

@@ -29,6 +29,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from io import BytesIO
 from typing import Any
 
 from pydicom import Dataset
@@ -37,6 +38,7 @@ from pydicom.uid import (
     HTJ2K,
     JPEG2000,
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -50,7 +52,7 @@ from pynetdicom.sop_class import Verification
 from ctai.config import Config
 from ctai.disk import DiskGuard
 from ctai.errors import InputError, TlsError
-from ctai.inputs.dicom import check_decodable
+from ctai.inputs.dicom import check_decodable, check_inflated_size
 from ctai.tls import server_context
 from ctai.transports.spool import Spool, is_uid, job_for
 from ctai.types import Job
@@ -250,6 +252,12 @@ class DicomListener:
     def _on_store(self, event: Event) -> Dataset:
         """EVT_C_STORE: spool the instance, then answer (PS3.4 B.2.3 statuses)."""
         peer = event.assoc.requestor.ae_title
+        if event.context.transfer_syntax == DeflatedExplicitVRLittleEndian:  # pynetdicom inflates it whole
+            try:
+                check_inflated_size(BytesIO(event.request.DataSet.getvalue()))
+            except InputError as exc:
+                log.warning("C-STORE from %s refused: %s", peer, exc)
+                return _status(CANNOT_UNDERSTAND, str(exc))
         try:
             ds = event.dataset
             problem = _problem(ds, event)

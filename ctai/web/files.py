@@ -15,6 +15,7 @@ from pillow_heif import register_heif_opener
 from pydicom import Dataset
 
 from ctai.errors import InputError
+from ctai.inputs.dicom import check_inflated_file
 from ctai.inputs.images import MAX_PIXELS, open_image
 from ctai.web.messages import PHONE, for_phone
 
@@ -91,6 +92,7 @@ def _clean_image(staged: Path) -> Path:
 
 def _check_dicom(staged: Path, patient_id: str) -> None:
     try:
+        check_inflated_file(staged)
         dataset = pydicom.dcmread(staged, defer_size="1 MB")
     except Exception as exc:  # pydicom raises many error types on malformed files
         raise Rejected(422, PHONE["dicom_unreadable"]) from exc
