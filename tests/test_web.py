@@ -647,6 +647,7 @@ def test_in_shadow_mode_the_phone_is_told_and_the_staff_see_the_result(client, w
     assert "Drift: too few studies to judge yet." in staff
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # uvicorn's SystemExit(3)
 def test_a_port_in_use_is_one_error_line(config, caplog, monkeypatch):
     """``ctai web`` and ``ctai serve``: uvicorn cannot bind; its error says why, and serve adds one
     line and exit status 2, not a traceback."""
