@@ -31,7 +31,7 @@ from pydicom.uid import (
 
 from ctai.errors import InputError
 from ctai.inputs import pool
-from ctai.inputs.images import MAX_PIXELS, MIN_SIDE, check_size, skipped
+from ctai.inputs.images import MIN_SIDE, check_not_too_large, check_size, skipped
 from ctai.types import SourceImage
 
 #: The most a deflated data set may inflate to: an image of MAX_PIXELS in 16 bits is 100 MB,
@@ -348,9 +348,7 @@ def stored_values(ds: Dataset, frame: int, keep: bool = False) -> tuple[np.ndarr
         raise InputError(f"transfer syntax {syntax.name} is not supported") from exc
     # A compressed frame of a few bytes may claim any size: what a decoder would allocate is
     # refused first (the listener's check and CT slices come here without display_pixels's check).
-    columns, rows = _integer(ds, "Columns"), _integer(ds, "Rows")
-    if columns * rows > MAX_PIXELS:
-        raise InputError(f"image of {columns}x{rows} pixels is too large (limit {MAX_PIXELS:,} pixels)")
+    check_not_too_large(_integer(ds, "Columns"), _integer(ds, "Rows"))
     _check_pixel_data(ds)
     try:
         values, meta = pool.decode(ds, frame, keep) if syntax in _JPEG_FAMILY else decoder.as_array(ds, index=frame)

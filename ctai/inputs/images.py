@@ -43,6 +43,11 @@ def check_size(width: int, height: int) -> None:
     """Refuse images too small to be a radiograph or too large to decode safely."""
     if min(width, height) < MIN_SIDE:
         raise InputError(f"image of {width}x{height} pixels is too small to classify")
+    check_not_too_large(width, height)
+
+
+def check_not_too_large(width: int, height: int) -> None:
+    """Refuse images too large to decode safely (``MAX_PIXELS``)."""
     if width * height > MAX_PIXELS:
         raise InputError(f"image of {width}x{height} pixels is too large (limit {MAX_PIXELS:,} pixels)")
 
