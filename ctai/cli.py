@@ -21,6 +21,7 @@ from ctai.memory import keep_freed_memory
 from ctai.types import CLASSES, Failure, Job, Result, SourceImage
 
 if TYPE_CHECKING:
+    from ctai.outbox import Message
     from ctai.results import JobRecord
 
 
@@ -121,9 +122,8 @@ def _delivered_now(config: configuration.Config, queued: int) -> bool:
             print(f"ctai classify: {channel}: {delivered} delivered", file=sys.stderr)
     outbox = Outbox.from_config(config)
     waiting = outbox.messages("pending") + outbox.messages("dead")
-    for m in waiting:
-        print(f"ctai classify: not delivered: #{m.id} {m.channel} {m.state} {m.key} {m.last_error or ''}".rstrip(),
-              file=sys.stderr)
+    for message in waiting:
+        print(f"ctai classify: not delivered: {_message_line(message)}", file=sys.stderr)
     if waiting:
         print("ctai classify: the outbox keeps them: `ctai serve` or `ctai outbox --send` sends them, "
               "`ctai outbox` lists them", file=sys.stderr)
@@ -224,9 +224,14 @@ def cmd_outbox(args: argparse.Namespace, config: configuration.Config) -> int:
             print(f"{channel}: " + ("being sent by another ctai process" if delivered is None
                                     else f"{delivered} delivered now"))
     waiting = outbox.messages("pending") + outbox.messages("dead")
-    for m in waiting:
-        print(f"#{m.id} {m.channel} {m.state} {m.key} attempts={m.attempts} {m.last_error or ''}".rstrip())
+    for message in waiting:
+        print(_message_line(message))
     return 1 if waiting else 0
+
+
+def _message_line(m: Message) -> str:
+    """One outbox message not delivered yet, as ``ctai outbox`` and ``classify --deliver`` list it."""
+    return f"#{m.id} {m.channel} {m.state} {m.key} attempts={m.attempts} {m.last_error or ''}".rstrip()
 
 
 def cmd_jobs(args: argparse.Namespace, config: configuration.Config) -> int:
