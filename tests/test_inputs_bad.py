@@ -3,6 +3,7 @@ anything else."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import struct
@@ -117,6 +118,44 @@ def test_a_deflated_data_set_that_inflates_beyond_any_image_is_refused_unread(mo
     monkeypatch.setattr(dicom, "MAX_INFLATED", 2**20)
     monkeypatch.setattr(dicom.pydicom, "dcmread", lambda *args, **kwargs: pytest.fail("read whole"))
     fails(bomb, "its deflated data set inflates to over 1 MB, more than any image ctai reads")
+
+
+def test_an_instance_that_cannot_be_read_fails_alone_in_its_series(radiograph: Path, tmp_path: Path) -> None:
+    """A series read instance by instance (the listener's spool, Orthanc's instances): a damaged,
+    non-DICOM or vanished instance is a Failure of its own; the others are classified."""
+    from ctai.inputs.dicom import parse_dataset
+    from ctai.types import Failure
+
+    data = radiograph.read_bytes()
+
+    def gone() -> Dataset:
+        raise InputError("the instance is no longer in Orthanc")
+
+    loaded = inputs.read_series([
+        ("good", lambda: parse_dataset(io.BytesIO(data))),
+        ("cut", lambda: parse_dataset(io.BytesIO(data[:-1000]))),
+        ("text", lambda: parse_dataset(io.BytesIO(b"Patient came in with a cough.\n" * 10))),
+        ("gone", gone),
+    ], "series")
+    reasons = {item.path: item.reason for item in loaded if isinstance(item, Failure)}
+    assert reasons == {"cut": "truncated DICOM file: it ends inside a data element",
+                       "text": "not a DICOM file: no 'DICM' prefix and no data set at its start",
+                       "gone": "the instance is no longer in Orthanc"}
+    assert [item.path for item in loaded if not isinstance(item, Failure)] == ["good"]
+
+
+def test_a_deflated_data_set_in_memory_is_inflated_piecewise_first(monkeypatch, tmp_path: Path) -> None:
+    """An Orthanc instance's bytes are checked as a file is (``parse_dataset``)."""
+    from ctai.inputs import dicom
+
+    ds = dataset(picture())
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.PixelData = bytes(2 * 2**20)
+    bomb = save(ds, tmp_path / "bomb.dcm").read_bytes()
+    monkeypatch.setattr(dicom, "MAX_INFLATED", 2**20)
+    monkeypatch.setattr(dicom.pydicom, "dcmread", lambda *args, **kwargs: pytest.fail("read whole"))
+    with pytest.raises(InputError, match="its deflated data set inflates to over 1 MB"):
+        dicom.parse_dataset(io.BytesIO(bomb))
 
 
 def test_palette_colour_is_not_supported() -> None:

@@ -189,6 +189,22 @@ else:
         assert "Content-Encoding" not in answer.headers and answer.content == to_bytes(ds)
         assert harness.client.instance_file(instance) == to_bytes(ds)
 
+    def test_an_instance_that_cannot_be_read_fails_alone_and_the_series_goes_on(harness, monkeypatch):
+        """An instance gone from Orthanc between the series' listing and its reading (or one
+        pydicom cannot read) is a Failure of its own: the series' other images are classified."""
+        from ctai.builtin import orthanc as plugin
+        from ctai.types import Failure, Job
+
+        ds = radiograph("IM-0133-0001.jpeg", "GONE1", body_part="KNEE")  # skipped: no job of its own
+        series_id = harness.upload(ds)["ParentSeries"]
+        listed = OrthancClient.series
+        monkeypatch.setattr(OrthancClient, "series", lambda self, series: {
+            **listed(self, series), "Instances": [*listed(self, series)["Instances"], "0000-gone"]})
+        gone, image = plugin.ctai_load_job(Job("j", "orthanc", {"series": series_id}), harness.config)
+        assert image.dataset.SOPInstanceUID == ds.SOPInstanceUID
+        assert isinstance(gone, Failure) and gone.path == "orthanc:instances/0000-gone"
+        assert "the instance is no longer in Orthanc" in gone.reason and "404" in gone.reason
+
     def test_storescu_upload_gets_sr_and_sc(worker):
         ds = radiograph("person1000_virus_1681.jpeg", "SCU1")
         worker.storescu(ds)

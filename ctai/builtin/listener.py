@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
-import logging
+import functools
 from pathlib import Path
-
-from pydicom import Dataset
 
 from ctai import hookimpl
 from ctai.config import Config
-from ctai.errors import InputError
-from ctai.inputs import dicom, series_images
+from ctai.inputs import dicom, read_series
 from ctai.transports.spool import SOURCE, Spool
 from ctai.types import Failure, Job, Result, SourceImage
-
-log = logging.getLogger(__name__)
 
 
 def images_of_batch(batch: Path) -> list[SourceImage | Failure]:
     """The images to classify in a spooled series; a ``Failure`` with the reason for each
     instance that cannot be used."""
-    loaded: list[SourceImage | Failure] = []
-    instances: list[tuple[str, Dataset]] = []
-    for path in sorted(batch.glob("*.dcm")):
-        try:
-            instances.append((str(path), dicom.read_dataset(path)))
-        except InputError as exc:
-            loaded.append(Failure(str(path), str(exc)))
-    loaded += series_images(instances, str(batch))
-    for failure in loaded:
-        if isinstance(failure, Failure):
-            log.warning("%s: skipped: %s", failure.path, failure.reason)
-    return loaded
+    files = sorted(batch.glob("*.dcm"))
+    return read_series([(str(path), functools.partial(dicom.read_dataset, path)) for path in files], str(batch))
 
 
 @hookimpl

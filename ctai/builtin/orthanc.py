@@ -10,6 +10,7 @@ the output instances, so that a re-run deletes those it does not make again.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -17,13 +18,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import pydicom
+from pydicom import Dataset
 
 from ctai import hookimpl
 from ctai.config import Config
 from ctai.errors import InputError, TransientError, Undeliverable
-from ctai.inputs import series_images
-from ctai.orthanc.client import OUTPUTS_METADATA, STATUS_METADATA, OrthancError, base_url, client
+from ctai.inputs import dicom, read_series
+from ctai.orthanc.client import OUTPUTS_METADATA, STATUS_METADATA, OrthancClient, OrthancError, base_url, client
 from ctai.orthanc.series import SOURCE, instance_id, status_value
 from ctai.outbox import Outbox
 from ctai.outputs.common import to_bytes
@@ -60,8 +61,16 @@ def ctai_load_job(job: Job, config: Config) -> list[SourceImage | Failure] | Non
     except OrthancError as exc:
         raise InputError(f"series {series_id} is no longer in Orthanc ({exc})") from exc
     _set_status(config, series_id, status_value(RUNNING))
-    items = [(f"orthanc:instances/{i}", pydicom.dcmread(io.BytesIO(orthanc.instance_file(i)))) for i in instances]
-    return series_images(items, f"orthanc:series/{series_id}")
+    reading = [(f"orthanc:instances/{i}", functools.partial(_read_instance, orthanc, i)) for i in instances]
+    return read_series(reading, f"orthanc:series/{series_id}")
+
+
+def _read_instance(orthanc: OrthancClient, instance_id: str) -> Dataset:
+    """One instance of a series being classified; InputError if it cannot be used or is gone."""
+    try:
+        return dicom.parse_dataset(io.BytesIO(orthanc.instance_file(instance_id)))
+    except OrthancError as exc:
+        raise InputError(f"the instance is no longer in Orthanc ({exc})") from exc
 
 
 @hookimpl

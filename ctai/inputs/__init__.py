@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from ctai.inputs.images import open_image, to_gray
 from ctai.inputs.wrap import PatientInfo, wrap_image
 from ctai.types import Failure, SourceImage
 
-__all__ = ["PatientInfo", "iter_files", "load", "load_files", "series_images"]
+__all__ = ["PatientInfo", "iter_files", "load", "load_files", "read_series", "series_images"]
+
+log = logging.getLogger(__name__)
 
 
 def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
@@ -123,4 +126,23 @@ def series_images(instances: Sequence[tuple[str, Dataset]], series_path: str) ->
                 loaded.extend(dicom.source_images(ds, path))
             except InputError as exc:
                 loaded.append(Failure(path, str(exc)))
+    return loaded
+
+
+def read_series(instances: Iterable[tuple[str, Callable[[], Dataset]]],
+                series_path: str) -> list[SourceImage | Failure]:
+    """The images to classify in one series whose instances are (path, function reading it) pairs
+    (a spooled file, an Orthanc instance): ``series_images`` of those read, and a ``Failure``, logged,
+    with the reason for each that cannot be used, so that one damaged instance fails alone."""
+    loaded: list[SourceImage | Failure] = []
+    read: list[tuple[str, Dataset]] = []
+    for path, reading in instances:
+        try:
+            read.append((path, reading()))
+        except InputError as exc:
+            loaded.append(Failure(path, str(exc)))
+    loaded += series_images(read, series_path)
+    for failure in loaded:
+        if isinstance(failure, Failure):
+            log.warning("%s: skipped: %s", failure.path, failure.reason)
     return loaded

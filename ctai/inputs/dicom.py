@@ -92,7 +92,11 @@ def _head(path: Path) -> bytes:
 
 def is_dicom(path: Path) -> bool:
     """Whether a file holds DICOM, by content: the "DICM" prefix, or a data set without preamble."""
-    head = _head(Path(path))
+    return _looks_dicom(_head(Path(path)))
+
+
+def _looks_dicom(head: bytes) -> bool:
+    """Whether a file's first 132 bytes are DICOM's (``is_dicom``)."""
     if head[_PREFIX] == b"DICM":
         return True
     return len(head) >= 8 and int.from_bytes(head[:2], "little") in _FIRST_GROUPS
@@ -100,11 +104,20 @@ def is_dicom(path: Path) -> bool:
 
 def read_dataset(path: Path) -> Dataset:
     """Read a DICOM file, with or without preamble and File Meta Information (PS3.10 7.1)."""
-    if not is_dicom(path):
+    _head(Path(path))  # a file that cannot be read says why
+    with open(path, "rb") as file:
+        return parse_dataset(file)
+
+
+def parse_dataset(file: BinaryIO) -> Dataset:
+    """The data set of a DICOM file given open (a file, an Orthanc instance's bytes), checked as
+    ``read_dataset`` checks a file: InputError, and no other exception, when it cannot be used."""
+    if not _looks_dicom(file.read(_PREFIX.stop)):
         raise InputError("not a DICOM file: no 'DICM' prefix and no data set at its start")
-    check_inflated_file(path)
+    _check_inflated(file)
+    file.seek(0)
     try:
-        ds = pydicom.dcmread(path, force=True)
+        ds = pydicom.dcmread(file, force=True)
     except Exception as exc:  # pydicom raises many exception types on damaged files
         raise InputError(f"damaged DICOM file: {one_line(exc)}") from exc
     if not ds:  # pydicom keeps nothing of a data set whose file ends inside an undefined length
@@ -119,22 +132,30 @@ def read_dataset(path: Path) -> Dataset:
 def check_inflated_file(path: Path) -> None:
     """``check_inflated_size`` of the data set of a Deflated Explicit VR Little Endian file; nothing
     for any other file."""
-    if (start := _deflated_from(path)) is not None:
-        with open(path, "rb") as file:
-            file.seek(start)
-            check_inflated_size(file)
+    with open(path, "rb") as file:
+        _check_inflated(file)
 
 
-def _deflated_from(path: Path) -> int | None:
+def _check_inflated(file: BinaryIO) -> None:
+    """``check_inflated_size`` of the data set of an open Deflated Explicit VR Little Endian file."""
+    if (start := _deflated_from(file)) is not None:
+        file.seek(start)
+        check_inflated_size(file)
+
+
+def _deflated_from(file: BinaryIO) -> int | None:
     """Where the data set of a Deflated Explicit VR Little Endian file (PS3.5 A.5) starts, after
-    its preamble and File Meta Information (PS3.10 7.1); None for any other file."""
+    its preamble and File Meta Information (PS3.10 7.1); None for any other file. The File Meta
+    Information is read alone: ``pydicom.dcmread`` would inflate the data set after it, whole."""
+    file.seek(0)
+    if file.read(_PREFIX.stop)[_PREFIX] != b"DICM":
+        return None
     try:
-        meta = pydicom.filereader.read_file_meta_info(path)
+        meta = pydicom.filereader.read_dataset(file, is_implicit_VR=False, is_little_endian=True,
+                                               stop_when=lambda tag, *_: tag.group != 2)
     except Exception:  # noqa: BLE001 - no meta to read: pydicom's reading of the file says why
         return None
-    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian or "FileMetaInformationGroupLength" not in meta:
-        return None
-    return 128 + 4 + 12 + int(meta.FileMetaInformationGroupLength)  # preamble, "DICM", (0002,0000) itself
+    return file.tell() if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian else None
 
 
 def check_inflated_size(deflated: BinaryIO) -> None:
