@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
@@ -75,6 +76,9 @@ CONDITIONS: dict[tuple[str, str], tuple[str, Callable[[Any], bool]]] = {
     ("dicomweb", "url"): _WEB_URL,
     ("orthanc", "url"): _WEB_URL,
     ("queue", "url"): _url("redis", "rediss", "unix"),
+    # HL7 v2.5 2.A.60 (PT): processing ID (table 0103), then an optional processing mode (table 0207).
+    ("hl7", "processing_id"): ("P, D or T (HL7 table 0103), optionally ^ and a mode: A, R, I or T (table 0207)",
+                               lambda value: re.fullmatch(r"[PDT](\^[ARIT]?)?", value) is not None),
     **{key: _AE_TITLE for key in (("listener", "ae_title"), ("cstore", "ae_title"), ("cstore", "calling_ae_title"),
                                   ("orthanc", "aet"))},
     ("listener", "allowed_aets"): (f"a list of AE titles, each {_AE_TITLE[0].removeprefix('an AE title: ')}",

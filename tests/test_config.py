@@ -103,12 +103,14 @@ def test_a_plugins_own_settings_go_under_plugins(tmp_path: Path):
     ("CSTORE__CALLING_AE_TITLE", "CT\\AI", "an AE title: 1 to 16 ASCII characters"),
     ("LISTENER__AE_TITLE", "  ", "an AE title: 1 to 16 ASCII characters"),
     ("ORTHANC__AET", "", "an AE title: 1 to 16 ASCII characters"),
+    ("HL7__PROCESSING_ID", "Production", "P, D or T (HL7 table 0103)"),
     ("LISTENER__ALLOWED_AETS", '["MODALITY", "R\u00d6NTGEN"]', "a list of AE titles, each 1 to 16 ASCII characters"),
 ])
 def test_a_value_a_setting_cannot_have_is_refused(variable: str, value: str, expected: str):
     """Where it would classify nothing (a batch of 0), refuse every image (a threshold of 5), fail
     on every image (ages the wrong way round) or every delivery (a URL without its scheme; an AE
-    title pynetdicom refuses at each association, which the outbox would retry for days)."""
+    title pynetdicom refuses at each association, which the outbox would retry for days; a
+    processing ID, MSH-11, that the receiver refuses in every message: CR, HL7 v2.5 2.9.2.2)."""
     with pytest.raises(ValueError, match=re.escape(f": expected {expected}")):
         configuration.load(environ={f"CTAI_{variable}": value})
 
