@@ -118,6 +118,9 @@ def test_a_deflated_data_set_that_inflates_beyond_any_image_is_refused_unread(mo
     monkeypatch.setattr(dicom, "MAX_INFLATED", 2**20)
     monkeypatch.setattr(dicom.pydicom, "dcmread", lambda *args, **kwargs: pytest.fail("read whole"))
     fails(bomb, "its deflated data set inflates to over 1 MB, more than any image ctai reads")
+    without_preamble = tmp_path / "no-preamble.dcm"  # the File Meta Information first (PS3.10 7.1 asks for both)
+    without_preamble.write_bytes(bomb.read_bytes()[132:])
+    fails(without_preamble, "its deflated data set inflates to over 1 MB, more than any image ctai reads")
 
 
 def test_an_instance_that_cannot_be_read_fails_alone_in_its_series(radiograph: Path, tmp_path: Path) -> None:

@@ -145,11 +145,11 @@ def _check_inflated(file: BinaryIO) -> None:
 
 def _deflated_from(file: BinaryIO) -> int | None:
     """Where the data set of a Deflated Explicit VR Little Endian file (PS3.5 A.5) starts, after
-    its preamble and File Meta Information (PS3.10 7.1); None for any other file. The File Meta
-    Information is read alone: ``pydicom.dcmread`` would inflate the data set after it, whole."""
+    its preamble and File Meta Information (PS3.10 7.1), or after the File Meta Information alone
+    in a file written without preamble; None for any other file. The File Meta Information is read
+    alone: ``pydicom.dcmread`` would inflate the data set after it, whole."""
     file.seek(0)
-    if file.read(_PREFIX.stop)[_PREFIX] != b"DICM":
-        return None
+    file.seek(_PREFIX.stop if file.read(_PREFIX.stop)[_PREFIX] == b"DICM" else 0)
     try:
         meta = pydicom.filereader.read_dataset(file, is_implicit_VR=False, is_little_endian=True,
                                                stop_when=lambda tag, *_: tag.group != 2)
