@@ -3,7 +3,6 @@ do; a local FHIR server receives it once through the outbox, whatever it answers
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 
 import pytest
@@ -16,7 +15,7 @@ from ctai.outputs.fhir import build_bundle
 from ctai.transports.fhir import FhirClient
 from ctai.types import Job
 from tests.http_peers import FhirServer
-from tests.peers import free_port, result
+from tests.peers import free_port, result, wait_until
 
 JOB = Job(id="job-1", source="dicom-listener")
 
@@ -94,7 +93,7 @@ def test_delivered_once_after_the_server_was_down_slow_and_failing(configured):
         assert send(configured) == 0
         assert "HTTP 500" in outbox.messages("pending")[0].last_error
         assert send(configured) == 1
-        time.sleep(server.slow_seconds)  # the slow first answer ends on the server
+        wait_until(lambda: len(server.bundles) == 2, 30)  # the slow first answer ends on the server
     assert [r["path"] for r in server.requests] == ["/fhir"] * 3
     assert {r["headers"]["Authorization"] for r in server.requests} == {"Bearer s3cret"}
     # The slow request was processed after all; its resend created nothing twice.
