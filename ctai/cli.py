@@ -346,6 +346,11 @@ def cmd_audit(args: argparse.Namespace, config: configuration.Config) -> int:
         print(f"ctai: --since {args.since!r} is neither an ISO date or time nor an age such as 2h or 7d",
               file=sys.stderr)
         return 2
+    if args.action and (actions := {item["action"] for item in audit.read(config)}) and not any(
+            action.startswith(args.action) for action in actions):
+        print(f"ctai audit: no action starts with {args.action!r}; the trail has {', '.join(sorted(actions))}",
+              file=sys.stderr)
+        return 2
     for item in audit.matching(audit.read(config), since, args.patient, args.action):
         if args.json:
             print(json.dumps(item, ensure_ascii=False))
@@ -457,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "outbox and configuration commands")
     p.add_argument("--since", help="an ISO date or time (2026-12-04, 2026-12-04T10:00) or an age (30m, 2h, 7d)")
     p.add_argument("--patient", help="only events of this Patient ID")
-    p.add_argument("--action", help="only this action, or actions starting with it (e.g. outbox)")
+    p.add_argument("--action", help="only this action, or actions starting with it (e.g. outbox); "
+                   "exit 2 if no action in the trail does")
     p.add_argument("--json", action="store_true", help="the records as they are stored, one per line")
     p.set_defaults(func=cmd_audit)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from io import StringIO
 
 from fastapi.testclient import TestClient
@@ -115,6 +115,11 @@ def test_deliveries_dead_letters_and_outbox_commands_are_audited(config, tmp_pat
     with redirect_stdout(out):
         assert main(["--config", str(path), "audit", "--action", "outbox.drop", "--since", "1h"]) == 0
     assert len(out.getvalue().splitlines()) == 2
+    error = StringIO()
+    with redirect_stderr(error):  # a mistyped action would list nothing, as if nothing had happened
+        assert main(["--config", str(path), "audit", "--action", "outbox.dorp"]) == 2
+    assert error.getvalue() == ("ctai audit: no action starts with 'outbox.dorp'; the trail has outbox.dead, "
+                                "outbox.delivered, outbox.drop, outbox.retry\n")
 
 
 def test_switching_the_site_mode_is_audited_with_who(config, tmp_path):
