@@ -346,12 +346,9 @@ def cmd_audit(args: argparse.Namespace, config: configuration.Config) -> int:
         print(f"ctai: --since {args.since!r} is neither an ISO date or time nor an age such as 2h or 7d",
               file=sys.stderr)
         return 2
-    if args.action and (actions := {item["action"] for item in audit.read(config)}) and not any(
-            action.startswith(args.action) for action in actions):
-        print(f"ctai audit: no action starts with {args.action!r}; the trail has {', '.join(sorted(actions))}",
-              file=sys.stderr)
-        return 2
+    listed = False
     for item in audit.matching(audit.read(config), since, args.patient, args.action):
+        listed = True
         if args.json:
             print(json.dumps(item, ensure_ascii=False))
             continue
@@ -359,6 +356,12 @@ def cmd_audit(args: argparse.Namespace, config: configuration.Config) -> int:
         who = f"{actor['kind']}:{actor['id']}" + (f"@{actor['address']}" if actor.get("address") else "")
         what = " ".join(f"{k}={v}" for k, v in item.get("object", {}).items())
         print(f"{item['time']} {item['action']} {item['outcome']} {who} {what} {item.get('detail', '')}".rstrip())
+    # Nothing listed: the trail is read again only then, to tell a mistyped action from a quiet time.
+    if not listed and args.action and (actions := {item["action"] for item in audit.read(config)}) and not any(
+            action.startswith(args.action) for action in actions):
+        print(f"ctai audit: no action starts with {args.action!r}; the trail has {', '.join(sorted(actions))}",
+              file=sys.stderr)
+        return 2
     return 0
 
 
