@@ -468,6 +468,21 @@ def test_dicom_of_another_patient_is_refused(client, web_config, jobs, tmp_path)
     assert stored.suffix == ".dcm" and stored.read_bytes() == own  # kept as it came
 
 
+def test_dicom_written_without_preamble_is_taken(client, web_config, jobs, tmp_path):
+    """PS3.10 7.1 asks for the preamble and "DICM", but files without them exist (dcmtk's
+    ``dcmconv -F`` writes them): the upload knows DICOM by content, as every other input does."""
+    whole = save(dataset(picture(), PatientID=PATIENT_ID), tmp_path / "own.dcm").read_bytes()
+    assert client.post(f"{new_session(client)}/files", content=whole[132:]).status_code == 201
+    [stored] = stored_files(web_config)
+    assert stored.suffix == ".dcm" and stored.read_bytes() == whole[132:]
+
+
+def test_truncated_dicom_is_refused(client, web_config, jobs, tmp_path):
+    whole = save(dataset(picture(), PatientID=PATIENT_ID), tmp_path / "own.dcm").read_bytes()
+    assert_refused(client.post(f"{new_session(client)}/files", content=whole[:-100]), 422,
+                   PHONE["dicom_unreadable"], web_config, jobs)
+
+
 def test_a_deflated_dicom_that_inflates_beyond_any_image_is_refused_unread(client, web_config, jobs, tmp_path,
                                                                             monkeypatch):
     """pydicom inflates a deflated data set whole as it reads it (1 MB of deflated zeros is 1 GB):

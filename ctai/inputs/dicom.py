@@ -92,11 +92,11 @@ def _head(path: Path) -> bytes:
 
 def is_dicom(path: Path) -> bool:
     """Whether a file holds DICOM, by content: the "DICM" prefix, or a data set without preamble."""
-    return _looks_dicom(_head(Path(path)))
+    return looks_dicom(_head(Path(path)))
 
 
-def _looks_dicom(head: bytes) -> bool:
-    """Whether a file's first 132 bytes are DICOM's (``is_dicom``)."""
+def looks_dicom(head: bytes) -> bool:
+    """Whether a file whose first 132 bytes are ``head`` holds DICOM (``is_dicom``)."""
     if head[_PREFIX] == b"DICM":
         return True
     return len(head) >= 8 and int.from_bytes(head[:2], "little") in _FIRST_GROUPS
@@ -112,7 +112,7 @@ def read_dataset(path: Path) -> Dataset:
 def parse_dataset(file: BinaryIO) -> Dataset:
     """The data set of a DICOM file given open (a file, an Orthanc instance's bytes), checked as
     ``read_dataset`` checks a file: InputError, and no other exception, when it cannot be used."""
-    if not _looks_dicom(file.read(_PREFIX.stop)):
+    if not looks_dicom(file.read(_PREFIX.stop)):
         raise InputError("not a DICOM file: no 'DICM' prefix and no data set at its start")
     _check_inflated(file)
     file.seek(0)
@@ -127,13 +127,6 @@ def parse_dataset(file: BinaryIO) -> Dataset:
     if "TransferSyntaxUID" not in ds.file_meta:
         ds.file_meta.TransferSyntaxUID = _SYNTAX_OF_ENCODING[ds.original_encoding]
     return ds
-
-
-def check_inflated_file(path: Path) -> None:
-    """``check_inflated_size`` of the data set of a Deflated Explicit VR Little Endian file; nothing
-    for any other file."""
-    with open(path, "rb") as file:
-        _check_inflated(file)
 
 
 def _check_inflated(file: BinaryIO) -> None:

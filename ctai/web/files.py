@@ -2,7 +2,9 @@
 
 Photos (JPEG, PNG, HEIC) are decoded under Pillow's decompression-bomb guard, EXIF
 orientation applied, and stored as a PNG without any metadata (no EXIF, GPS, ICC or text).
-DICOM files are stored as they came, once they hold an image of the session's patient.
+DICOM files, with or without preamble, are read as every DICOM input is (``ctai.inputs.dicom``:
+a damaged, truncated or deflate-bomb file is refused) and stored as they came, once they hold an
+image of the session's patient.
 """
 
 from __future__ import annotations
@@ -10,12 +12,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import pydicom
 from pillow_heif import register_heif_opener
 from pydicom import Dataset
 
 from ctai.errors import InputError
-from ctai.inputs.dicom import check_inflated_file
+from ctai.inputs.dicom import looks_dicom, read_dataset
 from ctai.inputs.images import MAX_PIXELS, open_image
 from ctai.web.messages import PHONE, for_phone
 
@@ -45,7 +46,7 @@ def sniff(head: bytes) -> str | None:
         return "image"
     if head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS:
         return "image"
-    if head[128:132] == b"DICM":
+    if looks_dicom(head):  # with the "DICM" prefix, or written without preamble (PS3.10 7.1)
         return "dicom"
     return None
 
@@ -92,9 +93,9 @@ def _clean_image(staged: Path) -> Path:
 
 def _check_dicom(staged: Path, patient_id: str) -> None:
     try:
-        check_inflated_file(staged)
-        dataset = pydicom.dcmread(staged, defer_size="1 MB")
-    except Exception as exc:  # pydicom raises many error types on malformed files
+        dataset = read_dataset(staged)
+    except InputError as exc:
+        log.info("DICOM file refused: %s", exc)
         raise Rejected(422, PHONE["dicom_unreadable"]) from exc
     if "PixelData" not in dataset:
         raise Rejected(422, PHONE["dicom_no_image"])
