@@ -113,11 +113,12 @@ def is_volume_slice(ds: Dataset) -> bool:
 def series_images(instances: Sequence[tuple[str, Dataset]], series_path: str) -> list[SourceImage | Failure]:
     """The images to classify in one series, given as (path, dataset) pairs: its CT slices as one
     frontal projection (``ctai.inputs.ct``), every other instance on its own; a ``Failure``
-    with the reason for each that cannot be used."""
+    with the reason for each that cannot be used (a CT slice that does not decode, too)."""
     loaded: list[SourceImage | Failure] = []
-    if slices := [ds for _, ds in instances if is_volume_slice(ds)]:
+    if slices := [(path, ds) for path, ds in instances if is_volume_slice(ds)]:
         try:
-            loaded.append(ct.project(slices, series_path))
+            projection, failures = ct.project(slices, series_path)
+            loaded += [projection, *failures]
         except InputError as exc:
             loaded.append(Failure(series_path, str(exc)))
     for path, ds in instances:

@@ -3,13 +3,12 @@ antero-posterior axis, like a radiograph (a digitally reconstructed radiograph i
 
 Slices come in any order; localizers and instances that do not fit the main stack (another
 size, orientation or pixel spacing: a mixed series) are left out; missing slices are
-interpolated from their neighbours; the result has square pixels, head up, the patient's
-right on the viewer's left.
+interpolated from their neighbours, and so is a slice whose pixels do not decode, which fails
+alone (up to ``MAX_UNDECODED`` of the stack); the result has square pixels, head up, the
+patient's right on the viewer's left.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image
@@ -20,7 +19,7 @@ from ctai.errors import InputError
 from ctai.inputs import pool
 from ctai.inputs.dicom import one_line, stored_values
 from ctai.inputs.images import skipped
-from ctai.types import SourceImage
+from ctai.types import Failure, SourceImage
 
 #: Fewer usable slices than this do not make a chest projection.
 MIN_SLICES = 16
@@ -28,11 +27,17 @@ MIN_SLICES = 16
 WINDOW = (-1000.0, 1000.0)
 #: Longest side of the projection, in pixels.
 MAX_SIDE = 1024
+#: The largest share of the main stack's slices that may fail to decode and be left out: beyond
+#: it, the projection would show more interpolation than anatomy, and the series fails.
+MAX_UNDECODED = 0.1
 
 
-def project(datasets: list[Dataset], path: str) -> SourceImage:
-    """The frontal projection of a CT series; raises InputError when it cannot be made."""
-    stack = _main_stack(datasets)
+def project(slices: list[tuple[str, Dataset]], path: str) -> tuple[SourceImage, list[Failure]]:
+    """The frontal projection of a CT series from its (path, dataset) slices, and a ``Failure``
+    for each slice of the main stack whose pixels do not decode (left out); raises InputError
+    when the projection cannot be made."""
+    paths = {id(ds): slice_path for slice_path, ds in slices}
+    stack = _main_stack([ds for _, ds in slices])
     row, col = _directions(stack[0])
     normal = np.cross(row, col)
     stack, positions = _sorted(stack, normal)
@@ -43,24 +48,53 @@ def project(datasets: list[Dataset], path: str) -> SourceImage:
         raise InputError("the CT series is oblique; only axial, coronal and sagittal series can be projected")
     row_spacing, column_spacing = (float(s) for s in stack[0].PixelSpacing)
     ap = [a for a, _ in axes].index(1)
+    values, decoded, failures = _decoded(stack, paths, ap)
+    stack, positions = [stack[index] for index in decoded], positions[decoded]
     if ap == 0:
-        image = sum(_attenuations(stack)) / len(stack)
+        image = values
         kept = [(axes[1], row_spacing), (axes[2], column_spacing)]
     else:
         from scipy.interpolate import interp1d  # imported when used: half a second that radiographs never need
 
-        profiles = np.stack([attenuation.mean(axis=ap - 1) for attenuation in _attenuations(stack)])
         step = float(np.median(np.diff(positions)))
         grid = np.arange(positions[0], positions[-1] + step / 2, step)
-        image = interp1d(positions, profiles, axis=0, bounds_error=False,
-                         fill_value=(profiles[0], profiles[-1]))(grid)
+        image = interp1d(positions, values, axis=0, bounds_error=False,
+                         fill_value=(values[0], values[-1]))(grid)
         other = 3 - ap
         kept = [(axes[0], step), (axes[other], row_spacing if other == 1 else column_spacing)]
     pixels = _normalize(_square(*_orient(image, kept)))
     middle = stack[len(stack) // 2]
+    left_out = f"; {len(failures)} that did not decode left out" if failures else ""
     return SourceImage(path=path, dataset=middle, pixels=pixels,
-                       derivation=f"frontal mean projection of CT series ({len(stack)} slices)",
-                       made_from=[_reference(ds) for ds in stack])
+                       derivation=f"frontal mean projection of CT series ({len(stack)} slices{left_out})",
+                       made_from=[_reference(ds) for ds in stack]), failures
+
+
+def _decoded(stack: list[Dataset], paths: dict[int, str], ap: int) -> tuple[np.ndarray, list[int], list[Failure]]:
+    """Of the slices that decode (their indexes in ``stack``, in order): their mean attenuation
+    when they are coronal (``ap``, the volume axis along the antero-posterior one, is 0), else
+    each one's mean along that axis, stacked; and a ``Failure`` for each slice that does not
+    decode. InputError when more than ``MAX_UNDECODED`` of them do not. Several slices are decoded
+    at once (``ctai.inputs.pool``), and only the running sum or the profiles are kept."""
+    total: np.ndarray | float = 0.0
+    profiles: list[np.ndarray] = []
+    decoded: list[int] = []
+    failures: list[Failure] = []
+    for index, (ds, attenuation) in enumerate(pool.ahead(_attenuation, stack)):
+        try:
+            values = attenuation.result()
+        except InputError as error:
+            failures.append(Failure(paths[id(ds)], str(error)))
+            continue
+        decoded.append(index)
+        if ap == 0:
+            total = total + values
+        else:
+            profiles.append(values.mean(axis=ap - 1))
+    if len(failures) > MAX_UNDECODED * len(stack):
+        raise InputError(f"{len(failures)} of the CT series' {len(stack)} slices do not decode "
+                         f"(the first: {failures[0].reason})")
+    return (np.asarray(total / len(decoded)) if ap == 0 else np.stack(profiles)), decoded, failures
 
 
 def _reference(ds: Dataset) -> Dataset:
@@ -111,12 +145,6 @@ def _patient_axis(direction: np.ndarray) -> tuple[int, int]:
     follows most, and its sign."""
     axis = int(np.argmax(np.abs(direction)))
     return axis, 1 if direction[axis] > 0 else -1
-
-
-def _attenuations(stack: list[Dataset]) -> Iterator[np.ndarray]:
-    """Each slice's ``_attenuation``, in order, several slices decoded at once (``ctai.inputs.pool``)."""
-    for _, attenuation in pool.ahead(_attenuation, stack):
-        yield attenuation.result()
 
 
 def _attenuation(ds: Dataset) -> np.ndarray:
