@@ -16,9 +16,14 @@ from tests.dciodvfy import errors
 from tests.phantoms import coronal_series, ct_series
 
 
+def named(slices: list) -> list:
+    """(path, data set) pairs of ``slices``, each named by its place."""
+    return [(f"slice-{index}", ds) for index, ds in enumerate(slices)]
+
+
 def project(slices: list, path: str) -> SourceImage:
-    """``ct.project`` of data sets, each named by its place; every slice decodes."""
-    image, failures = ct.project([(f"slice-{index}", ds) for index, ds in enumerate(slices)], path)
+    """``ct.project`` of data sets; every slice decodes."""
+    image, failures = ct.project(named(slices), path)
     assert failures == []
     return image
 
@@ -114,7 +119,7 @@ def test_a_slice_that_does_not_decode_fails_alone_and_is_interpolated():
     slices = ct_series()
     full = project(slices, "a").pixels
     damaged(slices[20])
-    image, failures = ct.project([(f"slice-{index}", ds) for index, ds in enumerate(slices)], "b")
+    image, failures = ct.project(named(slices), "b")
     assert [failure.path for failure in failures] == ["slice-20"]
     assert "CT slice" in failures[0].reason
     assert image.derivation == "frontal mean projection of CT series (39 slices; 1 that did not decode left out)"
@@ -126,7 +131,7 @@ def test_a_coronal_slice_that_does_not_decode_is_left_out_of_the_mean():
     slices = coronal_series()
     full = project(slices, "a").pixels
     damaged(slices[30])
-    image, [failure] = ct.project([(f"slice-{index}", ds) for index, ds in enumerate(slices)], "b")
+    image, [failure] = ct.project(named(slices), "b")
     assert failure.path == "slice-30" and image.pixels.shape == full.shape
     assert np.abs(image.pixels - full).mean() < 0.02
 
@@ -136,7 +141,7 @@ def test_a_series_of_which_many_slices_do_not_decode_fails_whole():
     for ds in slices[::8]:  # 5 of 40: more than one in ten
         damaged(ds)
     with pytest.raises(InputError, match=r"5 of the CT series' 40 slices do not decode \(the first: CT slice"):
-        ct.project([(f"slice-{index}", ds) for index, ds in enumerate(slices)], "a")
+        ct.project(named(slices), "a")
 
 
 def test_series_images_reports_the_slice_that_does_not_decode_beside_the_projection():
