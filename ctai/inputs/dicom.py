@@ -114,7 +114,9 @@ def parse_dataset(file: BinaryIO) -> Dataset:
     ``read_dataset`` checks a file: InputError, and no other exception, when it cannot be used."""
     if not looks_dicom(file.read(_PREFIX.stop)):
         raise InputError("not a DICOM file: no 'DICM' prefix and no data set at its start")
-    _check_inflated(file)
+    if (start := _deflated_from(file)) is not None:
+        file.seek(start)
+        check_inflated_size(file)
     file.seek(0)
     try:
         ds = pydicom.dcmread(file, force=True)
@@ -127,13 +129,6 @@ def parse_dataset(file: BinaryIO) -> Dataset:
     if "TransferSyntaxUID" not in ds.file_meta:
         ds.file_meta.TransferSyntaxUID = _SYNTAX_OF_ENCODING[ds.original_encoding]
     return ds
-
-
-def _check_inflated(file: BinaryIO) -> None:
-    """``check_inflated_size`` of the data set of an open Deflated Explicit VR Little Endian file."""
-    if (start := _deflated_from(file)) is not None:
-        file.seek(start)
-        check_inflated_size(file)
 
 
 def _deflated_from(file: BinaryIO) -> int | None:
